@@ -1,0 +1,210 @@
+"""create_app(settings): the route table, the middleware list and the shared resources."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import aiohttp_cors
+from aiohttp import web
+
+from . import metrics
+from .cache import PromptCache
+from .errors import GatewayError, OriginNotAllowed, error_response, from_http_exception
+from .identity import IdentityResolver
+from .logs import RequestRecord, log_access
+from .proxy import RECORD, Proxy
+from .ratelimit import RateLimiter
+from .settings import Settings
+from .storage import memcached_reachable, parse_storage_url
+from .upstream import Upstream
+from .validation import Validator
+
+log = logging.getLogger("gateway")
+
+SETTINGS = web.AppKey("settings", Settings)
+PROXY = web.AppKey("proxy", Proxy)
+DRAINING = web.AppKey("draining", list)
+
+#: Headers a browser script may read from our answers (CORS hides the rest).
+EXPOSED_HEADERS = ("X-Request-ID", "X-Cache", "Retry-After",
+                   "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                   "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
+                   "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+
+
+# --- middlewares, outermost first --------------------------------------------------------
+
+
+@web.middleware
+async def render_errors(request: web.Request, handler):
+    """Outermost: every failure leaves as an OpenAI-shaped JSON error, never a traceback."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return from_http_exception(exc, request)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise  # the client is gone: nothing to render, nobody to render it for
+    except Exception:
+        rec = request.get(RECORD)
+        log.exception("unexpected error (request %s)", rec.request_id if rec else "-")
+        return error_response(
+            500, f"The gateway failed to handle this request (request id "
+                 f"{rec.request_id if rec else '-'}).", "server_error", None, "internal_error")
+
+
+def request_context(hash_client: bool):
+    """Gives each request an id and a record, and logs the record once the answer is done."""
+    prefix = os.urandom(4).hex()
+    counter = iter(range(1, 1 << 62))
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        # A per-process random prefix plus a counter: unique, cheap, and reveals nothing.
+        rec = RequestRecord(f"req_{prefix}{next(counter):010x}", request.method, request.path,
+                            time.perf_counter())
+        request[RECORD] = rec
+        try:
+            response = await handler(request)
+            rec.status = response.status
+            return response
+        except web.HTTPException as exc:
+            rec.status = exc.status
+            raise
+        except GatewayError as exc:
+            rec.status = exc.status
+            raise
+        except asyncio.CancelledError:
+            rec.status = 499  # client closed the connection (nginx's convention)
+            raise
+        except Exception:
+            rec.status = 500
+            raise
+        finally:
+            if rec.route is not None:
+                metrics.REQUESTS.labels(rec.route, str(rec.status)).inc()
+                metrics.LATENCY.labels(rec.route).observe(time.perf_counter() - rec.started)
+            log_access(rec, hash_client)
+
+    return middleware
+
+
+def check_origin(allow: tuple[str, ...]):
+    """Refuse a request whose Origin is not allowed before it costs anything.
+
+    CORS only stops a browser from reading the answer; the request would still be executed
+    (and billed), and a script outside a browser ignores CORS altogether.
+    """
+    allow_all = "*" in allow
+    allowed = frozenset(allow)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        origin = request.headers.get("Origin")
+        if origin is not None and not allow_all and origin not in allowed:
+            raise OriginNotAllowed(f"Origin {origin[:100]!r} is not allowed to use this gateway.")
+        return await handler(request)
+
+    return middleware
+
+
+async def add_common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: headers every answer carries, streams included."""
+    rec = request.get(RECORD)
+    if rec is not None:
+        response.headers["X-Request-ID"] = rec.request_id
+    # The answer differs by Origin (CORS headers); caches must not mix them (aiohttp-cors
+    # does not say so itself).
+    vary = response.headers.get("Vary")
+    if vary is None:
+        response.headers["Vary"] = "Origin"
+    elif "origin" not in vary.lower():
+        response.headers["Vary"] = vary + ", Origin"
+
+
+# --- shared resources ---------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    if app[DRAINING]:
+        return web.json_response({"status": "draining"}, status=503)
+    proxy = app[PROXY]
+    s = app[SETTINGS]
+    checks = {}
+    for name, url in (("rate_limit", proxy.limiter.storage_url), ("cache", proxy.cache.storage)):
+        if url.is_shared:
+            checks[name] = "ok" if await memcached_reachable(url, s.storage.timeout) else "down"
+        else:
+            checks[name] = "ok"
+    down = "down" in checks.values()
+    status = 503 if down and s.storage.on_error == "closed" else 200
+    return web.json_response({"status": "degraded" if down else "ok", "storage": checks},
+                             status=status)
+
+
+def create_app(settings: Settings) -> web.Application:
+    s = settings
+    app = web.Application(
+        middlewares=[
+            render_errors,                                   # outermost: errors in OpenAI's shape
+            request_context(s.log.hash_client),              # id, record, access log, metrics
+            check_origin(s.cors.allow_origins),              # 403 before any work is done
+        ],
+        client_max_size=s.server.max_body_bytes,
+        handler_args={"max_field_size": 16384},
+    )
+    app[SETTINGS] = s
+    app[DRAINING] = []
+
+    storage = parse_storage_url(s.storage.url)
+    limiter = RateLimiter(
+        s.rate_limit, s.clients,
+        parse_storage_url(s.rate_limit.storage_url) if s.rate_limit.storage_url else storage,
+        on_error=s.storage.on_error, timeout=s.storage.timeout)
+    cache = PromptCache(
+        s.cache, parse_storage_url(s.cache.storage_url) if s.cache.storage_url else storage,
+        timeout=s.storage.timeout)
+    upstream = Upstream(s.upstream, s.api_key)
+    identity = IdentityResolver(trusted_proxies=s.server.trusted_proxies, clients=s.clients,
+                                require_client_key=s.auth.require_client_key)
+    proxy = Proxy(s, upstream=upstream, limiter=limiter, cache=cache, identity=identity,
+                  validator=Validator(s.validation))
+    app[PROXY] = proxy
+    # Each resource is opened before serving and closed after the last request, in order.
+    for component in (upstream, limiter, cache):
+        app.cleanup_ctx.append(_running(component))
+
+    cors = aiohttp_cors.setup(app, defaults={
+        origin: aiohttp_cors.ResourceOptions(
+            allow_credentials=False, expose_headers=EXPOSED_HEADERS, allow_headers="*",
+            max_age=s.cors.max_age)
+        for origin in s.cors.allow_origins})
+    for route in s.upstream.routes:
+        if route == "/v1/models":
+            cors.add(app.router.add_get(route, proxy.models, allow_head=False))
+        else:
+            cors.add(app.router.add_post(route, proxy.forward))
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    if s.metrics.enabled:
+        app.router.add_get("/metrics", metrics.metrics_handler(identity.trusted),
+                           allow_head=False)
+    app.on_response_prepare.append(add_common_headers)
+    return app
+
+
+def _running(component):
+    async def ctx(app: web.Application):
+        async with component.running():
+            yield
+    return ctx

@@ -1,0 +1,234 @@
+"""The prompt cache (aiocache): canonical keys, policy, bounded memory, single-flight.
+
+Never wrong before fast: the key is SHA-256 of the route, the client's cache scope and the
+canonical JSON body (sorted keys, every field counts); only complete 200 answers are stored;
+sampled answers (temperature > 0, or unset which means 1) are not cached unless configured;
+a value that does not parse is a miss; storage trouble bypasses the cache, never fails a request.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import orjson
+from aiocache import MemcachedCache, SimpleMemoryCache
+from aiocache.serializers import NullSerializer
+
+from .settings import CacheSettings
+from .storage import StorageURL
+from .validation import ParsedRequest
+
+log = logging.getLogger("gateway.cache")
+
+#: Routes whose answers are deterministic for a given body: cached whatever the temperature.
+DETERMINISTIC = frozenset({"/v1/embeddings", "/v1/moderations"})
+#: Entry format: one kind byte, then the body exactly as the client received it.
+KIND_JSON, KIND_SSE = b"J", b"S"
+#: How long another process's in-flight fill may keep us waiting (then we ask ourselves).
+LOCK_SECONDS = 30
+POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    stream: bool
+    body: bytes
+
+    def encode(self) -> bytes:
+        return (KIND_SSE if self.stream else KIND_JSON) + self.body
+
+    @staticmethod
+    def decode(value) -> "Entry | None":
+        """A stored value, or None for anything that is not one of ours (a miss, not a 500)."""
+        if not isinstance(value, bytes) or len(value) < 2 or value[:1] not in (KIND_JSON, KIND_SSE):
+            return None
+        return Entry(value[:1] == KIND_SSE, value[1:])
+
+
+def cache_key(route: str, scope: str, body: dict) -> str:
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    h = hashlib.sha256(route.encode())
+    h.update(b"\0" + scope.encode() + b"\0")
+    h.update(canonical)
+    return "c:" + h.hexdigest()  # 66 bytes: far below memcached's 250, no spaces
+
+
+class BoundedMemoryCache(SimpleMemoryCache):
+    """aiocache's memory backend with the bound it lacks: least recently used out first."""
+
+    def __init__(self, max_bytes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    async def _get(self, key, encoding="utf-8", _conn=None):
+        value = self._cache.pop(key, None)
+        if value is not None:
+            self._cache[key] = value  # most recently used now: move to the end
+        return value
+
+    async def _set(self, key, value, ttl=None, _cas_token=None, _conn=None):
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old)
+        self.bytes += len(value)
+        result = await super()._set(key, value, ttl=ttl, _cas_token=_cas_token)
+        while self.bytes > self.max_bytes and self._cache:
+            await self._delete(next(iter(self._cache)))
+        return result
+
+    async def _delete(self, key, _conn=None):
+        value = self._cache.get(key)
+        if value is not None:
+            self.bytes -= len(value)
+        return await super()._delete(key)
+
+    def _SimpleMemoryBackend__delete(self, key):  # TTL expiry path of the parent class
+        value = self._cache.get(key)
+        if value is not None:
+            self.bytes -= len(value)
+        return super()._SimpleMemoryBackend__delete(key)
+
+
+class PromptCache:
+    """Built once per settings; the proxy asks `policy`, `get`, `set` and `single_flight`."""
+
+    def __init__(self, settings: CacheSettings, storage: StorageURL, *, timeout: float):
+        self.s = settings
+        self.storage = storage
+        self.timeout = timeout
+        self.routes = frozenset(settings.routes) if settings.enabled else frozenset()
+        self._backends: list = []
+        self._inflight: dict[str, asyncio.Future] = {}
+
+    @asynccontextmanager
+    async def running(self):
+        if self.storage.is_shared:
+            # No default ttl on the object: in aiocache 0.12.3 it breaks every memcached set.
+            self._backends = [
+                MemcachedCache(endpoint=h, port=p, pool_size=4, timeout=self.timeout,
+                               serializer=NullSerializer(encoding=None))
+                for h, p in self.storage.servers]
+        else:
+            self._backends = [BoundedMemoryCache(self.s.max_bytes, timeout=None,
+                                                 serializer=NullSerializer(encoding=None))]
+        try:
+            yield self
+        finally:
+            for b in self._backends:
+                await b.close()
+
+    # --- policy ---------------------------------------------------------------------------
+
+    def policy(self, route: str, parsed: ParsedRequest, cache_control: str | None) -> str | None:
+        """'BYPASS', or None when the request is cacheable."""
+        if route not in self.routes:
+            return "BYPASS"
+        if cache_control and ("no-cache" in cache_control or "no-store" in cache_control):
+            return "BYPASS"
+        if route not in DETERMINISTIC and not self.s.sampled:
+            temperature = parsed.body.get("temperature")
+            if temperature != 0:
+                return "BYPASS"
+        return None
+
+    # --- storage --------------------------------------------------------------------------
+
+    def _backend(self, key: str):
+        if len(self._backends) == 1:
+            return self._backends[0]
+        return self._backends[int(key[2:10], 16) % len(self._backends)]
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            return Entry.decode(await self._backend(key).get(key))
+        except Exception as exc:  # storage trouble is a miss, never a failed request
+            self._failed("get", exc)
+            return None
+
+    async def set(self, key: str, entry: Entry) -> bool:
+        value = entry.encode()
+        if len(value) > self.s.max_item_bytes:
+            return False  # memcached refuses items over 1 MB; memory would thrash
+        try:
+            await self._backend(key).set(key, value, ttl=self.s.ttl)
+            return True
+        except Exception as exc:
+            self._failed("set", exc)
+            return False
+
+    def _failed(self, op: str, exc: Exception) -> None:
+        from .metrics import STORAGE_ERRORS
+        STORAGE_ERRORS.labels("cache").inc()
+        log.warning("cache %s failed (%s); bypassing the cache", op, type(exc).__name__)
+
+    async def ping(self) -> bool:
+        try:
+            await self._backend("c:00000000").exists("c:ping")
+            return True
+        except Exception:
+            return False
+
+    # --- single flight --------------------------------------------------------------------
+
+    async def single_flight(self, key: str, fill):
+        """Run `fill()` once for concurrent identical requests; everyone gets its result.
+
+        `fill` runs in its own task so one impatient client that disconnects does not cancel
+        the answer the others wait for. Across processes a short memcached lock (`add`) makes
+        the others poll the cache instead of asking the upstream too.
+        """
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        task = asyncio.ensure_future(self._fill_once(key, fill))
+
+        def done(t: asyncio.Task) -> None:
+            self._inflight.pop(key, None)
+            if t.cancelled():
+                fut.cancel()
+            elif t.exception() is not None:
+                fut.set_exception(t.exception())
+            else:
+                fut.set_result(t.result())
+
+        task.add_done_callback(done)
+        return await asyncio.shield(fut)
+
+    async def _fill_once(self, key: str, fill):
+        if not self.storage.is_shared:
+            return await fill()
+        lock = "l" + key[1:]
+        try:
+            got = await self._backend(key).add(lock, b"1", ttl=LOCK_SECONDS)
+        except ValueError:
+            got = False  # someone else fills it: wait for their answer
+        except Exception as exc:
+            self._failed("lock", exc)
+            return await fill()
+        if not got:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + LOCK_SECONDS
+            while loop.time() < deadline:
+                await asyncio.sleep(POLL_SECONDS)
+                entry = await self.get(key)
+                if entry is not None:
+                    return entry
+                try:
+                    if not await self._backend(key).exists(lock):
+                        break
+                except Exception:
+                    break
+            return await fill()
+        try:
+            return await fill()
+        finally:
+            try:
+                await self._backend(key).delete(lock)
+            except Exception as exc:
+                self._failed("unlock", exc)

@@ -1,0 +1,96 @@
+"""The few errors the gateway raises, rendered once in OpenAI's shape.
+
+`{"error": {"message", "type", "param", "code"}}` is what the official SDKs parse into their
+typed exceptions (BadRequestError, RateLimitError, ...), so every refusal uses it.
+"""
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.message, self.type, self.param, self.code,
+                              self.headers)
+
+
+class InvalidRequest(GatewayError):
+    status, type, code = 400, "invalid_request_error", None
+
+
+class InvalidClientKey(GatewayError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class OriginNotAllowed(GatewayError):
+    status, type, code = 403, "invalid_request_error", "origin_not_allowed"
+
+
+class ModelNotAllowed(GatewayError):
+    status, type, code = 400, "invalid_request_error", "model_not_found"
+
+
+class BodyTooLarge(GatewayError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status, type, code = 429, "requests", "rate_limit_exceeded"
+
+
+class StorageUnavailable(GatewayError):
+    status, type, code = 503, "server_error", "storage_unavailable"
+
+
+class UpstreamUnavailable(GatewayError):
+    status, type, code = 502, "server_error", "upstream_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status, type, code = 504, "server_error", "upstream_timeout"
+
+
+#: What the router's own exceptions become (status -> type, code, message).
+_HTTP_ERRORS = {
+    404: ("invalid_request_error", "unknown_url", "Unknown request URL: {method} {path}. "
+          "This gateway forwards only the routes it is configured for."),
+    405: ("invalid_request_error", "method_not_allowed",
+          "Method {method} is not allowed for {path}."),
+    413: ("invalid_request_error", "request_too_large", "Request body is too large."),
+}
+
+
+def error_body(message: str, type_: str, param: str | None = None,
+               code: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param,
+                                   "code": code}})
+
+
+def error_response(status: int, message: str, type_: str, param: str | None = None,
+                   code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=error_body(message, type_, param, code),
+                        content_type="application/json", headers=headers)
+
+
+def from_http_exception(exc: web.HTTPException, request: web.Request) -> web.Response:
+    """Render aiohttp's router errors (404, 405, 413 ...) in OpenAI's shape."""
+    type_, code, template = _HTTP_ERRORS.get(
+        exc.status, ("invalid_request_error", None, exc.reason or "Request refused."))
+    # The path is echoed truncated and without query: it is client input, keep it short.
+    message = template.format(method=request.method, path=request.path[:200])
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    return error_response(exc.status, message, type_, None, code, headers)

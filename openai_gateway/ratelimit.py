@@ -1,0 +1,245 @@
+"""Per-client request limits and token budgets with the `limits` library.
+
+Strategy by storage (decided once, at start-up):
+- memory: request limits use the moving window (exact: no burst at a window edge).
+- memcached: `limits` implements no moving window there (it raises NotImplementedError), so
+  request limits use the sliding-window counter, which weights the previous window's count.
+- token budgets always use the sliding-window counter: a moving window stores one entry per
+  unit of cost, i.e. per token.
+
+Identifiers are SHA-256 hashed before they reach the storage: memcached keys may not contain
+spaces and are at most 250 bytes.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse_many
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
+
+from .errors import RateLimited, StorageUnavailable
+from .identity import Client
+from .settings import RateLimitSettings, ClientSettings
+from .storage import StorageURL
+
+log = logging.getLogger("gateway.ratelimit")
+
+
+def _items(strings) -> tuple[RateLimitItem, ...]:
+    items = [item for s in strings for item in parse_many(s)]
+    # Shortest window first: a request refused by the minute never touches the day's count.
+    return tuple(sorted(items, key=lambda i: i.get_expiry()))
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    route: str
+    model: str
+    requests: tuple[RateLimitItem, ...]
+    tokens: tuple[RateLimitItem, ...]
+
+
+@dataclass(slots=True)
+class LimitState:
+    """What the client is told in the x-ratelimit-* headers."""
+
+    limit: int
+    remaining: int
+    reset: float  # seconds until the reported window has room again
+
+
+def format_reset(seconds: float) -> str:
+    """OpenAI's duration format for x-ratelimit-reset-*: "1s", "6m0s", "1h2m3s", "20ms"."""
+    if seconds < 1:
+        return f"{max(int(seconds * 1000), 0)}ms"
+    s = math.ceil(seconds)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    if h:
+        return f"{h}h{m}m{sec}s"
+    return f"{m}m{sec}s" if m else f"{sec}s"
+
+
+class RateLimiter:
+    """Built once per settings; `check_requests`, `check_tokens`, `charge_tokens` per request."""
+
+    def __init__(self, settings: RateLimitSettings, clients: tuple[ClientSettings, ...],
+                 storage: StorageURL, *, on_error: str, timeout: float):
+        self.storage_url = storage
+        self.on_error = on_error
+        self.timeout = timeout if storage.is_shared else None
+        self.requests = _items(settings.requests)
+        self.tokens = _items(settings.tokens)
+        self.client_requests = {c.name: _items(c.requests) for c in clients if c.requests is not None}
+        self.client_tokens = {c.name: _items(c.tokens) for c in clients if c.tokens is not None}
+        self.rules = tuple(_Rule(r.route, r.model, _items(r.requests), _items(r.tokens))
+                           for r in settings.rules)
+        self.any_tokens = bool(self.tokens or self.client_tokens
+                               or any(r.tokens for r in self.rules))
+        strategy = settings.strategy
+        if strategy == "auto":
+            strategy = "sliding-window-counter" if storage.is_shared else "moving-window"
+        self.strategy = strategy
+        self._storage = None
+        self._req = self._tok = None
+
+    @asynccontextmanager
+    async def running(self):
+        self._storage = storage_from_string(self.storage_url.limits_uri())
+        if self.strategy == "moving-window":
+            self._req = MovingWindowRateLimiter(self._storage)
+        else:
+            self._req = SlidingWindowCounterRateLimiter(self._storage)
+        self._tok = SlidingWindowCounterRateLimiter(self._storage)
+        log.info("rate limits: %s for requests, sliding-window-counter for tokens, on %s",
+                 self.strategy, self.storage_url.kind)
+        yield self
+
+    # --- which limits apply --------------------------------------------------------------
+
+    def _applicable(self, client: Client, route: str, model: str | None, tokens: bool):
+        """(scope, items) pairs for this request: the client's own, then matching rules."""
+        own = (self.client_tokens if tokens else self.client_requests).get(
+            client.key.name if client.key else None)
+        base = own if own is not None else (self.tokens if tokens else self.requests)
+        out = [("all", base)] if base else []
+        for i, rule in enumerate(self.rules):
+            if (not rule.route or rule.route == route) and (not rule.model or rule.model == model):
+                items = rule.tokens if tokens else rule.requests
+                if items:
+                    out.append((f"rule{i}", items))
+        return out
+
+    @staticmethod
+    def _ident(client: Client) -> str:
+        return hashlib.sha256(client.id.encode()).hexdigest()[:32]
+
+    # --- storage calls, bounded and failing by policy -------------------------------------
+
+    async def _guard(self, coro):
+        try:
+            if self.timeout is None:
+                return await coro
+            async with asyncio.timeout(self.timeout):
+                return await coro
+        except (RateLimited, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # memcached clients raise many types; all mean "unavailable"
+            return self._storage_failed(exc)
+
+    def _storage_failed(self, exc: Exception):
+        from .metrics import STORAGE_ERRORS  # local: metrics is optional at import time
+        STORAGE_ERRORS.labels("ratelimit").inc()
+        if self.on_error == "closed":
+            log.warning("rate-limit storage failed (%s); refusing (storage.on_error=closed)",
+                        type(exc).__name__)
+            raise StorageUnavailable("Rate-limit storage is unavailable; try again shortly.")
+        log.warning("rate-limit storage failed (%s); allowing (storage.on_error=open)",
+                    type(exc).__name__)
+        return None
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout or 1.0):
+                return bool(await self._storage.check())
+        except Exception:
+            return False
+
+    # --- the per-request API --------------------------------------------------------------
+
+    async def check_requests(self, client: Client, route: str, model: str | None
+                             ) -> LimitState | None:
+        """Count one request; raise `RateLimited` (429 with Retry-After) when over a limit."""
+        scopes = self._applicable(client, route, model, tokens=False)
+        if not scopes:
+            return None
+        return await self._guard(self._hit_requests(self._ident(client), scopes))
+
+    async def _hit_requests(self, ident: str, scopes) -> LimitState:
+        state = None
+        for scope, items in scopes:
+            for item in items:
+                if not await self._req.hit(item, "req", ident, scope):
+                    stats = await self._req.get_window_stats(item, "req", ident, scope)
+                    retry = max(stats.reset_time - time.time(), 0.0)
+                    raise RateLimited(
+                        f"Rate limit reached for requests: {item.amount} per "
+                        f"{_window(item)}. Please try again in {format_reset(retry)}.",
+                        headers={"Retry-After": str(max(math.ceil(retry), 1)),
+                                 "x-ratelimit-limit-requests": str(item.amount),
+                                 "x-ratelimit-remaining-requests": "0",
+                                 "x-ratelimit-reset-requests": format_reset(retry)})
+        for scope, items in scopes:
+            for item in items:
+                stats = await self._req.get_window_stats(item, "req", ident, scope)
+                if state is None or stats.remaining < state.remaining:
+                    state = LimitState(item.amount, stats.remaining,
+                                       max(stats.reset_time - time.time(), 0.0))
+        return state
+
+    async def check_tokens(self, client: Client, route: str, model: str | None,
+                           estimate: int) -> LimitState | None:
+        """Refuse a request whose estimated tokens cannot fit the remaining budget."""
+        scopes = self._applicable(client, route, model, tokens=True)
+        if not scopes:
+            return None
+        return await self._guard(self._test_tokens(self._ident(client), scopes, estimate))
+
+    async def _test_tokens(self, ident: str, scopes, estimate: int) -> LimitState:
+        state = None
+        for scope, items in scopes:
+            for item in items:
+                stats = await self._tok.get_window_stats(item, "tok", ident, scope)
+                reset = max(stats.reset_time - time.time(), 0.0)
+                if stats.remaining < max(estimate, 1):
+                    raise RateLimited(
+                        f"Rate limit reached for tokens: {item.amount} per {_window(item)}, "
+                        f"{stats.remaining} left, this request needs about {estimate}. "
+                        f"Please try again in {format_reset(reset)}.",
+                        headers={"Retry-After": str(max(math.ceil(reset), 1)),
+                                 "x-ratelimit-limit-tokens": str(item.amount),
+                                 "x-ratelimit-remaining-tokens": str(stats.remaining),
+                                 "x-ratelimit-reset-tokens": format_reset(reset)})
+                if state is None or stats.remaining < state.remaining:
+                    state = LimitState(item.amount, stats.remaining, reset)
+        return state
+
+    async def charge_tokens(self, client: Client, route: str, model: str | None,
+                            tokens: int) -> None:
+        """Charge what the upstream reported; an overrun empties the budget, never more."""
+        scopes = self._applicable(client, route, model, tokens=True)
+        if scopes and tokens > 0:
+            await self._guard(self._charge(self._ident(client), scopes, tokens))
+
+    async def _charge(self, ident: str, scopes, tokens: int) -> None:
+        for scope, items in scopes:
+            for item in items:
+                if not await self._tok.hit(item, "tok", ident, scope, cost=tokens):
+                    stats = await self._tok.get_window_stats(item, "tok", ident, scope)
+                    if stats.remaining > 0:
+                        await self._tok.hit(item, "tok", ident, scope, cost=stats.remaining)
+
+
+def _window(item: RateLimitItem) -> str:
+    name = item.GRANULARITY.name
+    return name if item.multiples == 1 else f"{item.multiples} {name}s"
+
+
+def headers(requests: LimitState | None, tokens: LimitState | None) -> dict[str, str]:
+    out = {}
+    if requests is not None:
+        out["x-ratelimit-limit-requests"] = str(requests.limit)
+        out["x-ratelimit-remaining-requests"] = str(requests.remaining)
+        out["x-ratelimit-reset-requests"] = format_reset(requests.reset)
+    if tokens is not None:
+        out["x-ratelimit-limit-tokens"] = str(tokens.limit)
+        out["x-ratelimit-remaining-tokens"] = str(tokens.remaining)
+        out["x-ratelimit-reset-tokens"] = format_reset(tokens.reset)
+    return out

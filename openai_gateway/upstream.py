@@ -1,0 +1,143 @@
+"""The one pooled upstream `ClientSession`: header rewrite, timeouts, retries, error mapping.
+
+Library errors become `UpstreamUnavailable` (502) or `UpstreamTimeout` (504) here and nowhere
+else. Retries happen only before the client has received a byte (the caller has not prepared
+its response yet), so a retried request can never duplicate output.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+from multidict import CIMultiDict
+
+from .errors import UpstreamTimeout, UpstreamUnavailable
+from .settings import UpstreamSettings
+
+log = logging.getLogger("gateway.upstream")
+
+#: Client headers that may reach the upstream. An allowlist, not a blocklist: the client's
+#: Authorization, cookies, OpenAI-Organization/Project (billing belongs to the key's owner),
+#: hop-by-hop headers (RFC 9110 7.6.1) and anything else never leave the gateway.
+FORWARDED_HEADERS = ("Accept", "OpenAI-Beta", "Idempotency-Key")
+#: Upstream statuses worth another attempt: rate limited, and transient server trouble.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Upstream response headers passed back to the client (the rest describe the upstream hop).
+RETURNED_HEADERS = ("openai-processing-ms", "openai-version",
+                    "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens")
+
+
+class Upstream:
+    """Owns the session; open it with `async with Upstream(...).running()` (a cleanup_ctx)."""
+
+    def __init__(self, settings: UpstreamSettings, api_key: str):
+        self.s = settings
+        self.base = settings.base_url.rstrip("/")
+        self._auth = "Bearer " + api_key
+        self.session: aiohttp.ClientSession | None = None
+
+    @asynccontextmanager
+    async def running(self):
+        connector = aiohttp.TCPConnector(
+            limit=self.s.max_connections, limit_per_host=self.s.max_connections,
+            ttl_dns_cache=300, keepalive_timeout=30, enable_cleanup_closed=True)
+        # No total timeout: a stream may last minutes. Connect is bounded here, the first byte
+        # and the gaps between chunks by the callers (see `open` and `read_body`).
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.s.connect_timeout)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"), cookie_jar=aiohttp.DummyCookieJar())
+        try:
+            yield self
+        finally:
+            await self.session.close()
+
+    def url(self, route: str) -> str:
+        # Routes are fixed strings from the route table ("/v1/..."); the client's path never
+        # reaches the upstream, so no path trick can address another endpoint.
+        return self.base + route[3:]
+
+    def headers(self, client_headers, has_body: bool) -> CIMultiDict:
+        out = CIMultiDict(Authorization=self._auth)
+        if has_body:
+            out["Content-Type"] = "application/json"
+        for name in FORWARDED_HEADERS:
+            value = client_headers.get(name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    @asynccontextmanager
+    async def open(self, method: str, route: str, body: bytes | None,
+                   client_headers) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send the request (with retries) and yield the response once its headers arrived.
+
+        Leaving the context releases or closes the upstream connection, which is how a client
+        that went away stops an upstream generation at once.
+        """
+        resp = await self._send(method, route, body, client_headers)
+        try:
+            yield resp
+        finally:
+            resp.close() if not resp.closed else None
+
+    async def _send(self, method, route, body, client_headers) -> aiohttp.ClientResponse:
+        url = self.url(route)
+        headers = self.headers(client_headers, body is not None)
+        attempts = self.s.retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                async with asyncio.timeout(self.s.first_byte_timeout):
+                    resp = await self.session.request(method, url, data=body, headers=headers,
+                                                      allow_redirects=False)
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                # A slow first byte is not retried: the upstream may still be generating.
+                log.warning("upstream timeout on %s: %s", route, type(exc).__name__)
+                raise UpstreamTimeout("The upstream did not answer in time.") from None
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                log.warning("upstream unreachable on %s (attempt %d/%d): %s", route,
+                            attempt + 1, attempts, type(exc).__name__)
+                if last:
+                    raise UpstreamUnavailable("The upstream could not be reached.") from None
+                await asyncio.sleep(self._backoff(attempt, None))
+                continue
+            if resp.status in RETRY_STATUSES and not last:
+                log.warning("upstream answered %d on %s (attempt %d/%d), retrying", resp.status,
+                            route, attempt + 1, attempts)
+                delay = self._backoff(attempt, resp.headers.get("Retry-After"))
+                resp.release()
+                await asyncio.sleep(delay)
+                continue
+            return resp
+        raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        """Exponential backoff with jitter; the upstream's Retry-After wins, capped at 10 s."""
+        if retry_after:
+            try:
+                return min(max(float(retry_after), 0.0), 10.0)
+            except ValueError:
+                pass
+        return self.s.retry_backoff * (2 ** attempt) * (0.5 + random.random() / 2)
+
+    async def read_body(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
+        """The whole body, bounded in time (idle timeout) and size (`limit` bytes)."""
+        try:
+            async with asyncio.timeout(self.s.idle_timeout) as t:
+                chunks, size = [], 0
+                async for chunk in resp.content.iter_any():
+                    size += len(chunk)
+                    if size > limit:
+                        raise UpstreamUnavailable("The upstream's answer is too large.")
+                    chunks.append(chunk)
+                    t.reschedule(asyncio.get_running_loop().time() + self.s.idle_timeout)
+                return b"".join(chunks)
+        except TimeoutError:
+            raise UpstreamTimeout("The upstream stopped sending its answer.") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
+            raise UpstreamUnavailable("The upstream connection broke during the answer.") from None
