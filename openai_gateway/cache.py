@@ -27,6 +27,8 @@ log = logging.getLogger("gateway.cache")
 DETERMINISTIC = frozenset({"/v1/embeddings", "/v1/moderations"})
 #: Entry format: one kind byte, then the body exactly as the client received it.
 KIND_JSON, KIND_SSE = b"J", b"S"
+#: Only complete streams are stored; a value without the end marker is not one of ours.
+DONE_MARK = b"data: [DONE]"
 #: How long another process's in-flight fill may keep us waiting (then we ask ourselves).
 LOCK_SECONDS = 30
 POLL_SECONDS = 0.05
@@ -43,9 +45,17 @@ class Entry:
     @staticmethod
     def decode(value) -> "Entry | None":
         """A stored value, or None for anything that is not one of ours (a miss, not a 500)."""
-        if not isinstance(value, bytes) or len(value) < 2 or value[:1] not in (KIND_JSON, KIND_SSE):
+        if not isinstance(value, bytes) or len(value) < 2:
             return None
-        return Entry(value[:1] == KIND_SSE, value[1:])
+        kind, body = value[:1], value[1:]
+        if kind == KIND_SSE:
+            return Entry(True, body) if DONE_MARK in body else None
+        if kind == KIND_JSON:
+            try:
+                return Entry(False, body) if isinstance(orjson.loads(body), dict) else None
+            except orjson.JSONDecodeError:
+                return None
+        return None
 
 
 def cache_key(route: str, scope: str, body: dict) -> str:
