@@ -35,7 +35,7 @@ bench: venv
 	$(BIN)/pip install -q -r bench/requirements.txt
 	$(BIN)/python bench/run.py $(ARGS)
 
-dist: venv
+dist:
 	rm -rf dist && mkdir -p dist/build
 	cp -r openai_gateway dist/build/ && cp gateway.py dist/build/__main__.py
 	$(PYTHON) -m zipapp dist/build -o dist/gateway.pyz -p "/usr/bin/env python3"

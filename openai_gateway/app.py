@@ -12,20 +12,14 @@ from aiohttp import web
 from . import metrics
 from .cache import PromptCache
 from .errors import GatewayError, OriginNotAllowed, error_response, from_http_exception
-from .identity import IdentityResolver
 from .logs import RequestRecord, log_access
 from .proxy import RECORD, Proxy
 from .ratelimit import RateLimiter
 from .settings import Settings
 from .storage import memcached_reachable, parse_storage_url
 from .upstream import Upstream
-from .validation import Validator
 
 log = logging.getLogger("gateway")
-
-SETTINGS = web.AppKey("settings", Settings)
-PROXY = web.AppKey("proxy", Proxy)
-DRAINING = web.AppKey("draining", list)
 
 #: Headers a browser script may read from our answers (CORS hides the rest).
 EXPOSED_HEADERS = ("X-Request-ID", "X-Cache", "Retry-After",
@@ -94,23 +88,33 @@ def request_context(hash_client: bool):
     return middleware
 
 
-def check_origin(allow: tuple[str, ...]):
+class OriginPolicy:
     """Refuse a request whose Origin is not allowed before it costs anything.
 
     CORS only stops a browser from reading the answer; the request would still be executed
     (and billed), and a script outside a browser ignores CORS altogether.
     """
-    allow_all = "*" in allow
-    allowed = frozenset(allow)
+
+    def __init__(self, allow: tuple[str, ...]):
+        self.configure(allow)
+
+    def configure(self, allow: tuple[str, ...]) -> None:
+        self.allow_all = "*" in allow
+        self.allowed = frozenset(allow)
 
     @web.middleware
-    async def middleware(request: web.Request, handler):
+    async def middleware(self, request: web.Request, handler):
         origin = request.headers.get("Origin")
-        if origin is not None and not allow_all and origin not in allowed:
+        if origin is not None and not self.allow_all and origin not in self.allowed:
             raise OriginNotAllowed(f"Origin {origin[:100]!r} is not allowed to use this gateway.")
         return await handler(request)
 
-    return middleware
+
+SETTINGS = web.AppKey("settings", Settings)
+PROXY = web.AppKey("proxy", Proxy)
+DRAINING = web.AppKey("draining", list)
+ORIGINS = web.AppKey("origins", OriginPolicy)
+CORS = web.AppKey("cors", aiohttp_cors.CorsConfig)
 
 
 async def add_common_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -152,19 +156,28 @@ async def readyz(request: web.Request) -> web.Response:
                              status=status)
 
 
+def cors_defaults(s: Settings) -> dict:
+    return {origin: aiohttp_cors.ResourceOptions(
+                allow_credentials=False, expose_headers=EXPOSED_HEADERS, allow_headers="*",
+                max_age=s.cors.max_age)
+            for origin in s.cors.allow_origins}
+
+
 def create_app(settings: Settings) -> web.Application:
     s = settings
+    origins = OriginPolicy(s.cors.allow_origins)
     app = web.Application(
         middlewares=[
             render_errors,                                   # outermost: errors in OpenAI's shape
             request_context(s.log.hash_client),              # id, record, access log, metrics
-            check_origin(s.cors.allow_origins),              # 403 before any work is done
+            origins.middleware,                              # 403 before any work is done
         ],
         client_max_size=s.server.max_body_bytes,
         handler_args={"max_field_size": 16384},
     )
     app[SETTINGS] = s
     app[DRAINING] = []
+    app[ORIGINS] = origins
 
     storage = parse_storage_url(s.storage.url)
     limiter = RateLimiter(
@@ -175,20 +188,13 @@ def create_app(settings: Settings) -> web.Application:
         s.cache, parse_storage_url(s.cache.storage_url) if s.cache.storage_url else storage,
         timeout=s.storage.timeout)
     upstream = Upstream(s.upstream, s.api_key)
-    identity = IdentityResolver(trusted_proxies=s.server.trusted_proxies, clients=s.clients,
-                                require_client_key=s.auth.require_client_key)
-    proxy = Proxy(s, upstream=upstream, limiter=limiter, cache=cache, identity=identity,
-                  validator=Validator(s.validation))
+    proxy = Proxy(s, upstream=upstream, limiter=limiter, cache=cache)
     app[PROXY] = proxy
     # Each resource is opened before serving and closed after the last request, in order.
     for component in (upstream, limiter, cache):
         app.cleanup_ctx.append(_running(component))
 
-    cors = aiohttp_cors.setup(app, defaults={
-        origin: aiohttp_cors.ResourceOptions(
-            allow_credentials=False, expose_headers=EXPOSED_HEADERS, allow_headers="*",
-            max_age=s.cors.max_age)
-        for origin in s.cors.allow_origins})
+    cors = app[CORS] = aiohttp_cors.setup(app, defaults=cors_defaults(s))
     for route in s.upstream.routes:
         if route == "/v1/models":
             cors.add(app.router.add_get(route, proxy.models, allow_head=False))
@@ -197,10 +203,44 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     if s.metrics.enabled:
-        app.router.add_get("/metrics", metrics.metrics_handler(identity.trusted),
+        app.router.add_get("/metrics", metrics.metrics_handler(lambda: proxy.identity.trusted),
                            allow_head=False)
     app.on_response_prepare.append(add_common_headers)
     return app
+
+
+#: Settings a reload cannot change in a running process (sockets, storage, routes).
+RESTART_ONLY = ("server.host", "server.port", "server.max_body_bytes", "storage",
+                "upstream.routes", "upstream.max_connections", "metrics", "rate_limit.storage_url",
+                "cache.storage_url")
+
+
+def reconfigure(app: web.Application, new: Settings) -> list[str]:
+    """Apply reloaded settings to a running app (SIGHUP); returns keys that need a restart.
+
+    Policy (limits, origins, allowlists, client keys, cache rules, upstream URL/key/timeouts)
+    changes at once for new requests; requests in flight finish under the old policy.
+    """
+    old = app[SETTINGS]
+    ignored = [key for key in RESTART_ONLY if _get(old, key) != _get(new, key)]
+    proxy = app[PROXY]
+    proxy.configure(new)
+    proxy.limiter.configure(new.rate_limit, new.clients)
+    proxy.cache.configure(new.cache)
+    proxy.upstream.configure(new.upstream, new.api_key)
+    app[ORIGINS].configure(new.cors.allow_origins)
+    defaults = app[CORS].defaults  # aiohttp-cors reads this dict on every request
+    defaults.clear()
+    defaults.update(cors_defaults(new))
+    app[SETTINGS] = new
+    return ignored
+
+
+def _get(settings: Settings, dotted: str):
+    value = settings
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _running(component):

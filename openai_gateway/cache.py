@@ -107,12 +107,19 @@ class PromptCache:
     """Built once per settings; the proxy asks `policy`, `get`, `set` and `single_flight`."""
 
     def __init__(self, settings: CacheSettings, storage: StorageURL, *, timeout: float):
-        self.s = settings
         self.storage = storage
         self.timeout = timeout
-        self.routes = frozenset(settings.routes) if settings.enabled else frozenset()
         self._backends: list = []
         self._inflight: dict[str, asyncio.Future] = {}
+        self.configure(settings)
+
+    def configure(self, settings: CacheSettings) -> None:
+        """(Re)read the policy; stored entries survive a reload."""
+        self.s = settings
+        self.routes = frozenset(settings.routes) if settings.enabled else frozenset()
+        for backend in self._backends:
+            if isinstance(backend, BoundedMemoryCache):
+                backend.max_bytes = settings.max_bytes
 
     @asynccontextmanager
     async def running(self):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import secrets
@@ -10,7 +9,7 @@ import sys
 
 from . import logs
 from .identity import hash_key
-from .server import serve
+from .server import run
 from .settings import ConfigError, load
 
 log = logging.getLogger("gateway")
@@ -61,5 +60,5 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # optional: the standard loop works, only slower
         pass
-    asyncio.run(serve(settings))
+    run(settings, args.config)
     return 0

@@ -41,11 +41,12 @@ def model_label(model: str | None, allowed: frozenset[str]) -> str:
     return model if (model in allowed or not allowed) and len(model) <= 64 else "other"
 
 
-def metrics_handler(trusted):
+def metrics_handler(get_trusted):
     """Serve the registry to trusted peers only; behind a proxy the real client must be one."""
     from .identity import client_address
 
     async def handle(request: web.Request) -> web.Response:
+        trusted = get_trusted()
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if not peer or not trusted.contains(
                 client_address(peer[0], request.headers.get("X-Forwarded-For"), trusted)):

@@ -66,13 +66,19 @@ def split_usage(usage: dict | None) -> tuple[int | None, int | None]:
 
 class Proxy:
     def __init__(self, settings: Settings, *, upstream: Upstream, limiter: RateLimiter,
-                 cache: PromptCache, identity: IdentityResolver, validator: Validator):
-        self.s = settings
+                 cache: PromptCache):
         self.upstream = upstream
         self.limiter = limiter
         self.cache = cache
-        self.identity = identity
-        self.validator = validator
+        self.configure(settings)
+
+    def configure(self, settings: Settings) -> None:
+        """(Re)build the request policy; called at start and on SIGHUP."""
+        self.s = settings
+        self.identity = IdentityResolver(trusted_proxies=settings.server.trusted_proxies,
+                                         clients=settings.clients,
+                                         require_client_key=settings.auth.require_client_key)
+        self.validator = Validator(settings.validation)
         self.max_body = settings.server.max_body_bytes
         self.allowed = frozenset(settings.validation.allowed_models)
         self.client_models = {c.name: frozenset(c.models) for c in settings.clients

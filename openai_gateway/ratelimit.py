@@ -75,6 +75,12 @@ class RateLimiter:
         self.storage_url = storage
         self.on_error = on_error
         self.timeout = timeout if storage.is_shared else None
+        self._storage = None
+        self._req = self._tok = None
+        self.configure(settings, clients)
+
+    def configure(self, settings: RateLimitSettings, clients: tuple[ClientSettings, ...]) -> None:
+        """(Re)build the limits; counters live in the storage and survive a reload."""
         self.requests = _items(settings.requests)
         self.tokens = _items(settings.tokens)
         self.client_requests = {c.name: _items(c.requests) for c in clients if c.requests is not None}
@@ -85,19 +91,22 @@ class RateLimiter:
                                or any(r.tokens for r in self.rules))
         strategy = settings.strategy
         if strategy == "auto":
-            strategy = "sliding-window-counter" if storage.is_shared else "moving-window"
+            strategy = "sliding-window-counter" if self.storage_url.is_shared else "moving-window"
         self.strategy = strategy
-        self._storage = None
-        self._req = self._tok = None
+        if self._storage is not None:
+            self._make_strategies()
 
-    @asynccontextmanager
-    async def running(self):
-        self._storage = storage_from_string(self.storage_url.limits_uri())
+    def _make_strategies(self) -> None:
         if self.strategy == "moving-window":
             self._req = MovingWindowRateLimiter(self._storage)
         else:
             self._req = SlidingWindowCounterRateLimiter(self._storage)
         self._tok = SlidingWindowCounterRateLimiter(self._storage)
+
+    @asynccontextmanager
+    async def running(self):
+        self._storage = storage_from_string(self.storage_url.limits_uri())
+        self._make_strategies()
         log.info("rate limits: %s for requests, sliding-window-counter for tokens, on %s",
                  self.strategy, self.storage_url.kind)
         yield self

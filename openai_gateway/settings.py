@@ -45,6 +45,10 @@ class ServerSettings:
     max_body_bytes: int = 1_048_576
     #: Seconds in-flight requests and streams get to finish after SIGTERM.
     shutdown_timeout: float = 30.0
+    #: Processes serving one port (SO_REUSEPORT): an integer or "auto" (one per core).
+    workers: int | str = 1
+    #: Allow workers > 1 with memory:// storage (each process then has its own limits/cache).
+    allow_unshared_workers: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,8 +207,14 @@ def _type_name(tp) -> str:
 def _convert(value, tp, key: str, problems: list[str]):
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(value, inner, key, problems)
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1:
+            return _convert(value, inner[0], key, problems)
+        for option in inner:  # scalar alternatives such as int | str: the first that fits
+            if isinstance(value, option) and not isinstance(value, bool):
+                return value
+        problems.append(f"{key}: got {value!r}, expected {_type_name(tp)}")
+        return None
     if origin is tuple:
         if not isinstance(value, list):
             problems.append(f"{key}: got {value!r}, expected {_type_name(tp)}")
@@ -264,6 +274,16 @@ def _check(s: Settings, problems: list[str]) -> None:
             ipaddress.ip_network(p, strict=False)
         except ValueError:
             problems.append(f"server.trusted_proxies[{i}]: got {p!r}, expected an IP or CIDR")
+    w = s.server.workers
+    if not ((isinstance(w, int) and 1 <= w <= 256) or w == "auto"):
+        problems.append(f"server.workers: got {w!r}, expected an integer from 1 to 256 or \"auto\"")
+    elif resolve_workers(w) > 1 and not s.server.allow_unshared_workers and any(
+            (url or s.storage.url) == "memory://"
+            for url in (s.rate_limit.storage_url, s.cache.storage_url)):
+        problems.append(
+            f"server.workers: got {w!r} with memory:// storage, expected memcached storage "
+            "(each process would keep its own rate limits and cache) or "
+            "server.allow_unshared_workers = true")
     if s.server.max_body_bytes <= 0:
         problems.append(f"server.max_body_bytes: got {s.server.max_body_bytes}, expected > 0")
     if not s.upstream.base_url.startswith(("http://", "https://")):
@@ -348,6 +368,10 @@ def _check(s: Settings, problems: list[str]) -> None:
         problems.append(f"log.level: got {s.log.level!r}, expected debug, info, warning or error")
     if s.log.format not in ("auto", "json", "text"):
         problems.append(f"log.format: got {s.log.format!r}, expected \"auto\", \"json\" or \"text\"")
+
+
+def resolve_workers(workers: int | str) -> int:
+    return (os.cpu_count() or 1) if workers == "auto" else int(workers)
 
 
 def read_api_key(env_name: str, environ: typing.Mapping[str, str]) -> str | None:

@@ -35,10 +35,14 @@ class Upstream:
     """Owns the session; open it with `async with Upstream(...).running()` (a cleanup_ctx)."""
 
     def __init__(self, settings: UpstreamSettings, api_key: str):
+        self.session: aiohttp.ClientSession | None = None
+        self.configure(settings, api_key)
+
+    def configure(self, settings: UpstreamSettings, api_key: str) -> None:
+        """(Re)read URL, key and timeouts; pooled connections are kept (SIGHUP reload)."""
         self.s = settings
         self.base = settings.base_url.rstrip("/")
         self._auth = "Bearer " + api_key
-        self.session: aiohttp.ClientSession | None = None
 
     @asynccontextmanager
     async def running(self):
