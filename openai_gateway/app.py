@@ -9,7 +9,7 @@ import time
 import aiohttp_cors
 from aiohttp import web
 
-from . import metrics
+from . import metrics, playground
 from .cache import PromptCache
 from .errors import GatewayError, OriginNotAllowed, error_response, from_http_exception
 from .logs import RequestRecord, log_access
@@ -187,7 +187,7 @@ def create_app(settings: Settings) -> web.Application:
     cache = PromptCache(
         s.cache, parse_storage_url(s.cache.storage_url) if s.cache.storage_url else storage,
         timeout=s.storage.timeout)
-    upstream = Upstream(s.upstream, s.api_key)
+    upstream = Upstream(s.upstream, s.api_key, s.fallback_keys)
     proxy = Proxy(s, upstream=upstream, limiter=limiter, cache=cache)
     app[PROXY] = proxy
     # Each resource is opened before serving and closed after the last request, in order.
@@ -205,6 +205,8 @@ def create_app(settings: Settings) -> web.Application:
     if s.metrics.enabled:
         app.router.add_get("/metrics", metrics.metrics_handler(lambda: proxy.identity.trusted),
                            allow_head=False)
+    if s.playground.enabled:
+        playground.register(app, s)                          # GET /: the reference front-end
     app.on_response_prepare.append(add_common_headers)
     return app
 
@@ -212,7 +214,7 @@ def create_app(settings: Settings) -> web.Application:
 #: Settings a reload cannot change in a running process (sockets, storage, routes).
 RESTART_ONLY = ("server.host", "server.port", "server.max_body_bytes", "storage",
                 "upstream.routes", "upstream.max_connections", "metrics", "rate_limit.storage_url",
-                "cache.storage_url")
+                "cache.storage_url", "playground")
 
 
 def reconfigure(app: web.Application, new: Settings) -> list[str]:
@@ -227,7 +229,7 @@ def reconfigure(app: web.Application, new: Settings) -> list[str]:
     proxy.configure(new)
     proxy.limiter.configure(new.rate_limit, new.clients)
     proxy.cache.configure(new.cache)
-    proxy.upstream.configure(new.upstream, new.api_key)
+    proxy.upstream.configure(new.upstream, new.api_key, new.fallback_keys)
     app[ORIGINS].configure(new.cors.allow_origins)
     defaults = app[CORS].defaults  # aiohttp-cors reads this dict on every request
     defaults.clear()

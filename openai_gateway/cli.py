@@ -8,6 +8,7 @@ import secrets
 import sys
 
 from . import logs
+from .demo import DemoUpstream, demo_settings
 from .identity import hash_key
 from .server import run
 from .settings import ConfigError, load
@@ -24,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="TOML configuration file (default: ./config.toml)")
     p.add_argument("--check", action="store_true",
                    help="validate the configuration, print the effective settings and exit")
+    p.add_argument("--demo", action="store_true",
+                   help="answer from a built-in demo upstream (no API key, no network) and "
+                        "serve the playground at /")
     return p
 
 
@@ -45,20 +49,24 @@ def main(argv: list[str] | None = None) -> int:
         return new_client_key(argv[1])
     args = _parser().parse_args(argv)
     try:
-        settings = load(args.config)
+        settings = load(args.config, demo=args.demo)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
         return 2
+    demo = DemoUpstream() if args.demo else None
+    if demo is not None:
+        settings = demo_settings(settings, demo.base_url)
     if args.check:
         print(json.dumps(settings.redacted(), indent=2))
         print(f"{args.config}: OK", file=sys.stderr)
         return 0
-    logs.configure(settings.log.level, settings.log.format, (settings.api_key,))
+    logs.configure(settings.log.level, settings.log.format, settings.secrets)
     try:
         import uvloop
         uvloop.install()
     except ImportError:  # optional: the standard loop works, only slower
         pass
-    run(settings, args.config)
+    # No SIGHUP reload in demo mode: the file alone does not describe the demo's settings.
+    run(settings, None if demo else args.config, demo)
     return 0

@@ -6,6 +6,7 @@ Each step's rules live in its own module; this file only orders them.
 """
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from . import metrics
 from .cache import Entry, PromptCache, cache_key
-from .errors import BodyTooLarge, GatewayError, RateLimited
+from .errors import BodyTooLarge, GatewayError, RateLimited, RequestTimeout
 from .identity import Client, IdentityResolver
 from .logs import RequestRecord
 from .ratelimit import RateLimiter
@@ -95,9 +96,12 @@ class Proxy:
             raise BodyTooLarge(f"Request body is {request.content_length} bytes; this gateway "
                                f"accepts at most {self.max_body}.")
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.s.server.body_timeout):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise BodyTooLarge(f"Request body is larger than {self.max_body} bytes.") from None
+        except TimeoutError:
+            raise RequestTimeout("The request body was not received in time.") from None
         parsed = self.validator.check(route, raw, self._models_for(client))
         rec.model, rec.stream = parsed.model, parsed.stream
 
@@ -161,7 +165,7 @@ class Proxy:
             rec.upstream_status = resp.status
             rec.ttfb_ms = round((time.perf_counter() - t0) * 1000, 2)
             metrics.TTFB.labels(route).observe(time.perf_counter() - t0)
-            body = await self.upstream.read_body(resp, 64 * 1024 * 1024)
+            body = await self.upstream.read_body(resp, self.s.upstream.max_response_bytes)
             answer = Answer(resp.status, resp.content_type or JSON, body,
                             {h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
         if key is not None and resp.status == 200 and answer.content_type == JSON:
@@ -190,7 +194,7 @@ class Proxy:
             headers.update({h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
             if resp.status != 200 or resp.content_type != "text/event-stream":
                 # An error (or an upstream that ignored stream=true): pass it on as it is.
-                data = await self.upstream.read_body(resp, 64 * 1024 * 1024)
+                data = await self.upstream.read_body(resp, self.s.upstream.max_response_bytes)
                 return web.Response(status=resp.status, body=data, headers=headers,
                                     content_type=resp.content_type or JSON)
             metrics.ACTIVE_STREAMS.inc()

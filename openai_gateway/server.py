@@ -17,6 +17,7 @@ from aiohttp import web
 
 from . import sdnotify
 from .app import DRAINING, create_app, reconfigure
+from .demo import DemoUpstream
 from .settings import ConfigError, Settings, load, resolve_workers
 
 log = logging.getLogger("gateway")
@@ -52,10 +53,12 @@ def reload(app: web.Application, config_path: str | None) -> bool:
 
 
 async def serve(settings: Settings, config_path: str | None = None, *, reuse_port: bool = False,
-                on_ready=None) -> None:
+                on_ready=None, demo: DemoUpstream | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain: stop accepting, let requests finish, close."""
     warn_risky(settings)
     app = create_app(settings)
+    if demo is not None:
+        demo.attach(app)  # --demo: the built-in upstream is served by this app's event loop
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                            shutdown_timeout=settings.server.shutdown_timeout)
     await runner.setup()
@@ -87,10 +90,10 @@ async def serve(settings: Settings, config_path: str | None = None, *, reuse_por
         log.info("stopped")
 
 
-def run(settings: Settings, config_path: str | None) -> None:
+def run(settings: Settings, config_path: str | None, demo: DemoUpstream | None = None) -> None:
     workers = resolve_workers(settings.server.workers)
     if workers == 1:
-        asyncio.run(serve(settings, config_path))
+        asyncio.run(serve(settings, config_path, demo=demo))
     else:
         Supervisor(settings, config_path, workers).run()
 

@@ -43,12 +43,23 @@ class ServerSettings:
     #: Peers allowed to set X-Forwarded-For (IPs or CIDRs); () trusts none.
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     max_body_bytes: int = 1_048_576
+    #: Seconds a client may take to send its request body (slow uploads get 408).
+    body_timeout: float = 30.0
     #: Seconds in-flight requests and streams get to finish after SIGTERM.
     shutdown_timeout: float = 30.0
     #: Processes serving one port (SO_REUSEPORT): an integer or "auto" (one per core).
     workers: int | str = 1
     #: Allow workers > 1 with memory:// storage (each process then has its own limits/cache).
     allow_unshared_workers: bool = False
+
+
+@dataclass(frozen=True)
+class FallbackSettings:
+    """Another OpenAI-compatible upstream (or the same one with another key) for failover."""
+
+    base_url: str = ""
+    #: "" = the primary's key.
+    api_key_env: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,10 @@ class UpstreamSettings:
     retries: int = 2
     retry_backoff: float = 0.25
     max_connections: int = 1000
+    #: A larger upstream answer (non-stream) is refused with 502 rather than held in memory.
+    max_response_bytes: int = 64 * 1024 * 1024
+    #: Tried in order after the primary fails (connect error, 429, 5xx), before the first byte.
+    fallbacks: tuple[FallbackSettings, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,6 +183,12 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class PlaygroundSettings:
+    #: Serve the playground page at GET / (on by default only with --demo).
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
@@ -180,14 +201,22 @@ class Settings:
     clients: tuple[ClientSettings, ...] = ()
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    playground: PlaygroundSettings = field(default_factory=PlaygroundSettings)
     #: The upstream key, never printed (repr=False) and never read from the file.
     api_key: str = field(default="", repr=False)
+    #: The keys of upstream.fallbacks, in order ("" = the primary's).
+    fallback_keys: tuple[str, ...] = field(default=(), repr=False)
 
     def redacted(self) -> dict:
         """The effective settings as a dict, safe to print (no secret)."""
         d = dataclasses.asdict(self)
         d.pop("api_key")
+        d.pop("fallback_keys")
         return d
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(k for k in (self.api_key, *self.fallback_keys) if k)
 
 
 # --- generic typed conversion -------------------------------------------------------------
@@ -238,7 +267,7 @@ def _convert(value, tp, key: str, problems: list[str]):
 
 def _build(cls, table: dict, prefix: str, problems: list[str]):
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.name != "api_key"}
+    names = {f.name for f in dataclasses.fields(cls) if f.name not in ("api_key", "fallback_keys")}
     kwargs = {}
     for key, value in table.items():
         full = f"{prefix}.{key}" if prefix else key
@@ -296,6 +325,13 @@ def _check(s: Settings, problems: list[str]) -> None:
     for name in ("connect_timeout", "first_byte_timeout", "idle_timeout"):
         if getattr(s.upstream, name) <= 0:
             problems.append(f"upstream.{name}: got {getattr(s.upstream, name)}, expected > 0")
+    for i, fb in enumerate(s.upstream.fallbacks):
+        if not fb.base_url.startswith(("http://", "https://")):
+            problems.append(f"upstream.fallbacks[{i}].base_url: got {fb.base_url!r}, "
+                            "expected an http(s) URL")
+    if s.upstream.max_response_bytes <= 0:
+        problems.append(f"upstream.max_response_bytes: got {s.upstream.max_response_bytes}, "
+                        "expected > 0")
     if s.upstream.retries < 0:
         problems.append(f"upstream.retries: got {s.upstream.retries}, expected >= 0")
     for i, o in enumerate(s.cors.allow_origins):
@@ -384,27 +420,42 @@ def read_api_key(env_name: str, environ: typing.Mapping[str, str]) -> str | None
     return (environ.get(env_name) or "").strip() or None
 
 
-def parse(data: dict, environ: typing.Mapping[str, str] | None = None) -> Settings:
-    """Build and validate settings from a parsed TOML document."""
+def parse(data: dict, environ: typing.Mapping[str, str] | None = None, *,
+          demo: bool = False) -> Settings:
+    """Build and validate settings from a parsed TOML document.
+
+    demo: the upstream key is neither needed nor used (`demo.demo_settings` points the
+    gateway at the built-in demo upstream, which takes none)."""
     environ = os.environ if environ is None else environ
     problems: list[str] = []
     settings = _build(Settings, data, "", problems)
     if not problems:
         _check(settings, problems)
         key = read_api_key(settings.upstream.api_key_env, environ)
-        if key is None:
+        if demo:
+            pass
+        elif key is None:
             problems.append(
                 f"upstream.api_key_env: environment variable {settings.upstream.api_key_env} "
                 "is not set (nor a systemd credential of that name); expected the upstream key"
             )
         else:
-            settings = dataclasses.replace(settings, api_key=key)
+            fallback_keys = []
+            for i, fb in enumerate(settings.upstream.fallbacks):
+                fb_key = read_api_key(fb.api_key_env, environ) if fb.api_key_env else key
+                if fb_key is None:
+                    problems.append(f"upstream.fallbacks[{i}].api_key_env: environment variable "
+                                    f"{fb.api_key_env} is not set; expected a key")
+                fallback_keys.append(fb_key or "")
+            settings = dataclasses.replace(settings, api_key=key,
+                                           fallback_keys=tuple(fallback_keys))
     if problems:
         raise ConfigError(problems)
     return settings
 
 
-def load(path: str | os.PathLike, environ: typing.Mapping[str, str] | None = None) -> Settings:
+def load(path: str | os.PathLike, environ: typing.Mapping[str, str] | None = None, *,
+         demo: bool = False) -> Settings:
     """Read and validate a TOML file. A missing default file means all defaults."""
     try:
         with open(path, "rb") as fh:
@@ -413,4 +464,4 @@ def load(path: str | os.PathLike, environ: typing.Mapping[str, str] | None = Non
         raise ConfigError([f"{path}: file not found"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
-    return parse(data, environ)
+    return parse(data, environ, demo=demo)

@@ -34,15 +34,21 @@ RETURNED_HEADERS = ("openai-processing-ms", "openai-version",
 class Upstream:
     """Owns the session; open it with `async with Upstream(...).running()` (a cleanup_ctx)."""
 
-    def __init__(self, settings: UpstreamSettings, api_key: str):
+    def __init__(self, settings: UpstreamSettings, api_key: str,
+                 fallback_keys: tuple[str, ...] = ()):
         self.session: aiohttp.ClientSession | None = None
-        self.configure(settings, api_key)
+        self.configure(settings, api_key, fallback_keys)
 
-    def configure(self, settings: UpstreamSettings, api_key: str) -> None:
-        """(Re)read URL, key and timeouts; pooled connections are kept (SIGHUP reload)."""
+    def configure(self, settings: UpstreamSettings, api_key: str,
+                  fallback_keys: tuple[str, ...] = ()) -> None:
+        """(Re)read URLs, keys and timeouts; pooled connections are kept (SIGHUP reload)."""
         self.s = settings
-        self.base = settings.base_url.rstrip("/")
-        self._auth = "Bearer " + api_key
+        #: (base URL, Authorization value) per upstream: the primary first, then fallbacks.
+        self.endpoints = [(settings.base_url.rstrip("/"), "Bearer " + api_key)] + [
+            (fb.base_url.rstrip("/"), "Bearer " + (k or api_key))
+            for fb, k in zip(settings.fallbacks, fallback_keys or ("",) * len(settings.fallbacks))]
+        # Every endpoint is tried at least once, whatever `retries` says.
+        self.attempts = max(settings.retries + 1, len(self.endpoints))
 
     @asynccontextmanager
     async def running(self):
@@ -60,13 +66,8 @@ class Upstream:
         finally:
             await self.session.close()
 
-    def url(self, route: str) -> str:
-        # Routes are fixed strings from the route table ("/v1/..."); the client's path never
-        # reaches the upstream, so no path trick can address another endpoint.
-        return self.base + route[3:]
-
-    def headers(self, client_headers, has_body: bool) -> CIMultiDict:
-        out = CIMultiDict(Authorization=self._auth)
+    def headers(self, auth: str, client_headers, has_body: bool) -> CIMultiDict:
+        out = CIMultiDict(Authorization=auth)
         if has_body:
             out["Content-Type"] = "application/json"
         for name in FORWARDED_HEADERS:
@@ -90,11 +91,14 @@ class Upstream:
             resp.close() if not resp.closed else None
 
     async def _send(self, method, route, body, client_headers) -> aiohttp.ClientResponse:
-        url = self.url(route)
-        headers = self.headers(client_headers, body is not None)
-        attempts = self.s.retries + 1
+        attempts = self.attempts
         for attempt in range(attempts):
             last = attempt == attempts - 1
+            base, auth = self.endpoints[attempt % len(self.endpoints)]
+            # Routes are fixed strings from the route table ("/v1/..."); the client's path
+            # never reaches the upstream, so no path trick can address another endpoint.
+            url = base + route[3:]
+            headers = self.headers(auth, client_headers, body is not None)
             try:
                 async with asyncio.timeout(self.s.first_byte_timeout):
                     resp = await self.session.request(method, url, data=body, headers=headers,
@@ -108,17 +112,22 @@ class Upstream:
                             attempt + 1, attempts, type(exc).__name__)
                 if last:
                     raise UpstreamUnavailable("The upstream could not be reached.") from None
-                await asyncio.sleep(self._backoff(attempt, None))
+                await self._pause(attempt, None)
                 continue
             if resp.status in RETRY_STATUSES and not last:
                 log.warning("upstream answered %d on %s (attempt %d/%d), retrying", resp.status,
                             route, attempt + 1, attempts)
-                delay = self._backoff(attempt, resp.headers.get("Retry-After"))
+                retry_after = resp.headers.get("Retry-After")
                 resp.release()
-                await asyncio.sleep(delay)
+                await self._pause(attempt, retry_after)
                 continue
             return resp
         raise AssertionError("unreachable")  # the loop always returns or raises
+
+    async def _pause(self, attempt: int, retry_after: str | None) -> None:
+        """Wait before retrying the same upstream; failing over to the next one is immediate."""
+        if (attempt + 1) % len(self.endpoints) == 0:
+            await asyncio.sleep(self._backoff(attempt // len(self.endpoints), retry_after))
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         """Exponential backoff with jitter; the upstream's Retry-After wins, capped at 10 s."""

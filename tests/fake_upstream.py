@@ -36,6 +36,8 @@ class FakeOpenAI:
     #: Set when a stream's client (the gateway) went away before the end.
     aborted: list[float] = field(default_factory=list)
     active: int = 0
+    #: Stream chunks written so far (backpressure shows as this count stalling).
+    written: int = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -58,7 +60,11 @@ class FakeOpenAI:
                               dict(request.headers), body))
         step = self.script.pop(0) if self.script else {}
         if step.get("delay"):
-            await asyncio.sleep(step["delay"])
+            try:
+                await asyncio.sleep(step["delay"])
+            except asyncio.CancelledError:
+                self.aborted.append(time.monotonic())  # the gateway gave up waiting
+                raise
         payload = orjson.loads(body) if body else {}
         return step, payload
 
@@ -95,6 +101,7 @@ class FakeOpenAI:
         await resp.prepare(request)
         include_usage = (body.get("stream_options") or {}).get("include_usage")
         delay = step.get("chunk_delay", self.chunk_delay)
+        pad = b": " + b"p" * step["pad"] + b"\n\n" if step.get("pad") else b""  # SSE comment
         self.active += 1
         try:
             for i, part in enumerate(parts):
@@ -107,7 +114,8 @@ class FakeOpenAI:
                                       "finish_reason": None}]}
                 if include_usage:
                     chunk["usage"] = None
-                await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n" + pad)
+                self.written += 1
                 if delay:
                     await asyncio.sleep(delay)
             if include_usage:
