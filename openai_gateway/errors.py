@@ -98,3 +98,28 @@ def from_http_exception(exc: web.HTTPException, request: web.Request) -> web.Res
     message = template.format(method=request.method, path=request.path[:200])
     headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
     return error_response(exc.status, message, type_, None, code, headers)
+
+
+def upstream_error(status: int, content_type: str, body: bytes) -> tuple[int, str, bytes]:
+    """An upstream error as the client should see it: always OpenAI's shape, never our key.
+
+    A 401/403 means the gateway's own key was refused; passing it on would blame the
+    browser's dummy key (and OpenAI's message echoes part of the real key), so it becomes a
+    502. Other errors keep their status; a body that is not OpenAI's shape (an HTML page from
+    a load balancer, vLLM's plain text) is replaced by one that is.
+    """
+    if status in (401, 403):
+        return 502, "application/json", error_body(
+            "The upstream refused the gateway's credentials.", "server_error", None,
+            "upstream_auth_error")
+    if content_type == "application/json":
+        try:
+            doc = orjson.loads(body)
+            if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+                return status, content_type, body
+        except orjson.JSONDecodeError:
+            pass
+    type_ = "server_error" if status >= 500 else "invalid_request_error"
+    return status, "application/json", error_body(
+        f"The upstream answered {status} without an error description.", type_, None,
+        "upstream_error")

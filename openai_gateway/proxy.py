@@ -7,6 +7,7 @@ Each step's rules live in its own module; this file only orders them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from . import metrics
 from .cache import Entry, PromptCache, cache_key
-from .errors import BodyTooLarge, GatewayError, RateLimited, RequestTimeout
+from .errors import BodyTooLarge, GatewayError, RateLimited, RequestTimeout, upstream_error
 from .identity import Client, IdentityResolver
 from .logs import RequestRecord
 from .ratelimit import RateLimiter
@@ -26,6 +27,7 @@ from .streaming import relay, replay
 from .upstream import RETURNED_HEADERS, Upstream
 from .validation import ParsedRequest, Validator
 
+log = logging.getLogger("gateway.proxy")
 RECORD = web.RequestKey("record", RequestRecord) if hasattr(web, "RequestKey") else "record"
 #: Routes whose streams can report usage when asked with stream_options.include_usage.
 USAGE_OPT_IN = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -166,7 +168,10 @@ class Proxy:
             rec.ttfb_ms = round((time.perf_counter() - t0) * 1000, 2)
             metrics.TTFB.labels(route).observe(time.perf_counter() - t0)
             body = await self.upstream.read_body(resp, self.s.upstream.max_response_bytes)
-            answer = Answer(resp.status, resp.content_type or JSON, body,
+            status, ctype = resp.status, resp.content_type or JSON
+            if status >= 400:
+                status, ctype, body = self._upstream_failed(status, ctype, body)
+            answer = Answer(status, ctype, body,
                             {h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
         if key is not None and resp.status == 200 and answer.content_type == JSON:
             await self.cache.set(key, Entry(False, body))
@@ -195,8 +200,11 @@ class Proxy:
             if resp.status != 200 or resp.content_type != "text/event-stream":
                 # An error (or an upstream that ignored stream=true): pass it on as it is.
                 data = await self.upstream.read_body(resp, self.s.upstream.max_response_bytes)
-                return web.Response(status=resp.status, body=data, headers=headers,
-                                    content_type=resp.content_type or JSON)
+                status, ctype = resp.status, resp.content_type or JSON
+                if status >= 400:
+                    status, ctype, data = self._upstream_failed(status, ctype, data)
+                return web.Response(status=status, body=data, headers=headers,
+                                    content_type=ctype)
             metrics.ACTIVE_STREAMS.inc()
             try:
                 out, outcome = await relay(request, resp, headers,
@@ -233,6 +241,14 @@ class Proxy:
             metrics.TOKENS.labels(model, "out").inc(tout)
         await self.limiter.charge_tokens(client, route, parsed.model, (tin or 0) + (tout or 0))
 
+    @staticmethod
+    def _upstream_failed(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
+        if status in (401, 403):
+            log.error("the upstream refused the gateway's key (status %d): check the key", status)
+        metrics.UPSTREAM_ERRORS.labels(f"status_{status}" if status in (401, 403, 429)
+                                       else f"status_{status // 100}xx").inc()
+        return upstream_error(status, ctype, body)
+
     def _models_for(self, client: Client) -> frozenset[str] | None:
         if client.key is not None:
             return self.client_models.get(client.key.name)
@@ -250,7 +266,9 @@ class Proxy:
             rec.upstream_status = resp.status
             body = await self.upstream.read_body(resp, 16 * 1024 * 1024)
             status, ctype = resp.status, resp.content_type or JSON
-        if status == 200 and allowed:
+        if status >= 400:
+            status, ctype, body = self._upstream_failed(status, ctype, body)
+        elif status == 200 and allowed:
             try:
                 doc = orjson.loads(body)
                 doc["data"] = [m for m in doc.get("data", []) if m.get("id") in allowed]

@@ -99,10 +99,19 @@ async def test_stall_between_chunks_hits_idle_timeout(make_gateway, fake):
 
 
 async def test_upstream_error_before_stream_is_json(gw, fake):
-    fake.script = [{"status": 401}]
+    fake.script = [{"status": 404}]
     r = await gw.post("/v1/chat/completions", json=STREAM)
-    assert r.status == 401
-    assert (await r.json())["error"]["message"] == "fake upstream error 401"
+    assert r.status == 404
+    assert (await r.json())["error"]["message"] == "fake upstream error 404"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_upstream_refusing_our_key_is_502_not_the_clients_fault(gw, fake, status):
+    fake.script = [{"status": status}]
+    r = await gw.post("/v1/chat/completions", json=STREAM)
+    err = (await r.json())["error"]
+    assert r.status == 502 and err["code"] == "upstream_auth_error"
+    assert "fake upstream" not in err["message"]
 
 
 async def test_stream_usage_chunk_only_when_asked(gw, fake):
