@@ -42,7 +42,8 @@ class RequestRecord:
 class RedactingFormatter(logging.Formatter):
     def __init__(self, secrets: tuple[str, ...], json_lines: bool):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self.secrets = tuple(s for s in secrets if s)
+        # Only real keys: redacting a 1-character test value would garble every line.
+        self.secrets = tuple(s for s in secrets if len(s) >= 8)
         self.json_lines = json_lines
 
     def format(self, record: logging.LogRecord) -> str:
