@@ -17,6 +17,7 @@ from aiohttp import web
 
 from . import sdnotify
 from .app import DRAINING, create_app, reconfigure
+from .headerguard import GuardedTCPSite
 from .demo import DemoUpstream
 from .settings import ConfigError, Settings, load, resolve_workers
 
@@ -62,9 +63,15 @@ async def serve(settings: Settings, config_path: str | None = None, *, reuse_por
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                            shutdown_timeout=settings.server.shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024,
-                       reuse_port=reuse_port or None)
-    await site.start()
+    site = GuardedTCPSite(runner, settings.server.host, settings.server.port,
+                          header_timeout=settings.server.header_timeout, reuse_port=reuse_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.server.host, settings.server.port,
+                  exc.strerror or exc)
+        await runner.cleanup()
+        raise SystemExit(1) from None
     log.info("gateway listening on http://%s:%d, forwarding to %s", settings.server.host,
              settings.server.port, settings.upstream.base_url)
     stop = asyncio.Event()

@@ -14,6 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from limits import parse_many
 
@@ -45,6 +46,8 @@ class ServerSettings:
     max_body_bytes: int = 1_048_576
     #: Seconds a client may take to send its request body (slow uploads get 408).
     body_timeout: float = 30.0
+    #: Seconds a new connection may take to send its request line and headers (slowloris).
+    header_timeout: float = 10.0
     #: Seconds in-flight requests and streams get to finish after SIGTERM.
     shutdown_timeout: float = 30.0
     #: Processes serving one port (SO_REUSEPORT): an integer or "auto" (one per core).
@@ -313,6 +316,9 @@ def _check(s: Settings, problems: list[str]) -> None:
             f"server.workers: got {w!r} with memory:// storage, expected memcached storage "
             "(each process would keep its own rate limits and cache) or "
             "server.allow_unshared_workers = true")
+    for name in ("body_timeout", "header_timeout", "shutdown_timeout"):
+        if getattr(s.server, name) <= 0:
+            problems.append(f"server.{name}: got {getattr(s.server, name)}, expected > 0")
     if s.server.max_body_bytes <= 0:
         problems.append(f"server.max_body_bytes: got {s.server.max_body_bytes}, expected > 0")
     if not s.upstream.base_url.startswith(("http://", "https://")):
@@ -335,7 +341,7 @@ def _check(s: Settings, problems: list[str]) -> None:
     if s.upstream.retries < 0:
         problems.append(f"upstream.retries: got {s.upstream.retries}, expected >= 0")
     for i, o in enumerate(s.cors.allow_origins):
-        if o != "*" and (not o.startswith(("http://", "https://")) or o.endswith("/")):
+        if o != "*" and not _is_origin(o):
             problems.append(
                 f"cors.allow_origins[{i}]: got {o!r}, expected \"*\" or an origin like "
                 "\"https://app.example.com\" (scheme and host, no path)"
@@ -404,6 +410,17 @@ def _check(s: Settings, problems: list[str]) -> None:
         problems.append(f"log.level: got {s.log.level!r}, expected debug, info, warning or error")
     if s.log.format not in ("auto", "json", "text"):
         problems.append(f"log.format: got {s.log.format!r}, expected \"auto\", \"json\" or \"text\"")
+
+
+def _is_origin(text: str) -> bool:
+    """scheme://host[:port] and nothing else: what a browser sends in `Origin` (RFC 6454)."""
+    try:
+        u = urlsplit(text)
+        u.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return (u.scheme in ("http", "https") and bool(u.hostname) and "@" not in u.netloc
+            and text == f"{u.scheme}://{u.netloc}")
 
 
 def resolve_workers(workers: int | str) -> int:

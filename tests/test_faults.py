@@ -270,3 +270,20 @@ def test_socket_helper_sanity():
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+async def test_slowloris_headers_are_cut_and_the_server_stays_responsive(gateway_process, fake):
+    gp = await gateway_process({"server": {"header_timeout": 0.5}})
+    port = int(gp.url.rsplit(":", 1)[1])
+    slow = []
+    for _ in range(50):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-A: ")
+        slow.append((reader, writer))
+    async with aiohttp.ClientSession() as s:  # others are served meanwhile
+        async with s.post(gp.url + "/v1/chat/completions", json=CHAT) as r:
+            assert r.status == 200
+    closed = await asyncio.wait_for(asyncio.gather(*(r.read() for r, _ in slow)), 3)
+    assert closed == [b""] * 50  # the gateway hung up on every one of them
+    for _, w in slow:
+        w.close()
