@@ -29,6 +29,8 @@ DETERMINISTIC = frozenset({"/v1/embeddings", "/v1/moderations"})
 KIND_JSON, KIND_SSE = b"J", b"S"
 #: Only complete streams are stored; a value without the end marker is not one of ours.
 DONE_MARK = b"data: [DONE]"
+#: The responses API ends its streams with this event instead of [DONE].
+RESPONSES_DONE = b"response.completed"
 #: How long another process's in-flight fill may keep us waiting (then we ask ourselves).
 LOCK_SECONDS = 30
 POLL_SECONDS = 0.05
@@ -49,7 +51,8 @@ class Entry:
             return None
         kind, body = value[:1], value[1:]
         if kind == KIND_SSE:
-            return Entry(True, body) if DONE_MARK in body else None
+            complete = DONE_MARK in body or RESPONSES_DONE in body
+            return Entry(True, body) if complete else None
         if kind == KIND_JSON:
             try:
                 return Entry(False, body) if isinstance(orjson.loads(body), dict) else None
@@ -90,13 +93,10 @@ class BoundedMemoryCache(SimpleMemoryCache):
             await self._delete(next(iter(self._cache)))
         return result
 
-    async def _delete(self, key, _conn=None):
-        value = self._cache.get(key)
-        if value is not None:
-            self.bytes -= len(value)
-        return await super()._delete(key)
-
-    def _SimpleMemoryBackend__delete(self, key):  # TTL expiry path of the parent class
+    # Every removal (delete, eviction, TTL expiry) goes through the parent's private
+    # `__delete`, so the byte count is kept here and only here (overriding `_delete` too
+    # would count each removal twice).
+    def _SimpleMemoryBackend__delete(self, key):
         value = self._cache.get(key)
         if value is not None:
             self.bytes -= len(value)
@@ -144,7 +144,9 @@ class PromptCache:
         """'BYPASS', or None when the request is cacheable."""
         if route not in self.routes:
             return "BYPASS"
-        if cache_control and ("no-cache" in cache_control or "no-store" in cache_control):
+        # Directives compare case-insensitively (RFC 9111 section 5.2).
+        directives = (cache_control or "").lower()
+        if "no-cache" in directives or "no-store" in directives:
             return "BYPASS"
         if route not in DETERMINISTIC and not self.s.sampled:
             temperature = parsed.body.get("temperature")

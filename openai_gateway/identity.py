@@ -93,6 +93,7 @@ class IdentityResolver:
         return Client(id="ip:" + ip, ip=ip)
 
     def _client_key(self, authorization: str | None) -> ClientSettings | None:
-        if not authorization or not authorization.startswith("Bearer "):
+        # The scheme is case-insensitive (RFC 9110 section 11.1): "bearer KEY" is the same.
+        if not authorization or authorization[:7].lower() != "bearer ":
             return None
         return self._keys.get(hash_key(authorization[7:].strip()))

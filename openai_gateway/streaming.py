@@ -58,15 +58,17 @@ class _Inspector:
         data = self.held + chunk if self.held else chunk
         ends = list(EVENT_END.finditer(data))
         if not ends:
-            if self.strip_usage_chunk and len(data) <= MAX_HELD:
+            if len(data) <= MAX_HELD:
                 self.held = data
-                return b""
-            self.held = data if len(data) <= MAX_HELD else b""
-            return chunk
-        cut = ends[-1].end()
-        self.held = data[cut:]
-        if len(self.held) > MAX_HELD:
+                return b"" if self.strip_usage_chunk else chunk
+            # Too large to be the usage chunk: pass it on unparsed. When stripping, the held
+            # bytes were not sent yet, so they go out now with the chunk.
             self.held = b""
+            return data if self.strip_usage_chunk else chunk
+        cut = ends[-1].end()
+        tail = data[cut:]
+        overflow = len(tail) > MAX_HELD
+        self.held = b"" if overflow else tail
         events, start, keep = data[:cut], 0, []
         for m in ends:
             event = events[start:m.end()]
@@ -76,11 +78,12 @@ class _Inspector:
             keep.append(event)
         if not self.strip_usage_chunk:
             return chunk
-        return b"".join(keep) if len(keep) != len(ends) else events
+        out = b"".join(keep) if len(keep) != len(ends) else events
+        return out + tail if overflow else out
 
     def _inspect(self, event: bytes) -> bool:
         """Record usage and completion; True if this is a usage-only chunk."""
-        if DONE in event or RESPONSES_DONE in event:
+        if (DONE in event or RESPONSES_DONE in event) and _ends_stream(event):
             self.outcome.complete = True
         if b'"usage"' not in event or (b'"usage":null' in event and b'"usage":{' not in event
                                        and b'"usage": {' not in event):
@@ -100,6 +103,25 @@ class _Inspector:
                     self.outcome.usage = usage
                     return obj.get("choices") == []
         return False
+
+
+def _ends_stream(event: bytes) -> bool:
+    """True for the end marker itself, not for an answer whose text mentions it."""
+    for line in event.splitlines():
+        field, _, value = line.partition(b":")
+        value = value.removeprefix(b" ")
+        if field == b"data" and value == b"[DONE]":
+            return True
+        if field == b"event" and value == RESPONSES_DONE:
+            return True
+        if field == b"data" and RESPONSES_DONE in value:  # servers that send no event: line
+            try:
+                obj = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and obj.get("type") == "response.completed":
+                return True
+    return False
 
 
 async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
