@@ -122,6 +122,9 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:  # the worker
             os.close(self.ready_r)
+            # Only the main process speaks to systemd (NotifyAccess=main); readiness comes
+            # through the pipe instead.
+            os.environ.pop("NOTIFY_SOCKET", None)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             code = 0
