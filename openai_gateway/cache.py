@@ -28,7 +28,7 @@ DETERMINISTIC = frozenset({"/v1/embeddings", "/v1/moderations"})
 #: Entry format: one kind byte, then the body exactly as the client received it.
 KIND_JSON, KIND_SSE = b"J", b"S"
 #: Only complete streams are stored; a value without the end marker is not one of ours.
-DONE_MARK = b"data: [DONE]"
+DONE_MARK = b"[DONE]"  # "data: [DONE]", or "data:[DONE]" (the space is optional)
 #: The responses API ends its streams with this event instead of [DONE].
 RESPONSES_DONE = b"response.completed"
 #: How long another process's in-flight fill may keep us waiting (then we ask ourselves).

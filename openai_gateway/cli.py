@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import secrets
 import sys
 
@@ -43,8 +44,10 @@ def new_client_key(name: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "new-client-key":
-        if len(argv) != 2 or not argv[1].strip():
-            print("usage: gateway.py new-client-key NAME", file=sys.stderr)
+        # The name goes into TOML and logs: keep it to a plain identifier.
+        if len(argv) != 2 or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", argv[1]):
+            print("usage: gateway.py new-client-key NAME  (letters, digits, _ . -; at most 64)",
+                  file=sys.stderr)
             return 2
         return new_client_key(argv[1])
     args = _parser().parse_args(argv)

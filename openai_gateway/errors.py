@@ -56,6 +56,10 @@ class RateLimited(GatewayError):
     status, type, code = 429, "requests", "rate_limit_exceeded"
 
 
+class TokensRateLimited(RateLimited):
+    type = "tokens"
+
+
 class StorageUnavailable(GatewayError):
     status, type, code = 503, "server_error", "storage_unavailable"
 

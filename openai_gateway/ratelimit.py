@@ -24,7 +24,7 @@ from limits import RateLimitItem, parse_many
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
-from .errors import RateLimited, StorageUnavailable
+from .errors import RateLimited, StorageUnavailable, TokensRateLimited
 from .identity import Client
 from .settings import RateLimitSettings, ClientSettings
 from .storage import StorageURL
@@ -208,7 +208,7 @@ class RateLimiter:
                 stats = await self._tok.get_window_stats(item, "tok", ident, scope)
                 reset = max(stats.reset_time - time.time(), 0.0)
                 if stats.remaining < max(estimate, 1):
-                    raise RateLimited(
+                    raise TokensRateLimited(
                         f"Rate limit reached for tokens: {item.amount} per {_window(item)}, "
                         f"{stats.remaining} left, this request needs about {estimate}. "
                         f"Please try again in {format_reset(reset)}.",

@@ -228,7 +228,9 @@ class Settings:
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is tuple:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        inner = typing.get_args(tp)[0]
+        plural = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+        return "a list of " + plural.get(inner, "tables")
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if dataclasses.is_dataclass(tp):

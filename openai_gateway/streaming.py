@@ -23,7 +23,8 @@ SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8",
                "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 #: An event ends at a blank line; both line endings are allowed by the SSE spec (WHATWG 9.2.5).
 EVENT_END = re.compile(rb"\r?\n\r?\n")
-DONE = b"data: [DONE]"
+#: The end of a chat or completions stream, as "data: [DONE]" (the space is optional).
+DONE = b"[DONE]"
 #: The responses API ends with this event instead of [DONE].
 RESPONSES_DONE = b"response.completed"
 #: An incomplete event larger than this is passed on unparsed rather than held.
@@ -110,7 +111,7 @@ def _ends_stream(event: bytes) -> bool:
     for line in event.splitlines():
         field, _, value = line.partition(b":")
         value = value.removeprefix(b" ")
-        if field == b"data" and value == b"[DONE]":
+        if field == b"data" and value == DONE:
             return True
         if field == b"event" and value == RESPONSES_DONE:
             return True

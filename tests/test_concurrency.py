@@ -32,7 +32,7 @@ async def test_two_thousand_concurrent_streams(gateway_process, fake):
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 4 * STREAMS + 1000
     gp = await gateway_process({"rate_limit": {"requests": []}, "cache": {"enabled": False},
                                 "upstream": {"max_connections": STREAMS + 100}})
-    fake.chunks, fake.chunk_delay = 6, 1.0
+    fake.chunks, fake.chunk_delay = 4, 3.0  # each stream stays open ~12 s
     async with aiohttp.ClientSession() as warm:
         async with warm.post(gp.url + "/v1/chat/completions",
                              json=dict(STREAM, seed=-1)) as r:

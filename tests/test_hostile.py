@@ -68,7 +68,9 @@ path_chars = st.sampled_from(list("abcv1/.%2eEfF-_~?#;=&") + ["%2f", "%2F", ".."
            max_size=4))
 async def test_any_request_gets_a_clean_answer(gw, fake, path, method, body, headers):
     fake.seen.clear()
-    resp = await gw.request(method, "/" + path, data=orjson.dumps(body), headers=headers)
+    # A leading "//" would make the test client read a host name; test_app covers it.
+    resp = await gw.request(method, "/" + path.lstrip("/"), data=orjson.dumps(body),
+                            headers=headers)
     text = await resp.text()
     assert resp.status != 500 and "Traceback" not in text
     if resp.status >= 400 and resp.status not in (502, 504):

@@ -1,0 +1,266 @@
+"""The cache's pure parts: canonical keys, stored entries, policy, and the byte-bounded LRU."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+
+import pytest
+from aiocache.serializers import NullSerializer
+
+from openai_gateway.cache import BoundedMemoryCache, Entry, PromptCache, cache_key
+from openai_gateway.settings import CacheSettings
+from openai_gateway.storage import parse_storage_url
+from openai_gateway.validation import ParsedRequest
+
+CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
+BODY = {
+    "model": "gpt-4o-mini", "temperature": 0, "max_tokens": 50, "seed": 7,
+    "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string"}}}}}],
+}
+
+
+def changed(path: tuple, value) -> dict:
+    body = copy.deepcopy(BODY)
+    target = body
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return body
+
+
+# --- cache_key ------------------------------------------------------------------------------
+
+
+def test_key_ignores_key_order_at_every_depth():
+    reordered = {
+        "tools": [{"function": {"parameters": {"properties": {"a": {"type": "string"}},
+                                               "type": "object"}, "name": "f"},
+                   "type": "function"}],
+        "messages": [{"content": "be brief", "role": "system"}, {"content": "hi", "role": "user"}],
+        "seed": 7, "max_tokens": 50, "temperature": 0, "model": "gpt-4o-mini",
+    }
+    assert cache_key(CHAT, "shared", reordered) == cache_key(CHAT, "shared", BODY)
+
+
+@pytest.mark.parametrize("path, value", [
+    (("model",), "gpt-4o"),
+    (("temperature",), 0.1),
+    (("max_tokens",), 51),
+    (("seed",), 8),
+    (("user",), "u1"),  # an added field
+    (("messages", 1, "content"), "hi!"),
+    (("messages", 0, "role"), "developer"),
+    (("tools", 0, "function", "name"), "g"),
+    (("tools", 0, "function", "parameters", "properties", "a", "type"), "number"),
+])
+def test_any_field_change_changes_the_key(path, value):
+    assert cache_key(CHAT, "shared", changed(path, value)) != cache_key(CHAT, "shared", BODY)
+
+
+def test_removed_field_changes_the_key():
+    body = {k: v for k, v in BODY.items() if k != "seed"}
+    assert cache_key(CHAT, "shared", body) != cache_key(CHAT, "shared", BODY)
+
+
+def test_message_order_counts():
+    body = changed(("messages",), list(reversed(BODY["messages"])))
+    assert cache_key(CHAT, "shared", body) != cache_key(CHAT, "shared", BODY)
+
+
+@pytest.mark.parametrize("a, b", [
+    ((CHAT, "shared"), (CHAT, "key:backend")),
+    ((CHAT, "key:a"), (CHAT, "key:b")),
+    ((CHAT, "shared"), ("/v1/completions", "shared")),
+    ((CHAT, "shared"), (EMBEDDINGS, "shared")),
+])
+def test_scope_and_route_change_the_key(a, b):
+    assert cache_key(*a, BODY) != cache_key(*b, BODY)
+
+
+@pytest.mark.parametrize("scope, body", [
+    ("shared", {}),
+    ("key:a name with spaces", BODY),
+    ("key:" + "x" * 1000, {"input": "word " * 100_000}),
+    ("shared", {"messages": [{"role": "user", "content": "ü\n\t\r\0 😀"}]}),
+])
+def test_key_is_memcached_safe(scope, body):
+    key = cache_key(CHAT, scope, body)
+    assert len(key) == 66 and key.startswith("c:")
+    assert all(c in "0123456789abcdef" for c in key[2:])  # no space, control or non-ASCII
+
+
+def test_key_is_stable():
+    assert cache_key(CHAT, "shared", {"model": "m"}) == cache_key(CHAT, "shared", {"model": "m"})
+
+
+# --- Entry ----------------------------------------------------------------------------------
+
+SSE = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
+RESPONSES_SSE = (b'event: response.output_text.delta\ndata: {"delta":"hi"}\n\n'
+                 b'event: response.completed\ndata: {"type":"response.completed"}\n\n')
+
+
+@pytest.mark.parametrize("entry, encoded", [
+    (Entry(False, b'{"id":"x"}'), b'J{"id":"x"}'),
+    (Entry(True, SSE), b"S" + SSE),
+    (Entry(True, RESPONSES_SSE), b"S" + RESPONSES_SSE),  # the responses API has no [DONE]
+])
+def test_entry_round_trip(entry, encoded):
+    assert entry.encode() == encoded
+    assert Entry.decode(encoded) == entry
+
+
+@pytest.mark.parametrize("value", [
+    None, "J{}", 123, b"", b"J", b"S", b"X{}", b"J{not json", b"J[1,2]", b'J"text"', b"Jnull",
+    b"S" + SSE[:-len(b"data: [DONE]\n\n")],  # a stream without its end
+    b"\x80\x81\x82",
+])
+def test_entry_decode_garbage_is_none(value):
+    assert Entry.decode(value) is None
+
+
+# --- policy -------------------------------------------------------------------------------
+
+
+def cache(**settings) -> PromptCache:
+    return PromptCache(CacheSettings(**settings), parse_storage_url("memory://"), timeout=0.5)
+
+
+def parsed(**body) -> ParsedRequest:
+    return ParsedRequest(body, body.get("model"), bool(body.get("stream")), 0, None)
+
+
+@pytest.mark.parametrize("settings, route, body, cache_control, expected", [
+    # Route not cached (or the cache off): bypass.
+    ({"routes": (EMBEDDINGS,)}, CHAT, {"temperature": 0}, None, "BYPASS"),
+    ({"enabled": False}, EMBEDDINGS, {}, None, "BYPASS"),
+    ({}, "/v1/models", {}, None, "BYPASS"),
+    # The client says no.
+    ({}, EMBEDDINGS, {}, "no-cache", "BYPASS"),
+    ({}, EMBEDDINGS, {}, "no-store", "BYPASS"),
+    ({}, EMBEDDINGS, {}, "max-age=0, no-store", "BYPASS"),
+    ({}, EMBEDDINGS, {}, "No-Cache", "BYPASS"),
+    ({}, CHAT, {"temperature": 0}, "no-cache", "BYPASS"),
+    ({}, EMBEDDINGS, {}, "max-age=60", None),
+    ({}, EMBEDDINGS, {}, "", None),
+    # Sampled answers vary: not cached unless configured.
+    ({}, CHAT, {}, None, "BYPASS"),  # unset means 1
+    ({}, CHAT, {"temperature": 0.7}, None, "BYPASS"),
+    ({}, CHAT, {"temperature": None}, None, "BYPASS"),
+    ({}, "/v1/completions", {}, None, "BYPASS"),
+    ({}, "/v1/responses", {"temperature": 1}, None, "BYPASS"),
+    ({}, CHAT, {"temperature": 0}, None, None),
+    ({}, CHAT, {"temperature": 0.0}, None, None),
+    ({}, "/v1/responses", {"temperature": 0}, None, None),
+    ({"sampled": True}, CHAT, {}, None, None),
+    ({"sampled": True}, CHAT, {"temperature": 1.3}, None, None),
+    # Deterministic routes: whatever the temperature.
+    ({}, EMBEDDINGS, {}, None, None),
+    ({}, EMBEDDINGS, {"temperature": 1}, None, None),
+    ({}, "/v1/moderations", {}, None, None),
+])
+def test_policy(settings, route, body, cache_control, expected):
+    assert cache(**settings).policy(route, parsed(**body), cache_control) == expected
+
+
+def test_configure_replaces_the_policy():
+    c = cache()
+    assert c.policy(EMBEDDINGS, parsed(), None) is None
+    c.configure(CacheSettings(enabled=False))
+    assert c.policy(EMBEDDINGS, parsed(), None) == "BYPASS"
+
+
+# --- BoundedMemoryCache -------------------------------------------------------------------
+
+
+def memory(max_bytes: int) -> BoundedMemoryCache:
+    return BoundedMemoryCache(max_bytes, timeout=None, serializer=NullSerializer(encoding=None))
+
+
+def state(c: BoundedMemoryCache) -> tuple[list[str], int]:
+    assert c.bytes == sum(len(v) for v in c._cache.values())
+    return list(c._cache), c.bytes
+
+
+async def test_inserting_past_the_bound_evicts_the_least_recently_used():
+    c = memory(10)
+    for key in "abc":
+        await c.set(key, b"1234")
+    assert state(c) == (["b", "c"], 8)
+    await c.set("d", b"12")
+    assert state(c) == (["b", "c", "d"], 10)  # exactly the bound is allowed
+    await c.set("e", b"123456789")
+    assert state(c) == (["e"], 9)
+
+
+async def test_a_get_refreshes_recency():
+    c = memory(12)
+    for key in "abc":
+        await c.set(key, b"1234")
+    assert await c.get("a") == b"1234"
+    await c.set("d", b"1234")
+    assert state(c) == (["c", "a", "d"], 12)  # "b" was the least recently used
+    assert await c.get("b") is None
+
+
+async def test_a_value_larger_than_the_bound_is_not_kept():
+    c = memory(10)
+    await c.set("a", b"1234")
+    await c.set("big", b"x" * 11)
+    assert state(c) == ([], 0)
+
+
+async def test_overwrite_counts_only_the_new_value():
+    c = memory(100)
+    await c.set("a", b"x" * 40)
+    await c.set("a", b"x" * 10)
+    assert state(c) == (["a"], 10)
+    await c.set("a", b"x" * 60)
+    await c.set("b", b"x" * 30)
+    assert state(c) == (["a", "b"], 90)
+
+
+async def test_delete_counts_once():
+    c = memory(100)
+    await c.set("a", b"x" * 40)
+    await c.set("b", b"x" * 30)
+    assert await c.delete("a") == 1
+    assert await c.delete("a") == 0
+    assert state(c) == (["b"], 30)
+
+
+async def test_ttl_expiry_keeps_the_byte_count():
+    c = memory(100)
+    await c.set("short", b"x" * 40, ttl=0.05)
+    await c.set("long", b"x" * 30, ttl=60)
+    await asyncio.sleep(0.15)
+    assert state(c) == (["long"], 30)
+    assert await c.get("short") is None
+    await c.close()
+
+
+async def test_overwrite_without_ttl_cancels_the_old_expiry():
+    c = memory(100)
+    await c.set("a", b"x" * 40, ttl=0.05)
+    await c.set("a", b"x" * 20)
+    await asyncio.sleep(0.15)
+    assert state(c) == (["a"], 20)
+
+
+async def test_byte_count_matches_the_contents_under_random_use():
+    rng = random.Random(1234)
+    c = memory(500)
+    for _ in range(2000):
+        key = f"k{rng.randrange(30)}"
+        op = rng.random()
+        if op < 0.6:
+            await c.set(key, b"x" * rng.randrange(1, 120))
+        elif op < 0.85:
+            await c.get(key)
+        else:
+            await c.delete(key)
+        assert state(c)[1] <= 500

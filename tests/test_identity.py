@@ -1,0 +1,160 @@
+"""Who is calling: X-Forwarded-For from trusted proxies only, and gateway-issued client keys."""
+from __future__ import annotations
+
+from unittest import mock
+
+import orjson
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from openai_gateway.errors import InvalidClientKey
+from openai_gateway.identity import (
+    Client,
+    IdentityResolver,
+    TrustedProxies,
+    client_address,
+    hash_key,
+)
+from openai_gateway.settings import ClientSettings
+
+TRUSTED = TrustedProxies(("127.0.0.1", "::1", "10.0.0.0/8", "fd00::/8"))
+
+
+@pytest.mark.parametrize("peer, xff, expected", [
+    # No header, or an empty one: the peer.
+    ("127.0.0.1", None, "127.0.0.1"),
+    ("127.0.0.1", "", "127.0.0.1"),
+    ("198.51.100.9", None, "198.51.100.9"),
+    # An untrusted peer cannot speak for anyone.
+    ("198.51.100.9", "203.0.113.7", "198.51.100.9"),
+    ("198.51.100.9", "127.0.0.1", "198.51.100.9"),
+    # A trusted peer: the right-most untrusted hop.
+    ("127.0.0.1", "203.0.113.7", "203.0.113.7"),
+    ("10.1.2.3", "203.0.113.7", "203.0.113.7"),  # inside 10.0.0.0/8
+    ("127.0.0.1", "1.1.1.1, 203.0.113.7", "203.0.113.7"),  # spoofed left-most hop
+    ("127.0.0.1", "1.1.1.1,2.2.2.2,203.0.113.7", "203.0.113.7"),
+    ("127.0.0.1", "203.0.113.7, 10.0.0.5", "203.0.113.7"),  # a trusted hop is skipped
+    ("127.0.0.1", " 203.0.113.7 ,  10.0.0.5 ", "203.0.113.7"),
+    # Every hop trusted: the left-most one is the best we know.
+    ("127.0.0.1", "10.0.0.9, 10.0.0.5", "10.0.0.9"),
+    # A malformed hop is where belief stops: the last trusted address.
+    ("127.0.0.1", "203.0.113.7, garbage", "127.0.0.1"),
+    ("127.0.0.1", "203.0.113.7:4444", "127.0.0.1"),  # a port is not an address
+    ("127.0.0.1", "garbage, 203.0.113.7", "203.0.113.7"),  # never reached
+    ("127.0.0.1", "203.0.113.7, nope, 10.0.0.5", "10.0.0.5"),
+    ("127.0.0.1", " , ", "127.0.0.1"),
+    ("127.0.0.1", "unknown", "127.0.0.1"),
+    # IPv6.
+    ("::1", "2001:db8::1", "2001:db8::1"),
+    ("fd00::5", "2001:db8::1, fd00::7", "2001:db8::1"),
+    ("2001:db8::9", "203.0.113.7", "2001:db8::9"),
+    ("::1", "[2001:db8::1]", "::1"),  # brackets belong to URLs, not to this header
+    # IPv4-mapped IPv6, as a dual-stack socket reports IPv4 peers.
+    ("::ffff:127.0.0.1", "203.0.113.7", "203.0.113.7"),
+    ("::ffff:10.9.9.9", "203.0.113.7", "203.0.113.7"),
+    ("::ffff:198.51.100.9", "203.0.113.7", "::ffff:198.51.100.9"),
+    ("127.0.0.1", "203.0.113.7, ::ffff:10.0.0.5", "203.0.113.7"),
+    # No usable peer address.
+    ("unknown", "203.0.113.7", "unknown"),
+])
+def test_client_address(peer, xff, expected):
+    assert client_address(peer, xff, TRUSTED) == expected
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "::1", "10.0.0.1"])
+def test_no_trusted_proxies_trusts_nobody(peer):
+    assert client_address(peer, "203.0.113.7", TrustedProxies(())) == peer
+
+
+@pytest.mark.parametrize("address, trusted", [
+    ("127.0.0.1", True), ("127.0.0.2", False), ("10.255.255.255", True), ("11.0.0.0", False),
+    ("::1", True), ("fdff::1", True), ("fe80::1", False), ("::ffff:10.0.0.1", True),
+    ("not-an-ip", False), ("", False),
+])
+def test_trusted_proxies_membership(address, trusted):
+    assert TRUSTED.contains(address) is trusted
+
+
+# --- IdentityResolver -----------------------------------------------------------------------
+
+KEY_A, KEY_B = "gw-key-for-backend", "gw-key-for-batch"
+BACKEND = ClientSettings(name="backend", key_sha256=hash_key(KEY_A), requests=("600/minute",))
+BATCH = ClientSettings(name="batch", key_sha256=hash_key(KEY_B).upper())
+
+
+def request(peer: str | None = "198.51.100.9", **headers: str):
+    transport = mock.Mock()
+    extra = {"peername": (peer, 50000) if peer else None}
+    transport.get_extra_info.side_effect = lambda name, default=None: extra.get(name, default)
+    return make_mocked_request("POST", "/v1/chat/completions", headers=headers,
+                               transport=transport)
+
+
+def resolver(clients=(BACKEND, BATCH), require=False) -> IdentityResolver:
+    return IdentityResolver(trusted_proxies=("127.0.0.1",), clients=clients,
+                            require_client_key=require)
+
+
+def test_hash_key_is_hex_sha256():
+    assert hash_key("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer sk-browser-placeholder", f"Bearer {KEY_A}",
+                                           "Basic dXNlcjpwYXNz"])
+def test_without_client_keys_authorization_is_ignored(authorization):
+    headers = {"Authorization": authorization} if authorization else {}
+    client = resolver(clients=()).resolve(request(**headers))
+    assert client == Client(id="ip:198.51.100.9", ip="198.51.100.9", key=None)
+    assert client.name == "anonymous"
+
+
+@pytest.mark.parametrize("authorization, expected", [
+    (f"Bearer {KEY_A}", BACKEND),
+    (f"bearer {KEY_A}", BACKEND),  # the scheme is case-insensitive
+    (f"BEARER   {KEY_A}  ", BACKEND),
+    (f"Bearer {KEY_B}", BATCH),  # an upper-case hash in the config matches too
+])
+def test_known_client_key(authorization, expected):
+    client = resolver().resolve(request(Authorization=authorization))
+    assert client == Client(id=f"key:{expected.name}", ip="198.51.100.9", key=expected)
+    assert client.name == expected.name
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"Authorization": "Bearer gw-unknown"}, {"Authorization": f"Basic {KEY_A}"},
+    {"Authorization": KEY_A}, {"Authorization": "Bearer "}, {"Authorization": f"Bearer {KEY_A}x"},
+])
+def test_unknown_client_key_is_anonymous(headers):
+    assert resolver().resolve(request(**headers)) == Client(id="ip:198.51.100.9",
+                                                            ip="198.51.100.9")
+
+
+@pytest.mark.parametrize("clients", [(BACKEND,), ()])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer gw-unknown"}])
+def test_required_client_key_refuses_401(clients, headers):
+    with pytest.raises(InvalidClientKey) as info:
+        resolver(clients, require=True).resolve(request(**headers))
+    resp = info.value.response()
+    assert resp.status == 401
+    assert orjson.loads(resp.body) == {"error": {
+        "message": "Missing or unknown client key. Send a gateway-issued key as "
+                   "'Authorization: Bearer <key>'.",
+        "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+
+
+def test_required_client_key_accepts_a_known_key():
+    client = resolver(require=True).resolve(request(Authorization=f"Bearer {KEY_A}"))
+    assert client.id == "key:backend" and client.key is BACKEND
+
+
+@pytest.mark.parametrize("peer, xff, ip", [
+    ("127.0.0.1", "203.0.113.7", "203.0.113.7"),
+    ("198.51.100.9", "203.0.113.7", "198.51.100.9"),
+    (None, "203.0.113.7", "unknown"),
+])
+def test_resolver_uses_the_forwarded_address(peer, xff, ip):
+    client = resolver().resolve(request(peer, **{"X-Forwarded-For": xff}))
+    assert client == Client(id=f"ip:{ip}", ip=ip)
+    keyed = resolver().resolve(request(peer, **{"X-Forwarded-For": xff,
+                                                "Authorization": f"Bearer {KEY_A}"}))
+    assert (keyed.id, keyed.ip) == ("key:backend", ip)

@@ -1,0 +1,303 @@
+"""RateLimiter on memory storage, and the x-ratelimit-* header values, without an app."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+
+from openai_gateway.errors import RateLimited
+from openai_gateway.identity import Client, hash_key
+from openai_gateway.ratelimit import LimitState, RateLimiter, format_reset, headers
+from openai_gateway.settings import ClientSettings, RateLimitSettings, RuleSettings
+from openai_gateway.storage import parse_storage_url
+
+CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
+MINI = "gpt-4o-mini"
+ANON = Client(id="ip:198.51.100.1", ip="198.51.100.1")
+OTHER = Client(id="ip:198.51.100.2", ip="198.51.100.2")
+BACKEND = ClientSettings(name="backend", key_sha256=hash_key("k1"), requests=("5/minute",),
+                         tokens=("1000/minute",))
+PLAIN = ClientSettings(name="plain", key_sha256=hash_key("k2"))
+UNLIMITED = ClientSettings(name="unlimited", key_sha256=hash_key("k3"), requests=(), tokens=())
+RESET = re.compile(r"^(\d+ms|(\d+h)?(\d+m)?\d+s)$")
+
+
+def client(settings: ClientSettings) -> Client:
+    return Client(id="key:" + settings.name, ip="198.51.100.1", key=settings)
+
+
+def limiter(requests=(), tokens=(), rules=(), clients=(), strategy="auto",
+            url="memory://") -> RateLimiter:
+    return RateLimiter(RateLimitSettings(requests=tuple(requests), tokens=tuple(tokens),
+                                         rules=tuple(rules), strategy=strategy),
+                       tuple(clients), parse_storage_url(url), on_error="closed", timeout=0.5)
+
+
+async def allowed(lim: RateLimiter, who: Client = ANON, route=CHAT, model=MINI, times=1) -> list:
+    return [await lim.check_requests(who, route, model) for _ in range(times)]
+
+
+async def refused(lim: RateLimiter, who: Client = ANON, route=CHAT, model=MINI) -> RateLimited:
+    with pytest.raises(RateLimited) as info:
+        await lim.check_requests(who, route, model)
+    return info.value
+
+
+# --- formats --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0.02, "20ms"), (0, "0ms"), (-3, "0ms"), (0.5, "500ms"), (0.999, "999ms"), (1, "1s"),
+    (1.2, "2s"), (59, "59s"), (59.5, "1m0s"), (60, "1m0s"), (61, "1m1s"), (360, "6m0s"),
+    (3600, "1h0m0s"), (3723, "1h2m3s"), (86400, "24h0m0s"),
+])
+def test_format_reset(seconds, text):
+    assert format_reset(seconds) == text
+
+
+@pytest.mark.parametrize("requests, tokens, expected", [
+    (None, None, {}),
+    (LimitState(60, 59, 0.5), None, {"x-ratelimit-limit-requests": "60",
+                                     "x-ratelimit-remaining-requests": "59",
+                                     "x-ratelimit-reset-requests": "500ms"}),
+    (None, LimitState(1000, 0, 61), {"x-ratelimit-limit-tokens": "1000",
+                                     "x-ratelimit-remaining-tokens": "0",
+                                     "x-ratelimit-reset-tokens": "1m1s"}),
+    (LimitState(3, 1, 20), LimitState(10, 9, 3723), {
+        "x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "1",
+        "x-ratelimit-reset-requests": "20s", "x-ratelimit-limit-tokens": "10",
+        "x-ratelimit-remaining-tokens": "9", "x-ratelimit-reset-tokens": "1h2m3s"}),
+])
+def test_headers(requests, tokens, expected):
+    assert headers(requests, tokens) == expected
+
+
+# --- request limits -------------------------------------------------------------------------
+
+
+async def test_exactly_the_limit_then_429():
+    lim = limiter(["3/minute"])
+    async with lim.running():
+        states = await allowed(lim, times=3)
+        assert [(s.limit, s.remaining) for s in states] == [(3, 2), (3, 1), (3, 0)]
+        assert all(0 < s.reset <= 60 for s in states)
+        err = await refused(lim)
+        assert (err.status, err.type, err.code) == (429, "requests", "rate_limit_exceeded")
+        assert err.message.startswith("Rate limit reached for requests: 3 per minute. "
+                                      "Please try again in ")
+        h = err.headers
+        assert set(h) == {"Retry-After", "x-ratelimit-limit-requests",
+                          "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"}
+        assert 1 <= int(h["Retry-After"]) <= 60
+        assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) == ("3", "0")
+        assert RESET.match(h["x-ratelimit-reset-requests"])
+        # Still refused; another client has its own budget.
+        await refused(lim)
+        assert [s.remaining for s in await allowed(lim, OTHER, times=3)] == [2, 1, 0]
+
+
+async def test_two_windows_the_tighter_one_refuses_and_is_reported():
+    lim = limiter(["10/minute", "2/day"])
+    async with lim.running():
+        assert [(s.limit, s.remaining) for s in await allowed(lim, times=2)] == [(2, 1), (2, 0)]
+        err = await refused(lim)
+        assert err.headers["x-ratelimit-limit-requests"] == "2"
+        assert 3600 < int(err.headers["Retry-After"]) <= 86400
+        assert err.message.startswith("Rate limit reached for requests: 2 per day.")
+
+
+async def test_shorter_window_refuses_first():
+    lim = limiter(["2/day", "1/minute"])
+    async with lim.running():
+        assert [(s.limit, s.remaining) for s in await allowed(lim)] == [(1, 0)]
+        err = await refused(lim)
+        assert err.headers["x-ratelimit-limit-requests"] == "1"
+        assert 1 <= int(err.headers["Retry-After"]) <= 60
+
+
+async def test_no_request_limits_means_no_state():
+    lim = limiter([])
+    async with lim.running():
+        assert await allowed(lim, times=50) == [None] * 50
+
+
+@pytest.mark.parametrize("who, passes", [
+    (client(BACKEND), 5),  # its own limits replace the defaults
+    (client(PLAIN), 1),  # no limits of its own: the defaults
+    (ANON, 1),
+])
+async def test_client_key_limits_replace_the_defaults(who, passes):
+    lim = limiter(["1/minute"], clients=[BACKEND, PLAIN, UNLIMITED])
+    async with lim.running():
+        states = await allowed(lim, who, times=passes)
+        assert states[-1].limit == passes and states[-1].remaining == 0
+        err = await refused(lim, who)
+        assert err.headers["x-ratelimit-limit-requests"] == str(passes)
+
+
+async def test_client_key_with_empty_limits_is_unlimited():
+    lim = limiter(["1/minute"], clients=[UNLIMITED])
+    async with lim.running():
+        assert await allowed(lim, client(UNLIMITED), times=20) == [None] * 20
+
+
+async def test_rule_by_route_applies_in_addition():
+    lim = limiter(["3/minute"], rules=[RuleSettings(route=EMBEDDINGS, requests=("1/minute",))])
+    async with lim.running():
+        [state] = await allowed(lim, route=EMBEDDINGS, model="text-embedding-3-small")
+        assert (state.limit, state.remaining) == (1, 0)  # the tightest is reported
+        err = await refused(lim, route=EMBEDDINGS, model="text-embedding-3-small")
+        assert err.headers["x-ratelimit-limit-requests"] == "1"
+        # Other routes only see the default, which counted the embeddings requests too.
+        [state] = await allowed(lim, route=CHAT)
+        assert (state.limit, state.remaining) == (3, 0)
+        assert (await refused(lim)).headers["x-ratelimit-limit-requests"] == "3"
+
+
+async def test_rule_by_model_applies_in_addition():
+    lim = limiter(["3/minute"], rules=[RuleSettings(model="gpt-4o", requests=("1/minute",))])
+    async with lim.running():
+        await allowed(lim, model="gpt-4o")
+        assert (await refused(lim, model="gpt-4o")).headers["x-ratelimit-limit-requests"] == "1"
+        await allowed(lim, OTHER, model="gpt-4o")  # rules are per client too
+        await allowed(lim, model=MINI)
+        assert (await refused(lim, model=MINI)).headers["x-ratelimit-limit-requests"] == "3"
+
+
+@pytest.mark.parametrize("route, model, limited", [
+    (CHAT, "gpt-4o", True), (EMBEDDINGS, "gpt-4o", False), (CHAT, MINI, False),
+])
+async def test_rule_with_route_and_model_needs_both(route, model, limited):
+    lim = limiter([], rules=[RuleSettings(route=CHAT, model="gpt-4o", requests=("1/minute",))])
+    async with lim.running():
+        first = await lim.check_requests(ANON, route, model)
+        if limited:
+            assert first.limit == 1
+            await refused(lim, route=route, model=model)
+        else:
+            assert first is None and await allowed(lim, route=route, model=model) == [None]
+
+
+# --- token budgets --------------------------------------------------------------------------
+
+
+async def test_check_tokens_refuses_an_estimate_above_the_remaining_budget():
+    lim = limiter(tokens=["100/minute"])
+    async with lim.running():
+        state = await lim.check_tokens(ANON, CHAT, MINI, 100)  # exactly the budget fits
+        assert (state.limit, state.remaining) == (100, 100)
+        with pytest.raises(RateLimited) as info:
+            await lim.check_tokens(ANON, CHAT, MINI, 101)
+        err = info.value
+        assert err.status == 429
+        assert err.message.startswith("Rate limit reached for tokens: 100 per minute, 100 left, "
+                                      "this request needs about 101.")
+        h = err.headers
+        assert (h["x-ratelimit-limit-tokens"], h["x-ratelimit-remaining-tokens"]) == ("100", "100")
+        assert 1 <= int(h["Retry-After"]) <= 60 and RESET.match(h["x-ratelimit-reset-tokens"])
+
+
+async def test_check_tokens_does_not_charge():
+    lim = limiter(tokens=["100/minute"])
+    async with lim.running():
+        for _ in range(5):
+            assert (await lim.check_tokens(ANON, CHAT, MINI, 90)).remaining == 100
+
+
+async def test_charge_then_check():
+    lim = limiter(tokens=["100/minute"])
+    async with lim.running():
+        await lim.charge_tokens(ANON, CHAT, MINI, 60)
+        assert (await lim.check_tokens(ANON, CHAT, MINI, 40)).remaining == 40
+        with pytest.raises(RateLimited):
+            await lim.check_tokens(ANON, CHAT, MINI, 41)
+        assert (await lim.check_tokens(OTHER, CHAT, MINI, 100)).remaining == 100
+
+
+@pytest.mark.parametrize("charges", [[1000], [60, 1000], [100, 1], [99, 2]])
+async def test_an_overrun_empties_the_budget_and_never_goes_negative(charges):
+    lim = limiter(tokens=["100/minute"])
+    async with lim.running():
+        for tokens in charges:
+            await lim.charge_tokens(ANON, CHAT, MINI, tokens)
+        with pytest.raises(RateLimited) as info:
+            await lim.check_tokens(ANON, CHAT, MINI, 1)
+        assert info.value.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+@pytest.mark.parametrize("tokens", [0, -5])
+async def test_nothing_to_charge(tokens):
+    lim = limiter(tokens=["100/minute"])
+    async with lim.running():
+        await lim.charge_tokens(ANON, CHAT, MINI, tokens)
+        assert (await lim.check_tokens(ANON, CHAT, MINI, 100)).remaining == 100
+
+
+async def test_an_empty_budget_refuses_even_a_zero_estimate():
+    lim = limiter(tokens=["10/minute"])
+    async with lim.running():
+        await lim.charge_tokens(ANON, CHAT, MINI, 10)
+        with pytest.raises(RateLimited):
+            await lim.check_tokens(ANON, CHAT, MINI, 0)
+
+
+async def test_token_budgets_per_client_key_and_rule():
+    rule = RuleSettings(model="gpt-4o", tokens=("50/minute",))
+    lim = limiter(tokens=["100/minute"], rules=[rule], clients=[BACKEND, UNLIMITED])
+    assert lim.any_tokens
+    async with lim.running():
+        assert (await lim.check_tokens(client(BACKEND), CHAT, MINI, 1000)).limit == 1000
+        assert await lim.check_tokens(client(UNLIMITED), CHAT, MINI, 10 ** 9) is None
+        # The rule's budget applies in addition, and the tightest is reported.
+        state = await lim.check_tokens(ANON, CHAT, "gpt-4o", 50)
+        assert (state.limit, state.remaining) == (50, 50)
+        with pytest.raises(RateLimited) as info:
+            await lim.check_tokens(ANON, CHAT, "gpt-4o", 51)
+        assert info.value.headers["x-ratelimit-limit-tokens"] == "50"
+        await lim.charge_tokens(ANON, CHAT, "gpt-4o", 50)
+        assert (await lim.check_tokens(ANON, CHAT, MINI, 50)).remaining == 50
+
+
+async def test_no_token_limits():
+    lim = limiter(["10/minute"])
+    assert not lim.any_tokens
+    async with lim.running():
+        assert await lim.check_tokens(ANON, CHAT, MINI, 10 ** 9) is None
+        await lim.charge_tokens(ANON, CHAT, MINI, 10 ** 9)
+
+
+# --- strategy -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy, url, expected", [
+    ("auto", "memory://", "moving-window"),
+    ("auto", "memcached://127.0.0.1:1", "sliding-window-counter"),
+    ("sliding-window-counter", "memory://", "sliding-window-counter"),
+    ("moving-window", "memory://", "moving-window"),
+])
+def test_strategy(strategy, url, expected):
+    assert limiter(["1/minute"], strategy=strategy, url=url).strategy == expected
+
+
+@pytest.mark.parametrize("strategy, requests_class", [
+    ("auto", MovingWindowRateLimiter),
+    ("sliding-window-counter", SlidingWindowCounterRateLimiter),
+])
+async def test_running_builds_the_strategy(strategy, requests_class):
+    lim = limiter(["1/minute"], strategy=strategy)
+    async with lim.running():
+        assert type(lim._req) is requests_class
+        assert type(lim._tok) is SlidingWindowCounterRateLimiter  # tokens: never moving window
+        await allowed(lim)
+        await refused(lim)
+
+
+async def test_reconfigure_keeps_the_counters():
+    lim = limiter(["2/minute"])
+    async with lim.running():
+        await allowed(lim)
+        lim.configure(RateLimitSettings(requests=("2/minute",), tokens=()), ())
+        [state] = await allowed(lim)
+        assert state.remaining == 0
+        await refused(lim)
