@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Debian packages the tests talk to for real (started by the tests on free loopback ports).
-TEST_PACKAGES := memcached nginx
+# chromium + chromium-driver: the browser tests (tests/test_browser.py) drive a real headless one.
+TEST_PACKAGES := memcached nginx chromium chromium-driver
 
 .PHONY: run test venv system-deps bench dist clean
 
@@ -22,7 +23,8 @@ run: venv
 # Installs the servers the tests need when they are missing and we are root.
 system-deps:
 	@missing=""; for p in $(TEST_PACKAGES); do \
-	  command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || [ -x /usr/bin/$$p ] || missing="$$missing $$p"; done; \
+	  case $$p in chromium-driver) b=chromedriver;; *) b=$$p;; esac; \
+	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; \
 	    apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; \

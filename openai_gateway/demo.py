@@ -256,7 +256,7 @@ class DemoUpstream:
             return _json(doc)
         out = await _prepare_sse(request)
         seq = iter(range(1 << 30))
-        started = dict(doc, status="in_progress", output=[], usage=None)
+        started = dict(doc, status="in_progress", incomplete_details=None, output=[], usage=None)
         await _event(out, "response.created", {"type": "response.created", "response": started,
                                                 "sequence_number": next(seq)})
         for w in words:
