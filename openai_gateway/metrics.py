@@ -10,35 +10,52 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 
 from .errors import error_response
 
+class _Children:
+    """A labelled metric whose children are looked up once.
+
+    prometheus_client's labels() takes a lock and validates its arguments on every call; our
+    label sets are small and fixed, so a plain dict in front keeps that off the request path.
+    """
+
+    __slots__ = ("metric", "children")
+
+    def __init__(self, metric):
+        self.metric = metric
+        self.children: dict[tuple, object] = {}
+
+    def labels(self, *values):
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.metric.labels(*values)
+        return child
+
+
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
-REQUESTS = Counter("gateway_requests_total", "Requests answered, by route and status.",
-                   ["route", "status"])
-LATENCY = Histogram("gateway_request_duration_seconds",
-                    "Time from request to the last byte of the answer.", ["route"],
-                    buckets=_BUCKETS)
-TTFB = Histogram("gateway_time_to_first_byte_seconds",
-                 "Time from request to the first byte of the upstream's answer.", ["route"],
-                 buckets=_BUCKETS)
-UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total",
-                          "Upstream failures, by kind (unavailable, timeout, interrupted).",
-                          ["kind"])
-CACHE = Counter("gateway_cache_total", "Cache lookups, by result (HIT, MISS, BYPASS).",
-                ["result"])
-RATE_LIMITED = Counter("gateway_rate_limited_total", "Requests refused with 429, by kind.",
-                       ["kind"])
-TOKENS = Counter("gateway_tokens_total", "Tokens reported by the upstream, by model and direction.",
-                 ["model", "direction"])
+REQUESTS = _Children(Counter(
+    "gateway_requests_total", "Requests answered, by route and status.", ["route", "status"]))
+LATENCY = _Children(Histogram(
+    "gateway_request_duration_seconds", "Time from request to the last byte of the answer.",
+    ["route"], buckets=_BUCKETS))
+TTFB = _Children(Histogram(
+    "gateway_time_to_first_byte_seconds",
+    "Time from request to the first byte of the upstream's answer.", ["route"],
+    buckets=_BUCKETS))
+UPSTREAM_ERRORS = _Children(Counter(
+    "gateway_upstream_errors_total",
+    "Upstream failures, by kind (status_5xx, status_429, status_401, interrupted ...).",
+    ["kind"]))
+CACHE = _Children(Counter(
+    "gateway_cache_total", "Cache lookups, by result (HIT, MISS, BYPASS).", ["result"]))
+RATE_LIMITED = _Children(Counter(
+    "gateway_rate_limited_total", "Requests refused with 429, by kind.", ["kind"]))
+TOKENS = _Children(Counter(
+    "gateway_tokens_total", "Tokens reported by the upstream, by model and direction.",
+    ["model", "direction"]))
 ACTIVE_STREAMS = Gauge("gateway_active_streams", "Streams currently being relayed.")
-STORAGE_ERRORS = Counter("gateway_storage_errors_total",
-                         "Failed calls to the rate-limit or cache storage.", ["component"])
-
-
-def model_label(model: str | None, allowed: frozenset[str]) -> str:
-    """Models outside the allowlist share one label (client input must not grow the registry)."""
-    if model is None:
-        return "none"
-    return model if (model in allowed or not allowed) and len(model) <= 64 else "other"
+STORAGE_ERRORS = _Children(Counter(
+    "gateway_storage_errors_total", "Failed calls to the rate-limit or cache storage.",
+    ["component"]))
 
 
 def metrics_handler(get_trusted):

@@ -16,6 +16,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from .errors import UpstreamTimeout, UpstreamUnavailable
+from .metrics import UPSTREAM_ERRORS
 from .settings import UpstreamSettings
 
 log = logging.getLogger("gateway.upstream")
@@ -106,11 +107,13 @@ class Upstream:
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 # A slow first byte is not retried: the upstream may still be generating.
                 log.warning("upstream timeout on %s: %s", route, type(exc).__name__)
+                UPSTREAM_ERRORS.labels("timeout").inc()
                 raise UpstreamTimeout("The upstream did not answer in time.") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 log.warning("upstream unreachable on %s (attempt %d/%d): %s", route,
                             attempt + 1, attempts, type(exc).__name__)
                 if last:
+                    UPSTREAM_ERRORS.labels("unavailable").inc()
                     raise UpstreamUnavailable("The upstream could not be reached.") from None
                 await self._pause(attempt, None)
                 continue

@@ -38,6 +38,8 @@ class FakeOpenAI:
     active: int = 0
     #: Stream chunks written so far (backpressure shows as this count stalling).
     written: int = 0
+    #: When set to an Event, every stream pauses after its first chunk until it is set.
+    hold: asyncio.Event | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -118,6 +120,8 @@ class FakeOpenAI:
                 self.written += 1
                 if delay:
                     await asyncio.sleep(delay)
+                if i == 0 and self.hold is not None:
+                    await self.hold.wait()  # keep the stream open until the test lets go
             if include_usage:
                 await resp.write(b"data: " + orjson.dumps(
                     {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,

@@ -197,3 +197,24 @@ def test_moving_window_on_memcached_is_a_config_error():
                "rate_limit": {"strategy": "moving-window"}}, environ={"OPENAI_API_KEY": "x"})
     assert "rate_limit.strategy" in exc.value.problems[0]
     assert "memcached" in exc.value.problems[0]
+
+
+async def test_memory_storage_sweeps_expired_entries_without_threads():
+    from openai_gateway.identity import Client
+    from openai_gateway.ratelimit import RateLimiter
+    from openai_gateway.settings import RateLimitSettings
+    from openai_gateway.storage import parse_storage_url
+
+    limiter = RateLimiter(RateLimitSettings(requests=("5/second",)), (),
+                          parse_storage_url("memory://"), on_error="open", timeout=0.5)
+    client = Client(id="ip:192.0.2.1", ip="192.0.2.1")
+    async with limiter.running():
+        for _ in range(5):
+            await limiter.check_requests(client, "/v1/chat/completions", None)
+        storage = limiter._storage
+        assert sum(len(e) for e in storage.events.values()) == 5
+        await asyncio.sleep(1.2)
+        storage._next_sweep = 0  # due now
+        await limiter.check_requests(client, "/v1/chat/completions", None)
+        await asyncio.sleep(0.01)
+        assert sum(len(e) for e in storage.events.values()) == 1  # only the new entry
