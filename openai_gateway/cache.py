@@ -34,6 +34,9 @@ RESPONSES_DONE = b"response.completed"
 #: How long another process's in-flight fill may keep us waiting (then we ask ourselves).
 LOCK_SECONDS = 30
 POLL_SECONDS = 0.05
+#: What a memory entry costs besides its value (key string, dict slot, TTL timer), so that
+#: cache.max_bytes bounds the process's memory, not only the stored bodies.
+ENTRY_OVERHEAD = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +48,14 @@ class Entry:
         return (KIND_SSE if self.stream else KIND_JSON) + self.body
 
     @staticmethod
-    def decode(value) -> "Entry | None":
-        """A stored value, or None for anything that is not one of ours (a miss, not a 500)."""
+    def decode(value, trusted: bool = False) -> "Entry | None":
+        """A stored value, or None for anything that is not one of ours (a miss, not a 500).
+
+        `trusted`: the value comes from this process's memory, where only `encode` writes;
+        a shared store can hold anything, so its values are checked in full.
+        """
+        if trusted and isinstance(value, bytes) and value[:1] in (KIND_JSON, KIND_SSE):
+            return Entry(value[:1] == KIND_SSE, value[1:])
         if not isinstance(value, bytes) or len(value) < 2:
             return None
         kind, body = value[:1], value[1:]
@@ -72,9 +81,11 @@ def cache_key(route: str, scope: str, body: dict) -> str:
 class BoundedMemoryCache(SimpleMemoryCache):
     """aiocache's memory backend with the bound it lacks: least recently used out first."""
 
-    def __init__(self, max_bytes: int, **kwargs):
+    def __init__(self, max_bytes: int, entry_overhead: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.max_bytes = max_bytes
+        #: Bytes counted per entry besides its value (key, dict slot, expiry timer).
+        self.entry_overhead = entry_overhead
         self.bytes = 0
 
     async def _get(self, key, encoding="utf-8", _conn=None):
@@ -86,8 +97,8 @@ class BoundedMemoryCache(SimpleMemoryCache):
     async def _set(self, key, value, ttl=None, _cas_token=None, _conn=None):
         old = self._cache.pop(key, None)
         if old is not None:
-            self.bytes -= len(old)
-        self.bytes += len(value)
+            self.bytes -= len(old) + self.entry_overhead
+        self.bytes += len(value) + self.entry_overhead
         result = await super()._set(key, value, ttl=ttl, _cas_token=_cas_token)
         while self.bytes > self.max_bytes and self._cache:
             await self._delete(next(iter(self._cache)))
@@ -99,7 +110,7 @@ class BoundedMemoryCache(SimpleMemoryCache):
     def _SimpleMemoryBackend__delete(self, key):
         value = self._cache.get(key)
         if value is not None:
-            self.bytes -= len(value)
+            self.bytes -= len(value) + self.entry_overhead
         return super()._SimpleMemoryBackend__delete(key)
 
 
@@ -130,7 +141,7 @@ class PromptCache:
                                serializer=NullSerializer(encoding=None))
                 for h, p in self.storage.servers]
         else:
-            self._backends = [BoundedMemoryCache(self.s.max_bytes, timeout=None,
+            self._backends = [BoundedMemoryCache(self.s.max_bytes, ENTRY_OVERHEAD, timeout=None,
                                                  serializer=NullSerializer(encoding=None))]
         try:
             yield self
@@ -163,7 +174,8 @@ class PromptCache:
 
     async def get(self, key: str) -> Entry | None:
         try:
-            return Entry.decode(await self._backend(key).get(key))
+            return Entry.decode(await self._backend(key).get(key),
+                                trusted=not self.storage.is_shared)
         except Exception as exc:  # storage trouble is a miss, never a failed request
             self._failed("get", exc)
             return None
@@ -196,28 +208,35 @@ class PromptCache:
     async def single_flight(self, key: str, fill):
         """Run `fill()` once for concurrent identical requests; everyone gets its result.
 
-        `fill` runs in its own task so one impatient client that disconnects does not cancel
-        the answer the others wait for. Across processes a short memcached lock (`add`) makes
+        The first request fills in its own task; the others wait on a future (shielded, so a
+        waiter that disconnects does not cancel it). If the filler's client disconnects, the
+        waiters try again themselves. Across processes a short memcached lock (`add`) makes
         the others poll the cache instead of asking the upstream too.
         """
-        fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        task = asyncio.ensure_future(self._fill_once(key, fill))
-
-        def done(t: asyncio.Task) -> None:
+        while True:
+            fut = self._inflight.get(key)
+            if fut is None:
+                break
+            try:
+                return await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                if not fut.cancelled():
+                    raise  # we were cancelled, not the filler
+        fut = self._inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            result = await self._fill_once(key, fill)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody waited
+            raise
+        else:
+            fut.set_result(result)
+            return result
+        finally:
             self._inflight.pop(key, None)
-            if t.cancelled():
-                fut.cancel()
-            elif t.exception() is not None:
-                fut.set_exception(t.exception())
-            else:
-                fut.set_result(t.result())
-
-        task.add_done_callback(done)
-        return await asyncio.shield(fut)
 
     async def _fill_once(self, key: str, fill):
         if not self.storage.is_shared:

@@ -6,6 +6,7 @@ library's exception text cannot leak it.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import sys
@@ -63,8 +64,52 @@ class RedactingFormatter(logging.Formatter):
         return text
 
 
+_second = (0, "")
+
+
 def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+    global _second
+    whole = int(ts)
+    if whole != _second[0]:  # strftime once a second, not once a line
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int(ts % 1 * 1000):03d}Z"
+
+
+class AccessWriter:
+    """JSON access lines written straight to the log stream, coalesced per loop iteration.
+
+    The logging module costs a LogRecord, a formatter and a flush per line: at thousands of
+    requests a second that was the largest share of the gateway's own time. Lines finished in
+    the same event-loop iteration go out in one write, right after it.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.lines: list[bytes] = []
+
+    def write(self, doc: dict) -> None:
+        if not self.lines:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.lines.append(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE))
+
+    def flush(self) -> None:
+        if not self.lines:
+            return
+        data = b"".join(self.lines)
+        self.lines.clear()
+        try:
+            buffer = getattr(self.stream, "buffer", None)
+            if buffer is not None:
+                self.stream.flush()  # keep order with lines written through `logging`
+                buffer.write(data)
+                buffer.flush()
+            else:
+                self.stream.write(data.decode())
+        except (OSError, ValueError):
+            pass  # a closed or full log stream must not break request handling
+
+
+_writer: AccessWriter | None = None
 
 
 def configure(level: str, fmt: str, secrets: tuple[str, ...], stream=None) -> None:
@@ -78,6 +123,8 @@ def configure(level: str, fmt: str, secrets: tuple[str, ...], stream=None) -> No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    global _writer
+    _writer = AccessWriter(stream) if json_lines else None
     # aiohttp's own access log is off (run_app(access_log=None)); ours replaces it.
     logging.getLogger("aiohttp.access").disabled = True
 
@@ -98,5 +145,14 @@ def log_access(rec: RequestRecord, hash_client: bool) -> None:
         "duration_ms": round((time.perf_counter() - rec.started) * 1000, 2),
         "tokens_in": rec.tokens_in, "tokens_out": rec.tokens_out,
     }
-    ACCESS.info("%s %s %s %s", rec.method, doc["path"], rec.status, doc["duration_ms"],
-                extra={"access": doc})
+    if _writer is not None:
+        _writer.write(doc)
+    else:
+        ACCESS.info("%s %s %s %s", rec.method, doc["path"], rec.status, doc["duration_ms"],
+                    extra={"access": doc})
+
+
+def flush() -> None:
+    """Write out pending access lines (at shutdown)."""
+    if _writer is not None:
+        _writer.flush()

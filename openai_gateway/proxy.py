@@ -98,8 +98,11 @@ class Proxy:
             raise BodyTooLarge(f"Request body is {request.content_length} bytes; this gateway "
                                f"accepts at most {self.max_body}.")
         try:
-            async with asyncio.timeout(self.s.server.body_timeout):
+            if request.content.is_eof():  # usual for small bodies: already here, no timer
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(self.s.server.body_timeout):
+                    raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise BodyTooLarge(f"Request body is larger than {self.max_body} bytes.") from None
         except TimeoutError:

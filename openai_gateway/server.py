@@ -15,7 +15,7 @@ import time
 
 from aiohttp import web
 
-from . import sdnotify
+from . import logs, sdnotify
 from .app import DRAINING, create_app, reconfigure
 from .headerguard import GuardedTCPSite
 from .demo import DemoUpstream
@@ -94,6 +94,7 @@ async def serve(settings: Settings, config_path: str | None = None, *, reuse_por
         app[DRAINING].append(True)
         watchdog.cancel()
         await runner.cleanup()
+        logs.flush()
         log.info("stopped")
 
 

@@ -80,7 +80,7 @@ class UpstreamSettings:
     #: Extra attempts on connect errors, 429 and 5xx, only before the client got a byte.
     retries: int = 2
     retry_backoff: float = 0.25
-    max_connections: int = 1000
+    max_connections: int = 10000
     #: A larger upstream answer (non-stream) is refused with 502 rather than held in memory.
     max_response_bytes: int = 64 * 1024 * 1024
     #: Tried in order after the primary fails (connect error, 429, 5xx), before the first byte.

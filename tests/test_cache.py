@@ -219,3 +219,16 @@ async def test_poisoned_memcached_value_is_a_miss(make_gateway, memcached_url, f
     assert r.status == 200 and r.headers["X-Cache"] == "MISS" and b"choices" in data
     r, _ = await post(gw, body)
     assert r.headers["X-Cache"] == "HIT"
+
+
+async def test_waiters_fill_themselves_when_the_first_client_leaves(gw, fake):
+    fake.script = [{"delay": 1.0}]
+    body = dict(CHAT, seed=31)
+    leader = asyncio.ensure_future(post(gw, body))
+    await asyncio.sleep(0.2)
+    follower = asyncio.ensure_future(post(gw, body))
+    await asyncio.sleep(0.2)
+    leader.cancel()  # the first client disconnects: its upstream request is closed...
+    r, data = await asyncio.wait_for(follower, 5)
+    assert r.status == 200 and b"choices" in data  # ...and the waiter asked again itself
+    assert len(fake.posts) == 2 and fake.aborted
