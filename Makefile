@@ -33,7 +33,9 @@ system-deps:
 test: system-deps venv
 	$(BIN)/python -m pytest tests -q $(PYTEST_ARGS)
 
+# The benchmark drives the proxies with wrk and uses nginx as mock upstream and reference.
 bench: venv
+	@$(MAKE) --no-print-directory system-deps TEST_PACKAGES="wrk nginx memcached"
 	$(BIN)/pip install -q -r bench/requirements.txt
 	$(BIN)/python bench/run.py $(ARGS)
 

@@ -1,0 +1,309 @@
+"""The configurations under test and the three measurement phases (json, stream, hold).
+
+`Bench` owns every process it starts (mocks and proxies) and stops them by pid; each phase starts
+a fresh proxy in front of the right mock, measures, and stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import nginx_conf
+import procs
+import wrk_driver
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+CHAT = "/v1/chat/completions"
+API_KEY = "sk-bench-not-a-real-key"
+BODY = (b'{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful '
+        b'assistant."},{"role":"user","content":"Say hello in one short sentence."}],'
+        b'"max_tokens":64,"temperature":0,"user":"bench-sanity"}')
+HEADERS = {"Content-Type": "application/json", "Origin": "http://localhost:5173",
+           "Authorization": "Bearer x"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """How long each measurement runs."""
+    warm_s: int  # wrk warm-up before each measured run (pools, caches, allocator)
+    rps_s: int  # wrk -c64: requests/s
+    lat_s: int  # wrk -c1: latency
+    ttfb1_streams: int  # sequential single streams
+    ttfb100_per_worker: int  # streams per worker, 100 workers
+    hold_streams: int  # streams held open at once
+    hold_s: float  # how long they are held
+
+
+FULL = Profile(warm_s=2, rps_s=10, lat_s=8, ttfb1_streams=60, ttfb100_per_worker=6,
+               hold_streams=5000, hold_s=5)
+QUICK = Profile(warm_s=1, rps_s=2, lat_s=2, ttfb1_streams=15, ttfb100_per_worker=2,
+                hold_streams=1000, hold_s=2)
+
+# name -> (kind, JSON scenarios as (result name, wrk body mode)). "vary" changes `user` on every
+# request so a cache misses; "same" repeats one body so it hits.
+CONFIGS = {
+    "direct": ("direct", [("direct", "vary")]),
+    "nginx": ("nginx", [("nginx", "vary")]),
+    "passthrough": ("passthrough", [("passthrough", "vary")]),
+    "gateway-on": ("gateway", [("gateway-on-miss", "vary"), ("gateway-on-hit", "same")]),
+    "gateway-off": ("gateway", [("gateway-off", "vary")]),
+}
+PHASES = ("json", "stream", "hold")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def gateway_toml(port: int, upstream: str, features: bool) -> str:
+    """Gateway config per the BRIEF's keys. Features on: huge rate limit (never trips, but every
+    request pays for the check), cache on, model allowlist on. Off: all three disabled. Origin
+    check, validation, metrics and the JSON access log (to a file) stay on in both."""
+    return f"""\
+[server]
+host = "127.0.0.1"
+port = {port}
+shutdown_timeout = 2.0    # the bench stops it between phases; nothing is in flight then
+
+[upstream]
+base_url = "{upstream}/v1"
+api_key_env = "OPENAI_API_KEY"
+max_connections = 10000   # the hold phase needs one upstream connection per open stream
+
+[cors]
+allow_origins = ["http://localhost:5173"]
+
+[storage]
+url = "memory://"
+
+[rate_limit]
+requests = {'["100000000/minute"]' if features else "[]"}
+
+[cache]
+enabled = {"true" if features else "false"}
+ttl = 3600
+
+[validation]
+allowed_models = {'["gpt-4o-mini"]' if features else "[]"}
+max_input_chars = 10000
+"""
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, profile: Profile, tmp: Path) -> None:
+        self.args = args
+        self.p = profile
+        self.tmp = tmp
+        self.pin = not args.no_pin
+        self.started: list[subprocess.Popen] = []
+        self.notes: list[str] = []
+        self.nginx = nginx_conf.nginx_binary()
+        self.mock_json = self.mock_sse = self.mock_slow = 0
+
+    # --- processes -------------------------------------------------------------------------
+
+    def core(self, which: int) -> int | None:
+        return which if self.pin else None
+
+    def spawn(self, name: str, cmd: list[str], core: int, **kw) -> subprocess.Popen:
+        proc = procs.spawn(cmd, core=self.core(core), log=self.tmp / f"{name}.log", **kw)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            procs.stop(proc)
+
+    def start_mocks(self, phases: set[str]) -> None:
+        if "json" in phases:
+            if not self.nginx:
+                raise SystemExit("nginx not found: the JSON mock upstream is nginx (apt-get install nginx)")
+            self.mock_json = procs.free_port()
+            prefix = self.tmp / "nginx-mock"
+            conf = nginx_conf.write(prefix, nginx_conf.mock_upstream(prefix, self.mock_json))
+            proc = self.spawn("nginx-mock", nginx_conf.command(self.nginx, prefix, conf), procs.LOAD_CORE)
+            self.ready(f"http://127.0.0.1:{self.mock_json}/healthz", proc, "nginx mock")
+        for phase, attr, interval in (("stream", "mock_sse", 10), ("hold", "mock_slow", 1000)):
+            if phase in phases:
+                port = procs.free_port()
+                setattr(self, attr, port)
+                proc = self.spawn(f"sse-{phase}", [sys.executable, str(BENCH / "sse_upstream.py"),
+                                                   "--port", str(port), "--interval-ms", str(interval)],
+                                  procs.LOAD_CORE)
+                self.ready(f"http://127.0.0.1:{port}/healthz", proc, f"SSE mock ({phase})")
+
+    def ready(self, url: str, proc: subprocess.Popen, what: str) -> None:
+        if not procs.wait_ready(url, proc):
+            raise SystemExit(f"{what} did not start: see {self.tmp}")
+
+    def start_proxy(self, name: str, upstream_port: int, phase: str):
+        """Start config `name` in front of the upstream on `upstream_port`.
+
+        Returns (base URL, proxy process or None for direct, error note or None)."""
+        kind = CONFIGS[name][0]
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        if kind == "direct":
+            return upstream, None, None
+        port = procs.free_port()
+        tag = f"{name}-{phase}"
+        if kind == "nginx":
+            prefix = self.tmp / tag
+            conf = nginx_conf.write(prefix, nginx_conf.reverse_proxy(prefix, port, upstream_port))
+            proc = self.spawn(tag, nginx_conf.command(self.nginx, prefix, conf), procs.PROXY_CORE)
+        elif kind == "passthrough":
+            proc = self.spawn(tag, [sys.executable, str(BENCH / "passthrough.py"), "--port", str(port),
+                                    "--upstream", upstream], procs.PROXY_CORE)
+        else:
+            cfg = self.tmp / f"{tag}.toml"
+            cfg.write_text(gateway_toml(port, upstream, features=name == "gateway-on"))
+            env = dict(os.environ, OPENAI_API_KEY=API_KEY)
+            proc = self.spawn(tag, [sys.executable, "gateway.py", "--config", str(cfg)],
+                              procs.PROXY_CORE, env=env, cwd=ROOT)
+        base = f"http://127.0.0.1:{port}"
+        if not procs.wait_ready(base + "/healthz", proc, timeout=30):
+            procs.stop(proc)
+            return base, None, (f"{name} did not answer /healthz within 30 s (exit code "
+                                f"{proc.returncode}); log tail:\n{procs.tail(self.tmp / f'{tag}.log')}")
+        return base, proc, None
+
+    # --- phases ----------------------------------------------------------------------------
+
+    def json_phase(self, name: str, results: dict) -> None:
+        base, proc, err = self.start_proxy(name, self.mock_json, "json")
+        if err:
+            return self.skip(name, "json", err)
+        pids = procs.tree(proc.pid) if proc else []
+        time.sleep(0.5)
+        mem = {"idle_rss_kb": procs.rss_kb(pids), "idle_fds": procs.fd_count(pids)} if proc else {}
+        checks = self.sanity(base)
+        if name == "gateway-on" and checks["request2"]["x_cache"] != "HIT":
+            self.notes.append(f"gateway-on: a repeated request was not a cache hit "
+                              f"(X-Cache {checks['request2']['x_cache']}): the hit scenario is not one")
+        peak_sampled = 0
+
+        def tick() -> None:
+            nonlocal peak_sampled
+            peak_sampled = max(peak_sampled, procs.rss_kb(pids))
+
+        for scenario, mode in CONFIGS[name][1]:
+            nonce = uuid.uuid4().hex[:12]
+            url = base + CHAT
+            log(f"json  {scenario}: warm-up, then wrk -c64 {self.p.rps_s}s and -c1 {self.p.lat_s}s")
+            wrk_driver.run(url, connections=64, seconds=self.p.warm_s, mode=mode, nonce=nonce + "w")
+            rps = wrk_driver.run(url, connections=64, seconds=self.p.rps_s, mode=mode, nonce=nonce + "r",
+                                 tick=tick if proc else None)
+            wrk_driver.run(url, connections=1, seconds=1, mode=mode, nonce=nonce + "x")
+            lat = wrk_driver.run(url, connections=1, seconds=self.p.lat_s, mode=mode, nonce=nonce + "l",
+                                 tick=tick if proc else None)
+            results[scenario] = {"config": name, "body": mode, "checks": checks, "c64": rps, "c1": lat}
+            log(f"      {scenario}: {rps['rps']:.0f} req/s, c1 p50 {lat['p50_us'] / 1000:.3f} ms "
+                f"p99 {lat['p99_us'] / 1000:.3f} ms, errors {rps['error_total'] + lat['error_total']}")
+        if proc:
+            mem |= {"peak_rss_kb": procs.hwm_kb(pids), "peak_rss_sampled_kb": peak_sampled,
+                    "after_rss_kb": procs.rss_kb(pids), "after_fds": procs.fd_count(pids)}
+            procs.stop(proc, timeout=15)
+        for scenario, _ in CONFIGS[name][1]:
+            results[scenario]["memory"] = mem
+
+    def sanity(self, base: str) -> dict:
+        """One request, then the same again: status, X-Cache and whether the body is the mock's."""
+        out = {}
+        for i in (1, 2):
+            status, headers, body = procs.http_post(base + CHAT, BODY, HEADERS)
+            out[f"request{i}"] = {"status": status, "x_cache": headers.get("X-Cache"),
+                                  "canned_body": b"chatcmpl-bench0001" in body}
+        if out["request1"]["status"] != 200 or not out["request1"]["canned_body"]:
+            self.notes.append(f"{base}: sanity request answered {out['request1']['status']} "
+                              "without the mock's body: the numbers below measure an error path")
+        return out
+
+    def stream_phase(self, name: str, results: dict) -> None:
+        base, proc, err = self.start_proxy(name, self.mock_sse, "stream")
+        if err:
+            return self.skip(name, "stream", err)
+        url = base + CHAT
+        log(f"stream {name}: {self.p.ttfb1_streams} single streams, "
+            f"100 concurrent x {self.p.ttfb100_per_worker}")
+        one = self.client([url, "--streams", "1", "--per-worker", str(self.p.ttfb1_streams),
+                           "--warmup", "3", "--max-tokens", "5"])
+        hundred = self.client([url, "--streams", "100", "--per-worker", str(self.p.ttfb100_per_worker),
+                               "--warmup", "1", "--max-tokens", "20"])
+        res = {"c1": one, "c100": hundred}
+        if proc:
+            pids = procs.tree(proc.pid)
+            res["memory"] = {"peak_rss_kb": procs.hwm_kb(pids), "after_rss_kb": procs.rss_kb(pids)}
+            procs.stop(proc, timeout=15)
+        results[name] = res
+        log(f"      {name}: TTFB p50@1 {one['ttfb_ms'].get('p50', float('nan')):.3f} ms, "
+            f"p99@100 {hundred['ttfb_ms'].get('p99', float('nan')):.3f} ms, "
+            f"errors {one['errors'] + hundred['errors']}")
+
+    def client(self, argv: list[str], timeout: float = 300) -> dict:
+        out = subprocess.run([sys.executable, str(BENCH / "stream_client.py"), *argv],
+                             capture_output=True, text=True, timeout=timeout,
+                             preexec_fn=lambda: procs.pin_self(self.core(procs.LOAD_CORE)))
+        if out.returncode != 0:
+            raise RuntimeError(f"stream_client failed: {out.stderr[-2000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def hold_phase(self, name: str, results: dict) -> None:
+        base, proc, err = self.start_proxy(name, self.mock_slow, "hold")
+        if err:
+            return self.skip(name, "hold", err)
+        pids = procs.tree(proc.pid)
+        time.sleep(0.5)
+        before, fds_before = procs.rss_kb(pids), procs.fd_count(pids)
+        n = self.p.hold_streams
+        log(f"hold  {name}: {n} streams open for {self.p.hold_s} s")
+        cmd = [sys.executable, str(BENCH / "stream_client.py"), base + CHAT, "--hold", str(n),
+               "--hold-seconds", str(self.p.hold_s), "--max-tokens", "4000"]  # <= the gateway's cap
+        client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  preexec_fn=lambda: procs.pin_self(self.core(procs.LOAD_CORE)))
+        held_line = self.readline(client, timeout=120)
+        held_rss = held_fds = 0
+        while client.poll() is None:  # sample while the streams are held, until the client ends
+            held_rss = max(held_rss, procs.rss_kb(pids))
+            held_fds = max(held_fds, procs.fd_count(pids))
+            if select.select([client.stdout], [], [], 0.2)[0]:
+                break
+        final, stderr = client.communicate(timeout=120)
+        summary = json.loads(final.strip().splitlines()[-1]) if final.strip() else {
+            "errors": n, "error_samples": [stderr[-500:]]}
+        time.sleep(2)  # the proxy notices the disconnects and closes its upstream side
+        healthy = procs.http_get(base + "/healthz")[0] == 200
+        held = (held_line or {}).get("held", 0)
+        results[name] = {
+            "streams": n, "held": held, "open_s": (held_line or {}).get("open_s"),
+            "errors": summary.get("errors"), "error_samples": summary.get("error_samples"),
+            "rss_before_kb": before, "rss_held_kb": held_rss, "rss_after_kb": procs.rss_kb(pids),
+            "peak_rss_kb": procs.hwm_kb(pids),
+            "kb_per_stream": round((held_rss - before) / held, 2) if held else None,
+            "fds_before": fds_before, "fds_held": held_fds, "fds_after": procs.fd_count(pids),
+            "healthy_after": healthy}
+        procs.stop(proc, timeout=15)
+        r = results[name]
+        log(f"      {name}: held {held}/{n}, errors {r['errors']}, {r['kb_per_stream']} KB/stream, "
+            f"fds {fds_before}->{held_fds}->{r['fds_after']}")
+
+    @staticmethod
+    def readline(proc: subprocess.Popen, timeout: float) -> dict | None:
+        if select.select([proc.stdout], [], [], timeout)[0]:
+            line = proc.stdout.readline()
+            if line.strip():
+                return json.loads(line)
+        return None
+
+    def skip(self, name: str, phase: str, why: str) -> None:
+        note = f"{name} ({phase}) skipped: {why}"
+        self.notes.append(note)
+        log(note)

@@ -1,0 +1,42 @@
+-- wrk script: POST a chat completion the way a browser front-end would.
+--   wrk ... -s post.lua URL -- same  NONCE   every request has the same body (cache hit path)
+--   wrk ... -s post.lua URL -- vary  NONCE   every request differs in `user` (cache miss path)
+-- NONCE keeps bodies of one run apart from the previous run's (the gateway's cache outlives runs).
+-- done() prints one line "BENCH_JSON {...}" that bench/run.py parses (latencies in microseconds).
+
+local mode, nonce, counter = "same", "0", 0
+local headers = {
+  ["Content-Type"] = "application/json",
+  ["Origin"] = "http://localhost:5173",
+  ["Authorization"] = "Bearer x",
+}
+local head = '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},'
+  .. '{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":64,"temperature":0,"user":"'
+local fixed
+
+function init(args)
+  mode = args[1] or "same"
+  nonce = args[2] or "0"
+  fixed = wrk.format("POST", nil, headers, head .. "bench-" .. nonce .. '"}')
+end
+
+function request()
+  if mode == "same" then
+    return fixed
+  end
+  counter = counter + 1
+  return wrk.format("POST", nil, headers, head .. "bench-" .. nonce .. "-" .. counter .. '"}')
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"bytes":%d,"rps":%.2f,'
+    .. '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.2f,"stdev_us":%.2f,'
+    .. '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}}\n',
+    summary.requests, summary.duration, summary.bytes,
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean, latency.stdev,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end

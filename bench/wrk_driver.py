@@ -1,0 +1,54 @@
+"""Run wrk with bench/post.lua and read its result.
+
+The Lua `done()` hook prints one `BENCH_JSON {...}` line (latency percentiles in microseconds,
+requests/s, error counts), which is what we parse; wrk's own text (`--latency`) is kept as a
+cross-check for `Requests/sec` and for the record.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import procs
+
+LUA = Path(__file__).with_name("post.lua")
+
+
+def binary() -> str | None:
+    return shutil.which("wrk")
+
+
+def run(url: str, *, connections: int, seconds: int, mode: str, nonce: str,
+        tick: Callable[[], None] | None = None, timeout_s: str = "5s") -> dict:
+    """One wrk run; `tick` is called about every 100 ms while it runs (RSS sampling)."""
+    cmd = [binary() or "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout_s}",
+           "--latency", "-s", str(LUA), url, "--", mode, nonce]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: procs.pin_self(procs.LOAD_CORE))
+    # wrk prints only at the end, so the pipe cannot fill while we poll.
+    while proc.poll() is None:
+        if tick:
+            tick()
+        time.sleep(0.1)
+    text = proc.stdout.read().decode(errors="replace")
+    shown = ["wrk", *cmd[1:7], "bench/post.lua", url, "--", mode, "NONCE"]  # no machine paths
+    return parse(text) | {"command": " ".join(shown),
+                          "connections": connections, "seconds": seconds, "mode": mode}
+
+
+def parse(text: str) -> dict:
+    m = re.search(r"^BENCH_JSON (\{.*\})$", text, re.M)
+    if not m:
+        raise RuntimeError("wrk printed no BENCH_JSON line:\n" + text[-2000:])
+    out = json.loads(m.group(1))
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    out["rps_wrk_text"] = float(rps.group(1)) if rps else None
+    e = out["errors"]  # "status" counts answers that were not 2xx/3xx
+    out["error_total"] = e["connect"] + e["read"] + e["write"] + e["timeout"] + e["status"]
+    return out
