@@ -44,7 +44,6 @@ class Answer:
     content_type: str
     body: bytes
     headers: dict[str, str]
-    cached: bool = False
 
 
 def usage_from_json(body: bytes) -> dict | None:
@@ -146,16 +145,20 @@ class Proxy:
         if parsed.stream:
             return await self._stream(request, rec, client, route, parsed, raw, key, headers)
 
+        asked: list[bool] = []  # set when this request is the one that asks the upstream
+
         async def fill() -> Answer:
+            asked.append(True)
             return await self._fetch(request, rec, route, raw, key)
 
         if key is not None:
             answer = await self.cache.single_flight(key, fill)
             if isinstance(answer, Entry):  # another process filled it while we waited
-                answer = Answer(200, JSON, answer.body, {}, cached=True)
+                answer = Answer(200, JSON, answer.body, {})
         else:
             answer = await fill()
-        if answer.cached and rec.cache == "MISS":
+        if not asked:
+            # Served by an identical request's upstream call: like a hit, it spent no tokens.
             rec.cache = headers["X-Cache"] = "HIT"
         else:
             await self._settle(client, route, parsed, usage_from_json(answer.body), rec)

@@ -232,3 +232,17 @@ async def test_waiters_fill_themselves_when_the_first_client_leaves(gw, fake):
     r, data = await asyncio.wait_for(follower, 5)
     assert r.status == 200 and b"choices" in data  # ...and the waiter asked again itself
     assert len(fake.posts) == 2 and fake.aborted
+
+
+async def test_coalesced_requests_are_hits_and_charge_no_tokens(make_gateway, fake):
+    gw = await make_gateway({"rate_limit": {"tokens": ["1000/minute"]}})
+    fake.script = [{"delay": 0.3}]
+    body = dict(CHAT, seed=41)
+    results = await asyncio.gather(*(post(gw, body, headers={"X-Forwarded-For": f"192.0.2.{i}"})
+                                     for i in range(3)))
+    assert sorted(r.headers["X-Cache"] for r, _ in results) == ["HIT", "HIT", "MISS"]
+    for i in range(3):  # only the client whose request reached the upstream was charged
+        r, _ = await post(gw, dict(CHAT, seed=50 + i), headers={"X-Forwarded-For": f"192.0.2.{i}"})
+        charged = 1000 - int(r.headers["x-ratelimit-remaining-tokens"])
+        miss = results[i][0].headers["X-Cache"] == "MISS"
+        assert charged == (6 if miss else 0), (i, charged)  # the header shows what was left before
