@@ -104,6 +104,15 @@ class Upstream:
                 async with asyncio.timeout(self.s.first_byte_timeout):
                     resp = await self.session.request(method, url, data=body, headers=headers,
                                                       allow_redirects=False)
+            except aiohttp.ConnectionTimeoutError:
+                # Nothing was sent yet: as safe to retry (or fail over) as a refused connection.
+                log.warning("upstream connect timeout on %s (attempt %d/%d)", route,
+                            attempt + 1, attempts)
+                if last:
+                    UPSTREAM_ERRORS.labels("timeout").inc()
+                    raise UpstreamTimeout("The upstream could not be reached in time.") from None
+                await self._pause(attempt, None)
+                continue
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 # A slow first byte is not retried: the upstream may still be generating.
                 log.warning("upstream timeout on %s: %s", route, type(exc).__name__)

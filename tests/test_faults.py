@@ -287,3 +287,27 @@ async def test_slowloris_headers_are_cut_and_the_server_stays_responsive(gateway
     assert closed == [b""] * 50  # the gateway hung up on every one of them
     for _, w in slow:
         w.close()
+
+
+async def test_connect_timeout_is_retried_then_504(make_gateway):
+    # A listener whose accept queue is full drops further SYNs: connecting hangs.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(3):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        await asyncio.sleep(0.2)
+        gw = await make_gateway({"upstream": {"base_url": f"http://127.0.0.1:{port}/v1",
+                                              "connect_timeout": 0.3, "retries": 1}})
+        t0 = asyncio.get_running_loop().time()
+        st, _, data = await status_of(gw)
+        elapsed = asyncio.get_running_loop().time() - t0
+        for s in fillers:
+            s.close()
+    assert st == 504 and b"upstream_timeout" in data
+    assert 0.6 <= elapsed < 3  # two attempts of 0.3 s each, plus backoff

@@ -215,3 +215,9 @@ async def test_zipapp_starts_and_answers(tmp_path, upstream_url):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_wildcard_origin_is_warned_about_at_start(gateway_process):
+    gp = await gateway_process({"cors": {"allow_origins": ["*"]}})
+    await wait_for_log(gp, 'cors.allow_origins contains \\"*\\"')
+    assert '"level":"warning"' in gp.log()
