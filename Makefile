@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # chromium + chromium-driver: the browser tests (tests/test_browser.py) drive a real headless one.
 TEST_PACKAGES := memcached nginx chromium chromium-driver
 
-.PHONY: run test venv system-deps bench dist clean
+.PHONY: run test venv system-deps bench soak dist clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -38,6 +38,12 @@ bench: venv
 	@$(MAKE) --no-print-directory system-deps TEST_PACKAGES="wrk nginx memcached"
 	$(BIN)/pip install -q -r bench/requirements.txt
 	$(BIN)/python bench/run.py $(ARGS)
+
+# Ten minutes of mixed traffic against one gateway, RSS and fds sampled (not part of CI).
+soak: venv
+	@$(MAKE) --no-print-directory system-deps TEST_PACKAGES="nginx"
+	$(BIN)/pip install -q -r bench/requirements.txt
+	$(BIN)/python bench/soak.py $(ARGS)
 
 dist:
 	rm -rf dist && mkdir -p dist/build

@@ -56,18 +56,39 @@ def _http_paths(prefix: Path) -> str:
                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
 
 
-def mock_upstream(prefix: Path, port: int) -> str:
-    """nginx answering like OpenAI: canned chat completion and model list, nothing else."""
+def mock_upstream(prefix: Path, port: int, sse_port: int | None = None) -> str:
+    """nginx answering like OpenAI: canned chat completion and model list, nothing else.
+
+    With `sse_port`, a chat request that asks for `Accept: text/event-stream` is relayed
+    (unbuffered) to the SSE mock on that port instead, so one upstream serves both kinds (the
+    soak drives one gateway with both). The `if` only does `rewrite ... last`, its safe use."""
+    sse_upstream = sse_location = sse_if = ""
+    if sse_port:
+        sse_upstream = f"""
+  upstream sse {{
+    server 127.0.0.1:{sse_port};
+    keepalive 64;
+  }}"""
+        sse_if = 'if ($http_accept ~* "event-stream") { rewrite ^ /sse-chat last; } '
+        sse_location = """
+    location = /sse-chat {
+      internal;
+      proxy_pass http://sse/v1/chat/completions;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_read_timeout 600s;
+    }"""
     return _common(prefix) + f"""
 http {{
   access_log off;
 {_http_paths(prefix)}
   keepalive_requests 100000000;  # the proxies' pools must never be forced to reconnect
-  keepalive_timeout 300s;
+  keepalive_timeout 300s;{sse_upstream}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     default_type application/json;
-    location = /v1/chat/completions {{ return 200 '{CHAT_COMPLETION}'; }}
+    location = /v1/chat/completions {{ {sse_if}return 200 '{CHAT_COMPLETION}'; }}{sse_location}
     location = /v1/models {{ return 200 '{MODELS}'; }}
     location = /healthz {{ return 200 'ok'; }}
     location / {{ return 404 '{NOT_FOUND}'; }}

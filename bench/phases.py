@@ -10,7 +10,9 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -58,22 +60,35 @@ CONFIGS = {
     "gateway-on": ("gateway", [("gateway-on-miss", "vary"), ("gateway-on-hit", "same")]),
     "gateway-off": ("gateway", [("gateway-off", "vary")]),
 }
-PHASES = ("json", "stream", "hold")
+PHASES = ("json", "stream", "hold", "workers")
+# The workers phase: the request limit of the shipped config.toml (checked on every request, in
+# memcached) and enough client addresses (X-Forwarded-For) that no client ever reaches it.
+WORKERS_LIMITS = ["60/minute", "1000/day"]
+WORKERS_CLIENTS = 65536
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def gateway_toml(port: int, upstream: str, features: bool) -> str:
+def gateway_toml(port: int, upstream: str, features: bool, *, storage: str = "memory://",
+                 requests: list[str] | None = None, workers: int = 1,
+                 cache_max_bytes: int | None = None) -> str:
     """Gateway config per the BRIEF's keys. Features on: huge rate limit (never trips, but every
     request pays for the check), cache on, model allowlist on. Off: all three disabled. Origin
-    check, validation, metrics and the JSON access log (to a file) stay on in both."""
+    check, validation, metrics and the JSON access log (to a file) stay on in both.
+
+    The workers phase and the soak override the storage, the request limits, the number of
+    workers and the cache's memory bound."""
+    if requests is None:
+        requests = ["100000000/minute"] if features else []
+    max_bytes = f"max_bytes = {cache_max_bytes}\n" if cache_max_bytes else ""
     return f"""\
 [server]
 host = "127.0.0.1"
 port = {port}
 shutdown_timeout = 2.0    # the bench stops it between phases; nothing is in flight then
+workers = {workers}
 
 [upstream]
 base_url = "{upstream}/v1"
@@ -84,15 +99,15 @@ max_connections = 10000   # the hold phase needs one upstream connection per ope
 allow_origins = ["http://localhost:5173"]
 
 [storage]
-url = "memory://"
+url = "{storage}"
 
 [rate_limit]
-requests = {'["100000000/minute"]' if features else "[]"}
+requests = {json.dumps(requests)}
 
 [cache]
 enabled = {"true" if features else "false"}
 ttl = 3600
-
+{max_bytes}
 [validation]
 allowed_models = {'["gpt-4o-mini"]' if features else "[]"}
 max_input_chars = 10000
@@ -119,6 +134,31 @@ class Bench:
         proc = procs.spawn(cmd, core=self.core(core), log=self.tmp / f"{name}.log", **kw)
         self.started.append(proc)
         return proc
+
+    def spawn_gateway(self, tag: str, toml: str, core: int | None) -> subprocess.Popen:
+        """`gateway.py` with the config `toml`, on `core` (an absolute choice, see procs)."""
+        cfg = self.tmp / f"{tag}.toml"
+        cfg.write_text(toml)
+        env = dict(os.environ, OPENAI_API_KEY=API_KEY)
+        proc = procs.spawn([sys.executable, "gateway.py", "--config", str(cfg)], core=core,
+                           log=self.tmp / f"{tag}.log", env=env, cwd=ROOT)
+        self.started.append(proc)
+        return proc
+
+    def start_memcached(self, core: int | None) -> tuple[subprocess.Popen, int]:
+        """A private memcached on a free loopback port (2 threads, 256 MB); (process, port)."""
+        binary = shutil.which("memcached") or next(
+            (b for b in ("/usr/bin/memcached", "/usr/sbin/memcached") if os.path.exists(b)), None)
+        if not binary:
+            raise RuntimeError("memcached not found (apt-get install memcached)")
+        port = procs.free_port()
+        proc = procs.spawn([binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "256",
+                            "-c", "4096", "-t", "2"] + (["-u", "root"] if os.geteuid() == 0 else []),
+                           core=core, log=self.tmp / "memcached.log")
+        self.started.append(proc)
+        if not procs.wait_tcp("127.0.0.1", port, proc, b"version\r\n", b"VERSION"):
+            raise RuntimeError(f"memcached did not start: {procs.tail(self.tmp / 'memcached.log')}")
+        return proc, port
 
     def stop_all(self) -> None:
         for proc in reversed(self.started):
@@ -164,11 +204,8 @@ class Bench:
             proc = self.spawn(tag, [sys.executable, str(BENCH / "passthrough.py"), "--port", str(port),
                                     "--upstream", upstream], procs.PROXY_CORE)
         else:
-            cfg = self.tmp / f"{tag}.toml"
-            cfg.write_text(gateway_toml(port, upstream, features=name == "gateway-on"))
-            env = dict(os.environ, OPENAI_API_KEY=API_KEY)
-            proc = self.spawn(tag, [sys.executable, "gateway.py", "--config", str(cfg)],
-                              procs.PROXY_CORE, env=env, cwd=ROOT)
+            proc = self.spawn_gateway(tag, gateway_toml(port, upstream, features=name == "gateway-on"),
+                                      self.core(procs.PROXY_CORE))
         base = f"http://127.0.0.1:{port}"
         if not procs.wait_ready(base + "/healthz", proc, timeout=30):
             procs.stop(proc)
@@ -294,6 +331,91 @@ class Bench:
         r = results[name]
         log(f"      {name}: held {held}/{n}, errors {r['errors']}, {r['kb_per_stream']} KB/stream, "
             f"fds {fds_before}->{held_fds}->{r['fds_after']}")
+
+    def workers_phase(self, results: dict) -> None:
+        """`server.workers` = 1, then 2, with memcached storage, nothing pinned.
+
+        A real memcached and a second nginx mock start for this phase; the gateway (features on,
+        the shipped config's request limits, storage and cache in memcached), wrk, the mock and
+        memcached may all run on every core, so the scheduler shares the machine between them.
+        The CPU each of them used during the measured run is reported with the throughput."""
+        if not self.nginx:
+            return self.skip("gateway-on", "workers", "nginx not found (the JSON mock upstream)")
+        any_core = procs.ANY_CORE if procs.HAVE_TWO_CORES else None
+        try:
+            mc, mc_port = self.start_memcached(any_core)
+        except RuntimeError as exc:
+            return self.skip("gateway-on", "workers", str(exc))
+        mock_port = procs.free_port()
+        prefix = self.tmp / "nginx-mock-workers"
+        conf = nginx_conf.write(prefix, nginx_conf.mock_upstream(prefix, mock_port))
+        mock = procs.spawn(nginx_conf.command(self.nginx, prefix, conf), core=any_core,
+                           log=self.tmp / "nginx-mock-workers.log")
+        self.started.append(mock)
+        self.ready(f"http://127.0.0.1:{mock_port}/healthz", mock, "nginx mock (workers)")
+        storage = f"memcached://127.0.0.1:{mc_port}"
+        out: dict = {"storage": "memcached (local, 2 threads)", "rate_limit": WORKERS_LIMITS,
+                     "clients": WORKERS_CLIENTS, "pinning": "none: every process may run on both cores",
+                     "runs": {}}
+        for n in (1, 2):
+            tag = f"gateway-workers{n}"
+            port = procs.free_port()
+            toml = gateway_toml(port, f"http://127.0.0.1:{mock_port}", True, storage=storage,
+                                requests=WORKERS_LIMITS, workers=n)
+            proc = self.spawn_gateway(tag, toml, any_core)
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            ok = procs.wait_ready(base + "/healthz", proc, timeout=30)
+            while ok and n > 1 and len(procs.tree(proc.pid)) < n + 1 and time.monotonic() < deadline:
+                time.sleep(0.1)  # every worker forked (the first one up already answers)
+            if not ok:
+                procs.stop(proc)
+                return self.skip("gateway-on", "workers", f"workers = {n} did not start:\n"
+                                 f"{procs.tail(self.tmp / f'{tag}.log')}")
+            time.sleep(1.0)  # every worker listening
+            checks = self.sanity(base)
+            if checks["request2"]["x_cache"] != "HIT":
+                self.notes.append(f"workers = {n}: a repeated request was not a cache hit with memcached "
+                                  f"storage (X-Cache {checks['request2']['x_cache']})")
+            pids = procs.tree(proc.pid)
+            nonce, url = uuid.uuid4().hex[:12], base + CHAT
+            log(f"workers {n}: memcached storage, unpinned: warm-up, then wrk -c64 {self.p.rps_s}s")
+            wrk_driver.run(url, connections=64, seconds=self.p.warm_s, mode="vary", nonce=nonce + "w",
+                           clients=WORKERS_CLIENTS, core=any_core)
+            groups = {"gateway": pids, "nginx mock": procs.tree(mock.pid), "memcached": [mc.pid]}
+            cpu0 = {k: procs.cpu_seconds(v) for k, v in groups.items()}
+            cpu0_each = {pid: procs.cpu_seconds([pid]) for pid in pids}
+            m0, t0 = procs.machine_seconds(), time.monotonic()
+            own0 = resource.getrusage(resource.RUSAGE_SELF)
+            kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # only wrk is reaped meanwhile
+            rps = wrk_driver.run(url, connections=64, seconds=self.p.rps_s, mode="vary", nonce=nonce + "r",
+                                 clients=WORKERS_CLIENTS, core=any_core)
+            wall = time.monotonic() - t0
+            m1 = procs.machine_seconds()
+            own1, kids1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            used = {k: procs.cpu_seconds(v) - cpu0[k] for k, v in groups.items()}
+            used["wrk"] = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
+            used["bench runner"] = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
+            tasks = m1["tasks"] - m0["tasks"]
+            used["other processes"] = max(0.0, tasks - sum(used.values()))
+            used["interrupts (irq, softirq)"] = m1["irq"] - m0["irq"]
+            used["idle"] = m1["idle"] - m0["idle"]
+            cores = {k: round(v / wall, 3) for k, v in used.items()}
+            per_process = [round((procs.cpu_seconds([pid]) - cpu0_each[pid]) / wall, 3) for pid in pids]
+            gw_cpu = used["gateway"]
+            out["runs"][str(n)] = {
+                "workers": n, "processes": len(pids), "checks": checks, "c64": rps,
+                "cpu_cores": cores, "gateway_process_cores": per_process, "steal_cores": round((m1["steal"] - m0["steal"]) / wall, 3),
+                "requests_per_gateway_cpu_second": round(rps["requests"] / gw_cpu, 1) if gw_cpu else None,
+                "rss_kb": procs.rss_kb(pids)}
+            log(f"      workers {n}: {rps['rps']:.0f} req/s, errors {rps['error_total']}, cores used: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
+            procs.stop(proc, timeout=15)
+        procs.stop(mock)
+        procs.stop(mc)
+        one, two = out["runs"]["1"]["c64"]["rps"], out["runs"]["2"]["c64"]["rps"]
+        out["ratio_2_over_1"] = round(two / one, 3) if one else None
+        results.update(out)
 
     @staticmethod
     def readline(proc: subprocess.Popen, timeout: float) -> dict | None:

@@ -2,9 +2,11 @@
 --   wrk ... -s post.lua URL -- same  NONCE   every request has the same body (cache hit path)
 --   wrk ... -s post.lua URL -- vary  NONCE   every request differs in `user` (cache miss path)
 -- NONCE keeps bodies of one run apart from the previous run's (the gateway's cache outlives runs).
+--   wrk ... -s post.lua URL -- MODE  NONCE  N  also sets X-Forwarded-For to one of N client
+--   addresses in turn (10.x.y.z), so a per-client rate limit sees N clients (0 or absent: none).
 -- done() prints one line "BENCH_JSON {...}" that bench/run.py parses (latencies in microseconds).
 
-local mode, nonce, counter = "same", "0", 0
+local mode, nonce, counter, clients = "same", "0", 0, 0
 local headers = {
   ["Content-Type"] = "application/json",
   ["Origin"] = "http://localhost:5173",
@@ -17,15 +19,22 @@ local fixed
 function init(args)
   mode = args[1] or "same"
   nonce = args[2] or "0"
+  clients = tonumber(args[3] or "0") or 0
   fixed = wrk.format("POST", nil, headers, head .. "bench-" .. nonce .. '"}')
 end
 
 function request()
-  if mode == "same" then
+  if mode == "same" and clients == 0 then
     return fixed
   end
   counter = counter + 1
-  return wrk.format("POST", nil, headers, head .. "bench-" .. nonce .. "-" .. counter .. '"}')
+  if clients > 0 then
+    local c = counter % clients
+    headers["X-Forwarded-For"] = string.format("10.%d.%d.%d", math.floor(c / 65536) % 256,
+                                               math.floor(c / 256) % 256, c % 256)
+  end
+  local user = (mode == "same") and nonce or (nonce .. "-" .. counter)
+  return wrk.format("POST", nil, headers, head .. "bench-" .. user .. '"}')
 end
 
 function done(summary, latency, requests)

@@ -21,6 +21,7 @@ from pathlib import Path
 HAVE_TWO_CORES = (os.cpu_count() or 1) >= 2
 PROXY_CORE = 0  # the process under test
 LOAD_CORE = 1  # wrk, stream clients, mock upstreams, this runner
+ANY_CORE = -1  # every core (undoes an affinity inherited from the pinned runner)
 
 
 def raise_nofile() -> int:
@@ -33,7 +34,10 @@ def raise_nofile() -> int:
 
 
 def pin_self(core: int | None) -> None:
-    if core is not None and HAVE_TWO_CORES:
+    """Pin this process to `core`; ANY_CORE allows every core; None leaves it as it is."""
+    if core == ANY_CORE:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    elif core is not None and HAVE_TWO_CORES:
         os.sched_setaffinity(0, {core})
 
 
@@ -144,6 +148,50 @@ def rss_kb(pids: list[int]) -> int:
 def hwm_kb(pids: list[int]) -> int:
     """Peak resident set (VmHWM) summed over `pids`, in KiB (the kernel keeps the peak)."""
     return sum(_status_kb(p, "VmHWM") for p in pids)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time consumed so far by `pids` (each process's own, from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def machine_seconds() -> dict[str, float]:
+    """CPU seconds all cores have spent since boot: `tasks` (user + nice + system, what
+    processes are charged), `irq` (hard and soft interrupts: loopback networking partly lands
+    here), `steal` (the hypervisor) and `idle` (idle + iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]] + [0] * 8
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"tasks": (v[0] + v[1] + v[2]) / tick, "irq": (v[5] + v[6]) / tick,
+            "steal": v[7] / tick, "idle": (v[3] + v[4]) / tick}
+
+
+def wait_tcp(host: str, port: int, proc: subprocess.Popen | None, hello: bytes, expect: bytes,
+             timeout: float = 10.0) -> bool:
+    """Poll a TCP server until it answers `hello` with a line starting with `expect`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=1.0) as s:
+                s.sendall(hello)
+                if s.recv(256).startswith(expect):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def fd_count(pids: list[int]) -> int:

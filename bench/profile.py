@@ -3,6 +3,7 @@
     python bench/profile.py                                  # features on, cache-miss path, 10 s
     python bench/profile.py --config gateway-off --seconds 20
     python bench/profile.py --mode same                      # the cache-hit path
+    python bench/profile.py --storage memcached --name profile-gateway-on-memcached
 
 Same set-up as run.py (nginx mock upstream and wrk on core 1, the gateway alone on core 0), with
 `py-spy record` attached to the gateway. py-spy pauses the process for each sample (its default:
@@ -126,6 +127,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="gateway-on", choices=["gateway-on", "gateway-off", "passthrough"])
     ap.add_argument("--mode", default="vary", choices=["vary", "same"], help="vary = cache misses")
+    ap.add_argument("--storage", default="memory", choices=["memory", "memcached"],
+                    help="gateway-on only: memcached = a private memcached (on core 1) holds the rate "
+                         "limits (the shipped config's) and the cache, as in run.py's workers phase")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--name", default="profile", help="output file stem in --out")
@@ -141,12 +145,28 @@ def main() -> None:
         bench = bench_run.Bench(argparse.Namespace(no_pin=False), bench_run.FULL, tmp)
         try:
             bench.start_mocks({"json"})
-            base, proxy, err = bench.start_proxy(args.config, bench.mock_json, "profile")
-            if err:
-                raise SystemExit(err)
+            clients = 0
+            if args.storage == "memcached":
+                if args.config != "gateway-on":
+                    raise SystemExit("--storage memcached applies to --config gateway-on")
+                _, mc_port = bench.start_memcached(procs.LOAD_CORE)
+                port = procs.free_port()
+                toml = bench_run.gateway_toml(port, f"http://127.0.0.1:{bench.mock_json}", True,
+                                              storage=f"memcached://127.0.0.1:{mc_port}",
+                                              requests=bench_run.WORKERS_LIMITS)
+                proxy = bench.spawn_gateway("gateway-profile", toml, procs.PROXY_CORE)
+                base = f"http://127.0.0.1:{port}"
+                if not procs.wait_ready(base + "/healthz", proxy, timeout=30):
+                    raise SystemExit(procs.tail(tmp / "gateway-profile.log"))
+                clients = bench_run.WORKERS_CLIENTS  # many clients: the limits never trip
+            else:
+                base, proxy, err = bench.start_proxy(args.config, bench.mock_json, "profile")
+                if err:
+                    raise SystemExit(err)
             wrk = subprocess.Popen(
                 [wrk_driver.binary() or "wrk", "-t1", "-c64", f"-d{args.seconds + 4}s", "-s",
-                 str(wrk_driver.LUA), base + bench_run.CHAT, "--", args.mode, uuid.uuid4().hex[:12]],
+                 str(wrk_driver.LUA), base + bench_run.CHAT, "--", args.mode, uuid.uuid4().hex[:12],
+                 str(clients)],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 preexec_fn=lambda: procs.pin_self(procs.LOAD_CORE))
             time.sleep(2)  # warm-up
@@ -161,7 +181,8 @@ def main() -> None:
         raw = (tmp / "raw").read_text()
         (out / f"{args.name}.folded").write_text(raw)  # collapsed stacks: speedscope, flamegraph.pl
         text = summarize(raw)
-    header = (f"{args.config}, {args.mode} bodies, wrk -c64 at {result['rps']:.0f} req/s while "
+    storage = "" if args.storage == "memory" else f", {args.storage} storage"
+    header = (f"{args.config}{storage}, {args.mode} bodies, wrk -c64 at {result['rps']:.0f} req/s while "
               f"sampled ({args.seconds} s at {args.rate} Hz)\n\n")
     (out / f"{args.name}.txt").write_text(header + text)
     flamegraph(raw, out / f"{args.name}.svg", title=header.strip())

@@ -15,7 +15,8 @@ Configurations (--only NAME; "gateway" selects both gateway ones):
   gateway-off  gateway.py with cache, rate limits and model allowlist off
 
 Phases (--phases): json (wrk requests/s and latency), stream (time to first chunk, chunk gaps),
-hold (thousands of open streams: memory per stream).
+hold (thousands of open streams: memory per stream), workers (the gateway with memcached storage
+and server.workers = 1 then 2, unpinned: how throughput scales with processes).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run, about 1 minute")
     ap.add_argument("--only", action="append", default=[], metavar="NAME",
                     help="run only these configurations (repeat or comma-separate)")
-    ap.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of json,stream,hold")
+    ap.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of " + ",".join(PHASES))
     ap.add_argument("--out", default=str(BENCH / "results"), help="directory for latest.{json,md,png}")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     args = ap.parse_args()
@@ -77,7 +78,7 @@ def main() -> None:
     if unknown or not names or not phases <= set(PHASES):
         ap.error(f"unknown configuration or phase: {unknown or sorted(phases - set(PHASES))}; "
                  f"configurations: {', '.join(CONFIGS)}; phases: {', '.join(PHASES)}")
-    if not wrk_driver.binary() and "json" in phases:
+    if not wrk_driver.binary() and phases & {"json", "workers"}:
         raise SystemExit("wrk not found (apt-get install wrk)")
     if not procs.HAVE_TWO_CORES and not args.no_pin:
         log("fewer than 2 cores: running unpinned")
@@ -88,7 +89,7 @@ def main() -> None:
     t_start = time.monotonic()
     busy_start = procs.cpu_busy(2.0)  # before we start anything: someone else's load
     account = procs.CpuAccount()
-    results: dict = {"json": {}, "stream": {}, "hold": {}}
+    results: dict = {"json": {}, "stream": {}, "hold": {}, "workers": {}}
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmpdir:
         bench = Bench(args, profile, Path(tmpdir))
         missing = gateway_present()
@@ -105,6 +106,8 @@ def main() -> None:
                     bench.stream_phase(name, results["stream"])
                 if "hold" in phases and CONFIGS[name][0] != "direct":
                     bench.hold_phase(name, results["hold"])
+            if "workers" in phases and "gateway-on" in names:
+                bench.workers_phase(results["workers"])
         finally:
             bench.stop_all()
         notes = bench.notes
@@ -126,7 +129,8 @@ def main() -> None:
             "elapsed_s": round(time.monotonic() - t_start, 1),
             "nproc": os.cpu_count(), "cpu": procs.cpu_model(),
             "pinning": ("proxy under test on core 0; wrk, stream clients, mock upstreams and the "
-                        "runner share core 1") if not args.no_pin else "unpinned",
+                        "runner share core 1 (workers phase: nothing pinned)") if not args.no_pin
+                       else "unpinned",
             "cpu_busy_before": round(busy_start, 3),
             "foreign_cpu_during_run": foreign,
             "loadavg_end": open("/proc/loadavg").read().split()[:3],
