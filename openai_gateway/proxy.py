@@ -141,9 +141,21 @@ class Proxy:
             metrics.RATE_LIMITED.labels("tokens").inc()
             raise
         headers.update(limit_headers(None, tok_state))
+        reserved = estimate if tok_state is not None else 0
+        try:
+            return await self._answer(request, rec, client, route, parsed, raw, key, headers,
+                                      reserved)
+        except GatewayError:
+            # Nothing was delivered (502, 504 ...): the reservation goes back to the budget.
+            await self._settle(client, route, parsed, None, rec, reserved)
+            raise
 
+    async def _answer(self, request, rec: RequestRecord, client: Client, route: str,
+                      parsed: ParsedRequest, raw: bytes, key: str | None,
+                      headers: dict[str, str], reserved: int) -> web.StreamResponse:
         if parsed.stream:
-            return await self._stream(request, rec, client, route, parsed, raw, key, headers)
+            return await self._stream(request, rec, client, route, parsed, raw, key, headers,
+                                      reserved)
 
         asked: list[bool] = []  # set when this request is the one that asks the upstream
 
@@ -160,8 +172,10 @@ class Proxy:
         if not asked:
             # Served by an identical request's upstream call: like a hit, it spent no tokens.
             rec.cache = headers["X-Cache"] = "HIT"
+            await self._settle(client, route, parsed, None, rec, reserved)
         else:
-            await self._settle(client, route, parsed, usage_from_json(answer.body), rec)
+            await self._settle(client, route, parsed, usage_from_json(answer.body), rec,
+                               reserved)
         headers.update(answer.headers)
         return web.Response(status=answer.status, body=answer.body, headers=headers,
                             content_type=answer.content_type)
@@ -185,7 +199,7 @@ class Proxy:
 
     async def _stream(self, request, rec: RequestRecord, client: Client, route: str,
                       parsed: ParsedRequest, raw: bytes, key: str | None,
-                      headers: dict[str, str]) -> web.StreamResponse:
+                      headers: dict[str, str], reserved: int) -> web.StreamResponse:
         body = parsed.body
         strip = False
         if route in USAGE_OPT_IN and self.limiter.any_tokens:
@@ -209,6 +223,9 @@ class Proxy:
                 status, ctype = resp.status, resp.content_type or JSON
                 if status >= 400:
                     status, ctype, data = self._upstream_failed(status, ctype, data)
+                await self._settle(client, route, parsed,
+                                   usage_from_json(data) if status == 200 else None, rec,
+                                   reserved)
                 return web.Response(status=status, body=data, headers=headers,
                                     content_type=ctype)
             metrics.ACTIVE_STREAMS.inc()
@@ -224,7 +241,7 @@ class Proxy:
         if usage is None and not outcome.complete and outcome.sent_bytes:
             # Cut short before usage arrived: charge the prompt estimate, never the whole cap.
             usage = {"prompt_tokens": (parsed.input_chars + 3) // 4, "completion_tokens": 0}
-        await self._settle(client, route, parsed, usage, rec)
+        await self._settle(client, route, parsed, usage, rec, reserved)
         if key is not None and outcome.complete and not outcome.upstream_failed:
             await self.cache.set(key, Entry(True, b"".join(outcome.recorded)))
         return out
@@ -235,17 +252,17 @@ class Proxy:
         return web.Response(body=entry.body, headers=headers, content_type=JSON)
 
     async def _settle(self, client: Client, route: str, parsed: ParsedRequest,
-                      usage: dict | None, rec: RequestRecord) -> None:
+                      usage: dict | None, rec: RequestRecord, reserved: int) -> None:
+        """Record the usage and bring the token reservation to it (no usage: refund all)."""
         tin, tout = split_usage(usage)
         rec.tokens_in, rec.tokens_out = tin, tout
-        if tin is None and tout is None:
-            return
         model = parsed.model or "none"
         if tin:
             metrics.TOKENS.labels(model, "in").inc(tin)
         if tout:
             metrics.TOKENS.labels(model, "out").inc(tout)
-        await self.limiter.charge_tokens(client, route, parsed.model, (tin or 0) + (tout or 0))
+        await self.limiter.settle_tokens(client, route, parsed.model, reserved,
+                                         (tin or 0) + (tout or 0))
 
     @staticmethod
     def _upstream_failed(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:

@@ -233,7 +233,11 @@ class RateLimiter:
 
     async def check_tokens(self, client: Client, route: str, model: str | None,
                            estimate: int) -> LimitState | None:
-        """Refuse a request whose estimated tokens cannot fit the remaining budget."""
+        """Refuse a request whose estimate cannot fit the budget, else reserve the estimate.
+
+        Reserving (not only checking) keeps parallel requests from all seeing the same full
+        budget; `settle_tokens` later charges or refunds the difference to the real usage.
+        """
         scopes = self._applicable(client, route, model, tokens=True)
         if not scopes:
             return None
@@ -256,7 +260,46 @@ class RateLimiter:
                                  "x-ratelimit-reset-tokens": format_reset(reset)})
                 if state is None or stats.remaining < state.remaining:
                     state = LimitState(item.amount, stats.remaining, reset)
+        for scope, items in scopes:
+            for item in items:
+                if not await self._tok.hit(item, "tok", ident, scope, cost=max(estimate, 1)):
+                    raise TokensRateLimited(  # a parallel request took the room meanwhile
+                        f"Rate limit reached for tokens: {item.amount} per {_window(item)}.",
+                        headers={"Retry-After": "1", "x-ratelimit-limit-tokens": str(item.amount),
+                                 "x-ratelimit-remaining-tokens": "0",
+                                 "x-ratelimit-reset-tokens": "1s"})
         return state
+
+    async def settle_tokens(self, client: Client, route: str, model: str | None,
+                            reserved: int, actual: int) -> None:
+        """Bring a reservation to the real usage: charge the overrun or refund the rest.
+
+        Never raises: the answer was already delivered (or failed), so a storage error here
+        is logged and counted, not turned into an error for the client.
+        """
+        scopes = self._applicable(client, route, model, tokens=True)
+        if not scopes:
+            return
+        reserved = max(reserved, 1) if reserved else 0
+        try:
+            if actual > reserved:
+                await self._guard(self._charge(self._ident(client), scopes, actual - reserved))
+            elif actual < reserved:
+                await self._guard(self._refund(self._ident(client), scopes, reserved - actual))
+        except StorageUnavailable:
+            pass  # already logged and counted by _guard
+
+    async def _refund(self, ident: str, scopes, tokens: int) -> None:
+        # limits has no public "give back"; its sliding-window counter is a plain counter per
+        # window, so the refund decrements the current window's key (at worst, right after a
+        # window turned, it lowers the new window instead: in the client's favour).
+        storage = self._storage
+        decr = getattr(storage, "decr", None) or storage.bridge.decr
+        for scope, items in scopes:
+            for item in items:
+                key = storage.sliding_window_keys(item.key_for("tok", ident, scope),
+                                                  item.get_expiry(), time.time())[1]
+                await decr(key, tokens)
 
     async def charge_tokens(self, client: Client, route: str, model: str | None,
                             tokens: int) -> None:

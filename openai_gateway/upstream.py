@@ -27,9 +27,9 @@ log = logging.getLogger("gateway.upstream")
 FORWARDED_HEADERS = ("Accept", "OpenAI-Beta", "Idempotency-Key")
 #: Upstream statuses worth another attempt: rate limited, and transient server trouble.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-#: Upstream response headers passed back to the client (the rest describe the upstream hop).
-RETURNED_HEADERS = ("openai-processing-ms", "openai-version",
-                    "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens")
+#: Upstream response headers passed back to the client. Not its x-ratelimit-*: those describe
+#: the whole organisation's budget, and would overwrite the client's own.
+RETURNED_HEADERS = ("openai-processing-ms", "openai-version")
 
 
 class Upstream:
@@ -118,7 +118,8 @@ class Upstream:
                 log.warning("upstream timeout on %s: %s", route, type(exc).__name__)
                 UPSTREAM_ERRORS.labels("timeout").inc()
                 raise UpstreamTimeout("The upstream did not answer in time.") from None
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+                    aiohttp.ClientResponseError) as exc:  # the last: a malformed answer
                 log.warning("upstream unreachable on %s (attempt %d/%d): %s", route,
                             attempt + 1, attempts, type(exc).__name__)
                 if last:

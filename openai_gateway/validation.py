@@ -55,6 +55,12 @@ class Validator:
                 "We could not parse the JSON body of your request. Send a JSON object.") from None
         if not isinstance(body, dict):
             raise InvalidRequest("The request body must be a JSON object.")
+        try:
+            # orjson reads 1024 levels but writes only 255; the cache key and a rewritten
+            # stream request serialise the body again, so refuse what cannot be.
+            orjson.dumps(body)
+        except orjson.JSONEncodeError:
+            raise InvalidRequest("The request body is nested too deeply.") from None
 
         model = body.get("model")
         if model is None and route not in MODEL_OPTIONAL:

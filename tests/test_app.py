@@ -310,3 +310,18 @@ async def test_metrics_for_trusted_peer_only(make_gateway):
     assert r.status == 403
     untrusted = await make_gateway({"server": {"trusted_proxies": []}})
     assert (await untrusted.get("/metrics")).status == 403
+
+
+async def test_deeply_nested_body_is_400_not_500(gw, fake):
+    nested = "[" * 300 + "]" * 300
+    raw = ('{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"hi"}],'
+           f'"metadata":{nested}}}').encode()
+    r = await gw.post("/v1/chat/completions", data=raw, headers={"Content-Type": "application/json"})
+    await assert_openai_error(r, 400)
+    assert fake.seen == []
+
+
+async def test_upstream_org_rate_limit_headers_are_not_passed_on(gw, fake):
+    fake.script = [{"raw": b'{"id": "x", "choices": []}', "ctype": "application/json"}]
+    r = await gw.post("/v1/chat/completions", json=CHAT)
+    assert r.status == 200 and r.headers["x-ratelimit-limit-requests"] == "1000"

@@ -311,3 +311,17 @@ async def test_connect_timeout_is_retried_then_504(make_gateway):
             s.close()
     assert st == 504 and b"upstream_timeout" in data
     assert 0.6 <= elapsed < 3  # two attempts of 0.3 s each, plus backoff
+
+
+async def test_malformed_upstream_response_is_502(make_gateway):
+    async def garbage(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nthis is not a header\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server, port = await raw_server(garbage)
+    async with server:
+        gw = await make_gateway({"upstream": {"base_url": f"http://127.0.0.1:{port}/v1"}})
+        st, _, data = await status_of(gw)
+    assert st == 502 and b"upstream_unavailable" in data

@@ -218,3 +218,24 @@ async def test_memory_storage_sweeps_expired_entries_without_threads():
         await limiter.check_requests(client, "/v1/chat/completions", None)
         await asyncio.sleep(0.01)
         assert sum(len(e) for e in storage.events.values()) == 1  # only the new entry
+
+
+async def test_parallel_requests_cannot_overshoot_the_token_budget(make_gateway, fake):
+    gw = await make_gateway({"rate_limit": {"tokens": ["100/minute"]}})
+    fake.script = [{"delay": 0.3}] * 10
+    body = dict(CHAT, max_tokens=30)  # each reserves ~31 tokens before it is forwarded
+    results = await asyncio.gather(*(gw.post("/v1/chat/completions", json=dict(body, seed=i))
+                                     for i in range(10)))
+    assert [r.status for r in results].count(200) == 3 and len(fake.posts) == 3
+
+
+async def test_token_reservation_is_refunded_on_memcached(make_gateway, memcached_url, fake):
+    gw = await make_gateway({"storage": {"url": memcached_url},
+                             "rate_limit": {"tokens": ["1000/minute"], "requests": ["100/minute"]},
+                             "upstream": {"retries": 0}})
+    ident = {"X-Forwarded-For": "198.51.100.77"}
+    fake.script = [{"status": 500}]
+    r = await gw.post("/v1/chat/completions", json=dict(CHAT, max_tokens=100), headers=ident)
+    assert r.status == 500
+    r = await gw.post("/v1/chat/completions", json=dict(CHAT, seed=1), headers=ident)
+    assert r.status == 200 and r.headers["x-ratelimit-remaining-tokens"] == "1000"

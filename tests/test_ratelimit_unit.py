@@ -185,8 +185,6 @@ async def test_rule_with_route_and_model_needs_both(route, model, limited):
 async def test_check_tokens_refuses_an_estimate_above_the_remaining_budget():
     lim = limiter(tokens=["100/minute"])
     async with lim.running():
-        state = await lim.check_tokens(ANON, CHAT, MINI, 100)  # exactly the budget fits
-        assert (state.limit, state.remaining) == (100, 100)
         with pytest.raises(RateLimited) as info:
             await lim.check_tokens(ANON, CHAT, MINI, 101)
         err = info.value
@@ -196,13 +194,20 @@ async def test_check_tokens_refuses_an_estimate_above_the_remaining_budget():
         h = err.headers
         assert (h["x-ratelimit-limit-tokens"], h["x-ratelimit-remaining-tokens"]) == ("100", "100")
         assert 1 <= int(h["Retry-After"]) <= 60 and RESET.match(h["x-ratelimit-reset-tokens"])
+        state = await lim.check_tokens(ANON, CHAT, MINI, 100)  # exactly the budget fits
+        assert (state.limit, state.remaining) == (100, 100)
 
 
-async def test_check_tokens_does_not_charge():
+async def test_check_tokens_reserves_and_settle_refunds_or_charges():
     lim = limiter(tokens=["100/minute"])
     async with lim.running():
-        for _ in range(5):
-            assert (await lim.check_tokens(ANON, CHAT, MINI, 90)).remaining == 100
+        assert (await lim.check_tokens(ANON, CHAT, MINI, 90)).remaining == 100
+        with pytest.raises(RateLimited):  # the first reservation holds 90 of 100
+            await lim.check_tokens(ANON, CHAT, MINI, 90)
+        await lim.settle_tokens(ANON, CHAT, MINI, reserved=90, actual=30)  # refund 60
+        assert (await lim.check_tokens(ANON, CHAT, MINI, 10)).remaining == 70
+        await lim.settle_tokens(ANON, CHAT, MINI, reserved=10, actual=50)  # overrun: +40
+        assert (await lim.check_tokens(ANON, CHAT, MINI, 1)).remaining == 20
 
 
 async def test_charge_then_check():
@@ -250,12 +255,14 @@ async def test_token_budgets_per_client_key_and_rule():
         assert (await lim.check_tokens(client(BACKEND), CHAT, MINI, 1000)).limit == 1000
         assert await lim.check_tokens(client(UNLIMITED), CHAT, MINI, 10 ** 9) is None
         # The rule's budget applies in addition, and the tightest is reported.
-        state = await lim.check_tokens(ANON, CHAT, "gpt-4o", 50)
-        assert (state.limit, state.remaining) == (50, 50)
         with pytest.raises(RateLimited) as info:
             await lim.check_tokens(ANON, CHAT, "gpt-4o", 51)
         assert info.value.headers["x-ratelimit-limit-tokens"] == "50"
-        await lim.charge_tokens(ANON, CHAT, "gpt-4o", 50)
+        state = await lim.check_tokens(ANON, CHAT, "gpt-4o", 50)
+        assert (state.limit, state.remaining) == (50, 50)
+        # That reservation used the rule's whole budget and half of the client's.
+        with pytest.raises(RateLimited):
+            await lim.check_tokens(ANON, CHAT, "gpt-4o", 1)
         assert (await lim.check_tokens(ANON, CHAT, MINI, 50)).remaining == 50
 
 
