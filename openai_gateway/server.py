@@ -151,7 +151,7 @@ class Supervisor:
                  self.settings.server.port)
         signal.signal(signal.SIGTERM, lambda *_: self._stop())
         signal.signal(signal.SIGINT, lambda *_: self._stop())
-        signal.signal(signal.SIGHUP, lambda *_: self._signal_all(signal.SIGHUP))
+        signal.signal(signal.SIGHUP, lambda *_: self._reload())
         for i in range(self.n):
             self._spawn(i)
         ready, interval = 0, sdnotify.watchdog_interval()
@@ -187,6 +187,15 @@ class Supervisor:
                           os.waitstatus_to_exitcode(status))
                 time.sleep(self.RESTART_DELAY)
                 self._spawn(index)
+
+    def _reload(self) -> None:
+        """Workers reload themselves; the supervisor keeps the new settings for respawns."""
+        if self.config_path is not None:
+            try:
+                self.settings = load(self.config_path)
+            except ConfigError:
+                pass  # each worker logs the reasons and keeps its configuration
+        self._signal_all(signal.SIGHUP)
 
     def _stop(self) -> None:
         if not self.stopping:
