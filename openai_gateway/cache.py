@@ -19,6 +19,7 @@ from aiocache.serializers import NullSerializer
 
 from .settings import CacheSettings
 from .storage import StorageURL
+from .streaming import DONE, RESPONSES_DONE
 from .validation import ParsedRequest
 
 log = logging.getLogger("gateway.cache")
@@ -27,10 +28,6 @@ log = logging.getLogger("gateway.cache")
 DETERMINISTIC = frozenset({"/v1/embeddings", "/v1/moderations"})
 #: Entry format: one kind byte, then the body exactly as the client received it.
 KIND_JSON, KIND_SSE = b"J", b"S"
-#: Only complete streams are stored; a value without the end marker is not one of ours.
-DONE_MARK = b"[DONE]"  # "data: [DONE]", or "data:[DONE]" (the space is optional)
-#: The responses API ends its streams with this event instead of [DONE].
-RESPONSES_DONE = b"response.completed"
 #: How long another process's in-flight fill may keep us waiting (then we ask ourselves).
 LOCK_SECONDS = 30
 POLL_SECONDS = 0.05
@@ -59,8 +56,8 @@ class Entry:
         if not isinstance(value, bytes) or len(value) < 2:
             return None
         kind, body = value[:1], value[1:]
-        if kind == KIND_SSE:
-            complete = DONE_MARK in body or RESPONSES_DONE in body
+        if kind == KIND_SSE:  # only complete streams are stored: no end marker, not ours
+            complete = DONE in body or RESPONSES_DONE in body
             return Entry(True, body) if complete else None
         if kind == KIND_JSON:
             try:
@@ -195,13 +192,6 @@ class PromptCache:
         from .metrics import STORAGE_ERRORS
         STORAGE_ERRORS.labels("cache").inc()
         log.warning("cache %s failed (%s); bypassing the cache", op, type(exc).__name__)
-
-    async def ping(self) -> bool:
-        try:
-            await self._backend("c:00000000").exists("c:ping")
-            return True
-        except Exception:
-            return False
 
     # --- single flight --------------------------------------------------------------------
 

@@ -126,7 +126,7 @@ class Proxy:
             key = cache_key(route, scope, parsed.body)
             entry = await self.cache.get(key)
             rec.cache = "HIT" if entry is not None else "MISS"
-            if entry is not None and entry.stream == parsed.stream:
+            if entry is not None:  # the key covers the body, "stream" included
                 metrics.CACHE.labels("HIT").inc()
                 headers["X-Cache"] = "HIT"
                 return await self._from_cache(request, entry, headers)

@@ -192,13 +192,6 @@ class RateLimiter:
                     type(exc).__name__)
         return None
 
-    async def ping(self) -> bool:
-        try:
-            async with asyncio.timeout(self.timeout or 1.0):
-                return bool(await self._storage.check())
-        except Exception:
-            return False
-
     # --- the per-request API --------------------------------------------------------------
 
     async def check_requests(self, client: Client, route: str, model: str | None

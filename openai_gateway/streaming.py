@@ -43,7 +43,6 @@ class StreamOutcome:
     #: What the client was sent, kept only when recording for the cache.
     recorded: list[bytes] | None = None
     sent_bytes: int = 0
-    first_byte_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -144,8 +143,6 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
                 data = inspector.feed(chunk)
                 if not data:
                     continue
-                if outcome.first_byte_at is None:
-                    outcome.first_byte_at = loop.time()
                 await out.write(data)
                 outcome.sent_bytes += len(data)
                 if record:
