@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage
+from limits.aio.storage.memory import Entry
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
@@ -47,10 +48,29 @@ class SweepingMemoryStorage(MemoryStorage):
     _next_sweep = 0.0
 
     async def _MemoryStorage__schedule_expiry(self) -> None:
+        self._schedule_sweep()
+
+    def _schedule_sweep(self) -> None:
         now = time.monotonic()
         if now >= self._next_sweep and (self.timer is None or self.timer.done()):
             self._next_sweep = now + self.SWEEP_SECONDS
             self.timer = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        """The parent's moving-window hit without its per-key asyncio.Lock: nothing here
+        awaits, so no other coroutine can interleave (the lock only mattered while the sweep
+        ran in threads). Same list, same test: the `limit - amount`-th newest entry decides."""
+        if amount > limit:
+            return False
+        self._schedule_sweep()
+        events = self.events.get(key)
+        if events is None:
+            events = self.events[key] = []
+        now = time.time()
+        if len(events) > limit - amount and events[limit - amount].atime >= now - expiry:
+            return False
+        events[:0] = [Entry(expiry)] * amount
+        return True
 
     async def _sweep(self) -> None:
         now = time.time()
@@ -65,6 +85,18 @@ class SweepingMemoryStorage(MemoryStorage):
                 self.storage.pop(key, None)
                 self.expirations.pop(key, None)
                 self.locks.pop(key, None)
+
+
+# limits re-wraps every storage method in an error-translating coroutine at each subclass level
+# (three deep here). They only translate when wrap_exceptions=True, which the memory storage
+# never uses and never needs (it raises nothing), so the subclass keeps the plain methods.
+for _name in ("incr", "get", "get_expiry", "check", "reset", "clear", "acquire_entry",
+              "get_moving_window", "acquire_sliding_window_entry", "get_sliding_window",
+              "clear_sliding_window"):
+    _fn = getattr(SweepingMemoryStorage, _name)
+    while hasattr(_fn, "__wrapped__"):
+        _fn = _fn.__wrapped__
+    setattr(SweepingMemoryStorage, _name, _fn)
 
 
 def _items(strings) -> tuple[RateLimitItem, ...]:
@@ -111,7 +143,7 @@ class RateLimiter:
         self.on_error = on_error
         self.timeout = timeout if storage.is_shared else None
         self._storage = None
-        self._req = self._tok = None
+        self._req = self._tok = self._memory_window = None
         self.configure(settings, clients)
 
     def configure(self, settings: RateLimitSettings, clients: tuple[ClientSettings, ...]) -> None:
@@ -132,6 +164,9 @@ class RateLimiter:
             self._make_strategies()
 
     def _make_strategies(self) -> None:
+        self._memory_window = None
+        if self.strategy == "moving-window" and isinstance(self._storage, SweepingMemoryStorage):
+            self._memory_window = self._storage
         if self.strategy == "moving-window":
             self._req = MovingWindowRateLimiter(self._storage)
         else:
@@ -203,25 +238,41 @@ class RateLimiter:
         return await self._guard(self._hit_requests(self._ident(client), scopes))
 
     async def _hit_requests(self, ident: str, scopes) -> LimitState:
+        if self._memory_window is not None:
+            return await self._hit_moving_memory(ident, scopes)
         state = None
         for scope, items in scopes:
             for item in items:
                 if not await self._req.hit(item, "req", ident, scope):
                     stats = await self._req.get_window_stats(item, "req", ident, scope)
-                    retry = max(stats.reset_time - time.time(), 0.0)
-                    raise RateLimited(
-                        f"Rate limit reached for requests: {item.amount} per "
-                        f"{_window(item)}. Please try again in {format_reset(retry)}.",
-                        headers={"Retry-After": str(max(math.ceil(retry), 1)),
-                                 "x-ratelimit-limit-requests": str(item.amount),
-                                 "x-ratelimit-remaining-requests": "0",
-                                 "x-ratelimit-reset-requests": format_reset(retry)})
+                    _refuse_requests(item, stats.reset_time)
         for scope, items in scopes:
             for item in items:
                 stats = await self._req.get_window_stats(item, "req", ident, scope)
                 if state is None or stats.remaining < state.remaining:
                     state = LimitState(item.amount, stats.remaining,
                                        max(stats.reset_time - time.time(), 0.0))
+        return state
+
+    async def _hit_moving_memory(self, ident: str, scopes) -> LimitState:
+        """MovingWindowRateLimiter.hit and .get_window_stats, i.e. the storage's acquire_entry
+        and get_moving_window, called directly so each limit's key is built once, not twice."""
+        storage = self._memory_window
+        hits = []
+        for scope, items in scopes:
+            for item in items:
+                key = item.key_for("req", ident, scope)
+                expiry = item.get_expiry()
+                if not await storage.acquire_entry(key, item.amount, expiry):
+                    start, _ = await storage.get_moving_window(key, item.amount, expiry)
+                    _refuse_requests(item, start + expiry)
+                hits.append((item, key, expiry))
+        state = None
+        for item, key, expiry in hits:
+            start, count = await storage.get_moving_window(key, item.amount, expiry)
+            remaining = item.amount - count
+            if state is None or remaining < state.remaining:
+                state = LimitState(item.amount, remaining, max(start + expiry - time.time(), 0.0))
         return state
 
     async def check_tokens(self, client: Client, route: str, model: str | None,
@@ -308,6 +359,17 @@ class RateLimiter:
                     stats = await self._tok.get_window_stats(item, "tok", ident, scope)
                     if stats.remaining > 0:
                         await self._tok.hit(item, "tok", ident, scope, cost=stats.remaining)
+
+
+def _refuse_requests(item: RateLimitItem, reset_at: float):
+    retry = max(reset_at - time.time(), 0.0)
+    raise RateLimited(
+        f"Rate limit reached for requests: {item.amount} per "
+        f"{_window(item)}. Please try again in {format_reset(retry)}.",
+        headers={"Retry-After": str(max(math.ceil(retry), 1)),
+                 "x-ratelimit-limit-requests": str(item.amount),
+                 "x-ratelimit-remaining-requests": "0",
+                 "x-ratelimit-reset-requests": format_reset(retry)})
 
 
 def _window(item: RateLimitItem) -> str:

@@ -1,9 +1,13 @@
 """RateLimiter on memory storage, and the x-ratelimit-* header values, without an app."""
 from __future__ import annotations
 
+import asyncio
 import re
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
 from openai_gateway.errors import RateLimited
@@ -308,3 +312,33 @@ async def test_reconfigure_keeps_the_counters():
         [state] = await allowed(lim)
         assert state.remaining == 0
         await refused(lim)
+
+
+# --- the memory storage's fast path answers exactly like limits' own ---------------------------
+
+
+@given(steps=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 3),
+                                st.floats(0, 4, allow_nan=False)), max_size=60))
+@settings(max_examples=60, deadline=None)
+def test_memory_moving_window_matches_limits_reference(steps):
+    """Same hits, same clock: the gateway's storage (no lock, limits' wrappers removed, key
+    built once) allows and counts exactly what limits' MemoryStorage does."""
+    from limits import parse
+    from limits.aio.storage import MemoryStorage
+    from openai_gateway.ratelimit import SweepingMemoryStorage
+
+    item = parse("5/10 seconds")
+
+    async def run():
+        clock = [1_000_000.0]
+        ours, ref = SweepingMemoryStorage(), MemoryStorage()
+        a, b = MovingWindowRateLimiter(ours), MovingWindowRateLimiter(ref)
+        with mock.patch("time.time", lambda: clock[0]):
+            for who, cost, wait in steps:
+                clock[0] += wait
+                assert await a.hit(item, who, cost=cost) == await b.hit(item, who, cost=cost)
+                assert await a.get_window_stats(item, who) == await b.get_window_stats(item, who)
+        if ref.timer:
+            ref.timer.cancel()
+
+    asyncio.run(run())
