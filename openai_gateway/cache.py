@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -76,38 +77,82 @@ def cache_key(route: str, scope: str, body: dict) -> str:
 
 
 class BoundedMemoryCache(SimpleMemoryCache):
-    """aiocache's memory backend with the bound it lacks: least recently used out first."""
+    """aiocache's memory backend with the bound it lacks (least recently used out first) and
+    expiry checked on read instead of one event-loop timer per entry.
+
+    Upstream arms `loop.call_later(ttl)` for every set: thousands of hour-long timers in the
+    loop's heap, each costing memory and a heap push/pop on the request path. Here an entry
+    carries its deadline and a read past it is a miss (and removes it); entries nobody reads
+    again leave through the byte bound, like any cold entry.
+    """
 
     def __init__(self, max_bytes: int, entry_overhead: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.max_bytes = max_bytes
-        #: Bytes counted per entry besides its value (key, dict slot, expiry timer).
+        #: Bytes counted per entry besides its value (key, dict slots, deadline).
         self.entry_overhead = entry_overhead
         self.bytes = 0
+        self._deadlines: dict[str, float] = {}
+
+    def _live(self, key) -> bool:
+        deadline = self._deadlines.get(key)
+        if deadline is not None and deadline <= time.monotonic():
+            self._SimpleMemoryBackend__delete(key)
+            return False
+        return key in self._cache
 
     async def _get(self, key, encoding="utf-8", _conn=None):
-        value = self._cache.pop(key, None)
-        if value is not None:
-            self._cache[key] = value  # most recently used now: move to the end
+        if not self._live(key):
+            return None
+        value = self._cache.pop(key)
+        self._cache[key] = value  # most recently used now: move to the end
         return value
 
+    async def _exists(self, key, _conn=None):
+        return self._live(key)
+
+    async def _add(self, key, value, ttl=None, _conn=None):
+        if self._live(key):
+            raise ValueError(f"Key {key} already exists, use .set to update the value")
+        return await self._set(key, value, ttl=ttl)
+
     async def _set(self, key, value, ttl=None, _cas_token=None, _conn=None):
+        if _cas_token is not None and _cas_token != self._cache.get(key):
+            return 0
         old = self._cache.pop(key, None)
         if old is not None:
             self.bytes -= len(old) + self.entry_overhead
+        self._cache[key] = value
         self.bytes += len(value) + self.entry_overhead
-        result = await super()._set(key, value, ttl=ttl, _cas_token=_cas_token)
+        if ttl:
+            self._deadlines[key] = time.monotonic() + ttl
+        else:
+            self._deadlines.pop(key, None)
         while self.bytes > self.max_bytes and self._cache:
-            await self._delete(next(iter(self._cache)))
-        return result
+            self._SimpleMemoryBackend__delete(next(iter(self._cache)))
+        return True
 
-    # Every removal (delete, eviction, TTL expiry) goes through the parent's private
-    # `__delete`, so the byte count is kept here and only here (overriding `_delete` too
-    # would count each removal twice).
+    async def _expire(self, key, ttl, _conn=None):
+        if not self._live(key):
+            return False
+        if ttl:
+            self._deadlines[key] = time.monotonic() + ttl
+        else:
+            self._deadlines.pop(key, None)
+        return True
+
+    async def _clear(self, namespace=None, _conn=None):
+        for key in [k for k in self._cache if not namespace or k.startswith(namespace)]:
+            self._SimpleMemoryBackend__delete(key)
+        return True
+
+    # Every removal (delete, eviction, expiry) goes through the parent's private `__delete`,
+    # so the byte count and deadlines are kept here and only here.
     def _SimpleMemoryBackend__delete(self, key):
         value = self._cache.get(key)
         if value is not None:
             self.bytes -= len(value) + self.entry_overhead
+        self._deadlines.pop(key, None)
         return super()._SimpleMemoryBackend__delete(key)
 
 
@@ -195,26 +240,30 @@ class PromptCache:
 
     # --- single flight --------------------------------------------------------------------
 
-    async def single_flight(self, key: str, fill):
-        """Run `fill()` once for concurrent identical requests; everyone gets its result.
+    async def single_flight(self, key: str, fill, *args):
+        """Run `fill(*args)` once for concurrent identical requests; everyone gets its result.
 
-        The first request fills in its own task; the others wait on a future (shielded, so a
-        waiter that disconnects does not cancel it). If the filler's client disconnects, the
-        waiters try again themselves. Across processes a short memcached lock (`add`) makes
-        the others poll the cache instead of asking the upstream too.
+        Returns (result, whether this call ran `fill`). The first request fills in its own
+        task; the others wait on a future (shielded, so a waiter that disconnects does not
+        cancel it). If the filler's client disconnects, the waiters try again themselves.
+        Across processes a short memcached lock (`add`) makes the others poll the cache
+        instead of asking the upstream too (their result is then a cache Entry).
         """
         while True:
             fut = self._inflight.get(key)
             if fut is None:
                 break
             try:
-                return await asyncio.shield(fut)
+                return await asyncio.shield(fut), False
             except asyncio.CancelledError:
                 if not fut.cancelled():
                     raise  # we were cancelled, not the filler
         fut = self._inflight[key] = asyncio.get_running_loop().create_future()
         try:
-            result = await self._fill_once(key, fill)
+            if self.storage.is_shared:
+                result = await self._fill_once(key, fill, args)
+            else:
+                result = await fill(*args)
         except asyncio.CancelledError:
             fut.cancel()
             raise
@@ -224,13 +273,11 @@ class PromptCache:
             raise
         else:
             fut.set_result(result)
-            return result
+            return result, not isinstance(result, Entry)
         finally:
             self._inflight.pop(key, None)
 
-    async def _fill_once(self, key: str, fill):
-        if not self.storage.is_shared:
-            return await fill()
+    async def _fill_once(self, key: str, fill, args):
         lock = "l" + key[1:]
         try:
             got = await self._backend(key).add(lock, b"1", ttl=LOCK_SECONDS)
@@ -238,7 +285,7 @@ class PromptCache:
             got = False  # someone else fills it: wait for their answer
         except Exception as exc:
             self._failed("lock", exc)
-            return await fill()
+            return await fill(*args)
         if not got:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + LOCK_SECONDS
@@ -252,9 +299,9 @@ class PromptCache:
                         break
                 except Exception:
                     break
-            return await fill()
+            return await fill(*args)
         try:
-            return await fill()
+            return await fill(*args)
         finally:
             try:
                 await self._backend(key).delete(lock)

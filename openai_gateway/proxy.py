@@ -157,18 +157,13 @@ class Proxy:
             return await self._stream(request, rec, client, route, parsed, raw, key, headers,
                                       reserved)
 
-        asked: list[bool] = []  # set when this request is the one that asks the upstream
-
-        async def fill() -> Answer:
-            asked.append(True)
-            return await self._fetch(request, rec, route, raw, key)
-
         if key is not None:
-            answer = await self.cache.single_flight(key, fill)
+            answer, asked = await self.cache.single_flight(key, self._fetch, request, rec,
+                                                          route, raw, key)
             if isinstance(answer, Entry):  # another process filled it while we waited
                 answer = Answer(200, JSON, answer.body, {})
         else:
-            answer = await fill()
+            answer, asked = await self._fetch(request, rec, route, raw, key), True
         if not asked:
             # Served by an identical request's upstream call: like a hit, it spent no tokens.
             rec.cache = headers["X-Cache"] = "HIT"

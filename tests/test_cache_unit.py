@@ -238,9 +238,28 @@ async def test_ttl_expiry_keeps_the_byte_count():
     await c.set("short", b"x" * 40, ttl=0.05)
     await c.set("long", b"x" * 30, ttl=60)
     await asyncio.sleep(0.15)
+    assert await c.get("short") is None  # past its deadline: a miss, and gone
     assert state(c) == (["long"], 30)
-    assert await c.get("short") is None
+    assert await c.get("long") == b"x" * 30
     await c.close()
+
+
+async def test_expiry_arms_no_loop_timer_and_every_read_path_honours_it():
+    c = memory(1000)
+    await c.set("a", b"1", ttl=0.05)
+    await c.set("b", b"2", ttl=0.05)
+    await c.set("c", b"3", ttl=0.05)
+    assert c._handlers == {}  # upstream would hold three hour-long TimerHandles here
+    assert await c.exists("a") and await c.get("b") == b"2"
+    await asyncio.sleep(0.1)
+    assert not await c.exists("a")
+    assert await c.get("b") is None
+    assert await c.add("c", b"new", ttl=60)  # an expired key may be added again
+    assert await c.expire("b", 60) is False
+    assert state(c) == (["c"], 3)
+    assert await c.expire("c", 0.05) and await c.get("c") == b"new"
+    await asyncio.sleep(0.1)
+    assert await c.get("c") is None and state(c) == ([], 0)
 
 
 async def test_overwrite_without_ttl_cancels_the_old_expiry():
