@@ -178,16 +178,20 @@ class Proxy:
     async def _fetch(self, request, rec: RequestRecord, route: str, raw: bytes,
                      key: str | None) -> Answer:
         t0 = time.perf_counter()
-        async with self.upstream.open("POST", route, raw, request.headers) as resp:
+        resp = await self.upstream.send("POST", route, raw, request.headers)
+        try:
             rec.upstream_status = resp.status
-            rec.ttfb_ms = round((time.perf_counter() - t0) * 1000, 2)
-            metrics.TTFB.labels(route).observe(time.perf_counter() - t0)
+            ttfb = time.perf_counter() - t0
+            rec.ttfb_ms = round(ttfb * 1000, 2)
+            metrics.TTFB.labels(route).observe(ttfb)
             body = await self.upstream.read_body(resp, self.s.upstream.max_response_bytes)
             status, ctype = resp.status, resp.content_type or JSON
             if status >= 400:
                 status, ctype, body = self._upstream_failed(status, ctype, body)
             answer = Answer(status, ctype, body,
                             {h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
+        finally:
+            resp.close() if not resp.closed else None
         if key is not None and resp.status == 200 and answer.content_type == JSON:
             await self.cache.set(key, Entry(False, body))
         return answer

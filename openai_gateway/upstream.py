@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
-from multidict import CIMultiDict
 
 from .errors import UpstreamTimeout, UpstreamUnavailable
 from .metrics import UPSTREAM_ERRORS
@@ -48,6 +47,11 @@ class Upstream:
         self.endpoints = [(settings.base_url.rstrip("/"), "Bearer " + api_key)] + [
             (fb.base_url.rstrip("/"), "Bearer " + (k or api_key))
             for fb, k in zip(settings.fallbacks, fallback_keys or ("",) * len(settings.fallbacks))]
+        #: The fixed part of each endpoint's request headers, built once: {auth: (GET, POST)}.
+        self._base_headers = {
+            auth: ({"Authorization": auth},
+                   {"Authorization": auth, "Content-Type": "application/json"})
+            for _, auth in self.endpoints}
         # Every endpoint is tried at least once, whatever `retries` says.
         self.attempts = max(settings.retries + 1, len(self.endpoints))
 
@@ -67,15 +71,16 @@ class Upstream:
         finally:
             await self.session.close()
 
-    def headers(self, auth: str, client_headers, has_body: bool) -> CIMultiDict:
-        out = CIMultiDict(Authorization=auth)
-        if has_body:
-            out["Content-Type"] = "application/json"
+    def headers(self, auth: str, client_headers, has_body: bool) -> dict[str, str]:
+        out = self._base_headers[auth][has_body]
+        copied = False
         for name in FORWARDED_HEADERS:
             value = client_headers.get(name)
             if value is not None:
+                if not copied:
+                    out, copied = dict(out), True
                 out[name] = value
-        return out
+        return out  # shared when nothing was added: aiohttp copies it into the request
 
     @asynccontextmanager
     async def open(self, method: str, route: str, body: bytes | None,
@@ -85,13 +90,14 @@ class Upstream:
         Leaving the context releases or closes the upstream connection, which is how a client
         that went away stops an upstream generation at once.
         """
-        resp = await self._send(method, route, body, client_headers)
+        resp = await self.send(method, route, body, client_headers)
         try:
             yield resp
         finally:
             resp.close() if not resp.closed else None
 
-    async def _send(self, method, route, body, client_headers) -> aiohttp.ClientResponse:
+    async def send(self, method, route, body, client_headers) -> aiohttp.ClientResponse:
+        """The response once its headers arrived; the caller must `close()` it (see `open`)."""
         attempts = self.attempts
         for attempt in range(attempts):
             last = attempt == attempts - 1
@@ -153,6 +159,14 @@ class Upstream:
 
     async def read_body(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
         """The whole body, bounded in time (idle timeout) and size (`limit` bytes)."""
+        if resp.content.is_eof():
+            # Usual for JSON answers: the body came with the headers, so there is nothing to
+            # wait for and no timer to arm. The size bound still holds (it is already here,
+            # within the connection's read buffer, but it is not passed on).
+            body = await resp.read()
+            if len(body) > limit:
+                raise UpstreamUnavailable("The upstream's answer is too large.")
+            return body
         try:
             async with asyncio.timeout(self.s.idle_timeout) as t:
                 chunks, size = [], 0
