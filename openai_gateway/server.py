@@ -7,6 +7,7 @@ dies, and forwards SIGHUP and SIGTERM to them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import select
@@ -22,6 +23,20 @@ from .demo import DemoUpstream
 from .settings import ConfigError, Settings, load, resolve_workers
 
 log = logging.getLogger("gateway")
+
+#: Garbage-collector thresholds while serving. The defaults (700, 10, 10) run a young
+#: collection every ~2 requests and, as rate-limit entries and cached answers accumulate, full
+#: collections that walk all of them: ~10% of the miss path's time in the bench. Requests free
+#: almost everything by reference counting; cycles are still collected, just in larger batches.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Start-up objects (modules, settings, the app) never become garbage: freeze them out of
+    every future collection, then collect less often (see GC_THRESHOLDS)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def warn_risky(s: Settings) -> None:
@@ -81,6 +96,7 @@ async def serve(settings: Settings, config_path: str | None = None, *, reuse_por
     loop.add_signal_handler(signal.SIGHUP, reload, app, config_path)
     # Keep-alives come from this loop: if it blocks, they stop and systemd restarts us.
     watchdog = asyncio.ensure_future(sdnotify.watchdog_loop())
+    tune_gc()
     if on_ready is not None:
         on_ready()
     else:
