@@ -101,12 +101,17 @@ class BoundedMemoryCache(SimpleMemoryCache):
             return False
         return key in self._cache
 
-    async def _get(self, key, encoding="utf-8", _conn=None):
+    def lookup(self, key):
+        """`get` without aiocache's API layers (timeout, plugins, an environment lookup per
+        call): the gateway's own memory cache is read and written in place."""
         if not self._live(key):
             return None
         value = self._cache.pop(key)
         self._cache[key] = value  # most recently used now: move to the end
         return value
+
+    async def _get(self, key, encoding="utf-8", _conn=None):
+        return self.lookup(key)
 
     async def _exists(self, key, _conn=None):
         return self._live(key)
@@ -119,6 +124,10 @@ class BoundedMemoryCache(SimpleMemoryCache):
     async def _set(self, key, value, ttl=None, _cas_token=None, _conn=None):
         if _cas_token is not None and _cas_token != self._cache.get(key):
             return 0
+        return self.store(key, value, ttl)
+
+    def store(self, key, value, ttl=None) -> bool:
+        """`set` in place (see `lookup`)."""
         old = self._cache.pop(key, None)
         if old is not None:
             self.bytes -= len(old) + self.entry_overhead
@@ -163,6 +172,7 @@ class PromptCache:
         self.storage = storage
         self.timeout = timeout
         self._backends: list = []
+        self._memory: BoundedMemoryCache | None = None
         self._inflight: dict[str, asyncio.Future] = {}
         self.configure(settings)
 
@@ -183,8 +193,9 @@ class PromptCache:
                                serializer=NullSerializer(encoding=None))
                 for h, p in self.storage.servers]
         else:
-            self._backends = [BoundedMemoryCache(self.s.max_bytes, ENTRY_OVERHEAD, timeout=None,
-                                                 serializer=NullSerializer(encoding=None))]
+            self._memory = BoundedMemoryCache(self.s.max_bytes, ENTRY_OVERHEAD, timeout=None,
+                                              serializer=NullSerializer(encoding=None))
+            self._backends = [self._memory]
         try:
             yield self
         finally:
@@ -215,6 +226,8 @@ class PromptCache:
         return self._backends[int(key[2:10], 16) % len(self._backends)]
 
     async def get(self, key: str) -> Entry | None:
+        if self._memory is not None:
+            return Entry.decode(self._memory.lookup(key), trusted=True)
         try:
             return Entry.decode(await self._backend(key).get(key),
                                 trusted=not self.storage.is_shared)
@@ -226,6 +239,8 @@ class PromptCache:
         value = entry.encode()
         if len(value) > self.s.max_item_bytes:
             return False  # memcached refuses items over 1 MB; memory would thrash
+        if self._memory is not None:
+            return self._memory.store(key, value, self.s.ttl)
         try:
             await self._backend(key).set(key, value, ttl=self.s.ttl)
             return True
