@@ -145,7 +145,7 @@ def main() -> None:
         bench = bench_run.Bench(argparse.Namespace(no_pin=False), bench_run.FULL, tmp)
         try:
             bench.start_mocks({"json"})
-            clients = 0
+            clients = bench_run.CLIENTS  # as in run.py: many clients, the limits never trip
             if args.storage == "memcached":
                 if args.config != "gateway-on":
                     raise SystemExit("--storage memcached applies to --config gateway-on")
@@ -153,12 +153,11 @@ def main() -> None:
                 port = procs.free_port()
                 toml = bench_run.gateway_toml(port, f"http://127.0.0.1:{bench.mock_json}", True,
                                               storage=f"memcached://127.0.0.1:{mc_port}",
-                                              requests=bench_run.WORKERS_LIMITS)
+                                              requests=bench_run.CLIENT_LIMITS)
                 proxy = bench.spawn_gateway("gateway-profile", toml, procs.PROXY_CORE)
                 base = f"http://127.0.0.1:{port}"
                 if not procs.wait_ready(base + "/healthz", proxy, timeout=30):
                     raise SystemExit(procs.tail(tmp / "gateway-profile.log"))
-                clients = bench_run.WORKERS_CLIENTS  # many clients: the limits never trip
             else:
                 base, proxy, err = bench.start_proxy(args.config, bench.mock_json, "profile")
                 if err:

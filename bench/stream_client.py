@@ -31,6 +31,13 @@ HEADERS = {"Content-Type": "application/json", "Origin": "http://localhost:5173"
 NONCE = os.urandom(4).hex()
 
 
+def headers(i: int) -> dict:
+    """Stream i comes from client address i (as wrk's post.lua does): the gateway trusts the
+    loopback peer's X-Forwarded-For, so its per-client limits see many clients."""
+    c = i % 65536
+    return dict(HEADERS, **{"X-Forwarded-For": f"10.{c >> 16 & 255}.{c >> 8 & 255}.{c & 255}"})
+
+
 def body(i: int, max_tokens: int) -> bytes:
     return json.dumps({
         "model": "gpt-4o-mini", "stream": True, "max_tokens": max_tokens, "temperature": 0,
@@ -67,7 +74,7 @@ async def stream(session: aiohttp.ClientSession, url: str, i: int, max_tokens: i
     times: list[float] = []
     buf = b""
     try:
-        async with session.post(url, data=body(i, max_tokens), headers=HEADERS) as resp:
+        async with session.post(url, data=body(i, max_tokens), headers=headers(i)) as resp:
             if resp.status != 200:
                 tally.error(f"status {resp.status}: {(await resp.read())[:120]!r}")
                 return "error"
