@@ -325,3 +325,32 @@ async def test_upstream_org_rate_limit_headers_are_not_passed_on(gw, fake):
     fake.script = [{"raw": b'{"id": "x", "choices": []}', "ctype": "application/json"}]
     r = await gw.post("/v1/chat/completions", json=CHAT)
     assert r.status == 200 and r.headers["x-ratelimit-limit-requests"] == "1000"
+
+
+async def test_metrics_exposition_is_valid_prometheus_with_cumulative_buckets(gw, fake):
+    """The request path keeps plain numbers; the scrape must still be what Prometheus parses:
+    counters with _total, histograms with cumulative le buckets, +Inf = count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "metrics"}]}
+    for _ in range(3):
+        assert (await gw.post("/v1/chat/completions", json=body)).status == 200
+    assert (await gw.post("/v1/chat/completions", json={"model": 1})).status == 400
+    text = await (await gw.get("/metrics")).text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = {(s.labels["route"], s.labels["status"]): s.value
+                for s in families["gateway_requests"].samples if s.name.endswith("_total")}
+    assert requests[("/v1/chat/completions", "200")] >= 3
+    assert requests[("/v1/chat/completions", "400")] >= 1
+    for name in ("gateway_request_duration_seconds", "gateway_time_to_first_byte_seconds"):
+        samples = [s for s in families[name].samples
+                   if s.labels.get("route") == "/v1/chat/completions"]
+        buckets = [s for s in samples if s.name.endswith("_bucket")]
+        counts = [s.value for s in buckets]
+        assert counts == sorted(counts) and buckets[-1].labels["le"] == "+Inf"
+        count = next(s.value for s in samples if s.name.endswith("_count"))
+        assert buckets[-1].value == count >= 3
+        assert next(s.value for s in samples if s.name.endswith("_sum")) > 0
+    assert families["gateway_active_streams"].samples[0].value == 0
+    assert any(s.labels.get("result") == "BYPASS" and s.value >= 3  # sampled: not cached
+               for s in families["gateway_cache"].samples)
