@@ -13,7 +13,6 @@ spaces and are at most 250 bytes.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import hashlib
 import logging
 import math
@@ -36,15 +35,18 @@ log = logging.getLogger("gateway.ratelimit")
 
 
 class SweepingMemoryStorage(MemoryStorage):
-    """limits' async memory storage with its expiry sweep made cheap (limits 5.8).
+    """limits' async memory storage with its bookkeeping made cheap (limits 5.8).
 
     Upstream, every hit may start a sweep over all keys that hands each key's bisect to a
-    thread (asyncio.to_thread): under load that is a thread-pool round trip per request and
-    the top of the profile. Here the sweep runs at most once a second and bisects in the event
-    loop (no await inside, so no other coroutine sees a half-swept key). Counting is unchanged.
+    thread (asyncio.to_thread), and each moving-window list keeps every entry until that
+    sweep drops it. Here a hit trims its list to `limit` entries (an entry older than the
+    limit-th newest can never count again: at most `limit` entries fit in a window), so the
+    sweep only has to forget clients whose newest entry expired, and runs every
+    SWEEP_SECONDS in the event loop (no await inside: no coroutine sees a half-swept key).
+    Counting is unchanged (tests compare it with limits' own MemoryStorage).
     """
 
-    SWEEP_SECONDS = 1.0
+    SWEEP_SECONDS = 30.0
     _next_sweep = 0.0
 
     async def _MemoryStorage__schedule_expiry(self) -> None:
@@ -70,21 +72,21 @@ class SweepingMemoryStorage(MemoryStorage):
         if len(events) > limit - amount and events[limit - amount].atime >= now - expiry:
             return False
         events[:0] = [Entry(expiry)] * amount
+        if len(events) > limit:
+            del events[limit:]
         return True
 
     async def _sweep(self) -> None:
         now = time.time()
-        for key, events in list(self.events.items()):
-            # Entries are newest first; drop the expired tail.
-            del events[bisect.bisect_left(events, -now, key=lambda e: -e.expiry):]
-            if not events:
-                self.events.pop(key, None)
-                self.locks.pop(key, None)
-        for key, expires in list(self.expirations.items()):
-            if expires <= now:
-                self.storage.pop(key, None)
-                self.expirations.pop(key, None)
-                self.locks.pop(key, None)
+        expired = [key for key, events in self.events.items()
+                   if not events or events[0].expiry <= now]  # newest first
+        for key in expired:
+            self.events.pop(key, None)
+            self.locks.pop(key, None)
+        for key in [key for key, expires in self.expirations.items() if expires <= now]:
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+            self.locks.pop(key, None)
 
 
 # limits re-wraps every storage method in an error-translating coroutine at each subclass level

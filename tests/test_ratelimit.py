@@ -199,7 +199,9 @@ def test_moving_window_on_memcached_is_a_config_error():
     assert "memcached" in exc.value.problems[0]
 
 
-async def test_memory_storage_sweeps_expired_entries_without_threads():
+async def test_memory_storage_stays_bounded_and_forgets_idle_clients():
+    import threading
+
     from openai_gateway.identity import Client
     from openai_gateway.ratelimit import RateLimiter
     from openai_gateway.settings import RateLimitSettings
@@ -207,17 +209,24 @@ async def test_memory_storage_sweeps_expired_entries_without_threads():
 
     limiter = RateLimiter(RateLimitSettings(requests=("5/second",)), (),
                           parse_storage_url("memory://"), on_error="open", timeout=0.5)
-    client = Client(id="ip:192.0.2.1", ip="192.0.2.1")
+    busy = Client(id="ip:192.0.2.1", ip="192.0.2.1")
+    idle = Client(id="ip:192.0.2.2", ip="192.0.2.2")
+    threads = threading.active_count()
     async with limiter.running():
-        for _ in range(5):
-            await limiter.check_requests(client, "/v1/chat/completions", None)
         storage = limiter._storage
-        assert sum(len(e) for e in storage.events.values()) == 5
-        await asyncio.sleep(1.2)
+        await limiter.check_requests(idle, "/v1/chat/completions", None)
+        for _ in range(4):  # several windows' worth of hits, each window full
+            for _ in range(5):
+                await limiter.check_requests(busy, "/v1/chat/completions", None)
+            await asyncio.sleep(1.05)
+        # A client's list never holds more than its limit, however long it keeps going.
+        assert max(len(e) for e in storage.events.values()) <= 5
         storage._next_sweep = 0  # due now
-        await limiter.check_requests(client, "/v1/chat/completions", None)
+        await limiter.check_requests(busy, "/v1/chat/completions", None)
         await asyncio.sleep(0.01)
-        assert sum(len(e) for e in storage.events.values()) == 1  # only the new entry
+        # The idle client's newest entry expired: the sweep forgot it; the busy one stays.
+        assert len(storage.events) == 1
+        assert threading.active_count() == threads  # no thread pool behind the sweep
 
 
 async def test_parallel_requests_cannot_overshoot_the_token_budget(make_gateway, fake):
