@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import socket
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -25,23 +26,46 @@ class Client:
         return self.key.name if self.key else "anonymous"
 
 
+_MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d, an IPv4 peer on a dual-stack socket
+
+
+def _ip(address: str) -> tuple[int, int] | None:
+    """(version, integer) of a literal IP address, None for anything else.
+
+    inet_pton is strict like ipaddress.ip_address (no "1.2.3", no leading zeros, no
+    garbage) and about ten times faster: the X-Forwarded-For hop of every request comes
+    through here, from as many different addresses as there are clients.
+    """
+    try:
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
+    except (OSError, TypeError, ValueError):
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, address)
+    except (OSError, TypeError, ValueError):
+        return None
+    if packed[:12] == _MAPPED:
+        return 4, int.from_bytes(packed[12:], "big")
+    return 6, int.from_bytes(packed, "big")
+
+
 class TrustedProxies:
-    """Membership test for `server.trusted_proxies` (IPs and CIDRs), cached per address."""
+    """Membership test for `server.trusted_proxies` (IPs and CIDRs)."""
 
     def __init__(self, entries: tuple[str, ...]):
-        self._networks = tuple(ipaddress.ip_network(e, strict=False) for e in entries)
-        self.contains = lru_cache(maxsize=4096)(self._contains)
+        networks = [ipaddress.ip_network(e, strict=False) for e in entries]
+        self._ranges = tuple((n.version, int(n.network_address), int(n.broadcast_address))
+                             for n in networks)
+        # Peers are few (the proxies themselves): their answers are worth keeping.
+        self.contains = lru_cache(maxsize=1024)(self._contains)
 
     def _contains(self, address: str) -> bool:
-        if not self._networks:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if ip.version == 6 and ip.ipv4_mapped:  # ::ffff:127.0.0.1 on dual-stack sockets
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self._networks)
+        ip = _ip(address)
+        return ip is not None and self._has(ip)
+
+    def _has(self, ip: tuple[int, int]) -> bool:
+        version, value = ip
+        return any(v == version and low <= value <= high for v, low, high in self._ranges)
 
 
 def client_address(peer: str, forwarded_for: str | None, trusted: TrustedProxies) -> str:
@@ -55,11 +79,10 @@ def client_address(peer: str, forwarded_for: str | None, trusted: TrustedProxies
     believed = peer
     for hop in reversed(forwarded_for.split(",")):
         hop = hop.strip()
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+        ip = _ip(hop)
+        if ip is None:
             return believed
-        if not trusted.contains(hop):
+        if not trusted._has(ip):
             return hop
         believed = hop
     return believed

@@ -5,6 +5,8 @@ from unittest import mock
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from aiohttp.test_utils import make_mocked_request
 
 from openai_gateway.errors import InvalidClientKey
@@ -158,3 +160,32 @@ def test_resolver_uses_the_forwarded_address(peer, xff, ip):
     keyed = resolver().resolve(request(peer, **{"X-Forwarded-For": xff,
                                                 "Authorization": f"Bearer {KEY_A}"}))
     assert (keyed.id, keyed.ip) == ("key:backend", ip)
+
+
+# --- the fast address parser agrees with the ipaddress module ---------------------------------
+
+_TRUSTED = ("127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8", "192.0.2.128/25")
+
+
+def _reference(address: str) -> bool | None:
+    """ipaddress's answer: None if not an address, else whether it is trusted."""
+    import ipaddress
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(n) for n in _TRUSTED)
+
+
+@given(st.one_of(st.ip_addresses().map(str), st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+                 st.text(alphabet="0123456789abcdef.:x% ", max_size=24)))
+@settings(max_examples=400, deadline=None)
+def test_trusted_proxies_match_ipaddress_semantics(address):
+    from openai_gateway.identity import TrustedProxies, _ip
+    if "%" in address:
+        return  # scoped IPv6 literals: ipaddress accepts them, a hop never carries one
+    expected = _reference(address)
+    assert (_ip(address) is not None) == (expected is not None)
+    assert TrustedProxies(_TRUSTED).contains(address) == bool(expected)
