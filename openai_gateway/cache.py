@@ -189,7 +189,9 @@ class PromptCache:
         if self.storage.is_shared:
             # No default ttl on the object: in aiocache 0.12.3 it breaks every memcached set.
             self._backends = [
-                MemcachedCache(endpoint=h, port=p, pool_size=4, timeout=self.timeout,
+                # timeout=None: aiocache would wrap every call in asyncio.wait_for (a task per
+                # call); `_shared` bounds it with one asyncio.timeout instead.
+                MemcachedCache(endpoint=h, port=p, pool_size=4, timeout=None,
                                serializer=NullSerializer(encoding=None))
                 for h, p in self.storage.servers]
         else:
@@ -229,7 +231,7 @@ class PromptCache:
         if self._memory is not None:
             return Entry.decode(self._memory.lookup(key), trusted=True)
         try:
-            return Entry.decode(await self._backend(key).get(key),
+            return Entry.decode(await self._shared(self._backend(key).get(key)),
                                 trusted=not self.storage.is_shared)
         except Exception as exc:  # storage trouble is a miss, never a failed request
             self._failed("get", exc)
@@ -242,11 +244,16 @@ class PromptCache:
         if self._memory is not None:
             return self._memory.store(key, value, self.s.ttl)
         try:
-            await self._backend(key).set(key, value, ttl=self.s.ttl)
+            await self._shared(self._backend(key).set(key, value, ttl=self.s.ttl))
             return True
         except Exception as exc:
             self._failed("set", exc)
             return False
+
+    async def _shared(self, call):
+        """One memcached call, bounded by storage.timeout (TimeoutError counts as a failure)."""
+        async with asyncio.timeout(self.timeout):
+            return await call
 
     def _failed(self, op: str, exc: Exception) -> None:
         from .metrics import STORAGE_ERRORS
@@ -295,7 +302,7 @@ class PromptCache:
     async def _fill_once(self, key: str, fill, args):
         lock = "l" + key[1:]
         try:
-            got = await self._backend(key).add(lock, b"1", ttl=LOCK_SECONDS)
+            got = await self._shared(self._backend(key).add(lock, b"1", ttl=LOCK_SECONDS))
         except ValueError:
             got = False  # someone else fills it: wait for their answer
         except Exception as exc:
@@ -310,7 +317,7 @@ class PromptCache:
                 if entry is not None:
                     return entry
                 try:
-                    if not await self._backend(key).exists(lock):
+                    if not await self._shared(self._backend(key).exists(lock)):
                         break
                 except Exception:
                     break
@@ -319,6 +326,6 @@ class PromptCache:
             return await fill(*args)
         finally:
             try:
-                await self._backend(key).delete(lock)
+                await self._shared(self._backend(key).delete(lock))
             except Exception as exc:
                 self._failed("unlock", exc)
