@@ -56,7 +56,7 @@ class SweepingMemoryStorage(MemoryStorage):
     Counting is unchanged (tests compare it with limits' own MemoryStorage).
     """
 
-    SWEEP_SECONDS = 30.0
+    SWEEP_SECONDS = 5.0
     _next_sweep = 0.0
 
     async def _MemoryStorage__schedule_expiry(self) -> None:
