@@ -307,3 +307,20 @@ def test_body_is_returned_as_parsed():
     body = with_(CHAT, temperature=0, seed=7, tools=[{"type": "function"}], max_tokens=9)
     parsed = V.check(CHAT, raw(body))
     assert parsed == ParsedRequest(body, "gpt-4o-mini", False, 2, 9)
+
+
+@pytest.mark.parametrize("depth, ok", [(253, True), (254, False), (400, False)])
+def test_nesting_that_cannot_be_serialised_again_is_refused(depth, ok):
+    """The body object plus `depth` arrays: orjson writes 254 levels, parses more."""
+    body = (b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"metadata":'
+            + b"[" * depth + b"]" * depth + b"}")
+    if ok:
+        parsed = V.check(CHAT, body)
+        orjson.dumps(parsed.body, option=orjson.OPT_SORT_KEYS)  # the cache key can be made
+    else:
+        assert "nested too deeply" in str(refused(CHAT, body))
+
+
+def test_brackets_inside_strings_only_cost_the_exact_test():
+    body = {"model": "gpt-4o-mini", "messages": MSG, "metadata": {"note": "[{" * 300}}
+    assert V.check(CHAT, orjson.dumps(body)).body == body
