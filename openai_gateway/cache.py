@@ -133,10 +133,7 @@ class BoundedMemoryCache(SimpleMemoryCache):
             self.bytes -= len(old) + self.entry_overhead
         self._cache[key] = value
         self.bytes += len(value) + self.entry_overhead
-        if ttl:
-            self._deadlines[key] = time.monotonic() + ttl
-        else:
-            self._deadlines.pop(key, None)
+        self._set_deadline(key, ttl)
         while self.bytes > self.max_bytes and self._cache:
             self._SimpleMemoryBackend__delete(next(iter(self._cache)))
         return True
@@ -144,11 +141,14 @@ class BoundedMemoryCache(SimpleMemoryCache):
     async def _expire(self, key, ttl, _conn=None):
         if not self._live(key):
             return False
+        self._set_deadline(key, ttl)
+        return True
+
+    def _set_deadline(self, key, ttl) -> None:
         if ttl:
             self._deadlines[key] = time.monotonic() + ttl
         else:
             self._deadlines.pop(key, None)
-        return True
 
     async def _clear(self, namespace=None, _conn=None):
         for key in [k for k in self._cache if not namespace or k.startswith(namespace)]:

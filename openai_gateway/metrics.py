@@ -11,6 +11,7 @@ the gateway's throughput for a lock this single-threaded event loop never needs.
 from __future__ import annotations
 
 from bisect import bisect_left
+from itertools import accumulate
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -78,22 +79,16 @@ class _Family:
         self.labels().dec(amount)
 
     def family(self):
-        if self.kind == "counter":
-            out = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
-            for values, child in self.children.items():
-                out.add_metric(values, child.value)
-        elif self.kind == "gauge":
-            out = GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
-            for values, child in self.children.items():
-                out.add_metric(values, child.value)
-        else:
+        if self.kind == "histogram":
             out = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+            les = [floatToGoString(b) for b in (*self.buckets, float("inf"))]
             for values, child in self.children.items():
-                running, cumulative = 0, []
-                for bound, n in zip((*self.buckets, float("inf")), child.counts):
-                    running += n
-                    cumulative.append((floatToGoString(bound), running))
-                out.add_metric(values, cumulative, child.sum)
+                out.add_metric(values, list(zip(les, accumulate(child.counts))), child.sum)
+            return out
+        kind = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        out = kind(self.name, self.doc, labels=self.labelnames)
+        for values, child in self.children.items():
+            out.add_metric(values, child.value)
         return out
 
 

@@ -176,13 +176,12 @@ class RateLimiter:
             self._make_strategies()
 
     def _make_strategies(self) -> None:
-        self._memory_window = None
-        if self.strategy == "moving-window" and isinstance(self._storage, SweepingMemoryStorage):
-            self._memory_window = self._storage
-        if self.strategy == "moving-window":
-            self._req = MovingWindowRateLimiter(self._storage)
-        else:
-            self._req = SlidingWindowCounterRateLimiter(self._storage)
+        moving = self.strategy == "moving-window"
+        self._req = (MovingWindowRateLimiter if moving else SlidingWindowCounterRateLimiter)(
+            self._storage)
+        # On the memory storage the moving window is read directly (see _hit_moving_memory).
+        self._memory_window = (self._storage if moving and
+                               isinstance(self._storage, SweepingMemoryStorage) else None)
         self._tok = SlidingWindowCounterRateLimiter(self._storage)
 
     @asynccontextmanager
