@@ -220,12 +220,20 @@ def markdown(doc: dict) -> str:
 
 # --- Plot ------------------------------------------------------------------------------------
 
-def plot(doc: dict, path: Path) -> bool:
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot(doc: dict, path: Path) -> bool:
+    plt = pyplot()
+    if plt is None:
         return False
     res = doc["results"]
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))

@@ -55,6 +55,7 @@ from pathlib import Path
 import aiohttp
 import nginx_conf
 import procs
+import report
 import uvloop
 from phases import BENCH, CHAT, ROOT, Bench, gateway_toml, log
 
@@ -401,11 +402,8 @@ def markdown(doc: dict) -> str:
 
 
 def plot(doc: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = report.pyplot()
+    if plt is None:
         return False
     s = [x for x in doc["samples"] if x["phase"] in ("load", "drained", "idle")]
     t = [x["t_s"] / 60 for x in s]
