@@ -22,6 +22,16 @@ async def raw_server(handler):
     return server, server.sockets[0].getsockname()[1]
 
 
+async def canned_server(response: bytes):
+    """An upstream that reads one request head, writes exactly `response` and hangs up."""
+    async def handler(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response)
+        await writer.drain()
+        writer.close()
+    return await raw_server(handler)
+
+
 async def status_of(gw, body=CHAT, route="/v1/chat/completions"):
     r = await gw.post(route, json=body)
     data = await r.read()
@@ -67,14 +77,9 @@ async def test_reset_before_headers_is_retried_then_502(make_gateway):
 
 
 async def test_truncated_json_is_502_and_not_cached(make_gateway):
-    async def truncated(reader, writer):
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 500\r\n\r\n{\"id\": \"chatcmpl-x\", \"choi")
-        await writer.drain()
-        writer.close()
-
-    server, port = await raw_server(truncated)
+    server, port = await canned_server(  # promises 500 bytes, sends 40
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 500\r\n\r\n{\"id\": \"chatcmpl-x\", \"choi")
     async with server:
         gw = await make_gateway({"upstream": {"base_url": f"http://127.0.0.1:{port}/v1"}})
         st, _, data = await status_of(gw)
@@ -314,13 +319,7 @@ async def test_connect_timeout_is_retried_then_504(make_gateway):
 
 
 async def test_malformed_upstream_response_is_502(make_gateway):
-    async def garbage(reader, writer):
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nthis is not a header\r\n\r\n{}")
-        await writer.drain()
-        writer.close()
-
-    server, port = await raw_server(garbage)
+    server, port = await canned_server(b"HTTP/1.1 200 OK\r\nthis is not a header\r\n\r\n{}")
     async with server:
         gw = await make_gateway({"upstream": {"base_url": f"http://127.0.0.1:{port}/v1"}})
         st, _, data = await status_of(gw)
