@@ -231,8 +231,7 @@ class PromptCache:
         if self._memory is not None:
             return Entry.decode(self._memory.lookup(key), trusted=True)
         try:
-            return Entry.decode(await self._shared(self._backend(key).get(key)),
-                                trusted=not self.storage.is_shared)
+            return Entry.decode(await self._shared(self._backend(key).get(key)))
         except Exception as exc:  # storage trouble is a miss, never a failed request
             self._failed("get", exc)
             return None
