@@ -49,8 +49,8 @@ class SweepingMemoryStorage(MemoryStorage):
 
     Upstream, every hit may start a sweep over all keys that hands each key's bisect to a
     thread (asyncio.to_thread), and each moving-window list keeps every entry until that
-    sweep drops it. Here a hit trims its list to `limit` entries (an entry older than the
-    limit-th newest can never count again: at most `limit` entries fit in a window), so the
+    sweep drops it. Here an allowed hit trims its list to the entries still in the window (at
+    most `limit`: an entry older than the limit-th newest can never count again), so the
     sweep only has to forget clients whose newest entry expired, and runs every
     SWEEP_SECONDS in the event loop (no await inside: no coroutine sees a half-swept key).
     Counting is unchanged (tests compare it with limits' own MemoryStorage).
@@ -84,6 +84,10 @@ class SweepingMemoryStorage(MemoryStorage):
         events[:0] = [_Entry(expiry)] * amount
         if len(events) > limit:
             del events[limit:]
+        # Entries that left the window never count again: drop them (oldest last; each entry
+        # is popped once, so O(1) per hit), else a client under its limit keeps `limit` entries.
+        while events[-1].expiry < now:
+            events.pop()
         return True
 
     async def _sweep(self) -> None:

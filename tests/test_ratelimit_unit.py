@@ -336,7 +336,10 @@ def test_memory_moving_window_matches_limits_reference(steps):
         with mock.patch("time.time", lambda: clock[0]):
             for who, cost, wait in steps:
                 clock[0] += wait
-                assert await a.hit(item, who, cost=cost) == await b.hit(item, who, cost=cost)
+                allowed = await a.hit(item, who, cost=cost)
+                assert allowed == await b.hit(item, who, cost=cost)
+                if allowed:  # an allowed hit also forgets the entries that left the window
+                    assert all(e.expiry >= clock[0] for e in ours.events[item.key_for(who)])
                 ours_stats = await a.get_window_stats(item, who)
                 ref_stats = await b.get_window_stats(item, who)
                 assert ours_stats.remaining == ref_stats.remaining
@@ -347,5 +350,31 @@ def test_memory_moving_window_matches_limits_reference(steps):
                 assert len(ours.events.get(item.key_for(who), [])) <= item.amount
         if ref.timer:
             ref.timer.cancel()
+
+    asyncio.run(run())
+
+
+def test_a_client_under_its_limit_keeps_one_window_of_entries():
+    """A returning client that never reaches its limit must not accumulate entries up to
+    the limit (1,000 such clients on "120/minute" held 120,000 entries after 33 minutes)."""
+    from limits import parse
+    from openai_gateway.ratelimit import SweepingMemoryStorage
+
+    item = parse("120/minute")
+
+    async def run():
+        clock = [1_000_000.0]
+        storage = SweepingMemoryStorage()
+        limiter = MovingWindowRateLimiter(storage)
+        with mock.patch("time.time", lambda: clock[0]):
+            for _ in range(600):  # one hit every 10 s for 100 minutes
+                clock[0] += 10
+                assert await limiter.hit(item, "returning")
+            entries = storage.events[item.key_for("returning")]
+            assert 6 <= len(entries) <= 7  # the last minute's hits, not 120
+            remaining = (await limiter.get_window_stats(item, "returning")).remaining
+            assert 120 - 7 <= remaining <= 120 - 6
+        if storage.timer:
+            storage.timer.cancel()
 
     asyncio.run(run())
