@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # chromium + chromium-driver: the browser tests (tests/test_browser.py) drive a real headless one.
 TEST_PACKAGES := memcached nginx chromium chromium-driver
 
-.PHONY: run test venv system-deps bench soak dist clean
+.PHONY: run test venv system-deps bench bench-peers soak dist clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -38,6 +38,14 @@ bench: venv
 	@$(MAKE) --no-print-directory system-deps TEST_PACKAGES="wrk nginx memcached"
 	$(BIN)/pip install -q -r bench/requirements.txt
 	$(BIN)/python bench/run.py $(ARGS)
+
+# The gateway against openai-forward in the same run; the peer gets its own venv.
+bench-peers: venv
+	@$(MAKE) --no-print-directory system-deps TEST_PACKAGES="wrk nginx"
+	$(BIN)/pip install -q -r bench/requirements.txt
+	test -x bench/.peers/bin/python || $(PYTHON) -m venv bench/.peers
+	bench/.peers/bin/pip install -q -r bench/requirements-peers.txt
+	$(BIN)/python bench/peers.py $(ARGS)
 
 # Ten minutes of mixed traffic against one gateway, RSS and fds sampled (not part of CI).
 soak: venv
