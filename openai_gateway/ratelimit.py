@@ -7,8 +7,8 @@ Strategy by storage (decided once, at start-up):
 - token budgets always use the sliding-window counter: a moving window stores one entry per
   unit of cost, i.e. per token.
 
-Identifiers are SHA-256 hashed before they reach the storage: memcached keys may not contain
-spaces and are at most 250 bytes.
+Identifiers are SHA-256 hashed before they reach memcached (its keys may not contain spaces and
+are at most 250 bytes); the memory moving window keys by the client id itself.
 """
 from __future__ import annotations
 
@@ -69,18 +69,23 @@ class SweepingMemoryStorage(MemoryStorage):
             self.timer = asyncio.get_running_loop().create_task(self._sweep())
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
-        """The parent's moving-window hit without its per-key asyncio.Lock: nothing here
-        awaits, so no other coroutine can interleave (the lock only mattered while the sweep
-        ran in threads). Same list, same test: the `limit - amount`-th newest entry decides."""
+        return self.acquire_now(key, limit, expiry, amount) is not None
+
+    def acquire_now(self, key: str, limit: int, expiry: int, amount: int = 1) -> list | None:
+        """The parent's moving-window hit, synchronous and without its per-key asyncio.Lock:
+        nothing here awaits, so no other coroutine can interleave (the lock only mattered while
+        the sweep ran in threads). Same list, same test: the `limit - amount`-th newest entry
+        decides. Returns the key's entries when allowed (newest first, every one inside the
+        window, so their count is the window's count), None when refused."""
         if amount > limit:
-            return False
+            return None
         self._schedule_sweep()
         events = self.events.get(key)
         if events is None:
             events = self.events[key] = []
         now = time.time()
         if len(events) > limit - amount and events[limit - amount].atime >= now - expiry:
-            return False
+            return None
         events[:0] = [_Entry(expiry)] * amount
         if len(events) > limit:
             del events[limit:]
@@ -88,7 +93,7 @@ class SweepingMemoryStorage(MemoryStorage):
         # is popped once, so O(1) per hit), else a client under its limit keeps `limit` entries.
         while events[-1].expiry < now:
             events.pop()
-        return True
+        return events
 
     async def _sweep(self) -> None:
         now = time.time()
@@ -172,6 +177,14 @@ class RateLimiter:
                            for r in settings.rules)
         self.any_tokens = bool(self.tokens or self.client_tokens
                                or any(r.tokens for r in self.rules))
+        # The memory moving window's key tail and window length per request limit (by id: the
+        # items live as long as this configuration). The tail is limits' own (amount, multiples,
+        # granularity), so a limit that survives a reload keeps its counters.
+        self._suffixes = {id(item): (f"/{item.amount}/{item.multiples}/{item.GRANULARITY.name}",
+                                     item.get_expiry())
+                          for items in (self.requests, *self.client_requests.values(),
+                                        *(r.requests for r in self.rules))
+                          for item in items}
         strategy = settings.strategy
         if strategy == "auto":
             strategy = "sliding-window-counter" if self.storage_url.is_shared else "moving-window"
@@ -250,11 +263,11 @@ class RateLimiter:
         scopes = self._applicable(client, route, model, tokens=False)
         if not scopes:
             return None
+        if self._memory_window is not None:  # cannot fail: no _guard, no coroutine
+            return self._hit_moving_memory(client.id, scopes)
         return await self._guard(self._hit_requests(self._ident(client), scopes))
 
     async def _hit_requests(self, ident: str, scopes) -> LimitState:
-        if self._memory_window is not None:
-            return await self._hit_moving_memory(ident, scopes)
         state = None
         for scope, items in scopes:
             for item in items:
@@ -269,25 +282,26 @@ class RateLimiter:
                                        max(stats.reset_time - time.time(), 0.0))
         return state
 
-    async def _hit_moving_memory(self, ident: str, scopes) -> LimitState:
-        """MovingWindowRateLimiter.hit and .get_window_stats, i.e. the storage's acquire_entry
-        and get_moving_window, called directly so each limit's key is built once, not twice."""
-        storage = self._memory_window
+    def _hit_moving_memory(self, client_id: str, scopes) -> LimitState:
+        """MovingWindowRateLimiter.hit and .get_window_stats in one synchronous pass over the
+        memory storage: each limit's key is built once (from a suffix made at configure time;
+        no hashing, the key never leaves the process) and the window's count is the length of
+        the list the hit just trimmed (no second search)."""
+        storage, suffixes = self._memory_window, self._suffixes
         hits = []
         for scope, items in scopes:
             for item in items:
-                key = item.key_for("req", ident, scope)
-                expiry = item.get_expiry()
-                if not await storage.acquire_entry(key, item.amount, expiry):
-                    start, _ = await storage.get_moving_window(key, item.amount, expiry)
-                    _refuse_requests(item, start + expiry)
-                hits.append((item, key, expiry))
+                suffix, expiry = suffixes[id(item)]
+                key = f"req/{client_id}/{scope}{suffix}"
+                events = storage.acquire_now(key, item.amount, expiry)
+                if events is None:  # the window is full: its oldest entry leaves first
+                    _refuse_requests(item, storage.events[key][-1].atime + expiry)
+                hits.append((item.amount, events, expiry))
         state = None
-        for item, key, expiry in hits:
-            start, count = await storage.get_moving_window(key, item.amount, expiry)
-            remaining = item.amount - count
+        for limit, events, expiry in hits:
+            remaining = limit - len(events)
             if state is None or remaining < state.remaining:
-                state = LimitState(item.amount, remaining, max(start + expiry - time.time(), 0.0))
+                state = LimitState(limit, remaining, max(events[-1].atime + expiry - time.time(), 0.0))
         return state
 
     async def check_tokens(self, client: Client, route: str, model: str | None,
