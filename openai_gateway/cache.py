@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -88,6 +89,11 @@ class BoundedMemoryCache(SimpleMemoryCache):
 
     def __init__(self, max_bytes: int, entry_overhead: int = 0, **kwargs):
         super().__init__(**kwargs)
+        # An OrderedDict, not the parent's dict: least recently used first, and both the move
+        # to the end on a hit and the eviction of the first entry are O(1). A plain dict used
+        # this way leaves a hole at its front per eviction that the next `next(iter())` scans
+        # over until a resize compacts it: a full cache slowed every miss by up to 25 us.
+        self._cache: OrderedDict[str, object] = OrderedDict()
         self.max_bytes = max_bytes
         #: Bytes counted per entry besides its value (key, dict slots, deadline).
         self.entry_overhead = entry_overhead
@@ -106,9 +112,8 @@ class BoundedMemoryCache(SimpleMemoryCache):
         call): the gateway's own memory cache is read and written in place."""
         if not self._live(key):
             return None
-        value = self._cache.pop(key)
-        self._cache[key] = value  # most recently used now: move to the end
-        return value
+        self._cache.move_to_end(key)  # most recently used now
+        return self._cache[key]
 
     async def _get(self, key, encoding="utf-8", _conn=None):
         return self.lookup(key)
