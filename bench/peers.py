@@ -28,7 +28,7 @@ from pathlib import Path
 
 import procs
 import wrk_driver
-from phases import BENCH, CHAT, CLIENTS, ROOT, Bench, gateway_toml, log
+from phases import BENCH, CACHE_MAX_BYTES, CHAT, CLIENTS, ROOT, Bench, gateway_toml, log
 
 PEER_BIN = BENCH / ".peers" / "bin" / "openai-forward"
 
@@ -42,7 +42,8 @@ def start_all(bench: Bench, mock: str) -> dict[str, tuple[str, list[int]]]:
     bench.ready(f"http://127.0.0.1:{port}/healthz", proc, "passthrough")
     out["passthrough"] = (f"http://127.0.0.1:{port}", [proc.pid])
     port = procs.free_port()
-    proc = bench.spawn_gateway("gateway-on", gateway_toml(port, mock, features=True),
+    proc = bench.spawn_gateway("gateway-on", gateway_toml(port, mock, features=True,
+                                                            cache_max_bytes=CACHE_MAX_BYTES),
                                bench.core(procs.PROXY_CORE))
     bench.ready(f"http://127.0.0.1:{port}/healthz", proc, "gateway")
     out["gateway-on"] = (f"http://127.0.0.1:{port}", [proc.pid])

@@ -57,10 +57,9 @@ import nginx_conf
 import procs
 import report
 import uvloop
-from phases import BENCH, CHAT, ROOT, Bench, gateway_toml, log
+from phases import BENCH, CACHE_MAX_BYTES, CHAT, ROOT, Bench, gateway_toml, log
 
 LIMIT = "120/minute"  # per client: the greedy lane sends 300/minute, every other client far less
-CACHE_MAX_BYTES = 2 * 1024 * 1024  # small, so the bound is reached during the warm-up minute
 SAMPLE_S = 5.0
 ORIGIN = "http://localhost:5173"
 # lane -> requests per second at --rate 1
