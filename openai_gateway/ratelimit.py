@@ -52,11 +52,12 @@ class SweepingMemoryStorage(MemoryStorage):
     sweep drops it. Here an allowed hit trims its list to the entries still in the window (at
     most `limit`: an entry older than the limit-th newest can never count again), so the
     sweep only has to forget clients whose newest entry expired, and runs every
-    SWEEP_SECONDS in the event loop (no await inside: no coroutine sees a half-swept key).
+    SWEEP_SECONDS in the event loop, in batches.
     Counting is unchanged (tests compare it with limits' own MemoryStorage).
     """
 
     SWEEP_SECONDS = 5.0
+    SWEEP_BATCH = 10_000  # keys per loop iteration: ~0.7 ms
     _next_sweep = 0.0
 
     async def _MemoryStorage__schedule_expiry(self) -> None:
@@ -96,16 +97,36 @@ class SweepingMemoryStorage(MemoryStorage):
         return events
 
     async def _sweep(self) -> None:
-        now = time.time()
-        expired = [key for key, events in self.events.items()
-                   if not events or events[0].expiry <= now]  # newest first
-        for key in expired:
-            self.events.pop(key, None)
-            self.locks.pop(key, None)
-        for key in [key for key, expires in self.expirations.items() if expires <= now]:
-            self.storage.pop(key, None)
-            self.expirations.pop(key, None)
-            self.locks.pop(key, None)
+        """Forget keys whose newest entry (or counter) expired, SWEEP_BATCH keys per event-loop
+        iteration: a client on a day limit stays a day, and one pass over a million keys held
+        the loop for ~70 ms. A key is re-checked as it is dropped, so one that was hit while
+        the sweep let other coroutines run is kept (a hit mutates its list in place: `entries`
+        is always the live list)."""
+        events, expirations = self.events, self.expirations
+        async for now, keys, lists in self._batches(events):
+            for key, entries in zip(keys, lists):
+                if (not entries or entries[0].expiry <= now) and events.get(key) is entries:
+                    del events[key]  # newest entry expired: the client is idle
+                    self.locks.pop(key, None)
+        async for now, keys, deadlines in self._batches(expirations):
+            for key, expires in zip(keys, deadlines):
+                if expires <= now and expirations.get(key, now + 1) <= now:  # still expired
+                    self.storage.pop(key, None)
+                    del expirations[key]
+                    self.locks.pop(key, None)
+
+    async def _batches(self, table: dict):
+        """(now, keys, values) from a snapshot of `table`, SWEEP_BATCH keys at a time with the
+        event loop let in between. The snapshot is taken in table order (a lookup
+        per key would jump around a table of a million) and released batch by batch, so
+        freeing what the sweep dropped is spread over the batches too."""
+        batch = self.SWEEP_BATCH
+        keys, values = list(table), list(table.values())
+        while keys:
+            batch_keys, batch_values = keys[-batch:], values[-batch:]
+            del keys[-batch:], values[-batch:]
+            yield time.time(), batch_keys, batch_values
+            await asyncio.sleep(0)
 
 
 # limits re-wraps every storage method in an error-translating coroutine at each subclass level

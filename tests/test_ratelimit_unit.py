@@ -378,3 +378,35 @@ def test_a_client_under_its_limit_keeps_one_window_of_entries():
             storage.timer.cancel()
 
     asyncio.run(run())
+
+
+def test_the_sweep_yields_to_the_loop_and_keeps_keys_hit_meanwhile():
+    """A million clients on a day limit made one sweep hold the event loop for ~70 ms; it now
+    works in batches. A key hit between two batches is re-checked, never dropped."""
+    from limits import parse
+    from openai_gateway.ratelimit import SweepingMemoryStorage
+
+    item = parse("2/second")
+
+    async def run():
+        clock = [1_000_000.0]
+        storage = SweepingMemoryStorage()
+        storage.SWEEP_BATCH = 3
+        storage._next_sweep = float("inf")  # only the sweep started below
+        limiter = MovingWindowRateLimiter(storage)
+        with mock.patch("time.time", lambda: clock[0]):
+            for who in "abcdefgh":
+                assert await limiter.hit(item, who)
+            clock[0] += 5  # every client idle: all due
+            sweep = asyncio.ensure_future(storage._sweep())
+            await asyncio.sleep(0)  # the first batch ran, then the sweep let us in
+            assert not sweep.done()
+            assert len(storage.events) == 5  # three forgotten, five still to be looked at
+            key = next(iter(storage.events))  # one of those, active again
+            who = next(w for w in "abcdefgh" if item.key_for(w) == key)
+            assert await limiter.hit(item, who)
+            await sweep
+            assert list(storage.events) == [key]
+            assert (await limiter.get_window_stats(item, who)).remaining == 1
+
+    asyncio.run(run())
