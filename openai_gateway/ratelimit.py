@@ -13,9 +13,11 @@ are at most 250 bytes); the memory moving window keys by the client id itself.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import logging
 import math
+import operator
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,17 +35,6 @@ from .storage import StorageURL
 log = logging.getLogger("gateway.ratelimit")
 
 
-class _Entry:
-    """limits' moving-window Entry (same fields, same meaning) without a __dict__: a client's
-    entries live as long as the window (a day for "1000/day"): 104 bytes each instead of 144."""
-
-    __slots__ = ("atime", "expiry")
-
-    def __init__(self, expiry: float):
-        self.atime = time.time()
-        self.expiry = self.atime + expiry
-
-
 class SweepingMemoryStorage(MemoryStorage):
     """limits' async memory storage with its bookkeeping made cheap (limits 5.8).
 
@@ -53,7 +44,11 @@ class SweepingMemoryStorage(MemoryStorage):
     most `limit`: an entry older than the limit-th newest can never count again), so the
     sweep only has to forget clients whose newest entry expired, and runs every
     SWEEP_SECONDS in the event loop, in batches.
-    Counting is unchanged (tests compare it with limits' own MemoryStorage).
+
+    A moving-window list holds each entry's expiry time as a float (newest first), not
+    limits' `Entry` object: 32 bytes an entry instead of 112, and nothing for the garbage
+    collector to traverse (a day limit keeps one entry per request for a day). Counting is
+    unchanged (tests compare it with limits' own MemoryStorage).
     """
 
     SWEEP_SECONDS = 5.0
@@ -85,16 +80,24 @@ class SweepingMemoryStorage(MemoryStorage):
         if events is None:
             events = self.events[key] = []
         now = time.time()
-        if len(events) > limit - amount and events[limit - amount].atime >= now - expiry:
+        if len(events) > limit - amount and events[limit - amount] >= now:
             return None
-        events[:0] = [_Entry(expiry)] * amount
+        events[:0] = [now + expiry] * amount
         if len(events) > limit:
             del events[limit:]
         # Entries that left the window never count again: drop them (oldest last; each entry
         # is popped once, so O(1) per hit), else a client under its limit keeps `limit` entries.
-        while events[-1].expiry < now:
+        while events[-1] < now:
             events.pop()
         return events
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        """The parent's answer (start of the window, entries in it) from expiry times."""
+        timestamp = time.time()
+        if events := self.events.get(key):
+            inside = bisect.bisect_left(events, -timestamp, key=operator.neg)  # newest first
+            return events[inside - 1] - expiry, inside
+        return timestamp, 0
 
     async def _sweep(self) -> None:
         """Forget keys whose newest entry (or counter) expired, SWEEP_BATCH keys per event-loop
@@ -105,7 +108,7 @@ class SweepingMemoryStorage(MemoryStorage):
         events, expirations = self.events, self.expirations
         async for now, keys, lists in self._batches(events):
             for key, entries in zip(keys, lists):
-                if (not entries or entries[0].expiry <= now) and events.get(key) is entries:
+                if (not entries or entries[0] <= now) and events.get(key) is entries:
                     del events[key]  # newest entry expired: the client is idle
                     self.locks.pop(key, None)
         async for now, keys, deadlines in self._batches(expirations):
@@ -316,13 +319,13 @@ class RateLimiter:
                 key = f"req/{client_id}/{scope}{suffix}"
                 events = storage.acquire_now(key, item.amount, expiry)
                 if events is None:  # the window is full: its oldest entry leaves first
-                    _refuse_requests(item, storage.events[key][-1].atime + expiry)
-                hits.append((item.amount, events, expiry))
+                    _refuse_requests(item, storage.events[key][-1])
+                hits.append((item.amount, events))
         state = None
-        for limit, events, expiry in hits:
+        for limit, events in hits:
             remaining = limit - len(events)
             if state is None or remaining < state.remaining:
-                state = LimitState(limit, remaining, max(events[-1].atime + expiry - time.time(), 0.0))
+                state = LimitState(limit, remaining, max(events[-1] - time.time(), 0.0))
         return state
 
     async def check_tokens(self, client: Client, route: str, model: str | None,
