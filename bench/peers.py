@@ -28,26 +28,22 @@ from pathlib import Path
 
 import procs
 import wrk_driver
-from phases import BENCH, CACHE_MAX_BYTES, CHAT, CLIENTS, ROOT, Bench, gateway_toml, log
+from phases import BENCH, CHAT, CLIENTS, ROOT, Bench, log
 
 PEER_BIN = BENCH / ".peers" / "bin" / "openai-forward"
 
 
-def start_all(bench: Bench, mock: str) -> dict[str, tuple[str, list[int]]]:
-    """name -> (base URL, pids), each pinned to the proxy core."""
+def start_all(bench: Bench) -> dict[str, tuple[str, list[int]]]:
+    """name -> (base URL, pids), each pinned to the proxy core; the pass-through and the
+    gateway exactly as the json phase starts them."""
     out = {}
+    for name in ("passthrough", "gateway-on"):
+        base, proc, err = bench.start_proxy(name, bench.mock_json, "peers")
+        if err:
+            raise SystemExit(err)
+        out[name] = (base, [proc.pid])
     port = procs.free_port()
-    proc = bench.spawn("passthrough", [sys.executable, str(BENCH / "passthrough.py"), "--port", str(port),
-                                       "--upstream", mock], procs.PROXY_CORE)
-    bench.ready(f"http://127.0.0.1:{port}/healthz", proc, "passthrough")
-    out["passthrough"] = (f"http://127.0.0.1:{port}", [proc.pid])
-    port = procs.free_port()
-    proc = bench.spawn_gateway("gateway-on", gateway_toml(port, mock, features=True,
-                                                            cache_max_bytes=CACHE_MAX_BYTES),
-                               bench.core(procs.PROXY_CORE))
-    bench.ready(f"http://127.0.0.1:{port}/healthz", proc, "gateway")
-    out["gateway-on"] = (f"http://127.0.0.1:{port}", [proc.pid])
-    port = procs.free_port()
+    mock = f"http://127.0.0.1:{bench.mock_json}"
     env = dict(os.environ, FORWARD_CONFIG=json.dumps([{"base_url": mock, "route": "/", "type": "openai"}]))
     proc = bench.spawn("openai-forward", [str(PEER_BIN), "run", "--port", str(port)], procs.PROXY_CORE,
                        env=env, cwd=bench.tmp)
@@ -105,8 +101,7 @@ def main() -> None:
         bench = Bench(argparse.Namespace(no_pin=not procs.HAVE_TWO_CORES), None, Path(tmpdir))
         try:
             bench.start_mocks({"json"})
-            mock = f"http://127.0.0.1:{bench.mock_json}"
-            targets = start_all(bench, mock)
+            targets = start_all(bench)
             for name, (base, pids) in targets.items():  # warm-up: pools, lazy imports
                 measure(base + CHAT, 64, 3, pids, peak, name)
             for rnd in range(args.rounds):
