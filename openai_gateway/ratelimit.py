@@ -46,7 +46,7 @@ class SweepingMemoryStorage(MemoryStorage):
     SWEEP_SECONDS in the event loop, in batches.
 
     A moving-window list holds each entry's expiry time as a float (newest first), not
-    limits' `Entry` object: 32 bytes an entry instead of 112, and nothing for the garbage
+    limits' `Entry` object: about 33 bytes an entry instead of 105, and nothing for the garbage
     collector to traverse (a day limit keeps one entry per request for a day). Counting is
     unchanged (tests compare it with limits' own MemoryStorage).
     """
@@ -321,11 +321,11 @@ class RateLimiter:
                 if events is None:  # the window is full: its oldest entry leaves first
                     _refuse_requests(item, storage.events[key][-1])
                 hits.append((item.amount, events))
-        state = None
+        state, now = None, time.time()
         for limit, events in hits:
             remaining = limit - len(events)
             if state is None or remaining < state.remaining:
-                state = LimitState(limit, remaining, max(events[-1] - time.time(), 0.0))
+                state = LimitState(limit, remaining, max(events[-1] - now, 0.0))
         return state
 
     async def check_tokens(self, client: Client, route: str, model: str | None,
