@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import aiohttp_cors
 from aiohttp import web
@@ -92,7 +93,9 @@ class OriginPolicy:
     """Refuse a request whose Origin is not allowed before it costs anything.
 
     CORS only stops a browser from reading the answer; the request would still be executed
-    (and billed), and a script outside a browser ignores CORS altogether.
+    (and billed), and a script outside a browser ignores CORS altogether. aiohttp-cors is set up
+    for every origin ("*") so that this policy, rebuilt on reload, is the one place deciding
+    which origins are allowed.
     """
 
     def __init__(self, allow: tuple[str, ...]):
@@ -102,19 +105,35 @@ class OriginPolicy:
         self.allow_all = "*" in allow
         self.allowed = frozenset(allow)
 
+    def allows(self, origin: str) -> bool:
+        return self.allow_all or origin in self.allowed
+
     @web.middleware
     async def middleware(self, request: web.Request, handler):
         origin = request.headers.get("Origin")
         if origin is not None and not self.allow_all and origin not in self.allowed:
+            proxy = request.app[PROXY]
+            rec = request.get(RECORD)
+            if rec is not None:
+                rec.client = proxy.identity.address(request)
             raise OriginNotAllowed(f"Origin {origin[:100]!r} is not allowed to use this gateway.")
         return await handler(request)
 
 
+@dataclass(slots=True)
+class AppState:
+    draining: bool = False
+
+
 SETTINGS = web.AppKey("settings", Settings)
 PROXY = web.AppKey("proxy", Proxy)
-DRAINING = web.AppKey("draining", list)
+STATE = web.AppKey("state", AppState)
 ORIGINS = web.AppKey("origins", OriginPolicy)
-CORS = web.AppKey("cors", aiohttp_cors.CorsConfig)
+
+
+def mark_draining(app: web.Application) -> None:
+    """From now on /readyz answers 503, so a load balancer stops sending new requests."""
+    app[STATE].draining = True
 
 
 async def add_common_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -122,6 +141,12 @@ async def add_common_headers(request: web.Request, response: web.StreamResponse)
     rec = request.get(RECORD)
     if rec is not None:
         response.headers["X-Request-ID"] = rec.request_id
+    # aiohttp-cors serves every origin (see OriginPolicy); a refused one gets no CORS headers,
+    # so a foreign page cannot even read why it was refused.
+    origin = request.headers.get("Origin")
+    if origin is not None and not request.app[ORIGINS].allows(origin):
+        response.headers.popall("Access-Control-Allow-Origin", None)
+        response.headers.popall("Access-Control-Expose-Headers", None)
     # The answer differs by Origin (CORS headers); caches must not mix them (aiohttp-cors
     # does not say so itself).
     vary = response.headers.get("Vary")
@@ -140,7 +165,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
-    if app[DRAINING]:
+    if app[STATE].draining:
         return web.json_response({"status": "draining"}, status=503)
     proxy = app[PROXY]
     s = app[SETTINGS]
@@ -157,15 +182,40 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def cors_defaults(s: Settings) -> dict:
-    return {origin: aiohttp_cors.ResourceOptions(
-                allow_credentials=False, expose_headers=EXPOSED_HEADERS, allow_headers="*",
-                max_age=s.cors.max_age)
-            for origin in s.cors.allow_origins}
+    """Every origin at the CORS layer: which ones may call is OriginPolicy's decision."""
+    return {"*": aiohttp_cors.ResourceOptions(
+        allow_credentials=False, expose_headers=EXPOSED_HEADERS, allow_headers="*",
+        max_age=s.cors.max_age)}
+
+
+def build(settings: Settings) -> tuple[Proxy, OriginPolicy]:
+    """The components a process keeps for its lifetime (storage, pooled connections); their
+    policy comes from `apply`, here and on every reload."""
+    s = settings
+    limiter = RateLimiter(s.rate_limit, s.clients,
+                          parse_storage_url(s.rate_limit.storage_url or s.storage.url),
+                          on_error=s.storage.on_error, timeout=s.storage.timeout)
+    cache = PromptCache(s.cache, parse_storage_url(s.cache.storage_url or s.storage.url),
+                        timeout=s.storage.timeout)
+    upstream = Upstream(s.upstream, s.api_key, s.fallback_keys)
+    return Proxy(s, upstream=upstream, limiter=limiter, cache=cache), OriginPolicy(())
+
+
+def apply(app: web.Application, settings: Settings) -> None:
+    """Map settings onto the running components: the one place that knows which slice each
+    component takes. Requests in flight finish under the policy they started with."""
+    proxy = app[PROXY]
+    proxy.configure(settings)
+    proxy.limiter.configure(settings.rate_limit, settings.clients)
+    proxy.cache.configure(settings.cache)
+    proxy.upstream.configure(settings.upstream, settings.api_key, settings.fallback_keys)
+    app[ORIGINS].configure(settings.cors.allow_origins)
+    app[SETTINGS] = settings
 
 
 def create_app(settings: Settings) -> web.Application:
     s = settings
-    origins = OriginPolicy(s.cors.allow_origins)
+    proxy, origins = build(s)
     app = web.Application(
         middlewares=[
             render_errors,                                   # outermost: errors in OpenAI's shape
@@ -175,26 +225,15 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=s.server.max_body_bytes,
         handler_args={"max_field_size": 16384},
     )
-    app[SETTINGS] = s
-    app[DRAINING] = []
-    app[ORIGINS] = origins
-
-    storage = parse_storage_url(s.storage.url)
-    limiter = RateLimiter(
-        s.rate_limit, s.clients,
-        parse_storage_url(s.rate_limit.storage_url) if s.rate_limit.storage_url else storage,
-        on_error=s.storage.on_error, timeout=s.storage.timeout)
-    cache = PromptCache(
-        s.cache, parse_storage_url(s.cache.storage_url) if s.cache.storage_url else storage,
-        timeout=s.storage.timeout)
-    upstream = Upstream(s.upstream, s.api_key, s.fallback_keys)
-    proxy = Proxy(s, upstream=upstream, limiter=limiter, cache=cache)
+    app[STATE] = AppState()
     app[PROXY] = proxy
+    app[ORIGINS] = origins
+    apply(app, s)
     # Each resource is opened before serving and closed after the last request, in order.
-    for component in (upstream, limiter, cache):
+    for component in (proxy.upstream, proxy.limiter, proxy.cache):
         app.cleanup_ctx.append(_running(component))
 
-    cors = app[CORS] = aiohttp_cors.setup(app, defaults=cors_defaults(s))
+    cors = aiohttp_cors.setup(app, defaults=cors_defaults(s))
     for route in s.upstream.routes:
         if route == "/v1/models":
             cors.add(app.router.add_get(route, proxy.models, allow_head=False))
@@ -214,28 +253,14 @@ def create_app(settings: Settings) -> web.Application:
 #: Settings a reload cannot change in a running process (sockets, storage, routes).
 RESTART_ONLY = ("server.host", "server.port", "server.max_body_bytes", "storage",
                 "upstream.routes", "upstream.max_connections", "metrics", "rate_limit.storage_url",
-                "cache.storage_url", "playground")
+                "cache.storage_url", "playground", "cors.max_age")
 
 
 def reconfigure(app: web.Application, new: Settings) -> list[str]:
-    """Apply reloaded settings to a running app (SIGHUP); returns keys that need a restart.
-
-    Policy (limits, origins, allowlists, client keys, cache rules, upstream URL/key/timeouts)
-    changes at once for new requests; requests in flight finish under the old policy.
-    """
+    """Apply reloaded settings to a running app (SIGHUP); returns keys that need a restart."""
     old = app[SETTINGS]
-    ignored = [key for key in RESTART_ONLY if _get(old, key) != _get(new, key)]
-    proxy = app[PROXY]
-    proxy.configure(new)
-    proxy.limiter.configure(new.rate_limit, new.clients)
-    proxy.cache.configure(new.cache)
-    proxy.upstream.configure(new.upstream, new.api_key, new.fallback_keys)
-    app[ORIGINS].configure(new.cors.allow_origins)
-    defaults = app[CORS].defaults  # aiohttp-cors reads this dict on every request
-    defaults.clear()
-    defaults.update(cors_defaults(new))
-    app[SETTINGS] = new
-    return ignored
+    apply(app, new)
+    return [key for key in RESTART_ONLY if _get(old, key) != _get(new, key)]
 
 
 def _get(settings: Settings, dotted: str):

@@ -15,15 +15,12 @@ from .settings import ClientSettings
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """The caller as policy sees it. `id` keys limits and logs; `key` is a client key's config."""
+    """The caller as policy sees it. `id` keys limits and logs; `settings` are those of its
+    client key (None for an anonymous caller)."""
 
     id: str
     ip: str
-    key: ClientSettings | None = None
-
-    @property
-    def name(self) -> str:
-        return self.key.name if self.key else "anonymous"
+    settings: ClientSettings | None = None
 
 
 _MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d, an IPv4 peer on a dual-stack socket
@@ -101,14 +98,18 @@ class IdentityResolver:
         self._keys = {c.key_sha256.lower(): c for c in clients}
         self._require = require_client_key
 
-    def resolve(self, request: web.Request) -> Client:
+    def address(self, request: web.Request) -> str:
+        """The client's address: the peer, or what a trusted proxy says it is."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
         peer_ip = peer[0] if peer else "unknown"
-        ip = client_address(peer_ip, request.headers.get("X-Forwarded-For"), self.trusted)
+        return client_address(peer_ip, request.headers.get("X-Forwarded-For"), self.trusted)
+
+    def resolve(self, request: web.Request) -> Client:
+        ip = self.address(request)
         if self._keys or self._require:
             key = self._client_key(request.headers.get("Authorization"))
             if key is not None:
-                return Client(id="key:" + key.name, ip=ip, key=key)
+                return Client(id="key:" + key.name, ip=ip, settings=key)
             if self._require:
                 raise InvalidClientKey(
                     "Missing or unknown client key. Send a gateway-issued key as "

@@ -1,8 +1,10 @@
 """The forwarding handlers: one request's path through the policy components.
 
-identify -> read body (size) -> validate -> request limit -> cache lookup -> token budget ->
-upstream (single-flight for cacheable answers) -> answer (JSON or relayed SSE) -> settle tokens.
-Each step's rules live in its own module; this file only orders them.
+identify -> read body (size, time) -> validate -> request limit -> cache lookup -> reserve
+budgets -> upstream (single-flight for cacheable answers) -> answer (JSON or relayed SSE) ->
+settle the reservation, on every way out (errors and client disconnects included).
+Each step's rules live in its own module; this file only orders them, and an `Exchange`
+carries one request through them.
 """
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import asyncio
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -20,20 +23,24 @@ from .cache import Entry, PromptCache, cache_key
 from .errors import BodyTooLarge, GatewayError, RateLimited, RequestTimeout, upstream_error
 from .identity import Client, IdentityResolver
 from .logs import RequestRecord
-from .ratelimit import RateLimiter
+from .ratelimit import LimitState, RateLimiter
 from .ratelimit import headers as limit_headers
 from .settings import Settings
-from .streaming import relay, replay
+from .streaming import StreamOutcome, relay, replay
 from .upstream import RETURNED_HEADERS, Upstream
 from .validation import ParsedRequest, Validator
 
 log = logging.getLogger("gateway.proxy")
-RECORD = web.RequestKey("record", RequestRecord) if hasattr(web, "RequestKey") else "record"
+RECORD = web.RequestKey("record", RequestRecord)
 #: Routes whose streams can report usage when asked with stream_options.include_usage.
 USAGE_OPT_IN = frozenset({"/v1/chat/completions", "/v1/completions"})
 _USAGE_FIELD = re.compile(rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens|'
                           rb'total_tokens)"\s*:\s*(\d+)')
 JSON = "application/json"
+#: How long the upstream's model list is reused: at most one upstream call a minute.
+MODELS_TTL = 60.0
+#: The largest model list read from the upstream.
+MODELS_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -44,6 +51,31 @@ class Answer:
     content_type: str
     body: bytes
     headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request on its way through the pipeline: what it is, who sent it, what it holds.
+
+    `usage` and `charge_reserved` decide the settlement: real usage when the upstream reported
+    it, the whole reservation when an answer was delivered without usage, nothing (a refund)
+    when nothing was delivered.
+    """
+
+    request: web.Request
+    record: RequestRecord
+    route: str
+    client: Client
+    raw: bytes = b""
+    parsed: ParsedRequest | None = None
+    cache_key: str | None = None
+    #: Headers of our answer (rate limits, X-Cache, the upstream's few returned ones).
+    headers: dict[str, str] = field(default_factory=dict)
+    reserved: int = 0
+    usage: dict | None = None
+    charge_reserved: bool = False
+    settled: bool = False
+    outcome: StreamOutcome | None = None
 
 
 def usage_from_json(body: bytes) -> dict | None:
@@ -66,236 +98,289 @@ def split_usage(usage: dict | None) -> tuple[int | None, int | None]:
     return (tin if isinstance(tin, int) else None), (tout if isinstance(tout, int) else None)
 
 
+def estimate_tokens(parsed: ParsedRequest) -> int:
+    """What a request may spend before the upstream says: its input (about four characters a
+    token) plus its output cap. The one definition used for reserving and for charging a stream
+    that was cut before its usage arrived."""
+    return (parsed.input_chars + 3) // 4 + (parsed.max_tokens or 0)
+
+
 class Proxy:
     def __init__(self, settings: Settings, *, upstream: Upstream, limiter: RateLimiter,
                  cache: PromptCache):
         self.upstream = upstream
         self.limiter = limiter
         self.cache = cache
+        self._models: tuple[float, Answer] | None = None
+        self._models_lock = asyncio.Lock()
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
         """(Re)build the request policy; called at start and on SIGHUP."""
-        self.s = settings
+        self.settings = settings
         self.identity = IdentityResolver(trusted_proxies=settings.server.trusted_proxies,
                                          clients=settings.clients,
                                          require_client_key=settings.auth.require_client_key)
         self.validator = Validator(settings.validation)
         self.max_body = settings.server.max_body_bytes
+        self.body_timeout = settings.server.body_timeout
+        self.max_response = settings.upstream.max_response_bytes
+        self.idle_timeout = settings.upstream.idle_timeout
         self.allowed = frozenset(settings.validation.allowed_models)
         self.client_models = {c.name: frozenset(c.models) for c in settings.clients
                               if c.models is not None}
+        self._models = None  # the allowlist or the upstream may have changed
 
-    # --- POST routes ----------------------------------------------------------------------
+    # --- the steps ------------------------------------------------------------------------
 
-    async def forward(self, request: web.Request) -> web.StreamResponse:
+    def _begin(self, request: web.Request, route: str) -> Exchange:
         rec: RequestRecord = request[RECORD]
-        route = rec.route = request.match_info.route.resource.canonical
+        rec.route = route
         client = self.identity.resolve(request)
-        rec.client = client.ip if client.key is None else client.id
+        rec.client = client.ip if client.settings is None else client.id
+        return Exchange(request, rec, route, client)
+
+    async def _read_body(self, ex: Exchange) -> None:
+        request = ex.request
         if request.content_length is not None and request.content_length > self.max_body:
             raise BodyTooLarge(f"Request body is {request.content_length} bytes; this gateway "
                                f"accepts at most {self.max_body}.")
         try:
             if request.content.is_eof():  # usual for small bodies: already here, no timer
-                raw = await request.read()
+                ex.raw = await request.read()
             else:
-                async with asyncio.timeout(self.s.server.body_timeout):
-                    raw = await request.read()
+                async with asyncio.timeout(self.body_timeout):
+                    ex.raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise BodyTooLarge(f"Request body is larger than {self.max_body} bytes.") from None
         except TimeoutError:
             raise RequestTimeout("The request body was not received in time.") from None
-        parsed = self.validator.check(route, raw, self._models_for(client))
-        rec.model, rec.stream = parsed.model, parsed.stream
 
+    async def _limit_requests(self, ex: Exchange, model: str | None) -> None:
         try:
-            req_state = await self.limiter.check_requests(client, route, parsed.model)
+            state = await self.limiter.check_requests(ex.client, ex.route, model)
         except RateLimited:
-            rec.rate_limit = "requests"
+            ex.record.rate_limit = "requests"
             metrics.RATE_LIMITED.labels("requests").inc()
             raise
-        rec.rate_limit = "ok"
-        headers = limit_headers(req_state, None)
+        ex.record.rate_limit = "ok"
+        ex.headers.update(limit_headers(state, None))
 
-        key = None
-        rec.cache = self.cache.policy(route, parsed, request.headers.get("Cache-Control"))
+    async def _lookup(self, ex: Exchange) -> web.StreamResponse | None:
+        """The cached answer, or None (the exchange then carries its cache key, if any)."""
+        parsed, rec = ex.parsed, ex.record
+        rec.cache = self.cache.policy(ex.route, parsed, ex.request.headers.get("Cache-Control"))
         if rec.cache is None:
-            scope = client.id if client.key is not None and client.key.cache_scope == "client" \
+            settings = ex.client.settings
+            scope = ex.client.id if settings is not None and settings.cache_scope == "client" \
                 else "shared"
-            key = cache_key(route, scope, parsed.body)
-            entry = await self.cache.get(key)
+            ex.cache_key = cache_key(ex.route, scope, parsed.body)
+            entry = await self.cache.get(ex.cache_key)
             rec.cache = "HIT" if entry is not None else "MISS"
             if entry is not None:  # the key covers the body, "stream" included
                 metrics.CACHE.labels("HIT").inc()
-                headers["X-Cache"] = "HIT"
-                return await self._from_cache(request, entry, headers)
+                ex.headers["X-Cache"] = "HIT"
+                if entry.stream:
+                    return await replay(ex.request, entry.body, ex.headers)
+                return web.Response(body=entry.body, headers=ex.headers, content_type=JSON)
         metrics.CACHE.labels(rec.cache).inc()
-        headers["X-Cache"] = rec.cache
+        ex.headers["X-Cache"] = rec.cache
+        return None
 
-        estimate = (parsed.input_chars + 3) // 4 + (parsed.max_tokens or 0)
+    async def _reserve(self, ex: Exchange) -> None:
+        parsed = ex.parsed
+        estimate = estimate_tokens(parsed)
         try:
-            tok_state = await self.limiter.check_tokens(client, route, parsed.model, estimate)
+            state = await self.limiter.check_tokens(ex.client, ex.route, parsed.model, estimate)
         except RateLimited:
-            rec.rate_limit = "tokens"
+            ex.record.rate_limit = "tokens"
             metrics.RATE_LIMITED.labels("tokens").inc()
             raise
-        headers.update(limit_headers(None, tok_state))
-        reserved = estimate if tok_state is not None else 0
+        ex.headers.update(limit_headers(None, state))
+        ex.reserved = estimate if state is not None else 0
+
+    async def _settle(self, ex: Exchange) -> dict[str, str]:
+        """Bring the reservation to what was used; once per exchange, on every way out.
+        Returns the budget headers after settling (empty when there are none)."""
+        if ex.settled or ex.parsed is None:
+            return {}
+        ex.settled = True
+        usage = ex.usage
+        tin, tout = split_usage(usage)
+        ex.record.tokens_in, ex.record.tokens_out = tin, tout
+        model = ex.parsed.model or "none"
+        if tin:
+            metrics.TOKENS.labels(model, "in").inc(tin)
+        if tout:
+            metrics.TOKENS.labels(model, "out").inc(tout)
+        actual = ex.reserved if usage is None and ex.charge_reserved else (tin or 0) + (tout or 0)
+        state = await self.limiter.settle_tokens(ex.client, ex.route, ex.parsed.model,
+                                                 ex.reserved, actual)
+        return limit_headers(None, state) if isinstance(state, LimitState) else {}
+
+    # --- POST routes ----------------------------------------------------------------------
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        ex = self._begin(request, request.match_info.route.resource.canonical)
+        await self._read_body(ex)
+        models = self._models_for(ex.client)
+        ex.parsed = parsed = self.validator.check(ex.route, ex.raw, models)
+        ex.record.model, ex.record.stream = parsed.model, parsed.stream
+        await self._limit_requests(ex, parsed.model)
+        cached = await self._lookup(ex)
+        if cached is not None:
+            return cached
+        await self._reserve(ex)
         try:
-            return await self._answer(request, rec, client, route, parsed, raw, key, headers,
-                                      reserved)
-        except GatewayError:
-            # Nothing was delivered (502, 504 ...): the reservation goes back to the budget.
-            await self._settle(client, route, parsed, None, rec, reserved)
-            raise
+            if parsed.stream:
+                return await self._stream(ex)
+            return await self._complete(ex)
+        finally:
+            # Shielded: a client that disconnects cancels this handler, and its reservation
+            # must still be settled to what it was delivered.
+            await asyncio.shield(self._settle(ex))
 
-    async def _answer(self, request, rec: RequestRecord, client: Client, route: str,
-                      parsed: ParsedRequest, raw: bytes, key: str | None,
-                      headers: dict[str, str], reserved: int) -> web.StreamResponse:
-        if parsed.stream:
-            return await self._stream(request, rec, client, route, parsed, raw, key, headers,
-                                      reserved)
-
-        if key is not None:
-            answer, asked = await self.cache.single_flight(key, self._fetch, request, rec,
-                                                          route, raw, key)
+    async def _complete(self, ex: Exchange) -> web.StreamResponse:
+        """A non-stream answer: usage is known before our headers go out, so they carry the
+        settled budget."""
+        if ex.cache_key is not None:
+            answer, asked = await self.cache.single_flight(ex.cache_key, self._fetch, ex)
             if isinstance(answer, Entry):  # another process filled it while we waited
-                answer = Answer(200, JSON, answer.body, {})
+                answer, asked = Answer(200, JSON, answer.body, {}), False
         else:
-            answer, asked = await self._fetch(request, rec, route, raw, key), True
+            answer, asked = await self._fetch(ex), True
         if not asked:
-            # Served by an identical request's upstream call: like a hit, it spent no tokens.
-            rec.cache = headers["X-Cache"] = "HIT"
-            await self._settle(client, route, parsed, None, rec, reserved)
-        else:
-            await self._settle(client, route, parsed, usage_from_json(answer.body), rec,
-                               reserved)
-        headers.update(answer.headers)
-        return web.Response(status=answer.status, body=answer.body, headers=headers,
+            # Served by an identical request's upstream call: like a hit, it spent nothing.
+            ex.record.cache = ex.headers["X-Cache"] = "HIT"
+        elif answer.status == 200:
+            ex.usage, ex.charge_reserved = usage_from_json(answer.body), True
+        ex.headers.update(await self._settle(ex))
+        ex.headers.update(answer.headers)
+        return web.Response(status=answer.status, body=answer.body, headers=ex.headers,
                             content_type=answer.content_type)
 
-    async def _fetch(self, request, rec: RequestRecord, route: str, raw: bytes,
-                     key: str | None) -> Answer:
-        t0 = time.perf_counter()
-        # send + close, not `upstream.open`: the hot path skips the context manager's layer.
-        resp = await self.upstream.send("POST", route, raw, request.headers)
+    async def _fetch(self, ex: Exchange) -> Answer:
+        resp = await self._open(ex, ex.raw)
         try:
-            rec.upstream_status = resp.status
-            ttfb = time.perf_counter() - t0
-            rec.ttfb_ms = round(ttfb * 1000, 2)
-            metrics.TTFB.labels(route).observe(ttfb)
-            body = await self.upstream.read_body(resp, self.s.upstream.max_response_bytes)
-            status, ctype = resp.status, resp.content_type or JSON
-            if status >= 400:
-                status, ctype, body = self._upstream_failed(status, ctype, body)
-            answer = Answer(status, ctype, body,
-                            {h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
+            answer = await self._read_answer(resp, self.max_response)
         finally:
-            resp.close() if not resp.closed else None
-        if key is not None and resp.status == 200 and answer.content_type == JSON:
-            await self.cache.set(key, Entry(False, body))
+            resp.close()
+        if ex.cache_key is not None and answer.status == 200 and answer.content_type == JSON:
+            await self.cache.set(ex.cache_key, Entry(False, answer.body))
         return answer
 
-    async def _stream(self, request, rec: RequestRecord, client: Client, route: str,
-                      parsed: ParsedRequest, raw: bytes, key: str | None,
-                      headers: dict[str, str], reserved: int) -> web.StreamResponse:
-        body = parsed.body
-        strip = False
-        if route in USAGE_OPT_IN and self.limiter.any_tokens:
+    async def _open(self, ex: Exchange, raw: bytes) -> aiohttp.ClientResponse:
+        """Send upstream; the response once its headers arrived (the caller closes it)."""
+        t0 = time.perf_counter()
+        resp = await self.upstream.send("POST", ex.route, raw, ex.request.headers)
+        ttfb = time.perf_counter() - t0
+        ex.record.upstream_status = resp.status
+        ex.record.ttfb_ms = round(ttfb * 1000, 2)
+        metrics.TTFB.labels(ex.route).observe(ttfb)
+        return resp
+
+    async def _read_answer(self, resp: aiohttp.ClientResponse, limit: int) -> Answer:
+        """The whole upstream answer, its errors mapped to what the client may see."""
+        body = await self.upstream.read_body(resp, limit)
+        status, ctype = resp.status, resp.content_type or JSON
+        if status >= 400:
+            if status in (401, 403):
+                log.error("the upstream refused the gateway's key (status %d): check the key",
+                          status)
+            metrics.UPSTREAM_ERRORS.labels(f"status_{status}" if status in (401, 403, 429)
+                                           else f"status_{status // 100}xx").inc()
+            status, ctype, body = upstream_error(status, ctype, body)
+        return Answer(status, ctype, body,
+                      {h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
+
+    async def _stream(self, ex: Exchange) -> web.StreamResponse:
+        raw, strip = self._stream_body(ex)
+        resp = await self._open(ex, raw)
+        try:
+            if resp.status != 200 or resp.content_type != "text/event-stream":
+                # An error (or an upstream that ignored stream=true): pass it on as an answer.
+                answer = await self._read_answer(resp, self.max_response)
+                if answer.status == 200:
+                    ex.usage, ex.charge_reserved = usage_from_json(answer.body), True
+                ex.headers.update(answer.headers)
+                return web.Response(status=answer.status, body=answer.body,
+                                    headers=ex.headers, content_type=answer.content_type)
+            ex.headers.update({h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
+            return await self._relay(ex, resp, strip)
+        finally:
+            resp.close()
+
+    def _stream_body(self, ex: Exchange) -> tuple[bytes, bool]:
+        """The bytes to send for a stream, and whether the usage chunk is ours to strip."""
+        body = ex.parsed.body
+        if ex.route in USAGE_OPT_IN and self.limiter.any_tokens:
             opts = body.get("stream_options")
             if not (isinstance(opts, dict) and opts.get("include_usage")):
                 # Token budgets need the upstream's count; the client did not ask for it, so
                 # the extra usage chunk is removed from what it sees.
                 body = dict(body, stream_options={**(opts if isinstance(opts, dict) else {}),
                                                   "include_usage": True})
-                raw = orjson.dumps(body)
-                strip = True
-        t0 = time.perf_counter()
-        async with self.upstream.open("POST", route, raw, request.headers) as resp:
-            rec.upstream_status = resp.status
-            rec.ttfb_ms = round((time.perf_counter() - t0) * 1000, 2)
-            metrics.TTFB.labels(route).observe(time.perf_counter() - t0)
-            headers.update({h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
-            if resp.status != 200 or resp.content_type != "text/event-stream":
-                # An error (or an upstream that ignored stream=true): pass it on as it is.
-                data = await self.upstream.read_body(resp, self.s.upstream.max_response_bytes)
-                status, ctype = resp.status, resp.content_type or JSON
-                if status >= 400:
-                    status, ctype, data = self._upstream_failed(status, ctype, data)
-                await self._settle(client, route, parsed,
-                                   usage_from_json(data) if status == 200 else None, rec,
-                                   reserved)
-                return web.Response(status=status, body=data, headers=headers,
-                                    content_type=ctype)
-            metrics.ACTIVE_STREAMS.inc()
-            try:
-                out, outcome = await relay(request, resp, headers,
-                                      idle_timeout=self.s.upstream.idle_timeout,
-                                      strip_usage_chunk=strip, record=key is not None)
-            finally:
-                metrics.ACTIVE_STREAMS.dec()
+                return orjson.dumps(body), True
+        return ex.raw, False
+
+    async def _relay(self, ex: Exchange, resp: aiohttp.ClientResponse,
+                     strip: bool) -> web.StreamResponse:
+        outcome = ex.outcome = StreamOutcome()
+        metrics.ACTIVE_STREAMS.inc()
+        try:
+            out = await relay(ex.request, resp, ex.headers, outcome,
+                              idle_timeout=self.idle_timeout, strip_usage_chunk=strip,
+                              record=ex.cache_key is not None)
+        finally:
+            metrics.ACTIVE_STREAMS.dec()
+            self._stream_usage(ex, outcome)
         if outcome.upstream_failed:
             metrics.UPSTREAM_ERRORS.labels("interrupted").inc()
-        usage = outcome.usage
-        if usage is None and not outcome.complete and outcome.sent_bytes:
-            # Cut short before usage arrived: charge the prompt estimate, never the whole cap.
-            usage = {"prompt_tokens": (parsed.input_chars + 3) // 4, "completion_tokens": 0}
-        await self._settle(client, route, parsed, usage, rec, reserved)
-        if key is not None and outcome.complete and not outcome.upstream_failed:
-            await self.cache.set(key, Entry(True, b"".join(outcome.recorded)))
+        elif ex.cache_key is not None and outcome.complete:
+            await self.cache.set(ex.cache_key, Entry(True, b"".join(outcome.recorded)))
         return out
 
-    async def _from_cache(self, request, entry: Entry, headers) -> web.StreamResponse:
-        if entry.stream:
-            return await replay(request, entry.body, headers)
-        return web.Response(body=entry.body, headers=headers, content_type=JSON)
-
-    async def _settle(self, client: Client, route: str, parsed: ParsedRequest,
-                      usage: dict | None, rec: RequestRecord, reserved: int) -> None:
-        """Record the usage and bring the token reservation to it (no usage: refund all)."""
-        tin, tout = split_usage(usage)
-        rec.tokens_in, rec.tokens_out = tin, tout
-        model = parsed.model or "none"
-        if tin:
-            metrics.TOKENS.labels(model, "in").inc(tin)
-        if tout:
-            metrics.TOKENS.labels(model, "out").inc(tout)
-        await self.limiter.settle_tokens(client, route, parsed.model, reserved,
-                                         (tin or 0) + (tout or 0))
-
     @staticmethod
-    def _upstream_failed(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
-        if status in (401, 403):
-            log.error("the upstream refused the gateway's key (status %d): check the key", status)
-        metrics.UPSTREAM_ERRORS.labels(f"status_{status}" if status in (401, 403, 429)
-                                       else f"status_{status // 100}xx").inc()
-        return upstream_error(status, ctype, body)
+    def _stream_usage(ex: Exchange, outcome: StreamOutcome) -> None:
+        """What a stream used: the upstream's count, or, when it was cut before its usage
+        chunk, the prompt estimate plus one token per event the client received."""
+        ex.usage = outcome.usage
+        if ex.usage is None and outcome.sent_bytes:
+            ex.usage = {"prompt_tokens": (ex.parsed.input_chars + 3) // 4,
+                        "completion_tokens": outcome.events}
 
     def _models_for(self, client: Client) -> frozenset[str] | None:
-        if client.key is not None:
-            return self.client_models.get(client.key.name)
+        if client.settings is not None:
+            return self.client_models.get(client.settings.name)
         return None
 
     # --- GET /v1/models -------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        rec: RequestRecord = request[RECORD]
-        rec.route = "/v1/models"
-        client = self.identity.resolve(request)
-        rec.client = client.ip if client.key is None else client.id
-        allowed = self._models_for(client) or self.allowed
-        async with self.upstream.open("GET", "/v1/models", None, request.headers) as resp:
-            rec.upstream_status = resp.status
-            body = await self.upstream.read_body(resp, 16 * 1024 * 1024)
-            status, ctype = resp.status, resp.content_type or JSON
-        if status >= 400:
-            status, ctype, body = self._upstream_failed(status, ctype, body)
-        elif status == 200 and allowed:
+        """The upstream's model list filtered to what this client may use. It counts against
+        the client's request limit, and the upstream is asked at most once a minute."""
+        ex = self._begin(request, "/v1/models")
+        await self._limit_requests(ex, None)
+        answer = await self._model_list(request)
+        body, allowed = answer.body, self._models_for(ex.client) or self.allowed
+        if answer.status == 200 and allowed:
             try:
                 doc = orjson.loads(body)
                 doc["data"] = [m for m in doc.get("data", []) if m.get("id") in allowed]
                 body = orjson.dumps(doc)
             except (orjson.JSONDecodeError, AttributeError, TypeError):
                 raise GatewayError("The upstream's model list could not be read.") from None
-        return web.Response(status=status, body=body, content_type=ctype)
+        return web.Response(status=answer.status, body=body, headers=ex.headers,
+                            content_type=answer.content_type)
+
+    async def _model_list(self, request: web.Request) -> Answer:
+        async with self._models_lock:  # concurrent misses wait for one upstream call
+            memo = self._models
+            if memo is not None and memo[0] > time.monotonic():
+                return memo[1]
+            async with self.upstream.open("GET", "/v1/models", None, request.headers) as resp:
+                request[RECORD].upstream_status = resp.status
+                answer = await self._read_answer(resp, MODELS_MAX_BYTES)
+            if answer.status == 200:
+                self._models = (time.monotonic() + MODELS_TTL, answer)
+            return answer

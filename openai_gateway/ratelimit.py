@@ -241,7 +241,7 @@ class RateLimiter:
     def _applicable(self, client: Client, route: str, model: str | None, tokens: bool):
         """(scope, items) pairs for this request: the client's own, then matching rules."""
         own = (self.client_tokens if tokens else self.client_requests).get(
-            client.key.name if client.key else None)
+            client.settings.name if client.settings else None)
         base = own if own is not None else (self.tokens if tokens else self.requests)
         out = [("all", base)] if base else []
         for i, rule in enumerate(self.rules):

@@ -17,7 +17,7 @@ import time
 from aiohttp import web
 
 from . import logs, sdnotify
-from .app import DRAINING, create_app, reconfigure
+from .app import create_app, mark_draining, reconfigure
 from .headerguard import GuardedTCPSite
 from .demo import DemoUpstream
 from .settings import ConfigError, Settings, load, resolve_workers
@@ -109,7 +109,7 @@ async def serve(settings: Settings, config_path: str | None = None, *, reuse_por
         log.info("shutting down: draining in-flight requests (up to %ss)",
                  settings.server.shutdown_timeout)
         sdnotify.stopping()
-        app[DRAINING].append(True)
+        mark_draining(app)
         watchdog.cancel()
         await runner.cleanup()
         logs.flush()

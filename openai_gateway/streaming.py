@@ -38,8 +38,9 @@ INTERRUPTED = b"data: " + error_body(
 class StreamOutcome:
     usage: dict | None = None
     complete: bool = False
-    client_gone: bool = False
     upstream_failed: bool = False
+    #: Events the client was sent (a stream cut before its usage is charged one token each).
+    events: int = 0
     #: What the client was sent, kept only when recording for the cache.
     recorded: list[bytes] | None = None
     sent_bytes: int = 0
@@ -83,6 +84,7 @@ class _Inspector:
 
     def _inspect(self, event: bytes) -> bool:
         """Record usage and completion; True if this is a usage-only chunk."""
+        self.outcome.events += 1
         if (DONE in event or RESPONSES_DONE in event) and _ends_stream(event):
             self.outcome.complete = True
         if b'"usage"' not in event or (b'"usage":null' in event and b'"usage":{' not in event
@@ -125,11 +127,11 @@ def _ends_stream(event: bytes) -> bool:
 
 
 async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
-                headers: dict[str, str], *, idle_timeout: float, strip_usage_chunk: bool,
-                record: bool) -> tuple[web.StreamResponse, StreamOutcome]:
-    """Write the upstream's SSE body to the client as it arrives."""
-    inspector = _Inspector(strip_usage_chunk)
-    outcome = inspector.outcome
+                headers: dict[str, str], outcome: StreamOutcome, *, idle_timeout: float,
+                strip_usage_chunk: bool, record: bool) -> web.StreamResponse:
+    """Write the upstream's SSE body to the client as it arrives. `outcome` is filled as the
+    stream goes, so the caller knows what was delivered even when this is cancelled."""
+    inspector = _Inspector(strip_usage_chunk, outcome=outcome)
     if record:
         outcome.recorded = []
     out = web.StreamResponse(status=upstream.status, headers=headers)
@@ -148,8 +150,7 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
                 if record:
                     outcome.recorded.append(data)
     except ConnectionResetError:
-        outcome.client_gone = True  # normal: the upstream request is closed by our caller
-        return out, outcome
+        return out  # normal: the upstream request is closed by our caller
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
         outcome.upstream_failed = True
     if inspector.held:
@@ -160,8 +161,7 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
             try:
                 await out.write(inspector.held)
             except ConnectionResetError:
-                outcome.client_gone = True
-                return out, outcome
+                return out
             if record:
                 outcome.recorded.append(inspector.held)
     if outcome.upstream_failed or not outcome.complete:
@@ -170,13 +170,12 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
         try:
             await out.write(INTERRUPTED)
         except ConnectionResetError:
-            outcome.client_gone = True
-            return out, outcome
+            return out
     try:
         await out.write_eof()
     except ConnectionResetError:
-        outcome.client_gone = True
-    return out, outcome
+        pass
+    return out
 
 
 async def replay(request: web.Request, frames: bytes, headers: dict[str, str]

@@ -106,8 +106,7 @@ def test_hash_key_is_hex_sha256():
 def test_without_client_keys_authorization_is_ignored(authorization):
     headers = {"Authorization": authorization} if authorization else {}
     client = resolver(clients=()).resolve(request(**headers))
-    assert client == Client(id="ip:198.51.100.9", ip="198.51.100.9", key=None)
-    assert client.name == "anonymous"
+    assert client == Client(id="ip:198.51.100.9", ip="198.51.100.9", settings=None)
 
 
 @pytest.mark.parametrize("authorization, expected", [
@@ -118,8 +117,8 @@ def test_without_client_keys_authorization_is_ignored(authorization):
 ])
 def test_known_client_key(authorization, expected):
     client = resolver().resolve(request(Authorization=authorization))
-    assert client == Client(id=f"key:{expected.name}", ip="198.51.100.9", key=expected)
-    assert client.name == expected.name
+    assert client == Client(id=f"key:{expected.name}", ip="198.51.100.9", settings=expected)
+    assert client.settings.name == expected.name
 
 
 @pytest.mark.parametrize("headers", [
@@ -146,7 +145,7 @@ def test_required_client_key_refuses_401(clients, headers):
 
 def test_required_client_key_accepts_a_known_key():
     client = resolver(require=True).resolve(request(Authorization=f"Bearer {KEY_A}"))
-    assert client.id == "key:backend" and client.key is BACKEND
+    assert client.id == "key:backend" and client.settings is BACKEND
 
 
 @pytest.mark.parametrize("peer, xff, ip", [

@@ -28,7 +28,7 @@ RESET = re.compile(r"^(\d+ms|(\d+h)?(\d+m)?\d+s)$")
 
 
 def client(settings: ClientSettings) -> Client:
-    return Client(id="key:" + settings.name, ip="198.51.100.1", key=settings)
+    return Client(id="key:" + settings.name, ip="198.51.100.1", settings=settings)
 
 
 def limiter(requests=(), tokens=(), rules=(), clients=(), strategy="auto",
