@@ -124,9 +124,23 @@ ACTIVE_STREAMS = _Family("gauge", "gateway_active_streams", "Streams currently b
 ACTIVE_STREAMS.labels()  # exported as 0 before the first stream
 STORAGE_ERRORS = _Family("counter", "gateway_storage_errors",
                          "Failed calls to the rate-limit or cache storage.", ["component"])
+# Money (issue 15). `model` is the price table's row name (`PriceTable.label_for`: dated
+# snapshots count under their family, unpriced models under "other"), `tier` a configured tier
+# name, so both label sets stay bounded. Amounts are dollars: inc(micro / 1_000_000).
+SPEND = _Family("counter", "gateway_spend_usd",
+                "US dollars spent upstream, from the answers' usage, by model and tier.",
+                ["model", "tier"])
+# Gauges are set through the child's `value`: labels(period).value = dollars.
+BUDGET_REMAINING = _Family("gauge", "gateway_budget_remaining_usd",
+                           "US dollars left under the gateway-wide ceiling, by period.",
+                           ["period"])
+BUDGET_WARN = _Family("gauge", "gateway_budget_warn",
+                      "1 once the gateway-wide spend has crossed budget.warn_at, by period.",
+                      ["period"])
 
 REGISTRY.register(_GatewayCollector([REQUESTS, LATENCY, TTFB, UPSTREAM_ERRORS, CACHE,
-                                     RATE_LIMITED, TOKENS, ACTIVE_STREAMS, STORAGE_ERRORS]))
+                                     RATE_LIMITED, TOKENS, ACTIVE_STREAMS, STORAGE_ERRORS,
+                                     SPEND, BUDGET_REMAINING, BUDGET_WARN]))
 
 
 def metrics_handler(get_trusted):

@@ -1,0 +1,295 @@
+"""What a model costs and what an answer cost, in integer micro-dollars (pure: no aiohttp).
+
+Money is held as integers so budgets add up exactly and fit memcached's integer `incr`:
+- an amount is in micro-dollars (µ$): 1 US dollar = 1_000_000;
+- a price is in micro-dollars per 1M tokens: $0.15 per 1M tokens = 150_000.
+Then the cost of N tokens at price P is N * P / 1_000_000 µ$, computed exactly and rounded UP
+once per answer: the gateway over-counts by less than 1 µ$ per answer and never under-counts, and
+an answer that used priced tokens never costs 0.
+
+How OpenAI bills an answer (its `usage`), and how `cost` follows it:
+- input tokens: `prompt_tokens` (chat, completions, embeddings) or `input_tokens` (responses);
+  the cached part (`prompt_tokens_details.cached_tokens` / `input_tokens_details.cached_tokens`)
+  is included in that count and billed at the cached-input price;
+- output tokens: `completion_tokens` / `output_tokens`, reasoning tokens included (they are
+  billed as output although the client never sees them);
+- embeddings have input only.
+Not modelled: Batch/Flex/Priority tiers, regional-processing uplifts, audio and image tokens
+(billed here at the text rate), hosted-tool fees, cache writes, and the long-context rate some
+models charge above 272K input tokens (the default `validation.max_input_chars` keeps prompts far
+below that).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from types import MappingProxyType
+
+#: Micro-dollars in one US dollar.
+MICRO = 1_000_000
+#: Prices are per this many tokens, as OpenAI publishes them.
+PER_TOKENS = 1_000_000
+#: Label for spend on a model the price table does not know (keeps metric labels bounded).
+OTHER = "other"
+
+
+def micro_from_usd(dollars: int | float | str | Decimal) -> int:
+    """US dollars (a TOML number or a decimal string) to micro-dollars, rounded up.
+
+    Rounding up means a price with more than six decimals is never under-charged. Raises
+    `ValueError` for anything that is not a finite number >= 0 (booleans included).
+    """
+    if isinstance(dollars, bool) or not isinstance(dollars, int | float | str | Decimal):
+        raise ValueError(f"expected a number of US dollars, got {type(dollars).__name__}")
+    try:
+        # str() first: a float's shortest repr (0.075), not its binary expansion.
+        value = Decimal(str(dollars).strip())
+    except InvalidOperation:
+        raise ValueError(f"expected a number of US dollars, got {str(dollars)[:40]!r}") from None
+    if not value.is_finite() or value < 0:
+        raise ValueError(f"expected a number of US dollars >= 0, got {str(dollars)[:40]}")
+    return int((value * MICRO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def usd(micro: int) -> str:
+    """Micro-dollars as a dollar string with six decimals ("0.012345"), integer arithmetic only.
+
+    Also renders a price (micro-dollars per 1M tokens) as dollars per 1M tokens.
+    """
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(micro), MICRO)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """One model's price, in integer micro-dollars per 1M tokens (see `from_usd`).
+
+    `cached_input` is what a prompt-cache hit costs; it is never more than `input`. `as_of` is
+    the date the figures were checked (YYYY-MM-DD), "" for the operator's own rows.
+    """
+
+    input: int
+    cached_input: int
+    output: int
+    as_of: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("input", "cached_input", "output"):
+            value = getattr(self, name)
+            # Ints only: a float here almost certainly means dollars passed where µ$ belong.
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0 (micro-dollars per 1M tokens), "
+                                 f"got {value!r}; use Price.from_usd for dollars")
+        if self.cached_input > self.input:
+            raise ValueError(f"cached_input ({usd(self.cached_input)}) is more than input "
+                             f"({usd(self.input)}) dollars per 1M tokens")
+
+    @classmethod
+    def from_usd(cls, *, input: int | float | str | Decimal, output: int | float | str | Decimal,
+                 cached_input: int | float | str | Decimal | None = None,
+                 as_of: str = "") -> Price:
+        """Build from US dollars per 1M tokens, as `[prices]` writes them.
+
+        `cached_input` defaults to `input` (a model without a cache discount). Raises
+        `ValueError` naming the field for a negative or non-numeric value.
+        """
+        amounts = {}
+        for name, value in (("input", input), ("output", output),
+                            ("cached_input", input if cached_input is None else cached_input)):
+            try:
+                amounts[name] = micro_from_usd(value)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc} per 1M tokens") from None
+        return cls(amounts["input"], amounts["cached_input"], amounts["output"], as_of)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens an answer used. `cached_input` is part of `input`; reasoning is part of `output`."""
+
+    input: int = 0
+    cached_input: int = 0
+    output: int = 0
+
+
+def _count(value: object) -> int | None:
+    # JSON gives int for a count; bools, floats, strings and negatives are not counts.
+    return value if type(value) is int and value >= 0 else None
+
+
+def usage_from_dict(usage: object) -> Usage:
+    """Read an upstream `usage` object of any route; missing or malformed fields count as 0.
+
+    chat/completions: prompt_tokens, completion_tokens, prompt_tokens_details.cached_tokens;
+    responses: input_tokens, output_tokens, input_tokens_details.cached_tokens;
+    embeddings: prompt_tokens (or only total_tokens), no output.
+    """
+    if not isinstance(usage, dict):
+        return Usage()
+    tin = _count(usage.get("prompt_tokens"))
+    if tin is None:
+        tin = _count(usage.get("input_tokens"))
+    tout = _count(usage.get("completion_tokens"))
+    if tout is None:
+        tout = _count(usage.get("output_tokens"))
+    total = _count(usage.get("total_tokens"))
+    if tin is None and total is not None:
+        # Some OpenAI-compatible servers report only a total for embeddings.
+        tin = max(total - (tout or 0), 0)
+    cached = None
+    for field in ("prompt_tokens_details", "input_tokens_details"):
+        details = usage.get(field)
+        if isinstance(details, dict):
+            cached = _count(details.get("cached_tokens"))
+            if cached is not None:
+                break
+    tin = tin or 0
+    # A cache hit is a part of the prompt: never more than it.
+    return Usage(input=tin, cached_input=min(cached or 0, tin), output=tout or 0)
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
+def cost(price: Price, usage: Usage) -> int:
+    """Micro-dollars an answer cost: uncached input, cached input and output at their prices.
+
+    Exact, rounded up to the next micro-dollar once per answer.
+    """
+    tin = max(usage.input, 0)
+    cached = min(max(usage.cached_input, 0), tin)
+    total = ((tin - cached) * price.input + cached * price.cached_input
+             + max(usage.output, 0) * price.output)
+    return _ceil_div(total, PER_TOKENS)
+
+
+def estimate(price: Price, input_tokens: int, max_output_tokens: int) -> int:
+    """Micro-dollars to reserve before forwarding: the most the answer can cost.
+
+    Every input token at the full input price (whether the prompt cache will hit is not known
+    yet) plus every allowed output token at the output price; rounded up.
+    """
+    total = max(input_tokens, 0) * price.input + max(max_output_tokens, 0) * price.output
+    return _ceil_div(total, PER_TOKENS)
+
+
+#: OpenAI's snapshot suffixes: `-2024-07-18`, and the older `-0613` form.
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
+
+
+class PriceTable:
+    """The shipped defaults with the operator's `[prices]` laid over them (overrides and adds).
+
+    A model name finds its row by exact name, else by its name without a snapshot date
+    (`gpt-4o-mini-2024-07-18` -> `gpt-4o-mini`). There is deliberately no prefix matching:
+    variants priced apart from their base (`o1-pro` is ten times `o1`, `gpt-4o-mini` is not
+    `gpt-4o`, `gpt-4o-realtime-preview` is not `gpt-4o`) would otherwise be silently under-priced;
+    an unknown variant gets `None`, and the gateway refuses it while a dollar budget applies.
+    """
+
+    #: Resolved names kept (clients choose model names, so the memo must be bounded).
+    CACHE_SIZE = 1024
+
+    def __init__(self, overrides: Mapping[str, Price] | None = None, *,
+                 defaults: Mapping[str, Price] | None = None):
+        self._rows: dict[str, Price] = dict(DEFAULT_PRICES if defaults is None else defaults)
+        self._rows.update(overrides or {})
+        self._memo: dict[str, tuple[str, Price] | None] = {}
+
+    def price_for(self, model: str) -> Price | None:
+        """The model's price, or None when the table has no row for it."""
+        found = self._resolve(model)
+        return None if found is None else found[1]
+
+    def label_for(self, model: str) -> str:
+        """The row name that prices `model` (its family), or "other": a bounded metric label."""
+        found = self._resolve(model)
+        return OTHER if found is None else found[0]
+
+    def __contains__(self, model: object) -> bool:
+        return isinstance(model, str) and self._resolve(model) is not None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def items(self) -> Iterator[tuple[str, Price]]:
+        """Rows sorted by name (for `--check` and documentation)."""
+        return iter(sorted(self._rows.items()))
+
+    def _resolve(self, model: str) -> tuple[str, Price] | None:
+        if not isinstance(model, str):
+            return None
+        memo = self._memo
+        if model in memo:
+            return memo[model]
+        found = self._lookup(model)
+        if len(memo) >= self.CACHE_SIZE:
+            del memo[next(iter(memo))]  # oldest first: dicts keep insertion order
+        memo[model] = found
+        return found
+
+    def _lookup(self, model: str) -> tuple[str, Price] | None:
+        for name in (model, _SNAPSHOT.sub("", model)):
+            row = self._rows.get(name)
+            if row is not None:
+                return name, row
+        return None
+
+
+def _row(input: str, cached_input: str, output: str, as_of: str) -> Price:
+    return Price.from_usd(input=input, cached_input=cached_input, output=output, as_of=as_of)
+
+
+# OpenAI's standard-tier list prices, US dollars per 1M tokens: input, cached input, output,
+# and the date they were checked. Checked 2026-12-01 against (the gateway itself never reads a
+# pricing page): [O] OpenAI's model pages (developers.openai.com/api/docs/models/<id>) where a
+# copy was at hand; [L] LiteLLM's model_prices_and_context_window.json, which mirrors OpenAI's
+# pricing page; [G] GitHub Docs' Copilot model price table; [R] other dated readings of OpenAI's
+# pricing page (May-November 2026). Every row's input and output prices agree in at least two
+# of these; cached-input prices come from [L] and agree with [O], [G] or [R] where those list
+# them. Left out: models whose price moved during 2026 (gpt-5.6-*, gpt-6-*) and models that bill
+# cache writes; add them under [prices] with the figures of your own invoice.
+# A model with no cache discount ("-" on OpenAI's page) has cached_input = input.
+DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType({
+    # GPT-4o and GPT-4.1 families [L][R]; gpt-4.1 also [G]
+    "gpt-4o": _row("2.50", "1.25", "10.00", "2026-12-01"),
+    "gpt-4o-2024-05-13": _row("5.00", "5.00", "15.00", "2026-12-01"),  # the first snapshot
+    "gpt-4o-mini": _row("0.15", "0.075", "0.60", "2026-12-01"),
+    "gpt-4.1": _row("2.00", "0.50", "8.00", "2026-12-01"),
+    "gpt-4.1-mini": _row("0.40", "0.10", "1.60", "2026-12-01"),
+    "gpt-4.1-nano": _row("0.10", "0.025", "0.40", "2026-12-01"),
+    # o-series reasoning models [L][R]
+    "o1": _row("15.00", "7.50", "60.00", "2026-12-01"),
+    "o1-pro": _row("150.00", "150.00", "600.00", "2026-12-01"),
+    "o3": _row("2.00", "0.50", "8.00", "2026-12-01"),
+    "o3-pro": _row("20.00", "20.00", "80.00", "2026-12-01"),
+    "o3-mini": _row("1.10", "0.55", "4.40", "2026-12-01"),
+    "o4-mini": _row("1.10", "0.275", "4.40", "2026-12-01"),
+    # GPT-5 family [L][R]; gpt-5-nano also [O]; gpt-5-mini and gpt-5.2 also [G]
+    "gpt-5": _row("1.25", "0.125", "10.00", "2026-12-01"),
+    "gpt-5-mini": _row("0.25", "0.025", "2.00", "2026-12-01"),
+    "gpt-5-nano": _row("0.05", "0.005", "0.40", "2026-12-01"),
+    "gpt-5-pro": _row("15.00", "15.00", "120.00", "2026-12-01"),
+    "gpt-5.1": _row("1.25", "0.125", "10.00", "2026-12-01"),
+    "gpt-5.2": _row("1.75", "0.175", "14.00", "2026-12-01"),
+    # GPT-5.4 and 5.5 [L][R]; mini and nano input also [O]. gpt-5.4 and gpt-5.5 bill prompts
+    # over 272K input tokens at a higher rate, which this table does not model.
+    "gpt-5.4": _row("2.50", "0.25", "15.00", "2026-12-01"),
+    "gpt-5.4-mini": _row("0.75", "0.075", "4.50", "2026-12-01"),
+    "gpt-5.4-nano": _row("0.20", "0.02", "1.25", "2026-12-01"),
+    "gpt-5.5": _row("5.00", "0.50", "30.00", "2026-12-01"),
+    # Embeddings: input only [L][R]; text-embedding-3-* also [O]
+    "text-embedding-3-small": _row("0.02", "0.02", "0", "2026-12-01"),
+    "text-embedding-3-large": _row("0.13", "0.13", "0", "2026-12-01"),
+    "text-embedding-ada-002": _row("0.10", "0.10", "0", "2026-12-01"),
+    # Moderation is free [L], as OpenAI's moderation guide says
+    "omni-moderation-latest": _row("0", "0", "0", "2026-12-01"),
+    "omni-moderation-2024-09-26": _row("0", "0", "0", "2026-12-01"),
+})
