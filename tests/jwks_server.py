@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import jwt
@@ -42,7 +43,7 @@ class Signer:
 
     kid: str
     alg: str
-    private: object
+    private: Any
 
     @classmethod
     def rsa(cls, kid: str, n: int = 0) -> Signer:
@@ -54,12 +55,12 @@ class Signer:
 
     def jwk(self) -> dict:
         algo = RSAAlgorithm if self.alg.startswith("RS") else ECAlgorithm
-        doc = algo.to_jwk(self.private.public_key(), as_dict=True)  # type: ignore[attr-defined]
+        doc = algo.to_jwk(self.private.public_key(), as_dict=True)
         return {**doc, "kid": self.kid, "use": "sig"}
 
     def public_pem(self) -> bytes:
         from cryptography.hazmat.primitives import serialization
-        return self.private.public_key().public_bytes(  # type: ignore[attr-defined]
+        return self.private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 

@@ -166,7 +166,7 @@ async def test_down_at_start_is_not_ready_then_recovers(make_issuer, provider):
 async def test_unusable_key_sets_keep_the_held_keys(make_issuer, provider, logs, body):
     issuer = await make_issuer()
     provider.raw = body
-    assert await issuer.keys.fetch() is None
+    assert await issuer.keys.fetch() is False
     assert provider.fetches == 2 and issuer.ready
     assert (await verify(issuer, provider.sign()))["sub"]
     assert "keeping 2 held key(s)" in logs.text
@@ -176,14 +176,36 @@ async def test_oversized_key_set_is_refused(make_issuer, provider):
     issuer = await make_issuer()
     provider.published = [{"kty": "RSA", "kid": f"k{i}", "n": "A" * 600, "e": "AQAB"}
                           for i in range(1000)]
-    assert await issuer.keys.fetch() is None
+    assert await issuer.keys.fetch() is False
     assert (await verify(issuer, provider.sign()))["sub"]  # the earlier keys still serve
 
 
-async def test_cache_control_max_age_is_reported(make_issuer, provider):
-    issuer = await make_issuer()
-    provider.cache_control = "public, max-age=21600, must-revalidate"
-    assert await issuer.keys.fetch() == 21600.0
+async def test_refresh_schedule_honours_max_age_within_bounds(make_issuer, provider):
+    issuer = await make_issuer(jwks_cooldown=30)
+    keys = issuer.keys
+    assert keys.max_age is None and keys.next_refresh(True) == 600  # the default
+    assert keys.next_refresh(False) == 30  # after a failure: again after the cooldown
+    for header, expected in (("public, max-age=21600, must-revalidate", 21600),
+                             ("max-age=5", 60), ("max-age=9999999", 86400)):
+        provider.cache_control = header
+        assert await keys.fetch() is True
+        assert keys.next_refresh(True) == expected
+
+
+async def test_background_refresh_picks_up_a_rotation(provider, jwks_url, http):
+    keys = KeySet(url=jwks_url, session=lambda: http, cooldown=3600)
+    keys.next_refresh = lambda ok: 0.01  # type: ignore[method-assign]
+    async with keys.running():
+        assert keys.key("rsa-2", "RS256") is None
+        provider.signers.append(Signer.rsa("rsa-2", n=1))
+        for _ in range(500):  # until the loop has fetched again (no token asked for it)
+            if keys.key("rsa-2", "RS256") is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert keys.key("rsa-2", "RS256") is not None
+    fetched = provider.fetches
+    await asyncio.sleep(0.05)
+    assert provider.fetches == fetched  # stopped with the app
 
 
 async def test_jwks_file_and_a_token_without_kid(tmp_path, provider):

@@ -112,7 +112,8 @@ class KeySet:
         self._last_refetch = -float("inf")
         #: Fetch attempts so far (tests count them; the log says why they failed).
         self.fetches = 0
-        self.source = url or file
+        #: The last successful answer's Cache-Control max-age, if it had one.
+        self.max_age: float | None = None
         if file:
             try:
                 self._keys = parse_jwks(Path(file).read_bytes())
@@ -147,8 +148,9 @@ class KeySet:
                 found = self.key(kid, alg)
         return found
 
-    async def fetch(self) -> float | None:
-        """Fetch the set now; returns the server's max-age, if any. Failures keep old keys."""
+    async def fetch(self) -> bool:
+        """Fetch the set now; True when it replaced the held keys. A failure of any kind
+        (down, slow, HTTP error, not a key set) keeps the held keys and is logged."""
         self.fetches += 1
         assert self._session is not None
         try:
@@ -160,23 +162,23 @@ class KeySet:
                 raw = await read_limited(resp, MAX_JWKS_BYTES)
                 max_age = _max_age(resp.headers.get("Cache-Control", ""))
             self._keys = parse_jwks(raw)
-        except (aiohttp.ClientError, TimeoutError, JwksError, TooLarge) as exc:
+        except Exception as exc:  # any failure at all: keep serving the held keys
             held = f"keeping {len(self._keys)} held key(s)" if self._keys else "no keys held"
-            log.warning("JWKS fetch from %s failed (%s); %s", self.url,
-                        _describe(exc), held)
-            return None
+            log.warning("JWKS fetch from %s failed (%s); %s", self.url, _describe(exc), held)
+            return False
+        self.max_age = max_age
         log.info("JWKS from %s: %d key(s)", self.url, len(self._keys))
-        return max_age
+        return True
 
     @asynccontextmanager
     async def running(self):
         """Fetch at start (a failure is logged; `ready` stays False), then refresh in the
-        background every `refresh` seconds, or the server's Cache-Control max-age."""
+        background every `refresh` seconds, or as the server's Cache-Control max-age says."""
         if not self.url:
             yield self
             return
-        max_age = await self.fetch()
-        task = asyncio.get_running_loop().create_task(self._refresh_loop(max_age))
+        ok = await self.fetch()
+        task = asyncio.get_running_loop().create_task(self._refresh_loop(ok))
         try:
             yield self
         finally:
@@ -186,19 +188,18 @@ class KeySet:
             except asyncio.CancelledError:
                 pass
 
-    async def _refresh_loop(self, max_age: float | None) -> None:
-        ok = self.ready
+    def next_refresh(self, ok: bool) -> float:
+        """Seconds until the next scheduled fetch: soon after a failure, else the server's
+        max-age (Google's is hours) or `refresh`, within MIN_REFRESH..MAX_REFRESH."""
+        if not ok:
+            return max(self.cooldown, 1.0)
+        return min(max(self.max_age or self.refresh, MIN_REFRESH), MAX_REFRESH)
+
+    async def _refresh_loop(self, ok: bool) -> None:
         while True:
-            if not ok:
-                delay = max(self.cooldown, 1.0)  # down at start or since: try again soon
-            else:
-                delay = min(max(max_age or self.refresh, MIN_REFRESH), MAX_REFRESH)
-            await asyncio.sleep(delay)
-            before = self.fetches
+            await asyncio.sleep(self.next_refresh(ok))
             async with self._lock:
-                if self.fetches == before:  # an unknown kid may just have fetched
-                    max_age = await self.fetch()
-            ok = self.ready and max_age is not None
+                ok = await self.fetch()
 
 
 def _max_age(cache_control: str) -> float | None:
@@ -207,6 +208,7 @@ def _max_age(cache_control: str) -> float | None:
 
 
 def _describe(exc: BaseException) -> str:
+    """What went wrong, in words that hold nothing from the answer (no body, no key)."""
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) if isinstance(exc, JwksError | TooLarge) else type(exc).__name__
