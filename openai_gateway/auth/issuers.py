@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import jwt
 from jwt import PyJWK
+from jwt.algorithms import has_crypto
 from jwt.exceptions import InvalidSubjectError
 
 from ..errors import InvalidToken
@@ -87,6 +88,8 @@ def issuer_problems(*, issuer: str, jwks_url: str = "", jwks_file: str = "",
         out.append("algorithms: a secret_env issuer takes only HS256/HS384/HS512")
     if secret is None and algs & SYMMETRIC:
         out.append("algorithms: HS* needs secret_env (a key set never holds shared secrets)")
+    if algs & ASYMMETRIC and not has_crypto:
+        out.append("algorithms: RS*/PS*/ES*/EdDSA need the 'cryptography' package installed")
     if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
         out.append(f"secret_env: the secret is shorter than {MIN_SECRET_BYTES} bytes")
     return out
