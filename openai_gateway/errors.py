@@ -36,6 +36,20 @@ class InvalidClientKey(GatewayError):
     status, type, code = 401, "invalid_request_error", "invalid_api_key"
 
 
+class InvalidToken(GatewayError):
+    """A bearer that is a JWT but does not verify; never a fall-back to anonymous.
+
+    RFC 6750 section 3.1 names the error and asks for the WWW-Authenticate header. The
+    message says why, and never repeats the token or any part of it.
+    """
+
+    status, type, code = 401, "invalid_request_error", "invalid_token"
+
+    def __init__(self, message: str, **kwargs):
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
+
+
 class OriginNotAllowed(GatewayError):
     status, type, code = 403, "invalid_request_error", "origin_not_allowed"
 

@@ -1,0 +1,110 @@
+"""Tokens the gateway signs itself (`[auth.tokens]`): minted for an app's users, stateless.
+
+HS256 with the operator's secret: every process and VM holding the secret accepts every token,
+with nothing stored. During a rotation `previous_secret` still verifies (never signs), so
+tokens minted before the switch live out their short TTL.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable, Collection
+from typing import Any
+
+import jwt
+
+from ..errors import InvalidRequest, InvalidToken
+from .issuers import MIN_SECRET_BYTES, refusal
+
+#: The `iss` (and `aud`) of every minted token: the resolver routes tokens by it.
+ISSUER = "openai-gateway"
+ALGORITHM = "HS256"
+#: `kind` claim values: a user an app's backend vouches for, or a captcha-checked session.
+KINDS = ("user", "session")
+#: The TTL a request that names none gets (capped by max_ttl): short, like OpenAI's
+#: ephemeral keys, since a token in a browser can be copied.
+DEFAULT_TTL = 900
+#: Users are the app's ids ("42", "auth0|abc", "ana@example.com"): no spaces, no controls.
+USER_PATTERN = re.compile(r"[A-Za-z0-9._@+|:-]{1,128}")
+TIER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+
+
+def new_secret() -> str:
+    """A fresh random secret (for --demo, or to paste into the secret's environment file)."""
+    return secrets.token_urlsafe(48)
+
+
+def check_request(user: Any, tier: Any, ttl: Any, *, max_ttl: int,
+                  tiers: Collection[str] | None = None) -> tuple[str, str | None, int]:
+    """(user, tier, ttl) as a token will carry them; InvalidRequest naming the param."""
+    if not isinstance(user, str) or not USER_PATTERN.fullmatch(user):
+        raise InvalidRequest("'user' must be 1-128 characters of letters, digits and . _ @ + | "
+                             ": -", param="user")
+    if tier is not None:
+        if not isinstance(tier, str) or not TIER_PATTERN.fullmatch(tier):
+            raise InvalidRequest("'tier' must be 1-64 characters of letters, digits and . _ -",
+                                 param="tier")
+        if tiers is not None and tier not in tiers:
+            raise InvalidRequest(f"The tier '{tier}' is not configured on this gateway.",
+                                 param="tier")
+    if ttl is None:
+        ttl = min(DEFAULT_TTL, max_ttl)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= max_ttl:
+        raise InvalidRequest(f"'ttl' must be an integer number of seconds from 1 to {max_ttl}.",
+                             param="ttl")
+    return user, tier, ttl
+
+
+class TokenMinter:
+    """Signs and verifies the gateway's own tokens. Built once from `[auth.tokens]`."""
+
+    def __init__(self, *, secret: str, previous_secret: str = "", max_ttl: int = 3600,
+                 leeway: float = 5.0, clock: Callable[[], float] = time.time):
+        for name, value in (("secret", secret), ("previous_secret", previous_secret)):
+            if (value or name == "secret") and len(value.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(f"auth.tokens {name}: shorter than {MIN_SECRET_BYTES} bytes")
+        if max_ttl < 1:
+            raise ValueError("auth.tokens.max_ttl: must be at least 1 second")
+        self._secrets = (secret, previous_secret) if previous_secret else (secret,)
+        self.max_ttl, self.leeway = max_ttl, leeway
+        self._clock = clock
+
+    def mint(self, user: Any, tier: Any = None, ttl: Any = None, *, kind: str = "user",
+             tiers: Collection[str] | None = None) -> tuple[str, int]:
+        """(token, expires_at as Unix seconds); InvalidRequest for a bad user, tier or ttl.
+
+        `ttl` None is DEFAULT_TTL (at most max_ttl); `tiers`, when given, are the only tier
+        names accepted (the configured ones, so a typo is a 400, not a silent default).
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}")
+        user, tier, ttl = check_request(user, tier, ttl, max_ttl=self.max_ttl, tiers=tiers)
+        now = int(self._clock())
+        claims: dict[str, Any] = {"iss": ISSUER, "aud": ISSUER, "sub": user, "kind": kind,
+                                  "iat": now, "exp": now + ttl}
+        if tier is not None:
+            claims["tier"] = tier
+        return jwt.encode(claims, self._secrets[0], algorithm=ALGORITHM), now + ttl
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a token minted with the secret (or the previous one); InvalidToken."""
+        for secret in self._secrets:
+            try:
+                claims = jwt.decode(token, secret, algorithms=[ALGORITHM], audience=ISSUER,
+                                    issuer=ISSUER, leeway=self.leeway,
+                                    options={"require": REQUIRED_CLAIMS})
+                break
+            except jwt.InvalidSignatureError as exc:
+                last: jwt.PyJWTError = exc  # maybe signed with the other secret
+            except jwt.PyJWTError as exc:
+                raise refusal(exc) from None
+        else:
+            raise refusal(last)
+        if claims.get("kind") not in KINDS:
+            raise InvalidToken("The token is not one this gateway minted (kind).")
+        tier = claims.get("tier")
+        if tier is not None and not (isinstance(tier, str) and TIER_PATTERN.fullmatch(tier)):
+            raise InvalidToken("The token's tier is malformed.")
+        return claims

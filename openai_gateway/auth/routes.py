@@ -1,0 +1,130 @@
+"""The gateway's own token routes: minted tokens, captcha sessions and the demo's sign-in.
+
+Each factory takes its components as keyword arguments and returns an aiohttp handler; the
+app registers them (with CORS and the Origin check around them, like every route). Refusals
+are GatewayErrors, rendered in OpenAI's shape by the app's outermost middleware.
+
+- POST /gateway/tokens   a client key in Authorization; {"user", "tier", "ttl"}
+                         -> {"token", "expires_at", "user", "tier"}
+- POST /gateway/session  {"captcha"} -> {"token", "expires_at"}; limited per address
+- POST /gateway/demo-token (--demo only) {"user", "tier"} -> like /gateway/tokens
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import BodyTooLarge, InvalidClientKey, InvalidRequest
+from .caller import caller_id
+from .captcha import MAX_RESPONSE_CHARS, CaptchaVerifier
+from .minted import ISSUER, TokenMinter
+
+log = logging.getLogger("gateway.auth")
+
+#: These bodies are a few fields; anything bigger is not one of them.
+MAX_BODY_BYTES = 16384
+#: Token answers must not be stored by any cache on the way (RFC 6749 section 5.1).
+NO_STORE = {"Cache-Control": "no-store"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def read_object(request: web.Request, fields: Collection[str]) -> dict[str, Any]:
+    """The JSON object body; 400 for bad JSON, a duplicate key or a field not in `fields`."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise BodyTooLarge("Request body is too large.")
+    raw = await request.read()
+    if len(raw) > MAX_BODY_BYTES:
+        raise BodyTooLarge("Request body is too large.")
+    try:
+        doc = json.loads(raw, object_pairs_hook=_unique)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidRequest("We could not parse the JSON body of your request. Send a JSON "
+                             "object.") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    for name in doc:
+        if name not in fields:
+            raise InvalidRequest(f"Unknown parameter: '{name[:64]}'.", param=name[:64])
+    return doc
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InvalidRequest(f"Duplicate key '{key[:64]}' in the JSON body.", param=key[:64])
+        out[key] = value
+    return out
+
+
+def _token_answer(token: str, expires_at: int, **extra: Any) -> web.Response:
+    return web.json_response({"token": token, "expires_at": expires_at, **extra},
+                             headers=NO_STORE)
+
+
+def tokens_handler(*, minter: TokenMinter, client_name: Callable[[str | None], str | None],
+                   tiers: Collection[str] | None = None) -> Handler:
+    """POST /gateway/tokens. `client_name(authorization)` is the name of the client key the
+    header carries, None when it carries none or an unknown one (401). `tiers`: the tier
+    names a token may name (None: any well-formed name)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        client = client_name(request.headers.get("Authorization"))
+        if client is None:
+            raise InvalidClientKey("Minting a token needs a client key: send "
+                                   "'Authorization: Bearer <client key>'.")
+        body = await read_object(request, ("user", "tier", "ttl"))
+        token, expires_at = minter.mint(body.get("user"), body.get("tier"), body.get("ttl"),
+                                        tiers=tiers)
+        log.info("client %s minted a token for %s (tier %s), expires at %d", client,
+                 caller_id("user", ISSUER, body["user"]), body.get("tier"), expires_at)
+        return _token_answer(token, expires_at, user=body["user"], tier=body.get("tier"))
+
+    return handler
+
+
+def session_handler(*, verifier: CaptchaVerifier, minter: TokenMinter, tier: str | None,
+                    ttl: int, address_of: Callable[[web.Request], str],
+                    check_rate: Callable[[str], Awaitable[None]] | None = None) -> Handler:
+    """POST /gateway/session. `address_of(request)` is the client's address (trusted proxies
+    applied); `check_rate(address)` raises RateLimited when the address made too many
+    sessions, and is called before the body is read or the provider asked."""
+    if not 1 <= ttl <= minter.max_ttl:
+        raise ValueError(f"auth.sessions.ttl: {ttl} is not within 1..auth.tokens.max_ttl "
+                         f"({minter.max_ttl})")
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        address = address_of(request)
+        if check_rate is not None:
+            await check_rate(address)
+        body = await read_object(request, ("captcha",))
+        answer = body.get("captcha")
+        if not isinstance(answer, str) or not 0 < len(answer) <= MAX_RESPONSE_CHARS:
+            raise InvalidRequest(f"'captcha' must be the widget's response, a string of 1 to "
+                                 f"{MAX_RESPONSE_CHARS} characters.", param="captcha")
+        await verifier.verify(answer, address)
+        subject = "session:" + secrets.token_urlsafe(12)
+        token, expires_at = minter.mint(subject, tier, ttl, kind="session")
+        return _token_answer(token, expires_at)
+
+    return handler
+
+
+def demo_token_handler(*, minter: TokenMinter, tier: str = "free",
+                       tiers: Collection[str] | None = None) -> Handler:
+    """POST /gateway/demo-token, for the playground's "sign in as" (register only in --demo:
+    anyone who reaches it gets a token for any user)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await read_object(request, ("user", "tier"))
+        chosen = body.get("tier", tier)
+        token, expires_at = minter.mint(body.get("user"), chosen, None, tiers=tiers)
+        return _token_answer(token, expires_at, user=body["user"], tier=chosen)
+
+    return handler
