@@ -16,7 +16,7 @@ from .logs import RequestRecord, log_access
 from .proxy import RECORD, Proxy
 from .ratelimit import RateLimiter
 from .settings import Settings
-from .storage import memcached_reachable, parse_storage_url
+from .storage import memcached_reachable
 from .upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -179,14 +179,9 @@ def create_app(settings: Settings) -> web.Application:
     app[DRAINING] = []
     app[ORIGINS] = origins
 
-    storage = parse_storage_url(s.storage.url)
-    limiter = RateLimiter(
-        s.rate_limit, s.clients,
-        parse_storage_url(s.rate_limit.storage_url) if s.rate_limit.storage_url else storage,
-        on_error=s.storage.on_error, timeout=s.storage.timeout)
-    cache = PromptCache(
-        s.cache, parse_storage_url(s.cache.storage_url) if s.cache.storage_url else storage,
-        timeout=s.storage.timeout)
+    limiter = RateLimiter(s.rate_limit, s.clients, s.rate_limit_storage,
+                          on_error=s.storage.on_error, timeout=s.storage.timeout)
+    cache = PromptCache(s.cache, s.cache_storage, timeout=s.storage.timeout)
     upstream = Upstream(s.upstream, s.api_key, s.fallback_keys)
     proxy = Proxy(s, upstream=upstream, limiter=limiter, cache=cache)
     app[PROXY] = proxy
