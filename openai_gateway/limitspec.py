@@ -46,6 +46,8 @@ SPEND_EXPECTED = ('a dollar budget like "0.50/day", "10/month" or "5/7 days" (an
 #: Budgets are counted in integer micro-dollars: counters in every storage are integers.
 MICRO = 1_000_000
 
+Limits = tuple[RateLimitItem, ...]
+
 
 def _item(m: re.Match, amount: int) -> RateLimitItem | None:
     multiple = int(m["multiple"] or 1)
@@ -71,6 +73,13 @@ def limit_text(item: RateLimitItem) -> str:
     return f"{item.amount}/{item.multiples} {name}s"
 
 
+def as_limits(values) -> Limits:
+    """Limits (items, or text parsed by parse_limit), shortest window first: a request refused
+    by the minute never touches the day's count."""
+    items = (parse_limit(v) if isinstance(v, str) else v for v in values)
+    return tuple(sorted(items, key=RateLimitItem.get_expiry))
+
+
 @dataclass(frozen=True)
 class SpendLimit:
     """A dollar budget: `item.amount` is integer micro-dollars ("0.50/day" -> 500000 a day)."""
@@ -92,3 +101,11 @@ def parse_spend(text: str) -> SpendLimit:
     if item is None:
         raise ValueError(SPEND_EXPECTED)
     return SpendLimit(item, text)
+
+
+Spend = tuple[SpendLimit, ...]
+
+
+def as_spend(values) -> Spend:
+    """Dollar budgets (SpendLimits, or text parsed by parse_spend)."""
+    return tuple(parse_spend(v) if isinstance(v, str) else v for v in values)

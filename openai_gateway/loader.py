@@ -39,7 +39,7 @@ class Problems:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
-        #: Non-fatal remarks (printed by --check, logged at start-up).
+        #: Non-fatal remarks (become Settings.warnings, for --check and the start-up log).
         self.warnings: list[str] = []
         self._refused: list[str] = []
 
@@ -71,6 +71,15 @@ class Problems:
         for name in names:
             value = getattr(obj, name)
             self.expect(value > 0, f"{at}.{name}", value, "> 0")
+
+
+def coerce(obj, **converters: Callable[[Any], Any]) -> None:
+    """In a frozen dataclass's __post_init__: replace each named field that is not None by
+    converter(field) (like attrs' `converter=`)."""
+    for name, converter in converters.items():
+        value = getattr(obj, name)
+        if value is not None:
+            object.__setattr__(obj, name, converter(value))
 
 
 def subkey(prefix: str, name: str) -> str:
