@@ -17,7 +17,7 @@ from .logs import RequestRecord, log_access
 from .proxy import RECORD, Proxy
 from .ratelimit import RateLimiter
 from .settings import Settings
-from .storage import memcached_reachable, parse_storage_url
+from .storage import memcached_reachable
 from .upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -192,11 +192,9 @@ def build(settings: Settings) -> tuple[Proxy, OriginPolicy]:
     """The components a process keeps for its lifetime (storage, pooled connections); their
     policy comes from `apply`, here and on every reload."""
     s = settings
-    limiter = RateLimiter(s.rate_limit, s.clients,
-                          parse_storage_url(s.rate_limit.storage_url or s.storage.url),
+    limiter = RateLimiter(s.rate_limit, s.clients, s.rate_limit_storage,
                           on_error=s.storage.on_error, timeout=s.storage.timeout)
-    cache = PromptCache(s.cache, parse_storage_url(s.cache.storage_url or s.storage.url),
-                        timeout=s.storage.timeout)
+    cache = PromptCache(s.cache, s.cache_storage, timeout=s.storage.timeout)
     upstream = Upstream(s.upstream, s.api_key, s.fallback_keys)
     return Proxy(s, upstream=upstream, limiter=limiter, cache=cache), OriginPolicy(())
 

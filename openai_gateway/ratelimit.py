@@ -22,7 +22,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
@@ -144,12 +144,6 @@ for _name in ("incr", "get", "get_expiry", "check", "reset", "clear", "acquire_e
     setattr(SweepingMemoryStorage, _name, _fn)
 
 
-def _items(strings) -> tuple[RateLimitItem, ...]:
-    items = [item for s in strings for item in parse_many(s)]
-    # Shortest window first: a request refused by the minute never touches the day's count.
-    return tuple(sorted(items, key=lambda i: i.get_expiry()))
-
-
 @dataclass(frozen=True, slots=True)
 class _Rule:
     route: str
@@ -193,12 +187,13 @@ class RateLimiter:
 
     def configure(self, settings: RateLimitSettings, clients: tuple[ClientSettings, ...]) -> None:
         """(Re)build the limits; counters live in the storage and survive a reload."""
-        self.requests = _items(settings.requests)
-        self.tokens = _items(settings.tokens)
-        self.client_requests = {c.name: _items(c.requests) for c in clients if c.requests is not None}
-        self.client_tokens = {c.name: _items(c.tokens) for c in clients if c.tokens is not None}
-        self.rules = tuple(_Rule(r.route, r.model, _items(r.requests), _items(r.tokens))
-                           for r in settings.rules)
+        # Settings hold parsed limits, shortest window first: a request refused by the minute
+        # never touches the day's count.
+        self.requests = settings.requests
+        self.tokens = settings.tokens
+        self.client_requests = {c.name: c.requests for c in clients if c.requests is not None}
+        self.client_tokens = {c.name: c.tokens for c in clients if c.tokens is not None}
+        self.rules = tuple(_Rule(r.route, r.model, r.requests, r.tokens) for r in settings.rules)
         self.any_tokens = bool(self.tokens or self.client_tokens
                                or any(r.tokens for r in self.rules))
         # The memory moving window's key tail and window length per request limit (by id: the

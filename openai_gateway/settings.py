@@ -1,32 +1,104 @@
 """Typed, frozen settings loaded once from TOML and validated as a whole.
 
-`load(path)` returns `Settings` or raises `ConfigError` carrying one line per problem
-("key: got X, expected Y"), so a bad file never starts a half-working server. Every field
-below has a safe default; `config.toml` documents each one.
+`load(path)` returns `Settings` or raises `ConfigError` carrying one line per problem ("key: got
+X, expected Y"), every problem of the file in one run, so a bad file never starts a
+half-working server. Every field has a safe default; `config.toml` documents each one.
+
+Values are parsed here, once, into what components use: limits into `limits.RateLimitItem`s
+(shortest window first), dollar budgets into `SpendLimit`s, storage URLs into `StorageURL`s
+(`Settings.rate_limit_storage` / `cache_storage` are the effective ones), choices into
+`Literal` strings, tables of named entries ([tiers.NAME], [prices]) into read-only mappings.
+Secrets come from the environment or systemd credentials, never from the file: they live in
+`repr=False` fields, are left out of `redacted()`, and are all in `secrets` (log redaction).
+
+The sections live in `settings_serving.py` and `settings_access.py` (re-exported here). The
+loader is our own (`loader.py`, about 200 lines), not pydantic v2: pydantic would replace
+just that file, but it would add a compiled dependency (pydantic-core) that `make dist`'s
+single-file zipapp cannot carry to a bare python3, about 200 ms of imports at every start, and
+a translation layer to keep our messages (key, bad value, expectation); limits, budgets and
+storage URLs would still need their own converters.
 """
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
 import os
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from limits import parse_many
+from limits import RateLimitItem
 
-#: The routes the gateway forwards by default (the brief's HTTP surface). Anything else is 404.
-DEFAULT_ROUTES = (
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/moderations",
-    "/v1/models",
+from .limitspec import (
+    LIMIT_EXPECTED,
+    SPEND_EXPECTED,
+    SpendLimit,
+    as_limits,
+    as_spend,
+    limit_text,
+    parse_limit,
+    parse_spend,
 )
+from .loader import CONVERTERS, Problems, build, subkey
+from .settings_access import (
+    MIN_HMAC_SECRET,
+    TIER_NAME,
+    TIER_NAME_EXPECTED,
+    AuthSettings,
+    BudgetSettings,
+    ClientSettings,
+    IssuerSettings,
+    PriceSettings,
+    SessionSettings,
+    TierSettings,
+    TokenSettings,
+)
+from .settings_serving import (
+    DEFAULT_ROUTES,
+    CacheSettings,
+    CorsSettings,
+    FallbackSettings,
+    LogSettings,
+    MetricsSettings,
+    PlaygroundSettings,
+    RateLimitSettings,
+    RuleSettings,
+    ServerSettings,
+    StorageSettings,
+    UpstreamSettings,
+    ValidationSettings,
+)
+from .storage import EXPECTED as STORAGE_EXPECTED
+from .storage import StorageError, StorageURL, parse_storage_url
+
+#: What `from .settings import ...` offers: every section, the value parsers, the entry points.
+__all__ = [
+    "DEFAULT_ROUTES", "AuthSettings", "BudgetSettings", "CacheSettings", "ClientSettings",
+    "ConfigError", "CorsSettings", "FallbackSettings", "IssuerSettings", "LogSettings",
+    "MetricsSettings", "PlaygroundSettings", "PriceSettings", "RateLimitSettings",
+    "RuleSettings", "ServerSettings", "SessionSettings", "Settings", "SpendLimit",
+    "StorageSettings", "StorageURL", "TierSettings", "TokenSettings", "UpstreamSettings",
+    "ValidationSettings", "as_limits", "as_spend", "load", "parse", "read_api_key",
+    "resolve_workers",
+]
+
+
+def _storage(text: str) -> StorageURL:
+    if not isinstance(text, str):
+        raise ValueError(STORAGE_EXPECTED)
+    try:
+        return parse_storage_url(text)
+    except StorageError as exc:
+        raise ValueError(str(exc)) from None
+
+
+# The value types the sections declare, registered before anything is built (see loader.py).
+CONVERTERS.update({
+    RateLimitItem: (parse_limit, LIMIT_EXPECTED, "limits"),
+    SpendLimit: (parse_spend, SPEND_EXPECTED, "dollar budgets"),
+    StorageURL: (_storage, STORAGE_EXPECTED, "storage URLs"),
+})
 
 
 class ConfigError(Exception):
@@ -37,162 +109,16 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-@dataclass(frozen=True)
-class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    #: Peers allowed to set X-Forwarded-For (IPs or CIDRs); () trusts none.
-    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
-    max_body_bytes: int = 1_048_576
-    #: Seconds a client may take to send its request body (slow uploads get 408).
-    body_timeout: float = 30.0
-    #: Seconds a new connection may take to send its request line and headers (slowloris).
-    header_timeout: float = 10.0
-    #: Seconds in-flight requests and streams get to finish after SIGTERM.
-    shutdown_timeout: float = 30.0
-    #: Processes serving one port (SO_REUSEPORT): an integer or "auto" (one per core).
-    workers: int | str = 1
-    #: Allow workers > 1 with memory:// storage (each process then has its own limits/cache).
-    allow_unshared_workers: bool = False
-
-
-@dataclass(frozen=True)
-class FallbackSettings:
-    """Another OpenAI-compatible upstream (or the same one with another key) for failover."""
-
-    base_url: str = ""
-    #: "" = the primary's key.
-    api_key_env: str = ""
-
-
-@dataclass(frozen=True)
-class UpstreamSettings:
-    base_url: str = "https://api.openai.com/v1"
-    #: Name of the environment variable (or systemd credential) holding the key.
-    api_key_env: str = "OPENAI_API_KEY"
-    #: The forwarded routes; each maps to the same path below base_url (minus "/v1").
-    routes: tuple[str, ...] = DEFAULT_ROUTES
-    connect_timeout: float = 10.0
-    #: Until the upstream's response headers arrive.
-    first_byte_timeout: float = 120.0
-    #: Longest silence between two chunks of a body (no total timeout: streams may be long).
-    idle_timeout: float = 120.0
-    #: Extra attempts on connect errors, 429 and 5xx, only before the client got a byte.
-    retries: int = 2
-    retry_backoff: float = 0.25
-    max_connections: int = 10000
-    #: A larger upstream answer (non-stream) is refused with 502 rather than held in memory.
-    max_response_bytes: int = 64 * 1024 * 1024
-    #: Tried in order after the primary fails (connect error, 429, 5xx), before the first byte.
-    fallbacks: tuple[FallbackSettings, ...] = ()
-
-
-@dataclass(frozen=True)
-class CorsSettings:
-    allow_origins: tuple[str, ...] = ("http://localhost:5173",)
-    max_age: int = 600
-
-
-@dataclass(frozen=True)
-class StorageSettings:
-    url: str = "memory://"
-    #: "open": serve and log when storage fails; "closed": answer 503.
-    on_error: str = "open"
-    #: Seconds any storage call may take before it counts as failed.
-    timeout: float = 0.5
-
-
-@dataclass(frozen=True)
-class RuleSettings:
-    """A tighter limit for one route and/or model (applies in addition to the client's)."""
-
-    route: str = ""
-    model: str = ""
-    requests: tuple[str, ...] = ()
-    tokens: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class RateLimitSettings:
-    requests: tuple[str, ...] = ("60/minute", "1000/day")
-    tokens: tuple[str, ...] = ()
-    #: "auto": moving-window on memory, sliding-window-counter on memcached.
-    strategy: str = "auto"
-    #: Overrides storage.url for the limiter ("" = use storage.url).
-    storage_url: str = ""
-    rules: tuple[RuleSettings, ...] = ()
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    enabled: bool = True
-    ttl: int = 3600
-    #: Bound of the in-memory cache (LRU); memcached bounds itself.
-    max_bytes: int = 64 * 1024 * 1024
-    #: Larger answers are not cached (memcached's default item limit is 1 MB).
-    max_item_bytes: int = 1_000_000
-    routes: tuple[str, ...] = (
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/responses",
-        "/v1/moderations",
-    )
-    #: Cache answers sampled with temperature > 0 (or unset, which means 1)? Off: such answers
-    #: are meant to vary, so replaying one would be a wrong answer.
-    sampled: bool = False
-    storage_url: str = ""
-
-
-@dataclass(frozen=True)
-class ValidationSettings:
-    allowed_models: tuple[str, ...] = ("gpt-4o-mini",)
-    max_input_chars: int = 10_000
-    max_tokens: int = 4096
-    max_n: int = 4
-    max_messages: int = 200
-
-
-@dataclass(frozen=True)
-class AuthSettings:
-    require_client_key: bool = False
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    """A gateway-issued client key (only its SHA-256 is stored)."""
-
-    name: str = ""
-    key_sha256: str = ""
-    requests: tuple[str, ...] | None = None
-    tokens: tuple[str, ...] | None = None
-    models: tuple[str, ...] | None = None
-    #: "client": cache entries are private to this key; "shared": shared with everyone.
-    cache_scope: str = "client"
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    level: str = "info"
-    #: "json", "text", or "auto" (text on a terminal, JSON otherwise).
-    format: str = "auto"
-    #: Log a hash of the client address instead of the address.
-    hash_client: bool = False
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    enabled: bool = True
-
-
-@dataclass(frozen=True)
-class PlaygroundSettings:
-    #: Serve the playground page at GET / (on by default only with --demo).
-    enabled: bool = False
+def _secret():
+    """A secret from the environment: never a file key (repr=False), never printed."""
+    return field(default="", repr=False)
 
 
 @dataclass(frozen=True)
 class Settings:
+    """The whole configuration: one field per section of the file, then the secrets read from
+    the environment (repr=False: not file keys, never printed)."""
+
     server: ServerSettings = field(default_factory=ServerSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
@@ -201,228 +127,118 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    #: [tiers.NAME] tables by name.
+    tiers: Mapping[str, TierSettings] = field(default_factory=lambda: types.MappingProxyType({}))
     clients: tuple[ClientSettings, ...] = ()
+    #: Price overrides by model name (shipped defaults live with the cost code).
+    prices: Mapping[str, PriceSettings] = field(
+        default_factory=lambda: types.MappingProxyType({}))
+    budget: BudgetSettings = field(default_factory=BudgetSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     playground: PlaygroundSettings = field(default_factory=PlaygroundSettings)
-    #: The upstream key, never printed (repr=False) and never read from the file.
-    api_key: str = field(default="", repr=False)
-    #: The keys of upstream.fallbacks, in order ("" = the primary's).
+    #: The upstream key, never read from the file.
+    api_key: str = _secret()
+    #: The keys of upstream.fallbacks, in order (the primary's where api_key_env is "").
     fallback_keys: tuple[str, ...] = field(default=(), repr=False)
+    #: auth.issuers[i].secret_env's secret, in issuer order ("" for a JWKS issuer).
+    issuer_secrets: tuple[str, ...] = field(default=(), repr=False)
+    token_secret: str = _secret()
+    token_previous_secret: str = _secret()
+    captcha_secret: str = _secret()
+    storage_password: str = _secret()
+    log_hash_secret: str = _secret()
+    #: Remarks for the operator (unknown tier names ...); not errors.
+    warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
-    def redacted(self) -> dict:
-        """The effective settings as a dict, safe to print (no secret)."""
-        d = dataclasses.asdict(self)
-        d.pop("api_key")
-        d.pop("fallback_keys")
-        return d
+    @property
+    def rate_limit_storage(self) -> StorageURL:
+        """The limiter's storage: rate_limit.storage_url, else storage.url."""
+        return self.rate_limit.storage_url or self.storage.url
+
+    @property
+    def cache_storage(self) -> StorageURL:
+        """The cache's storage: cache.storage_url, else storage.url."""
+        return self.cache.storage_url or self.storage.url
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return tuple(k for k in (self.api_key, *self.fallback_keys) if k)
+        """Every secret value, for log redaction."""
+        return tuple(k for k in (self.api_key, *self.fallback_keys, *self.issuer_secrets,
+                                 self.token_secret, self.token_previous_secret,
+                                 self.captcha_secret, self.storage_password,
+                                 self.log_hash_secret) if k)
+
+    def redacted(self) -> dict:
+        """The effective settings as JSON-ready data (limits, budgets, URLs as text), no secret."""
+        return _plain(self)
+
+    def check(self, at: str, p: Problems) -> None:
+        """Relations between sections (each section checked its own values)."""
+        _check_workers(self, p)
+        if (self.rate_limit.strategy == "moving-window"
+                and self.rate_limit_storage.kind == "memcached"):
+            p.note("rate_limit.strategy",
+                   'got "moving-window", expected "auto" or "sliding-window-counter" with '
+                   "memcached storage (limits implements moving window only on memory, redis "
+                   "and mongodb)")
+        _check_clients(self.clients, p)
+        _check_tiers(self, p)
 
 
-# --- generic typed conversion -------------------------------------------------------------
-
-
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        inner = typing.get_args(tp)[0]
-        plural = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
-        return "a list of " + plural.get(inner, "tables")
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
-    if dataclasses.is_dataclass(tp):
-        return "a table"
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[tp]
-
-
-def _convert(value, tp, key: str, problems: list[str]):
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(inner) == 1:
-            return _convert(value, inner[0], key, problems)
-        for option in inner:  # scalar alternatives such as int | str: the first that fits
-            if isinstance(value, option) and not isinstance(value, bool):
-                return value
-        problems.append(f"{key}: got {value!r}, expected {_type_name(tp)}")
-        return None
-    if origin is tuple:
-        if not isinstance(value, list):
-            problems.append(f"{key}: got {value!r}, expected {_type_name(tp)}")
-            return ()
-        inner = typing.get_args(tp)[0]
-        return tuple(_convert(v, inner, f"{key}[{i}]", problems) for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            problems.append(f"{key}: got {value!r}, expected a table")
-            return tp()
-        return _build(tp, value, key, problems)
-    ok = (
-        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
-        or (tp is float and isinstance(value, int) and not isinstance(value, bool))
-    )
-    if not ok:
-        problems.append(f"{key}: got {value!r}, expected {_type_name(tp)}")
-        return None
-    return float(value) if tp is float else value
-
-
-def _build(cls, table: dict, prefix: str, problems: list[str]):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.name not in ("api_key", "fallback_keys")}
-    kwargs = {}
-    for key, value in table.items():
-        full = f"{prefix}.{key}" if prefix else key
-        if key not in names:
-            problems.append(f"{full}: unknown key (known: {', '.join(sorted(names))})")
-            continue
-        converted = _convert(value, hints[key], full, problems)
-        if converted is not None:
-            kwargs[key] = converted
-    return cls(**kwargs)
-
-
-# --- semantic checks ----------------------------------------------------------------------
-
-
-def _check_limits(key: str, items, problems: list[str]) -> None:
-    for i, text in enumerate(items or ()):
-        try:
-            parse_many(text)
-        except ValueError:
-            problems.append(
-                f"{key}[{i}]: got {text!r}, expected a limit like \"60/minute\" or \"1000/day\""
-            )
-
-
-def _check(s: Settings, problems: list[str]) -> None:
-    from .storage import StorageError, parse_storage_url  # local: storage imports us
-
-    if not 0 < s.server.port < 65536:
-        problems.append(f"server.port: got {s.server.port}, expected 1-65535")
-    for i, p in enumerate(s.server.trusted_proxies):
-        try:
-            ipaddress.ip_network(p, strict=False)
-        except ValueError:
-            problems.append(f"server.trusted_proxies[{i}]: got {p!r}, expected an IP or CIDR")
+def _check_workers(s: Settings, p: Problems) -> None:
     w = s.server.workers
-    if not ((isinstance(w, int) and 1 <= w <= 256) or w == "auto"):
-        problems.append(f"server.workers: got {w!r}, expected an integer from 1 to 256 or \"auto\"")
-    elif resolve_workers(w) > 1 and not s.server.allow_unshared_workers and any(
-            (url or s.storage.url) == "memory://"
-            for url in (s.rate_limit.storage_url, s.cache.storage_url)):
-        problems.append(
-            f"server.workers: got {w!r} with memory:// storage, expected memcached storage "
-            "(each process would keep its own rate limits and cache) or "
-            "server.allow_unshared_workers = true")
-    for name in ("body_timeout", "header_timeout", "shutdown_timeout"):
-        if getattr(s.server, name) <= 0:
-            problems.append(f"server.{name}: got {getattr(s.server, name)}, expected > 0")
-    if s.server.max_body_bytes <= 0:
-        problems.append(f"server.max_body_bytes: got {s.server.max_body_bytes}, expected > 0")
-    if not s.upstream.base_url.startswith(("http://", "https://")):
-        problems.append(f"upstream.base_url: got {s.upstream.base_url!r}, expected an http(s) URL")
-    for i, r in enumerate(s.upstream.routes):
-        if r not in DEFAULT_ROUTES:
-            problems.append(
-                f"upstream.routes[{i}]: got {r!r}, expected one of {', '.join(DEFAULT_ROUTES)}"
-            )
-    for name in ("connect_timeout", "first_byte_timeout", "idle_timeout"):
-        if getattr(s.upstream, name) <= 0:
-            problems.append(f"upstream.{name}: got {getattr(s.upstream, name)}, expected > 0")
-    for i, fb in enumerate(s.upstream.fallbacks):
-        if not fb.base_url.startswith(("http://", "https://")):
-            problems.append(f"upstream.fallbacks[{i}].base_url: got {fb.base_url!r}, "
-                            "expected an http(s) URL")
-    if s.upstream.max_response_bytes <= 0:
-        problems.append(f"upstream.max_response_bytes: got {s.upstream.max_response_bytes}, "
-                        "expected > 0")
-    if s.upstream.retries < 0:
-        problems.append(f"upstream.retries: got {s.upstream.retries}, expected >= 0")
-    for i, o in enumerate(s.cors.allow_origins):
-        if o != "*" and not _is_origin(o):
-            problems.append(
-                f"cors.allow_origins[{i}]: got {o!r}, expected \"*\" or an origin like "
-                "\"https://app.example.com\" (scheme and host, no path)"
-            )
-    if s.storage.on_error not in ("open", "closed"):
-        problems.append(f"storage.on_error: got {s.storage.on_error!r}, expected \"open\" or \"closed\"")
-    if s.storage.timeout <= 0:
-        problems.append(f"storage.timeout: got {s.storage.timeout}, expected > 0")
-    for key, url in (
-        ("storage.url", s.storage.url),
-        ("rate_limit.storage_url", s.rate_limit.storage_url),
-        ("cache.storage_url", s.cache.storage_url),
-    ):
-        if url:
-            try:
-                parse_storage_url(url)
-            except StorageError as exc:
-                problems.append(f"{key}: got {url!r}, expected {exc}")
-    _check_limits("rate_limit.requests", s.rate_limit.requests, problems)
-    _check_limits("rate_limit.tokens", s.rate_limit.tokens, problems)
-    for i, rule in enumerate(s.rate_limit.rules):
-        _check_limits(f"rate_limit.rules[{i}].requests", rule.requests, problems)
-        _check_limits(f"rate_limit.rules[{i}].tokens", rule.tokens, problems)
-        if not rule.route and not rule.model:
-            problems.append(f"rate_limit.rules[{i}]: expected a route, a model or both")
-    if s.rate_limit.strategy not in ("auto", "moving-window", "sliding-window-counter"):
-        problems.append(
-            f"rate_limit.strategy: got {s.rate_limit.strategy!r}, expected \"auto\", "
-            "\"moving-window\" or \"sliding-window-counter\""
-        )
-    limiter_url = s.rate_limit.storage_url or s.storage.url
-    if s.rate_limit.strategy == "moving-window" and limiter_url.startswith("memcached"):
-        problems.append(
-            "rate_limit.strategy: got \"moving-window\", expected \"auto\" or "
-            "\"sliding-window-counter\" with memcached storage (limits implements moving "
-            "window only on memory, redis and mongodb)"
-        )
-    if s.cache.ttl <= 0:
-        problems.append(f"cache.ttl: got {s.cache.ttl}, expected a positive integer (seconds)")
-    if s.cache.max_bytes <= 0 or s.cache.max_item_bytes <= 0:
-        problems.append("cache.max_bytes / cache.max_item_bytes: expected positive integers")
-    v = s.validation
-    for name in ("max_input_chars", "max_tokens", "max_n", "max_messages"):
-        if getattr(v, name) <= 0:
-            problems.append(f"validation.{name}: got {getattr(v, name)}, expected > 0")
+    if not (w == "auto" or 1 <= int(w) <= 256) or resolve_workers(w) == 1:
+        return
+    if not s.server.allow_unshared_workers and "memory" in (
+            s.rate_limit_storage.kind, s.cache_storage.kind):
+        p.note("server.workers", f"got {w!r} with memory:// storage, expected shared storage "
+               "(each process would keep its own rate limits and cache) or "
+               "server.allow_unshared_workers = true")
+
+
+def _check_clients(clients: tuple[ClientSettings, ...], p: Problems) -> None:
     seen = set()
-    for i, c in enumerate(s.clients):
-        if not c.name:
-            problems.append(f"clients[{i}].name: expected a non-empty name")
+    for i, c in enumerate(clients):
         h = c.key_sha256.lower()
-        if len(h) != 64 or any(ch not in "0123456789abcdef" for ch in h):
-            problems.append(
-                f"clients[{i}].key_sha256: got {c.key_sha256!r}, expected 64 hex digits "
-                "(python gateway.py new-client-key NAME prints one)"
-            )
-        if h in seen:
-            problems.append(f"clients[{i}].key_sha256: duplicate of an earlier client")
+        if h and h in seen:
+            p.note(f"clients[{i}].key_sha256", "duplicate of an earlier client")
         seen.add(h)
-        _check_limits(f"clients[{i}].requests", c.requests, problems)
-        _check_limits(f"clients[{i}].tokens", c.tokens, problems)
-        if c.cache_scope not in ("client", "shared"):
-            problems.append(
-                f"clients[{i}].cache_scope: got {c.cache_scope!r}, expected \"client\" or \"shared\""
-            )
-    if s.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        problems.append(f"log.level: got {s.log.level!r}, expected debug, info, warning or error")
-    if s.log.format not in ("auto", "json", "text"):
-        problems.append(f"log.format: got {s.log.format!r}, expected \"auto\", \"json\" or \"text\"")
 
 
-def _is_origin(text: str) -> bool:
-    """scheme://host[:port] and nothing else: what a browser sends in `Origin` (RFC 6454)."""
-    try:
-        u = urlsplit(text)
-        u.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return False
-    return (u.scheme in ("http", "https") and bool(u.hostname) and "@" not in u.netloc
-            and text == f"{u.scheme}://{u.netloc}")
+def _check_tiers(s: Settings, p: Problems) -> None:
+    for name in s.tiers:
+        p.expect(bool(TIER_NAME.fullmatch(name)), subkey("tiers", name), name,
+                 TIER_NAME_EXPECTED)
+    # An unknown tier name is not an error: the runtime falls back to the general values.
+    uses = [(f"clients[{i}].tier", c.tier) for i, c in enumerate(s.clients)]
+    if s.auth.sessions.captcha_verify_url:  # sessions on
+        uses.insert(0, ("auth.sessions.tier", s.auth.sessions.tier))
+    for key, tier in uses:
+        if tier is not None and tier not in s.tiers:
+            p.warnings.append(f"{key}: tier {tier!r} is not defined in [tiers] (known: "
+                              f"{', '.join(s.tiers) or 'none'}); its users get the general "
+                              "limits")
+
+
+def _plain(value):
+    """Settings as JSON-ready data: limits, budgets and URLs as text, secrets left out."""
+    if isinstance(value, RateLimitItem):
+        return limit_text(value)
+    if isinstance(value, SpendLimit):
+        return value.text
+    if isinstance(value, StorageURL):
+        return str(value)
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.repr}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- the environment -----------------------------------------------------------------------
 
 
 def resolve_workers(workers: int | str) -> int:
@@ -439,43 +255,73 @@ def read_api_key(env_name: str, environ: typing.Mapping[str, str]) -> str | None
     return (environ.get(env_name) or "").strip() or None
 
 
+class _Environment:
+    """Reads the secrets the settings name, reporting each missing one under its key."""
+
+    def __init__(self, environ: typing.Mapping[str, str], p: Problems):
+        self.environ, self.p = environ, p
+
+    def secret(self, key: str, env_name: str, what: str, *, min_length: int = 0) -> str:
+        if not env_name:
+            return ""
+        value = read_api_key(env_name, self.environ)
+        if value is None:
+            self.p.note(key, f"environment variable {env_name} is not set (nor a systemd "
+                             f"credential of that name); expected {what}")
+            return ""
+        if len(value.encode()) < min_length:
+            self.p.note(key, f"the secret in {env_name} has {len(value.encode())} bytes, "
+                             f"expected at least {min_length} (RFC 7518 section 3.2)")
+        return value
+
+
+def _read_secrets(s: Settings, env: _Environment, demo: bool) -> dict:
+    out: dict = {}
+    # demo: the built-in demo upstream takes no key (`demo.demo_settings` sets its own).
+    if not demo:
+        out["api_key"] = key = env.secret("upstream.api_key_env", s.upstream.api_key_env,
+                                          "the upstream key")
+        out["fallback_keys"] = tuple(
+            env.secret(f"upstream.fallbacks[{i}].api_key_env", fb.api_key_env, "a key")
+            if fb.api_key_env else key for i, fb in enumerate(s.upstream.fallbacks))
+    out["issuer_secrets"] = tuple(
+        env.secret(f"auth.issuers[{i}].secret_env", issuer.secret_env, "the issuer's secret",
+                   min_length=MIN_HMAC_SECRET) for i, issuer in enumerate(s.auth.issuers))
+    tokens = s.auth.tokens
+    out["token_secret"] = env.secret("auth.tokens.secret_env", tokens.secret_env,
+                                     "the token signing secret", min_length=MIN_HMAC_SECRET)
+    out["token_previous_secret"] = env.secret(
+        "auth.tokens.previous_secret_env", tokens.previous_secret_env,
+        "the previous token signing secret", min_length=MIN_HMAC_SECRET)
+    out["captcha_secret"] = env.secret("auth.sessions.captcha_secret_env",
+                                       s.auth.sessions.captcha_secret_env, "the captcha secret")
+    out["storage_password"] = env.secret("storage.password_env", s.storage.password_env,
+                                         "the storage password")
+    out["log_hash_secret"] = env.secret("log.hash_secret_env", s.log.hash_secret_env,
+                                        "the log hash key")
+    return out
+
+
+# --- entry points --------------------------------------------------------------------------
+
+
 def parse(data: dict, environ: typing.Mapping[str, str] | None = None, *,
           demo: bool = False) -> Settings:
-    """Build and validate settings from a parsed TOML document.
+    """Build and validate settings from a parsed TOML document, secrets from `environ`.
 
-    demo: the upstream key is neither needed nor used (`demo.demo_settings` points the
-    gateway at the built-in demo upstream, which takes none)."""
+    demo: the upstream key is neither needed nor read."""
     environ = os.environ if environ is None else environ
-    problems: list[str] = []
-    settings = _build(Settings, data, "", problems)
-    if not problems:
-        _check(settings, problems)
-        key = read_api_key(settings.upstream.api_key_env, environ)
-        if demo:
-            pass
-        elif key is None:
-            problems.append(
-                f"upstream.api_key_env: environment variable {settings.upstream.api_key_env} "
-                "is not set (nor a systemd credential of that name); expected the upstream key"
-            )
-        else:
-            fallback_keys = []
-            for i, fb in enumerate(settings.upstream.fallbacks):
-                fb_key = read_api_key(fb.api_key_env, environ) if fb.api_key_env else key
-                if fb_key is None:
-                    problems.append(f"upstream.fallbacks[{i}].api_key_env: environment variable "
-                                    f"{fb.api_key_env} is not set; expected a key")
-                fallback_keys.append(fb_key or "")
-            settings = dataclasses.replace(settings, api_key=key,
-                                           fallback_keys=tuple(fallback_keys))
-    if problems:
-        raise ConfigError(problems)
-    return settings
+    p = Problems()
+    settings = build(Settings, data, "", p)
+    secrets = _read_secrets(settings, _Environment(environ, p), demo)
+    if p.lines:
+        raise ConfigError(p.lines)
+    return replace(settings, **secrets, warnings=tuple(p.warnings))
 
 
 def load(path: str | os.PathLike, environ: typing.Mapping[str, str] | None = None, *,
          demo: bool = False) -> Settings:
-    """Read and validate a TOML file. A missing default file means all defaults."""
+    """Read and validate a TOML file."""
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -484,3 +330,5 @@ def load(path: str | os.PathLike, environ: typing.Mapping[str, str] | None = Non
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
     return parse(data, environ, demo=demo)
+
+

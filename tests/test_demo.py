@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from openai_gateway.demo import DEMO_KEY, DEMO_MODELS, demo_settings
-from openai_gateway.settings import Settings, parse
+from openai_gateway.settings import Settings, as_limits, parse
 
 from .conftest import ROOT, GatewayProcess, free_port
 
@@ -269,7 +269,7 @@ def test_demo_settings_replace_only_defaults_and_always_point_at_the_demo():
     d = demo_settings(s, "http://127.0.0.1:1234/v1")
     assert d.upstream.base_url == "http://127.0.0.1:1234/v1" and d.api_key == DEMO_KEY
     assert d.playground.enabled and d.cache.sampled and d.server.workers == 1
-    assert d.rate_limit.requests == ("5/second",)
+    assert d.rate_limit.requests == as_limits(["5/second"])
     assert d.validation.allowed_models == DEMO_MODELS
     assert d.cors.allow_origins == ("https://app.example", "http://127.0.0.1:9000",
                                     "http://localhost:9000")

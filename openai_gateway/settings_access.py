@@ -1,0 +1,242 @@
+"""Who may call and what they may spend: [auth] (issuers, tokens, sessions), [tiers.NAME],
+[[clients]], [prices], [budget].
+
+Each is a frozen dataclass whose fields are the file's keys, with their defaults, and whose
+`check(key, problems)` validates its own values when the loader builds it. Only the names of
+the environment variables holding secrets are here; `settings.parse` reads the secrets.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from limits import RateLimitItemPerHour
+
+from .limitspec import Limits, Spend, as_limits, as_spend
+from .loader import Problems, coerce
+
+#: JWS algorithms a JWT issuer may be allowed (RFC 7518 section 3.1); "none" is not one of them.
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+Algorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384",
+                    "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+#: RFC 7518 section 3.2: an HMAC key at least as long as the hash output (256 bits for HS256).
+MIN_HMAC_SECRET = 32
+TIER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TIER_NAME_EXPECTED = "a name of letters, digits, _ . - (at most 64)"
+
+
+def _https_or_loopback(url: str) -> bool:
+    """https://, or http:// to this machine (127.0.0.0/8, ::1, localhost): fetched secrets and
+    tokens must not cross a network in clear text."""
+    try:
+        u = urlsplit(url)
+        u.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    if not u.hostname or u.scheme not in ("http", "https"):
+        return False
+    if u.scheme == "https" or u.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(u.hostname).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class IssuerSettings:
+    """A login provider whose JWTs identify the app's users (exactly one key source)."""
+
+    #: The token's iss must equal this.
+    issuer: str = ""
+    #: aud must contain this ("" = not checked).
+    audience: str = ""
+    jwks_url: str = ""
+    jwks_file: str = ""
+    #: HS* tokens: the variable holding the shared secret.
+    secret_env: str = ""
+    #: The allowlist (required); "none" is never accepted.
+    algorithms: tuple[Algorithm, ...] = ()
+    #: The claim naming the user's tier ("" = none: the default tier).
+    tier_claim: str = ""
+    #: Seconds of clock skew allowed on exp and nbf.
+    leeway: int = 30
+    #: Seconds: an unknown kid refetches the JWKS at most this often.
+    jwks_cooldown: float = 30.0
+
+    def check(self, at: str, p: Problems) -> None:
+        p.expect(bool(self.issuer), f"{at}.issuer", self.issuer, "the issuer (the tokens' iss)")
+        one_source = self._check_source(at, p)
+        p.expect(bool(self.algorithms), f"{at}.algorithms", list(self.algorithms),
+                 "a non-empty list of algorithms")
+        for i, alg in enumerate(self.algorithms if one_source else ()):
+            hmac = alg in HMAC_ALGORITHMS
+            if hmac and not self.secret_env:
+                p.note(f"{at}.algorithms[{i}]", f"got {alg!r}, expected an algorithm for a "
+                       "JWKS (RS*, PS*, ES*, EdDSA): HS* needs secret_env")
+            elif not hmac and self.secret_env:
+                p.note(f"{at}.algorithms[{i}]", f"got {alg!r}, expected HS256, HS384 or "
+                       "HS512 with secret_env (public-key algorithms need jwks_url or jwks_file)")
+        p.expect(self.leeway >= 0, f"{at}.leeway", self.leeway, ">= 0 (seconds)")
+        p.positive(self, at, "jwks_cooldown")
+
+    def _check_source(self, at: str, p: Problems) -> bool:
+        """Exactly one key source, and a usable one; True when there is exactly one."""
+        sources = [k for k in ("jwks_url", "jwks_file", "secret_env") if getattr(self, k)]
+        if len(sources) != 1:
+            p.note(at, f"got {', '.join(sources) or 'no key source'}, expected exactly one of "
+                       "jwks_url, jwks_file or secret_env",
+                   fields=("jwks_url", "jwks_file", "secret_env"))
+        if self.jwks_url:
+            p.expect(_https_or_loopback(self.jwks_url), f"{at}.jwks_url", self.jwks_url,
+                     "an https:// URL (http:// only to 127.0.0.0/8, ::1 or localhost)")
+        if self.jwks_file:
+            p.expect(Path(self.jwks_file).is_file(), f"{at}.jwks_file", self.jwks_file,
+                     "a readable JWKS file")
+        return len(sources) == 1
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """Tokens the gateway signs itself (POST /gateway/tokens, mint-token)."""
+
+    #: The variable holding the signing secret ("" = off).
+    secret_env: str = ""
+    #: The previous secret, still accepted for verification while tokens signed with it live.
+    previous_secret_env: str = ""
+    #: Seconds: the longest lifetime a minted token may ask for.
+    max_ttl: int = 3600
+
+    def check(self, at: str, p: Problems) -> None:
+        p.positive(self, at, "max_ttl")
+        if self.previous_secret_env and not self.secret_env:
+            p.note(f"{at}.previous_secret_env", "set without secret_env, expected both or "
+                                                "secret_env alone")
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Captcha-checked sessions for apps with no backend (POST /gateway/session)."""
+
+    #: The captcha provider's siteverify URL ("" = off).
+    captcha_verify_url: str = ""
+    captcha_secret_env: str = ""
+    #: The tier of session tokens (an unknown tier falls back at run time, with a warning).
+    tier: str = "free"
+    #: Seconds a session token lives.
+    ttl: int = 900
+    #: Session creations allowed per client address.
+    requests: Limits = (RateLimitItemPerHour(10),)
+
+    def __post_init__(self):
+        coerce(self, requests=as_limits)
+
+    def check(self, at: str, p: Problems) -> None:
+        if self.captcha_verify_url:
+            p.expect(_https_or_loopback(self.captcha_verify_url), f"{at}.captcha_verify_url",
+                     self.captcha_verify_url,
+                     "an https:// URL (http:// only to 127.0.0.0/8, ::1 or localhost)")
+            p.expect(bool(self.captcha_secret_env), f"{at}.captcha_secret_env",
+                     self.captcha_secret_env, "the variable holding the captcha secret")
+        p.positive(self, at, "ttl")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    #: False: a request with no verified identity (client key or user token) gets 401.
+    anonymous: bool = True
+    require_client_key: bool = False
+    issuers: tuple[IssuerSettings, ...] = ()
+    tokens: TokenSettings = field(default_factory=TokenSettings)
+    sessions: SessionSettings = field(default_factory=SessionSettings)
+
+    def check(self, at: str, p: Problems) -> None:
+        seen = set()
+        for i, issuer in enumerate(self.issuers):
+            if issuer.issuer in seen:
+                p.note(f"{at}.issuers[{i}].issuer", "duplicate of an earlier issuer")
+            seen.add(issuer.issuer)
+
+
+@dataclass(frozen=True)
+class TierSettings:
+    """A tier's values replace the [rate_limit] / [validation] ones for its users (None: not
+    set, the general value applies)."""
+
+    requests: Limits | None = None
+    tokens: Limits | None = None
+    spend: Spend | None = None
+    models: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        coerce(self, requests=as_limits, tokens=as_limits, spend=as_spend)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """A gateway-issued client key (only its SHA-256 is stored)."""
+
+    name: str = ""
+    key_sha256: str = ""
+    requests: Limits | None = None
+    tokens: Limits | None = None
+    models: tuple[str, ...] | None = None
+    #: "client": cache entries are private to this key; "shared": shared with everyone.
+    cache_scope: Literal["client", "shared"] = "client"
+    #: A [tiers.NAME] (None: none; an unknown name falls back at run time, with a warning).
+    tier: str | None = None
+    spend: Spend | None = None
+
+    def __post_init__(self):
+        coerce(self, requests=as_limits, tokens=as_limits, spend=as_spend)
+
+    def check(self, at: str, p: Problems) -> None:
+        if not self.name:
+            p.note(f"{at}.name", "expected a non-empty name")
+        h = self.key_sha256.lower()
+        p.expect(len(h) == 64 and all(ch in "0123456789abcdef" for ch in h),
+                 f"{at}.key_sha256", self.key_sha256,
+                 "64 hex digits (python gateway.py new-client-key NAME prints one)")
+
+
+@dataclass(frozen=True)
+class PriceSettings:
+    """US dollars per 1M tokens for one model."""
+
+    input: float
+    cached_input: float
+    output: float
+
+    @staticmethod
+    def prepare(table: dict) -> dict:
+        """cached_input defaults to input (a provider with no cache discount)."""
+        if "cached_input" not in table and "input" in table:
+            return {**table, "cached_input": table["input"]}
+        return table
+
+    def check(self, at: str, p: Problems) -> None:
+        for name in ("input", "cached_input", "output"):
+            value = getattr(self, name)
+            p.expect(value >= 0, f"{at}.{name}", value, ">= 0 (US dollars per 1M tokens)")
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """Ceilings for the whole gateway, every client together (0 = none)."""
+
+    daily_usd: float = 0.0
+    monthly_usd: float = 0.0
+    #: Warn in the log when this share of a ceiling is spent.
+    warn_at: float = 0.8
+
+    def check(self, at: str, p: Problems) -> None:
+        for name in ("daily_usd", "monthly_usd"):
+            value = getattr(self, name)
+            p.expect(value >= 0, f"{at}.{name}", value, ">= 0 (0 = no ceiling)")
+        p.expect(0 < self.warn_at <= 1, f"{at}.warn_at", self.warn_at, "0 < x <= 1")
+
+
