@@ -145,8 +145,8 @@ async def test_memory_cache_is_bounded(make_gateway, fake):
     for i in range(20):
         await post(gw, dict(CHAT, seed=i))
     from openai_gateway.app import PROXY
-    backend = gw.app[PROXY].cache._backends[0]
-    assert 0 < backend.bytes <= 2000 and len(backend._cache) < 20
+    backend = gw.app[PROXY].cache.memory
+    assert 0 < backend.bytes <= 2000 and len(backend.items()) < 20
     r, _ = await post(gw, dict(CHAT, seed=0))
     assert r.headers["X-Cache"] == "MISS"  # the oldest was evicted
     r, _ = await post(gw, dict(CHAT, seed=19))
