@@ -1,26 +1,30 @@
 """The prompt cache (aiocache): canonical keys, policy, single-flight.
 
-Never wrong before fast: the key is SHA-256 of the route, the client's cache scope and the
-canonical JSON body (sorted keys, every field counts); only complete 200 answers are stored;
-sampled answers (temperature > 0, or unset which means 1) are not cached unless configured;
-a value that does not parse is a miss; storage trouble bypasses the cache, never fails a request.
+Never wrong before fast: the key is SHA-256 of the route, the client's cache scope, every client
+header the upstream receives and the canonical JSON body (sorted keys, every field counts);
+only complete 200 answers are stored; sampled answers (temperature > 0, or unset which means 1)
+are not cached unless configured; a value that does not parse is a miss; storage trouble
+bypasses the cache, never fails a request.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import orjson
 from aiocache import MemcachedCache
 from aiocache.serializers import NullSerializer
+from multidict import istr
 
 from .memory_cache import BoundedMemoryCache
 from .settings import CacheSettings
 from .storage import StorageURL
 from .streaming import DONE, RESPONSES_DONE
+from .upstream import FORWARDED_HEADERS
 from .validation import ParsedRequest
 
 log = logging.getLogger("gateway.cache")
@@ -35,6 +39,21 @@ POLL_SECONDS = 0.05
 #: What a memory entry costs besides its value (key string, dict slot, deadline), so that
 #: cache.max_bytes bounds the process's memory, not only the stored bodies.
 ENTRY_OVERHEAD = 400
+#: Client headers that are part of the key: exactly those the upstream receives, since an
+#: answer may depend on anything it was sent. Each one, by its exact value (absent is not ""):
+#: - OpenAI-Beta: opts into a beta's behaviour and shapes; an answer given under one beta is
+#:   not the answer without it.
+#: - Accept: forwarded as sent; an OpenAI-compatible upstream may choose its format by it. One
+#:   front-end (one SDK) always sends the same value, so hits within an app are unaffected.
+#: - Idempotency-Key: keyed, not bypassed. The same key means the same operation, and its retry
+#:   (say, after the connection dropped) should get the same answer without a second charge:
+#:   what the client asks for by sending the key. A different key is a distinct operation and
+#:   never gets another's answer. The cost is one entry per key, which ages out like any cold
+#:   entry. (The official SDKs send none unless the app sets one.)
+VARY_HEADERS = FORWARDED_HEADERS
+# istr: multidict finds these without case-folding the name on every call (an absent header
+# cost 400 ns per lookup as a str, 120 ns as an istr).
+_VARY_NAMES = tuple(istr(name) for name in VARY_HEADERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +87,21 @@ class Entry:
         return None
 
 
-def cache_key(route: str, scope: str, body: dict) -> str:
-    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    h = hashlib.sha256(route.encode())
-    h.update(b"\0" + scope.encode() + b"\0")
-    h.update(canonical)
+def cache_key(route: str, scope: str, body: dict, headers: Mapping[str, str]) -> str:
+    """The storage key of an answer. `headers` is the client's request headers (looked up
+    case-insensitively, as aiohttp's `request.headers` does); only `VARY_HEADERS` count."""
+    vary = [headers.get(name) for name in _VARY_NAMES]
+    try:  # a JSON array ends where its grammar says: no value can pose as two, absent is null
+        prefix = orjson.dumps([route, scope, vary])
+    except orjson.JSONEncodeError:
+        # Header bytes that are not UTF-8 reach us as surrogates (aiohttp decodes with
+        # surrogateescape), which JSON cannot hold: their repr stands in, a string where the
+        # array would be, so it cannot equal any other request's prefix.
+        prefix = orjson.dumps([route, scope, repr(vary)])
+    h = hashlib.sha256(prefix)
+    # Apart from the prefix: wrapped in it, a body at the validator's depth limit would not
+    # serialise again.
+    h.update(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
     return "c:" + h.hexdigest()  # 66 bytes: far below memcached's 250, no spaces
 
 

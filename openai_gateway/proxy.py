@@ -123,7 +123,7 @@ class Proxy:
         if rec.cache is None:
             scope = client.id if client.key is not None and client.key.cache_scope == "client" \
                 else "shared"
-            key = cache_key(route, scope, parsed.body)
+            key = cache_key(route, scope, parsed.body, request.headers)
             entry = await self.cache.get(key)
             rec.cache = "HIT" if entry is not None else "MISS"
             if entry is not None:  # the key covers the body, "stream" included

@@ -6,14 +6,17 @@ import copy
 import random
 from contextlib import contextmanager
 
+import orjson
 import pytest
 from aiocache.lock import OptimisticLock, OptimisticLockError, RedLock
 from aiocache.serializers import JsonSerializer
+from multidict import CIMultiDict
 
-from openai_gateway.cache import Entry, PromptCache, cache_key
+from openai_gateway.cache import VARY_HEADERS, Entry, PromptCache, cache_key
 from openai_gateway.memory_cache import BoundedMemoryCache
 from openai_gateway.settings import CacheSettings
 from openai_gateway.storage import parse_storage_url
+from openai_gateway.upstream import FORWARDED_HEADERS
 from openai_gateway.validation import ParsedRequest
 
 CHAT = "/v1/chat/completions"
@@ -38,6 +41,11 @@ def changed(path: tuple, value) -> dict:
 # --- cache_key ------------------------------------------------------------------------------
 
 
+def key(route: str, scope: str, body: dict, headers: dict | None = None) -> str:
+    """cache_key with headers as aiohttp hands them over (case-insensitive)."""
+    return cache_key(route, scope, body, CIMultiDict(headers or {}))
+
+
 def test_key_ignores_key_order_at_every_depth():
     reordered = {
         "tools": [{"function": {"parameters": {"properties": {"a": {"type": "string"}},
@@ -46,7 +54,7 @@ def test_key_ignores_key_order_at_every_depth():
         "messages": [{"content": "be brief", "role": "system"}, {"content": "hi", "role": "user"}],
         "seed": 7, "max_tokens": 50, "temperature": 0, "model": "gpt-4o-mini",
     }
-    assert cache_key(CHAT, "shared", reordered) == cache_key(CHAT, "shared", BODY)
+    assert key(CHAT, "shared", reordered) == key(CHAT, "shared", BODY)
 
 
 @pytest.mark.parametrize("path, value", [
@@ -61,17 +69,17 @@ def test_key_ignores_key_order_at_every_depth():
     (("tools", 0, "function", "parameters", "properties", "a", "type"), "number"),
 ])
 def test_any_field_change_changes_the_key(path, value):
-    assert cache_key(CHAT, "shared", changed(path, value)) != cache_key(CHAT, "shared", BODY)
+    assert key(CHAT, "shared", changed(path, value)) != key(CHAT, "shared", BODY)
 
 
 def test_removed_field_changes_the_key():
     body = {k: v for k, v in BODY.items() if k != "seed"}
-    assert cache_key(CHAT, "shared", body) != cache_key(CHAT, "shared", BODY)
+    assert key(CHAT, "shared", body) != key(CHAT, "shared", BODY)
 
 
 def test_message_order_counts():
     body = changed(("messages",), list(reversed(BODY["messages"])))
-    assert cache_key(CHAT, "shared", body) != cache_key(CHAT, "shared", BODY)
+    assert key(CHAT, "shared", body) != key(CHAT, "shared", BODY)
 
 
 @pytest.mark.parametrize("a, b", [
@@ -81,7 +89,7 @@ def test_message_order_counts():
     ((CHAT, "shared"), (EMBEDDINGS, "shared")),
 ])
 def test_scope_and_route_change_the_key(a, b):
-    assert cache_key(*a, BODY) != cache_key(*b, BODY)
+    assert key(*a, BODY) != key(*b, BODY)
 
 
 @pytest.mark.parametrize("scope, body", [
@@ -91,13 +99,61 @@ def test_scope_and_route_change_the_key(a, b):
     ("shared", {"messages": [{"role": "user", "content": "ü\n\t\r\0 😀"}]}),
 ])
 def test_key_is_memcached_safe(scope, body):
-    key = cache_key(CHAT, scope, body)
-    assert len(key) == 66 and key.startswith("c:")
-    assert all(c in "0123456789abcdef" for c in key[2:])  # no space, control or non-ASCII
+    k = key(CHAT, scope, body, {"OpenAI-Beta": "x y\udcff", "Idempotency-Key": "k" * 5000})
+    assert len(k) == 66 and k.startswith("c:")
+    assert all(c in "0123456789abcdef" for c in k[2:])  # no space, control or non-ASCII
 
 
 def test_key_is_stable():
-    assert cache_key(CHAT, "shared", {"model": "m"}) == cache_key(CHAT, "shared", {"model": "m"})
+    assert key(CHAT, "shared", {"model": "m"}) == key(CHAT, "shared", {"model": "m"})
+
+
+def test_every_forwarded_header_is_part_of_the_key():
+    # The key may not leave out anything the upstream is sent.
+    assert set(VARY_HEADERS) == set(FORWARDED_HEADERS)
+
+
+@pytest.mark.parametrize("a, b", [
+    ({}, {"OpenAI-Beta": "assistants=v2"}),
+    ({"OpenAI-Beta": "assistants=v1"}, {"OpenAI-Beta": "assistants=v2"}),
+    ({}, {"Accept": "application/json"}),
+    ({"Accept": "*/*"}, {"Accept": "application/json"}),
+    ({}, {"Idempotency-Key": "op-1"}),
+    ({"Idempotency-Key": "op-1"}, {"Idempotency-Key": "op-2"}),
+    ({}, {"OpenAI-Beta": ""}),  # absent is not empty
+    ({"OpenAI-Beta": "a", "Accept": "b"}, {"OpenAI-Beta": "b", "Accept": "a"}),  # no swapping
+    ({"OpenAI-Beta": "1:x"}, {"OpenAI-Beta": "1", "Accept": "x"}),  # framing holds
+    ({"OpenAI-Beta": '"], ["'}, {}),
+    ({"OpenAI-Beta": "null"}, {}),
+    # Bytes that are not UTF-8 arrive as surrogates (aiohttp decodes with surrogateescape).
+    ({"OpenAI-Beta": "\udcff"}, {"OpenAI-Beta": "\\udcff"}),
+    ({"OpenAI-Beta": "\udcff"}, {"OpenAI-Beta": "\udcfe"}),
+    ({"OpenAI-Beta": "\udcff"}, {}),
+])
+def test_forwarded_headers_change_the_key(a, b):
+    assert key(CHAT, "shared", BODY, a) != key(CHAT, "shared", BODY, b)
+
+
+def test_a_body_at_the_depth_limit_gets_a_key():
+    body: dict = {"model": "m"}
+    while True:  # as deep as orjson still writes: what the validator lets through
+        deeper = {"model": "m", "x": body}
+        try:
+            orjson.dumps(deeper)
+        except orjson.JSONEncodeError:
+            break
+        body = deeper
+    assert key(CHAT, "shared", body, {"Accept": "\udcff"}).startswith("c:")
+
+
+@pytest.mark.parametrize("headers", [
+    {"openai-beta": "assistants=v2", "IDEMPOTENCY-KEY": "op-1"},  # names are case-insensitive
+    {"OpenAI-Beta": "assistants=v2", "Idempotency-Key": "op-1", "User-Agent": "x",
+     "Authorization": "Bearer y", "Cache-Control": "max-age=60", "X-Forwarded-For": "192.0.2.1"},
+])
+def test_only_forwarded_headers_count(headers):
+    same = {"OpenAI-Beta": "assistants=v2", "Idempotency-Key": "op-1"}
+    assert key(CHAT, "shared", BODY, headers) == key(CHAT, "shared", BODY, same)
 
 
 # --- Entry ----------------------------------------------------------------------------------
