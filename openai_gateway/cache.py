@@ -1,27 +1,30 @@
-"""The prompt cache (aiocache): canonical keys, policy, bounded memory, single-flight.
+"""The prompt cache (aiocache): canonical keys, policy, single-flight.
 
-Never wrong before fast: the key is SHA-256 of the route, the client's cache scope and the
-canonical JSON body (sorted keys, every field counts); only complete 200 answers are stored;
-sampled answers (temperature > 0, or unset which means 1) are not cached unless configured;
-a value that does not parse is a miss; storage trouble bypasses the cache, never fails a request.
+Never wrong before fast: the key is SHA-256 of the route, the client's cache scope, every client
+header the upstream receives and the canonical JSON body (sorted keys, every field counts);
+only complete 200 answers are stored; sampled answers (temperature > 0, or unset which means 1)
+are not cached unless configured; a value that does not parse is a miss; storage trouble
+bypasses the cache, never fails a request.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
-import time
-from collections import OrderedDict
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import orjson
-from aiocache import MemcachedCache, SimpleMemoryCache
+from aiocache import MemcachedCache
 from aiocache.serializers import NullSerializer
+from multidict import istr
 
+from .memory_cache import BoundedMemoryCache
 from .settings import CacheSettings
 from .storage import StorageURL
 from .streaming import DONE, RESPONSES_DONE
+from .upstream import FORWARDED_HEADERS
 from .validation import ParsedRequest
 
 log = logging.getLogger("gateway.cache")
@@ -33,9 +36,24 @@ KIND_JSON, KIND_SSE = b"J", b"S"
 #: How long another process's in-flight fill may keep us waiting (then we ask ourselves).
 LOCK_SECONDS = 30
 POLL_SECONDS = 0.05
-#: What a memory entry costs besides its value (key string, dict slot, TTL timer), so that
+#: What a memory entry costs besides its value (key string, dict slot, deadline), so that
 #: cache.max_bytes bounds the process's memory, not only the stored bodies.
 ENTRY_OVERHEAD = 400
+#: Client headers that are part of the key: exactly those the upstream receives, since an
+#: answer may depend on anything it was sent. Each one, by its exact value (absent is not ""):
+#: - OpenAI-Beta: opts into a beta's behaviour and shapes; an answer given under one beta is
+#:   not the answer without it.
+#: - Accept: forwarded as sent; an OpenAI-compatible upstream may choose its format by it. One
+#:   front-end (one SDK) always sends the same value, so hits within an app are unaffected.
+#: - Idempotency-Key: keyed, not bypassed. The same key means the same operation, and its retry
+#:   (say, after the connection dropped) should get the same answer without a second charge:
+#:   what the client asks for by sending the key. A different key is a distinct operation and
+#:   never gets another's answer. The cost is one entry per key, which ages out like any cold
+#:   entry. (The official SDKs send none unless the app sets one.)
+VARY_HEADERS = FORWARDED_HEADERS
+# istr: multidict finds these without case-folding the name on every call (an absent header
+# cost 400 ns per lookup as a str, 120 ns as an istr).
+_VARY_NAMES = tuple(istr(name) for name in VARY_HEADERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +65,7 @@ class Entry:
         return (KIND_SSE if self.stream else KIND_JSON) + self.body
 
     @staticmethod
-    def decode(value, trusted: bool = False) -> "Entry | None":
+    def decode(value, trusted: bool = False) -> Entry | None:
         """A stored value, or None for anything that is not one of ours (a miss, not a 500).
 
         `trusted`: the value comes from this process's memory, where only `encode` writes;
@@ -69,105 +87,22 @@ class Entry:
         return None
 
 
-def cache_key(route: str, scope: str, body: dict) -> str:
-    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    h = hashlib.sha256(route.encode())
-    h.update(b"\0" + scope.encode() + b"\0")
-    h.update(canonical)
+def cache_key(route: str, scope: str, body: dict, headers: Mapping[str, str]) -> str:
+    """The storage key of an answer. `headers` is the client's request headers (looked up
+    case-insensitively, as aiohttp's `request.headers` does); only `VARY_HEADERS` count."""
+    vary = [headers.get(name) for name in _VARY_NAMES]
+    try:  # a JSON array ends where its grammar says: no value can pose as two, absent is null
+        prefix = orjson.dumps([route, scope, vary])
+    except orjson.JSONEncodeError:
+        # Header bytes that are not UTF-8 reach us as surrogates (aiohttp decodes with
+        # surrogateescape), which JSON cannot hold: their repr stands in, a string where the
+        # array would be, so it cannot equal any other request's prefix.
+        prefix = orjson.dumps([route, scope, repr(vary)])
+    h = hashlib.sha256(prefix)
+    # Apart from the prefix: wrapped in it, a body at the validator's depth limit would not
+    # serialise again.
+    h.update(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
     return "c:" + h.hexdigest()  # 66 bytes: far below memcached's 250, no spaces
-
-
-class BoundedMemoryCache(SimpleMemoryCache):
-    """aiocache's memory backend with the bound it lacks (least recently used out first) and
-    expiry checked on read instead of one event-loop timer per entry.
-
-    Upstream arms `loop.call_later(ttl)` for every set: thousands of hour-long timers in the
-    loop's heap, each costing memory and a heap push/pop on the request path. Here an entry
-    carries its deadline and a read past it is a miss (and removes it); entries nobody reads
-    again leave through the byte bound, like any cold entry.
-    """
-
-    def __init__(self, max_bytes: int, entry_overhead: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        # An OrderedDict, not the parent's dict: least recently used first, and both the move
-        # to the end on a hit and the eviction of the first entry are O(1). A plain dict used
-        # this way leaves a hole at its front per eviction that the next `next(iter())` scans
-        # over until a resize compacts it: a full cache slowed every miss by up to 25 us.
-        self._cache: OrderedDict[str, object] = OrderedDict()
-        self.max_bytes = max_bytes
-        #: Bytes counted per entry besides its value (key, dict slots, deadline).
-        self.entry_overhead = entry_overhead
-        self.bytes = 0
-        self._deadlines: dict[str, float] = {}
-
-    def _live(self, key) -> bool:
-        deadline = self._deadlines.get(key)
-        if deadline is not None and deadline <= time.monotonic():
-            self._SimpleMemoryBackend__delete(key)
-            return False
-        return key in self._cache
-
-    def lookup(self, key):
-        """`get` without aiocache's API layers (timeout, plugins, an environment lookup per
-        call): the gateway's own memory cache is read and written in place."""
-        if not self._live(key):
-            return None
-        self._cache.move_to_end(key)  # most recently used now
-        return self._cache[key]
-
-    async def _get(self, key, encoding="utf-8", _conn=None):
-        return self.lookup(key)
-
-    async def _exists(self, key, _conn=None):
-        return self._live(key)
-
-    async def _add(self, key, value, ttl=None, _conn=None):
-        if self._live(key):
-            raise ValueError(f"Key {key} already exists, use .set to update the value")
-        return await self._set(key, value, ttl=ttl)
-
-    async def _set(self, key, value, ttl=None, _cas_token=None, _conn=None):
-        if _cas_token is not None and _cas_token != self._cache.get(key):
-            return 0
-        return self.store(key, value, ttl)
-
-    def store(self, key, value, ttl=None) -> bool:
-        """`set` in place (see `lookup`)."""
-        old = self._cache.pop(key, None)
-        if old is not None:
-            self.bytes -= len(old) + self.entry_overhead
-        self._cache[key] = value
-        self.bytes += len(value) + self.entry_overhead
-        self._set_deadline(key, ttl)
-        while self.bytes > self.max_bytes and self._cache:
-            self._SimpleMemoryBackend__delete(next(iter(self._cache)))
-        return True
-
-    async def _expire(self, key, ttl, _conn=None):
-        if not self._live(key):
-            return False
-        self._set_deadline(key, ttl)
-        return True
-
-    def _set_deadline(self, key, ttl) -> None:
-        if ttl:
-            self._deadlines[key] = time.monotonic() + ttl
-        else:
-            self._deadlines.pop(key, None)
-
-    async def _clear(self, namespace=None, _conn=None):
-        for key in [k for k in self._cache if not namespace or k.startswith(namespace)]:
-            self._SimpleMemoryBackend__delete(key)
-        return True
-
-    # Every removal (delete, eviction, expiry) goes through the parent's private `__delete`,
-    # so the byte count and deadlines are kept here and only here.
-    def _SimpleMemoryBackend__delete(self, key):
-        value = self._cache.get(key)
-        if value is not None:
-            self.bytes -= len(value) + self.entry_overhead
-        self._deadlines.pop(key, None)
-        return super()._SimpleMemoryBackend__delete(key)
 
 
 class PromptCache:
@@ -177,7 +112,8 @@ class PromptCache:
         self.storage = storage
         self.timeout = timeout
         self._backends: list = []
-        self._memory: BoundedMemoryCache | None = None
+        #: The in-process store when storage is memory:// (None on memcached), once running.
+        self.memory: BoundedMemoryCache | None = None
         self._inflight: dict[str, asyncio.Future] = {}
         self.configure(settings)
 
@@ -185,9 +121,8 @@ class PromptCache:
         """(Re)read the policy; stored entries survive a reload."""
         self.s = settings
         self.routes = frozenset(settings.routes) if settings.enabled else frozenset()
-        for backend in self._backends:
-            if isinstance(backend, BoundedMemoryCache):
-                backend.max_bytes = settings.max_bytes
+        if self.memory is not None:
+            self.memory.max_bytes = settings.max_bytes
 
     @asynccontextmanager
     async def running(self):
@@ -200,9 +135,9 @@ class PromptCache:
                                serializer=NullSerializer(encoding=None))
                 for h, p in self.storage.servers]
         else:
-            self._memory = BoundedMemoryCache(self.s.max_bytes, ENTRY_OVERHEAD, timeout=None,
-                                              serializer=NullSerializer(encoding=None))
-            self._backends = [self._memory]
+            self.memory = BoundedMemoryCache(self.s.max_bytes, ENTRY_OVERHEAD, timeout=None,
+                                             serializer=NullSerializer(encoding=None))
+            self._backends = [self.memory]
         try:
             yield self
         finally:
@@ -233,8 +168,8 @@ class PromptCache:
         return self._backends[int(key[2:10], 16) % len(self._backends)]
 
     async def get(self, key: str) -> Entry | None:
-        if self._memory is not None:
-            return Entry.decode(self._memory.lookup(key), trusted=True)
+        if self.memory is not None:
+            return Entry.decode(self.memory.lookup(key), trusted=True)
         try:
             return Entry.decode(await self._shared(self._backend(key).get(key)))
         except Exception as exc:  # storage trouble is a miss, never a failed request
@@ -245,8 +180,8 @@ class PromptCache:
         value = entry.encode()
         if len(value) > self.s.max_item_bytes:
             return False  # memcached refuses items over 1 MB; memory would thrash
-        if self._memory is not None:
-            return self._memory.store(key, value, self.s.ttl)
+        if self.memory is not None:
+            return self.memory.store(key, value, self.s.ttl)
         try:
             await self._shared(self._backend(key).set(key, value, ttl=self.s.ttl))
             return True

@@ -174,7 +174,7 @@ class Proxy:
             settings = ex.client.settings
             scope = ex.client.id if settings is not None and settings.cache_scope == "client" \
                 else "shared"
-            ex.cache_key = cache_key(ex.route, scope, parsed.body)
+            ex.cache_key = cache_key(ex.route, scope, parsed.body, ex.request.headers)
             entry = await self.cache.get(ex.cache_key)
             rec.cache = "HIT" if entry is not None else "MISS"
             if entry is not None:  # the key covers the body, "stream" included

@@ -49,6 +49,39 @@ async def test_key_order_does_not_matter(gw, fake):
     assert r.headers["X-Cache"] == "HIT"
 
 
+@pytest.mark.parametrize("first, second", [
+    ({}, {"OpenAI-Beta": "assistants=v2"}),
+    ({"OpenAI-Beta": "assistants=v1"}, {"OpenAI-Beta": "assistants=v2"}),
+    ({"Accept": "application/json"}, {"Accept": "text/plain"}),
+    ({"Idempotency-Key": "op-1"}, {"Idempotency-Key": "op-2"}),
+    ({}, {"Idempotency-Key": "op-1"}),
+])
+async def test_forwarded_headers_vary_the_cache(gw, fake, first, second):
+    # What the upstream was sent decides the answer: one client's answer under a beta is
+    # never served to another without it.
+    r1, _ = await post(gw, CHAT, headers=first)
+    r2, _ = await post(gw, CHAT, headers=second)
+    assert (r1.headers["X-Cache"], r2.headers["X-Cache"]) == ("MISS", "MISS")
+    assert len(fake.posts) == 2
+    sent = [{k: p.headers.get(k) for k in ("OpenAI-Beta", "Accept", "Idempotency-Key")}
+            for p in fake.posts]
+    assert [{k: v for k, v in h.items() if k in first or k in second} for h in sent] == [
+        {k: first.get(k) for k in {*first, *second}},
+        {k: second.get(k) for k in {*first, *second}}]
+    r3, _ = await post(gw, CHAT, headers=second)  # the same headers again: a hit
+    assert r3.headers["X-Cache"] == "HIT" and len(fake.posts) == 2
+
+
+async def test_a_retry_with_the_same_idempotency_key_is_served_once(gw, fake):
+    fake.script = [{"delay": 0.3}]
+    headers = {"Idempotency-Key": "op-42", "OpenAI-Beta": "assistants=v2"}
+    results = await asyncio.gather(*(post(gw, CHAT, headers=headers) for _ in range(3)))
+    r, body = await post(gw, CHAT, headers={"idempotency-key": "op-42",
+                                            "openai-beta": "assistants=v2"})
+    assert r.headers["X-Cache"] == "HIT" and {b for _, b in results} == {body}
+    assert len(fake.posts) == 1
+
+
 async def test_errors_are_never_cached(gw, fake):
     fake.script = [{"status": 400}]
     r1, _ = await post(gw, CHAT)
@@ -145,8 +178,8 @@ async def test_memory_cache_is_bounded(make_gateway, fake):
     for i in range(20):
         await post(gw, dict(CHAT, seed=i))
     from openai_gateway.app import PROXY
-    backend = gw.app[PROXY].cache._backends[0]
-    assert 0 < backend.bytes <= 2000 and len(backend._cache) < 20
+    backend = gw.app[PROXY].cache.memory
+    assert 0 < backend.bytes <= 2000 and len(backend.items()) < 20
     r, _ = await post(gw, dict(CHAT, seed=0))
     assert r.headers["X-Cache"] == "MISS"  # the oldest was evicted
     r, _ = await post(gw, dict(CHAT, seed=19))
@@ -209,15 +242,19 @@ async def test_memcached_killed_mid_run_still_serves(make_gateway, memcached_fac
 async def test_poisoned_memcached_value_is_a_miss(make_gateway, memcached_url, fake, poison):
     from openai_gateway.cache import cache_key
     body = dict(CHAT, seed=4242)
-    key = cache_key("/v1/chat/completions", "shared", body)
+    headers = {"Accept": "application/json"}  # the client's default would be */*
+    key = cache_key("/v1/chat/completions", "shared", body, headers)
     host, port = memcached_url.split("//")[1].split(":")
     with socket.create_connection((host, int(port))) as s:
         s.sendall(f"set {key} 0 60 {len(poison)}\r\n".encode() + poison + b"\r\n")
         assert s.recv(100).startswith(b"STORED")
     gw = await make_gateway({"storage": {"url": memcached_url}})
-    r, data = await post(gw, body)
+    r, data = await post(gw, body, headers=headers)
     assert r.status == 200 and r.headers["X-Cache"] == "MISS" and b"choices" in data
-    r, _ = await post(gw, body)
+    with socket.create_connection((host, int(port))) as s:  # the poisoned key was the one read
+        s.sendall(f"get {key}\r\n".encode())
+        assert s.recv(len(data) + 200).split(b"\r\n")[1] == b"J" + data
+    r, _ = await post(gw, body, headers=headers)
     assert r.headers["X-Cache"] == "HIT"
 
 
