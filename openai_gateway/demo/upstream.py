@@ -25,19 +25,19 @@ def reply_text(prompt: str, stream: bool = False) -> str:
     asked = " ".join(prompt.split())
     asked = asked if len(asked) <= 80 else asked[:77] + "..."
     if stream:
-        how = ("It was streamed: the demo upstream sent one word per server-sent event, some "
-               "20 words a second, and the gateway passed each event on as it arrived.")
-        repeat = "from the cache (X-Cache: HIT), its events replayed at once"
+        how = ("It was streamed, one word per server-sent event at some 20 words a second, and "
+               "the gateway passed each event on as it arrived.")
+        repeat = "gets it from the cache (X-Cache: HIT), replayed at once"
     else:
         how = ("It came whole, as one JSON answer; ask with \"stream\": true (the playground's "
                "Stream box) to see it arrive word by word.")
-        repeat = "from the cache (X-Cache: HIT)"
+        repeat = "gets it from the cache (X-Cache: HIT)"
     return (f"[demo] This answer comes from the gateway's built-in demo upstream, not from a "
             f"real model: you wrote \"{asked or 'nothing'}\". {how} With the cache on (the "
-            f"default), the same message sent again is answered {repeat}. Quick repeats meet "
-            "the rate limit (429): in demo mode 20 requests a minute, unless the config file "
-            "sets its own limits. Start the gateway without --demo, with OPENAI_API_KEY set, "
-            "to talk to a real model.")
+            f"default), sending the same message again {repeat}. Quick repeats meet the rate "
+            "limit (429): 20 requests a minute in demo mode, unless the config file sets its "
+            "own. Start the gateway without --demo, with OPENAI_API_KEY set, to talk to a real "
+            "model.")
 
 
 class DemoOpenAI(FakeOpenAI):
