@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from openai_gateway.demo import fake_openai
-from openai_gateway.demo.fake_openai import DONE
+from openai_gateway.demo.formats import DONE
 
 STEP = web.RequestKey("step", dict)
 

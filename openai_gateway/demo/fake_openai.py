@@ -19,10 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import os
-import random
-import re
 import struct
 import time
 from dataclasses import dataclass, field
@@ -30,74 +26,35 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-#: The end of a chat or completions stream (the responses API ends with an event instead).
-DONE = b"data: [DONE]\n\n"
+from .formats import (
+    DONE,
+    Answer,
+    chat_usage,
+    count_tokens,
+    last_user_text,
+    moderation_result,
+    new_id,
+    response_doc,
+    responses_events,
+    responses_usage,
+    sse,
+    text_of,
+    unit_vector,
+    words,
+)
+
 #: The fields that cap an answer's tokens, per route, in the order OpenAI reads them
 #: (max_tokens is deprecated for chat in favour of max_completion_tokens).
 CAPS = {"chat": ("max_completion_tokens", "max_tokens"), "completions": ("max_tokens",),
         "responses": ("max_output_tokens",)}
 #: OpenAI's embedding models are 1536-dimensional, except this one.
 DIMENSIONS = {"text-embedding-3-large": 3072}
-MODERATION_CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening",
-                         "illicit", "illicit/violent", "self-harm", "self-harm/instructions",
-                         "self-harm/intent", "sexual", "sexual/minors", "violence",
-                         "violence/graphic")
-
-
-def words(text: str) -> list[str]:
-    """The streamed pieces of a text: each word with the space after it."""
-    return re.findall(r"\S+\s*", text)
-
-
-def text_of(value) -> str:
-    """The text in a prompt, a message, a content or a list of them (content parts too)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return " ".join(text_of(v) for v in value)
-    if isinstance(value, dict):
-        return text_of(value["content"] if "content" in value else value.get("text", ""))
-    return ""
-
-
-def last_user_text(messages) -> str:
-    """What the user asked last: the last user message, or the whole input."""
-    if isinstance(messages, list):
-        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        if users:
-            return text_of(users[-1])
-    return text_of(messages)
-
-
-def count_tokens(text: str) -> int:
-    return len(text) // 4 + 1
-
-
-def new_id(prefix: str) -> str:
-    return prefix + os.urandom(12).hex()
-
-
-def sse(data: dict, event: str | None = None) -> bytes:
-    head = b"event: " + event.encode() + b"\n" if event else b""
-    return head + b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-@dataclass
-class Answer:
-    """What one request is answered with."""
-
-    pieces: list[str]
-    finish: str  # "stop", or "length" when a token cap cut the answer
-    choices: int
-    prompt_tokens: int
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
 
 
 @dataclass
 class FakeOpenAI:
+    """The fake API; `app()` is its aiohttp application. Unknown paths get OpenAI's 404."""
+
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small",
                                "omni-moderation-latest")
     #: Added to every answer.
@@ -192,27 +149,8 @@ class FakeOpenAI:
             pieces, finish = pieces[:cap], "length"
         n = body.get("n")
         n = n if isinstance(n, int) and 1 <= n <= 16 and route != "responses" else 1
-        return Answer(pieces, finish, n, count_tokens(read))
-
-    def chat_usage(self, a: Answer) -> dict:
-        out = len(a.pieces) * a.choices + self.reasoning_tokens
-        cached = min(self.cached_tokens, a.prompt_tokens)
-        return {"prompt_tokens": a.prompt_tokens, "completion_tokens": out,
-                "total_tokens": a.prompt_tokens + out,
-                "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens,
-                                              "audio_tokens": 0,
-                                              "accepted_prediction_tokens": 0,
-                                              "rejected_prediction_tokens": 0}}
-
-    def responses_usage(self, a: Answer) -> dict:
-        out = len(a.pieces) + self.reasoning_tokens
-        cached = min(self.cached_tokens, a.prompt_tokens)
-        return {"input_tokens": a.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
-                "output_tokens": out,
-                "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
-                "total_tokens": a.prompt_tokens + out}
+        return Answer(pieces, finish, n, count_tokens(read), self.cached_tokens,
+                      self.reasoning_tokens)
 
     async def stream(self, request: web.Request, events: list[bytes],
                      tail: list[bytes]) -> web.StreamResponse:
@@ -247,7 +185,7 @@ class FakeOpenAI:
                              "annotations": []}
             return self.json({**head, "choices": [
                 {"index": i, "message": message, "logprobs": None, "finish_reason": a.finish}
-                for i in range(a.choices)], "usage": self.chat_usage(a), **tags})
+                for i in range(a.choices)], "usage": chat_usage(a), **tags})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         head = dict(head, object="chat.completion.chunk", **tags)
 
@@ -264,7 +202,7 @@ class FakeOpenAI:
             events.append(chunk(delta, a.finish if last else None))
         tail = [chunk({}, a.finish)] if framed else []
         if include_usage:
-            tail.append(sse({**head, "choices": [], "usage": self.chat_usage(a)}))
+            tail.append(sse({**head, "choices": [], "usage": chat_usage(a)}))
         return await self.stream(request, events, tail + [DONE])
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -273,7 +211,7 @@ class FakeOpenAI:
             return body
         prompt = text_of(body.get("prompt"))
         a = self.answer(request, body, "completions", prompt, prompt)
-        usage = self.chat_usage(a)
+        usage = chat_usage(a)
         usage = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
         head = {"id": new_id("cmpl-"), "object": "text_completion", "created": int(time.time()),
                 "model": body.get("model", self.models[0]), "system_fingerprint": "fp_fake"}
@@ -304,7 +242,7 @@ class FakeOpenAI:
                 "status": "completed" if done else "incomplete", "role": "assistant",
                 "content": [part]}
         doc = response_doc(body, self.models[0], status="completed" if done else "incomplete",
-                           output=[item], usage=self.responses_usage(a))
+                           output=[item], usage=responses_usage(a))
         if not body.get("stream"):
             return self.json(doc)
         return await self.stream(request, *responses_events(doc, item, a.pieces))
@@ -332,13 +270,9 @@ class FakeOpenAI:
         inputs = body.get("input")
         inputs = inputs if isinstance(inputs, list) and not (
             inputs and isinstance(inputs[0], dict) and "type" in inputs[0]) else [inputs]
-        result = {"flagged": False,
-                  "categories": dict.fromkeys(MODERATION_CATEGORIES, False),
-                  "category_scores": dict.fromkeys(MODERATION_CATEGORIES, 1e-06),
-                  "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES}}
         return self.json({"id": new_id("modr-"),
                           "model": body.get("model", "omni-moderation-latest"),
-                          "results": [result for _ in inputs]})
+                          "results": [moderation_result() for _ in inputs]})
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         if not isinstance(body := await self.receive(request), dict):
@@ -352,51 +286,3 @@ class FakeOpenAI:
         return self.error(404, f"Invalid URL ({request.method} {request.path})")
 
 
-def unit_vector(seed: bytes, dims: int) -> list[float]:
-    rng = random.Random(hashlib.sha256(seed).digest())
-    v = [rng.gauss(0, 1) for _ in range(dims)]
-    norm = sum(x * x for x in v) ** 0.5 or 1.0
-    return [round(x / norm, 6) for x in v]
-
-
-def response_doc(body: dict, model: str, **fields) -> dict:
-    """A Response object as OpenAI returns it, with the request's settings echoed."""
-    status = fields["status"]
-    return {"id": new_id("resp_"), "object": "response", "created_at": int(time.time()),
-            "status": status, "background": False, "error": None,
-            "incomplete_details": ({"reason": "max_output_tokens"} if status == "incomplete"
-                                   else None),
-            "instructions": body.get("instructions"),
-            "max_output_tokens": body.get("max_output_tokens"),
-            "model": body.get("model", model), "output": fields["output"],
-            "parallel_tool_calls": True, "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None}, "service_tier": "default",
-            "store": body.get("store", True), "temperature": body.get("temperature", 1.0),
-            "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
-            "top_p": body.get("top_p", 1.0), "truncation": "disabled",
-            "usage": fields["usage"], "user": None, "metadata": body.get("metadata") or {}}
-
-
-def responses_events(doc: dict, item: dict, pieces: list[str]) -> tuple[list[bytes], list[bytes]]:
-    """A response's stream as OpenAI sends it: (the opening events, one delta event a word),
-    and the closing events, ending with response.completed or response.incomplete."""
-    seq = iter(range(1 << 30))
-
-    def event(kind: str, **data) -> bytes:
-        return sse({"type": kind, "sequence_number": next(seq), **data}, kind)
-
-    at = {"item_id": item["id"], "output_index": 0, "content_index": 0}
-    started = dict(doc, status="in_progress", incomplete_details=None, output=[], usage=None)
-    empty = dict(item["content"][0], text="")
-    opening = (event("response.created", response=started)
-               + event("response.in_progress", response=started)
-               + event("response.output_item.added", output_index=0,
-                       item=dict(item, status="in_progress", content=[]))
-               + event("response.content_part.added", **at, part=empty))
-    deltas = [event("response.output_text.delta", **at, delta=p, logprobs=[]) for p in pieces]
-    text = item["content"][0]["text"]
-    closing = (event("response.output_text.done", **at, text=text, logprobs=[])
-               + event("response.content_part.done", **at, part=item["content"][0])
-               + event("response.output_item.done", output_index=0, item=item)
-               + event(f"response.{doc['status']}", response=doc))
-    return [opening, *deltas], [closing]
