@@ -160,16 +160,17 @@ def full_reset(window: Window) -> float:
 
 def wait_for(limit: Limit, window: Window, need: int) -> float:
     """Seconds until `need` units fit: the weighted count must fall below limit - need + 1."""
-    previous, previous_ttl, current, _ = window
+    previous, _, current, current_ttl = window
     expiry, room = limit.expiry, limit.amount - need + 1
+    turn = current_ttl - expiry  # until the current window becomes the previous one
     if room <= 0:
         return float(expiry)  # more than the whole budget: it never fits
     if current < room:  # the previous window's weight has to shrink, linearly, to zero
-        if previous * previous_ttl / expiry + current < room:
+        if previous * turn / expiry + current < room:
             return 0.0
-        return max(previous_ttl - (room - current) * expiry / previous, 0.0)
+        return max(turn - (room - current) * expiry / previous, 0.0)
     # The current count has to become the previous window's and lose enough weight.
-    return previous_ttl + expiry * (1 - room / current)
+    return turn + expiry * (1 - room / current)
 
 
 def state(limit: Limit, window: Window) -> LimitState:
@@ -270,8 +271,9 @@ class SharedBook:
                 # A parallel request took the room between the read and the increment.
                 raise refusal(hold, await self.window(hold.key, limit))
             taken.append(hold)
-            left = remaining(limit, window) - hold.amount
-            states.append(LimitState(limit.amount, left, window[3]))
+            previous, previous_ttl, current, current_ttl = window
+            states.append(state(limit, (previous, previous_ttl, current + hold.amount,
+                                        current_ttl)))
         return states
 
     async def give_back(self, holds) -> None:
