@@ -317,8 +317,13 @@ class RateLimiter:
 
     async def check_tokens(self, client, route: str, model: str | None, estimate: int
                            ) -> LimitState | None:
+        """Reserve tokens only; reports the tightest budget as it was before the reservation
+        (what today's headers show; every hold took the same amount, so the order holds)."""
         holds = self._holds(client, route, model, estimate, None)
-        return (await self._take(holds)).tokens if holds else None
+        if not holds:
+            return None
+        taken = (await self._take(holds)).tokens
+        return taken and LimitState(taken.limit, taken.remaining + holds[0].amount, taken.reset)
 
     async def settle_tokens(self, client, route: str, model: str | None, reserved: int,
                             actual: int) -> None:

@@ -218,19 +218,19 @@ async def test_check_tokens_refuses_an_estimate_above_the_remaining_budget():
         assert (h["x-ratelimit-limit-tokens"], h["x-ratelimit-remaining-tokens"]) == ("100", "100")
         assert int(h["Retry-After"]) == 60 and RESET.match(h["x-ratelimit-reset-tokens"])
         state = await lim.check_tokens(ANON, CHAT, MINI, 100)  # exactly the budget fits
-        assert (state.limit, state.remaining) == (100, 0)
+        assert (state.limit, state.remaining) == (100, 100)  # as it was before the reservation
 
 
 async def test_check_tokens_reserves_and_settle_tokens_refunds_or_charges():
     lim = limiter(tokens=["100/minute"])
     async with lim.running():
-        assert (await lim.check_tokens(ANON, CHAT, MINI, 90)).remaining == 10
+        assert (await lim.check_tokens(ANON, CHAT, MINI, 90)).remaining == 100
         with pytest.raises(RateLimited):  # the first reservation holds 90 of 100
             await lim.check_tokens(ANON, CHAT, MINI, 90)
         await lim.settle_tokens(ANON, CHAT, MINI, reserved=90, actual=30)  # refund 60
-        assert (await lim.check_tokens(ANON, CHAT, MINI, 10)).remaining == 60
+        assert (await lim.check_tokens(ANON, CHAT, MINI, 10)).remaining == 70
         await lim.settle_tokens(ANON, CHAT, MINI, reserved=10, actual=50)  # overrun: +40
-        assert (await lim.check_tokens(ANON, CHAT, MINI, 1)).remaining == 19
+        assert (await lim.check_tokens(ANON, CHAT, MINI, 1)).remaining == 20
 
 
 async def test_token_budgets_per_client_key_and_rule():
@@ -245,11 +245,11 @@ async def test_token_budgets_per_client_key_and_rule():
             await lim.check_tokens(ANON, CHAT, "gpt-4o", 51)
         assert info.value.headers["x-ratelimit-limit-tokens"] == "50"
         state = await lim.check_tokens(ANON, CHAT, "gpt-4o", 50)
-        assert (state.limit, state.remaining) == (50, 0)
+        assert (state.limit, state.remaining) == (50, 50)
         # That reservation used the rule's whole budget and half of the client's.
         with pytest.raises(RateLimited):
             await lim.check_tokens(ANON, CHAT, "gpt-4o", 1)
-        assert (await lim.check_tokens(ANON, CHAT, MINI, 50)).remaining == 0
+        assert (await lim.check_tokens(ANON, CHAT, MINI, 50)).remaining == 50
 
 
 async def test_no_token_limits():
