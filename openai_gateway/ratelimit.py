@@ -144,8 +144,8 @@ class RateLimiter:
 
     def _own(self, caller) -> Limits | None:
         limits = getattr(caller, "limits", _UNSET)
-        if limits is _UNSET:  # MERGE ADAPTER: today's Client names its client key's settings
-            key = caller.key
+        if limits is _UNSET:  # MERGE ADAPTER: identity.Client names its client key's settings
+            key = getattr(caller, "settings", None) or getattr(caller, "key", None)
             return self._client_limits.get(key.name) if key is not None else None
         return cast(Limits | None, limits)
 
@@ -277,21 +277,23 @@ class RateLimiter:
         never more), refund the rest. Returns the x-ratelimit-*-tokens / -spend headers with
         the settled remaining values. Never raises (storage errors are logged and counted);
         a second settle of the same reservation does nothing and returns {}."""
+        token_state, spend_state = await self._settle(reservation, tokens, micro_usd)
+        return limit_headers(tokens=token_state, spend=spend_state)
+
+    async def _settle(self, reservation: Reservation, tokens: int, micro_usd: int
+                      ) -> tuple[LimitState | None, LimitState | None]:
         if reservation.settled or not reservation.holds:
-            return {}
+            return None, None
         reservation.settled = True
         holds, book = reservation.holds, self._book
         if isinstance(book, MemoryBook):
-            states = book.settle(holds, tokens, micro_usd)
-        else:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    states = await book.settle(holds, tokens, micro_usd)
-            except Exception as exc:
-                self._storage_failed(exc, refuse=False)
-                return {}
-        token_state, spend_state = tightest(holds, states)
-        return limit_headers(tokens=token_state, spend=spend_state)
+            return tightest(holds, book.settle(holds, tokens, micro_usd))
+        try:
+            async with asyncio.timeout(self.timeout):
+                return tightest(holds, await book.settle(holds, tokens, micro_usd))
+        except Exception as exc:
+            self._storage_failed(exc, refuse=False)
+            return None, None
 
     async def gateway_spend(self) -> dict[str, dict]:
         """The gateway-wide ceilings as counted now, only those configured:
@@ -326,11 +328,12 @@ class RateLimiter:
         return taken and LimitState(taken.limit, taken.remaining + holds[0].amount, taken.reset)
 
     async def settle_tokens(self, client, route: str, model: str | None, reserved: int,
-                            actual: int) -> None:
+                            actual: int) -> LimitState | None:
+        """Settle a check_tokens reservation; returns the tightest token budget after it."""
         holds = self._holds(client, route, model, reserved, None)
         for hold in holds:  # this API kept no reservation: take it to be in the current window
             hold.at = time.time()
-        await self.settle(Reservation(tuple(holds)), tokens=actual, micro_usd=0)
+        return (await self._settle(Reservation(tuple(holds)), actual, 0))[0]
 
 
 def _hit_moving_memory(store: MemoryStore, caller_id: str, scopes) -> LimitState | None:

@@ -158,6 +158,15 @@ async def test_client_key_limits_replace_the_defaults(who, passes):
         assert err.headers["x-ratelimit-limit-requests"] == str(passes)
 
 
+async def test_a_client_naming_its_key_settings_as_settings():
+    """identity.Client's field is `settings` on main (`key` here): both are read until the
+    callers carry their Limits."""
+    lim = limiter(["1/minute"], clients=[BACKEND])
+    who = SimpleNamespace(id="key:backend", settings=BACKEND)
+    async with lim.running():
+        assert [s.remaining for s in await allowed(lim, who, times=5)] == [4, 3, 2, 1, 0]
+
+
 async def test_client_key_with_empty_limits_is_unlimited():
     lim = limiter(["1/minute"], clients=[UNLIMITED])
     async with lim.running():
@@ -227,7 +236,8 @@ async def test_check_tokens_reserves_and_settle_tokens_refunds_or_charges():
         assert (await lim.check_tokens(ANON, CHAT, MINI, 90)).remaining == 100
         with pytest.raises(RateLimited):  # the first reservation holds 90 of 100
             await lim.check_tokens(ANON, CHAT, MINI, 90)
-        await lim.settle_tokens(ANON, CHAT, MINI, reserved=90, actual=30)  # refund 60
+        settled = await lim.settle_tokens(ANON, CHAT, MINI, reserved=90, actual=30)  # refund 60
+        assert (settled.limit, settled.remaining) == (100, 70)
         assert (await lim.check_tokens(ANON, CHAT, MINI, 10)).remaining == 70
         await lim.settle_tokens(ANON, CHAT, MINI, reserved=10, actual=50)  # overrun: +40
         assert (await lim.check_tokens(ANON, CHAT, MINI, 1)).remaining == 20
@@ -257,7 +267,7 @@ async def test_no_token_limits():
     assert not lim.any_tokens
     async with lim.running():
         assert await lim.check_tokens(ANON, CHAT, MINI, 10 ** 9) is None
-        await lim.settle_tokens(ANON, CHAT, MINI, reserved=0, actual=10 ** 9)
+        assert await lim.settle_tokens(ANON, CHAT, MINI, reserved=0, actual=10 ** 9) is None
 
 
 # --- strategy and storage -------------------------------------------------------------------
