@@ -74,8 +74,9 @@ def spend_item(text: str) -> RateLimitItem:
 
 
 def limits_of(values, spend: bool = False) -> tuple[Limit, ...] | None:
-    """Limits from RateLimitItems, shortest window first (a request refused by the minute never
-    touches the day's count). None stays None: "not set, use the defaults"."""
+    """Limits from RateLimitItems (for spend: of micro-dollars, or objects carrying one as
+    `.item`, like settings' SpendLimit), shortest window first: a request refused by the
+    minute never touches the day's count. None stays None: "not set, use the defaults"."""
     if values is None:
         return None
     items = []
@@ -85,7 +86,7 @@ def limits_of(values, spend: bool = False) -> tuple[Limit, ...] | None:
         if isinstance(value, str):
             items.extend([spend_item(value)] if spend else parse_many(value))
         else:
-            items.append(value)
+            items.append(getattr(value, "item", value))
     return tuple(sorted((Limit.of(i) for i in items), key=lambda limit: limit.expiry))
 
 
@@ -249,7 +250,7 @@ class MemoryBook:
 class SharedBook:
     """Budgets on memcached, through limits' sliding-window-counter strategy."""
 
-    def __init__(self, storage: RefundingMemcachedStorage):
+    def __init__(self, storage):  # RefundingMemcachedStorage, or limits' Redis storage
         self.storage = storage
         self.counter = SlidingWindowCounterRateLimiter(storage)
 
@@ -282,10 +283,13 @@ class SharedBook:
                 await self._decr(hold, hold.amount)
 
     async def _decr(self, hold: Hold, units: int) -> None:
+        storage = self.storage
+        if not isinstance(storage, RefundingMemcachedStorage):
+            return  # limits' other storages (Redis) offer no refund: the reservation stays
         # The counter of the window that was current when the units were taken (limits' public
         # key helper), so a refund lands where the reservation went, also after a turn.
-        key = self.storage.sliding_window_keys(hold.key, hold.limit.expiry, hold.at)[1]
-        await self.storage.decr(key, units)
+        key = storage.sliding_window_keys(hold.key, hold.limit.expiry, hold.at)[1]
+        await storage.decr(key, units)
 
     async def settle(self, holds, tokens: int, micro_usd: int) -> list[LimitState]:
         for hold in holds:

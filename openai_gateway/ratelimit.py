@@ -78,9 +78,12 @@ def gateway_limits(budget) -> tuple[tuple[str, Limit], ...]:
 
 def _limits_uri(url: StorageURL) -> str:
     """Our own storages' URIs (MemoryStore, RefundingMemcachedStorage: each class registers
-    its scheme with limits when its module is imported)."""
-    if not url.is_shared:
+    its scheme with limits when its module is imported); any other kind (Redis, on main) is
+    limits' own storage."""
+    if url.kind == "memory":
         return "async+gateway-memory://"
+    if url.kind != "memcached":
+        return url.limits_uri()
     hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in url.servers)
     return "async+gateway-memcached://" + hosts
 
@@ -96,6 +99,7 @@ class RateLimiter:
         # Nothing connects yet: memcached's client opens its connections on first use.
         self._storage = cast(MemoryStore | RefundingMemcachedStorage,
                              storage_from_string(_limits_uri(self.storage_url)))
+        # Budgets: synchronous on our memory store; else limits' sliding-window counter.
         self._book: MemoryBook | SharedBook = (
             MemoryBook(self._storage) if isinstance(self._storage, MemoryStore)
             else SharedBook(self._storage))
@@ -121,8 +125,9 @@ class RateLimiter:
         #: Whether any token budget is configured (today's proxy asks streams for usage then).
         self.any_tokens = any(limits.tokens for limits in known)
         strategy = settings.strategy
-        if strategy == "auto":
-            strategy = "sliding-window-counter" if self.storage_url.is_shared else "moving-window"
+        if strategy == "auto":  # limits has no moving window on memcached
+            strategy = ("sliding-window-counter" if self.storage_url.kind == "memcached"
+                        else "moving-window")
         self.strategy = strategy
         moving = strategy == "moving-window"
         self._req = (MovingWindowRateLimiter if moving else SlidingWindowCounterRateLimiter)(

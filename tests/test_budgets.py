@@ -377,6 +377,13 @@ def test_wait_for(window, need, seconds):
     assert wait_for(LIMIT, window, need) == pytest.approx(max(seconds, 0.0))
 
 
+def test_spend_arrives_as_items_or_as_objects_carrying_one():
+    item = spend_item("0.50/day")
+    carried = SimpleNamespace(item=item, text="0.50/day")  # settings' SpendLimit
+    assert Limits(spend=(carried,)).spend == Limits(spend=(item,)).spend == Limits(
+        spend=("0.50/day",)).spend
+
+
 def test_limit_keys_are_limits_own():
     item = parse("7/2 hours")
     assert Limit.of(item).key("usd", "abc", "rule1") == item.key_for("usd", "abc", "rule1")

@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from limits import parse
+from limits import RateLimitItemPerMinute, parse
 from limits.aio.storage import MemoryStorage as LimitsMemoryStorage
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
@@ -315,7 +315,9 @@ async def test_reconfigure_keeps_the_counters():
 
 @pytest.mark.parametrize("strategy", ["moving-window", "sliding-window-counter"])
 async def test_a_zero_limit_refuses_and_never_fails(strategy):
-    lim = limiter(["0/minute"], strategy=strategy)
+    # Settings refuse "0/minute"; the limiter must not fail on one either (it used to 500).
+    lim = RateLimiter(SimpleNamespace(requests=(RateLimitItemPerMinute(0),), tokens=(),
+                                      rules=(), strategy=strategy))
     async with lim.running():
         for _ in range(2):
             err = await refused(lim)
