@@ -74,6 +74,18 @@ class TokensRateLimited(RateLimited):
     type = "tokens"
 
 
+class SpendLimited(RateLimited):
+    """A dollar budget of the caller (its client key's, its tier's, a rule's) is used up."""
+
+    type, code = "insufficient_quota", "spend_limit_exceeded"
+
+
+class BudgetExceeded(SpendLimited):
+    """The gateway-wide ceiling (budget.daily_usd / budget.monthly_usd) is reached."""
+
+    code = "budget_exceeded"
+
+
 class StorageUnavailable(GatewayError):
     status, type, code = 503, "server_error", "storage_unavailable"
 

@@ -244,7 +244,8 @@ async def test_token_reservation_is_refunded_on_memcached(make_gateway, memcache
                              "upstream": {"retries": 0}})
     ident = {"X-Forwarded-For": "198.51.100.77"}
     fake.script = [{"status": 500}]
-    r = await gw.post("/v1/chat/completions", json=dict(CHAT, max_tokens=100), headers=ident)
+    big = dict(CHAT, max_tokens=900)  # reserves ~901 of the 1000: two never fit together
+    r = await gw.post("/v1/chat/completions", json=big, headers=ident)
     assert r.status == 500
-    r = await gw.post("/v1/chat/completions", json=dict(CHAT, seed=1), headers=ident)
-    assert r.status == 200 and r.headers["x-ratelimit-remaining-tokens"] == "1000"
+    r = await gw.post("/v1/chat/completions", json=dict(big, seed=1), headers=ident)
+    assert r.status == 200 and r.headers["x-ratelimit-limit-tokens"] == "1000"

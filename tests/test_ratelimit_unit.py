@@ -3,16 +3,24 @@ from __future__ import annotations
 
 import asyncio
 import re
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from limits import RateLimitItemPerMinute, parse
+from limits.aio.storage import MemoryStorage as LimitsMemoryStorage
+from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
 
+from openai_gateway.budgets import Limits
 from openai_gateway.errors import RateLimited
 from openai_gateway.identity import Client, hash_key
-from openai_gateway.ratelimit import LimitState, RateLimiter, format_reset, headers
+from openai_gateway.mcstore import RefundingMemcachedStorage
+from openai_gateway.memstore import MemoryStore
+from openai_gateway.ratelimit import LimitState, RateLimiter, format_reset, headers, limit_headers
 from openai_gateway.settings import ClientSettings, RateLimitSettings, RuleSettings
 from openai_gateway.storage import parse_storage_url
 
@@ -74,7 +82,17 @@ def test_format_reset(seconds, text):
         "x-ratelimit-remaining-tokens": "9", "x-ratelimit-reset-tokens": "1h2m3s"}),
 ])
 def test_headers(requests, tokens, expected):
-    assert headers(requests, tokens) == expected
+    assert limit_headers(requests, tokens) == expected
+    assert headers(requests, tokens) == expected  # today's name in proxy.py
+
+
+@pytest.mark.parametrize("limit, remaining, shown", [
+    (500_000, 250_000, ("0.500000", "0.250000")), (10_000_000, 0, ("10.000000", "0.000000")),
+    (1, 1, ("0.000001", "0.000001")), (1_500_000, -5, ("1.500000", "0.000000")),
+])
+def test_spend_headers_are_dollars_with_six_decimals(limit, remaining, shown):
+    h = limit_headers(spend=LimitState(limit, remaining, 10))
+    assert h == {"x-ratelimit-limit-spend": shown[0], "x-ratelimit-remaining-spend": shown[1]}
 
 
 # --- request limits -------------------------------------------------------------------------
@@ -140,6 +158,15 @@ async def test_client_key_limits_replace_the_defaults(who, passes):
         assert err.headers["x-ratelimit-limit-requests"] == str(passes)
 
 
+async def test_a_client_naming_its_key_settings_as_settings():
+    """identity.Client's field is `settings` on main (`key` here): both are read until the
+    callers carry their Limits."""
+    lim = limiter(["1/minute"], clients=[BACKEND])
+    who = SimpleNamespace(id="key:backend", settings=BACKEND)
+    async with lim.running():
+        assert [s.remaining for s in await allowed(lim, who, times=5)] == [4, 3, 2, 1, 0]
+
+
 async def test_client_key_with_empty_limits_is_unlimited():
     lim = limiter(["1/minute"], clients=[UNLIMITED])
     async with lim.running():
@@ -183,7 +210,8 @@ async def test_rule_with_route_and_model_needs_both(route, model, limited):
             assert first is None and await allowed(lim, route=route, model=model) == [None]
 
 
-# --- token budgets --------------------------------------------------------------------------
+# --- token budgets through today's proxy API (check_tokens / settle_tokens) ------------------
+# The budgets themselves are tested in test_budgets.py, through reserve / settle.
 
 
 async def test_check_tokens_refuses_an_estimate_above_the_remaining_budget():
@@ -197,12 +225,12 @@ async def test_check_tokens_refuses_an_estimate_above_the_remaining_budget():
                                       "this request needs about 101.")
         h = err.headers
         assert (h["x-ratelimit-limit-tokens"], h["x-ratelimit-remaining-tokens"]) == ("100", "100")
-        assert 1 <= int(h["Retry-After"]) <= 60 and RESET.match(h["x-ratelimit-reset-tokens"])
+        assert int(h["Retry-After"]) == 60 and RESET.match(h["x-ratelimit-reset-tokens"])
         state = await lim.check_tokens(ANON, CHAT, MINI, 100)  # exactly the budget fits
-        assert (state.limit, state.remaining) == (100, 100)
+        assert (state.limit, state.remaining) == (100, 100)  # as it was before the reservation
 
 
-async def test_check_tokens_reserves_and_settle_refunds_or_charges():
+async def test_check_tokens_reserves_and_settle_tokens_refunds_or_charges():
     lim = limiter(tokens=["100/minute"])
     async with lim.running():
         assert (await lim.check_tokens(ANON, CHAT, MINI, 90)).remaining == 100
@@ -212,43 +240,6 @@ async def test_check_tokens_reserves_and_settle_refunds_or_charges():
         assert (await lim.check_tokens(ANON, CHAT, MINI, 10)).remaining == 70
         await lim.settle_tokens(ANON, CHAT, MINI, reserved=10, actual=50)  # overrun: +40
         assert (await lim.check_tokens(ANON, CHAT, MINI, 1)).remaining == 20
-
-
-async def test_charge_then_check():
-    lim = limiter(tokens=["100/minute"])
-    async with lim.running():
-        await lim.charge_tokens(ANON, CHAT, MINI, 60)
-        assert (await lim.check_tokens(ANON, CHAT, MINI, 40)).remaining == 40
-        with pytest.raises(RateLimited):
-            await lim.check_tokens(ANON, CHAT, MINI, 41)
-        assert (await lim.check_tokens(OTHER, CHAT, MINI, 100)).remaining == 100
-
-
-@pytest.mark.parametrize("charges", [[1000], [60, 1000], [100, 1], [99, 2]])
-async def test_an_overrun_empties_the_budget_and_never_goes_negative(charges):
-    lim = limiter(tokens=["100/minute"])
-    async with lim.running():
-        for tokens in charges:
-            await lim.charge_tokens(ANON, CHAT, MINI, tokens)
-        with pytest.raises(RateLimited) as info:
-            await lim.check_tokens(ANON, CHAT, MINI, 1)
-        assert info.value.headers["x-ratelimit-remaining-tokens"] == "0"
-
-
-@pytest.mark.parametrize("tokens", [0, -5])
-async def test_nothing_to_charge(tokens):
-    lim = limiter(tokens=["100/minute"])
-    async with lim.running():
-        await lim.charge_tokens(ANON, CHAT, MINI, tokens)
-        assert (await lim.check_tokens(ANON, CHAT, MINI, 100)).remaining == 100
-
-
-async def test_an_empty_budget_refuses_even_a_zero_estimate():
-    lim = limiter(tokens=["10/minute"])
-    async with lim.running():
-        await lim.charge_tokens(ANON, CHAT, MINI, 10)
-        with pytest.raises(RateLimited):
-            await lim.check_tokens(ANON, CHAT, MINI, 0)
 
 
 async def test_token_budgets_per_client_key_and_rule():
@@ -275,10 +266,10 @@ async def test_no_token_limits():
     assert not lim.any_tokens
     async with lim.running():
         assert await lim.check_tokens(ANON, CHAT, MINI, 10 ** 9) is None
-        await lim.charge_tokens(ANON, CHAT, MINI, 10 ** 9)
+        await lim.settle_tokens(ANON, CHAT, MINI, reserved=0, actual=10 ** 9)
 
 
-# --- strategy -------------------------------------------------------------------------------
+# --- strategy and storage -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("strategy, url, expected", [
@@ -299,9 +290,17 @@ async def test_running_builds_the_strategy(strategy, requests_class):
     lim = limiter(["1/minute"], strategy=strategy)
     async with lim.running():
         assert type(lim._req) is requests_class
-        assert type(lim._tok) is SlidingWindowCounterRateLimiter  # tokens: never moving window
         await allowed(lim)
         await refused(lim)
+
+
+@pytest.mark.parametrize("uri, cls", [
+    ("async+gateway-memory://", MemoryStore),
+    ("async+gateway-memcached://127.0.0.1:11211,[::1]:11212", RefundingMemcachedStorage),
+])
+def test_our_storages_are_registered_with_limits(uri, cls):
+    storage = storage_from_string(uri)
+    assert type(storage) is cls and isinstance(storage, Storage)
 
 
 async def test_reconfigure_keeps_the_counters():
@@ -314,58 +313,99 @@ async def test_reconfigure_keeps_the_counters():
         await refused(lim)
 
 
-# --- the memory storage's fast path answers exactly like limits' own ---------------------------
+@pytest.mark.parametrize("strategy", ["moving-window", "sliding-window-counter"])
+async def test_a_zero_limit_refuses_and_never_fails(strategy):
+    # Settings refuse "0/minute"; the limiter must not fail on one either (it used to 500).
+    lim = RateLimiter(SimpleNamespace(requests=(RateLimitItemPerMinute(0),), tokens=(),
+                                      rules=(), strategy=strategy))
+    async with lim.running():
+        for _ in range(2):
+            err = await refused(lim)
+            assert err.headers["x-ratelimit-limit-requests"] == "0"
+            assert 1 <= int(err.headers["Retry-After"]) <= 60
 
 
-@given(steps=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 3),
-                                st.floats(0, 4, allow_nan=False)), max_size=60))
-@settings(max_examples=60, deadline=None)
-def test_memory_moving_window_matches_limits_reference(steps):
-    """Same hits, same clock: the gateway's storage (no lock, limits' wrappers removed, key
-    built once) allows and counts exactly what limits' MemoryStorage does."""
-    from limits import parse
-    from limits.aio.storage import MemoryStorage
-    from openai_gateway.ratelimit import SweepingMemoryStorage
+async def test_limits_given_as_items_and_carried_by_the_caller():
+    """The settings hand over parsed RateLimitItems; a caller may carry its own Limits (its
+    client key's or tier's), which replace the defaults kind by kind."""
+    lim = RateLimiter(SimpleNamespace(requests=(parse("1/minute"),), tokens=(), rules=(),
+                                      strategy="auto"))
+    tier = SimpleNamespace(id="user:ada", limits=Limits(requests=(parse("3/minute"),)))
+    async with lim.running():
+        assert [s.remaining for s in await allowed(lim, tier, times=3)] == [2, 1, 0]
+        await refused(lim, tier)
+        await allowed(lim)
+        await refused(lim)
 
-    item = parse("5/10 seconds")
 
+# --- the memory store answers exactly like limits' own MemoryStorage --------------------------
+
+
+def _run_against_reference(steps, item, strategy, compare):
     async def run():
         clock = [1_000_000.0]
-        ours, ref = SweepingMemoryStorage(), MemoryStorage()
-        a, b = MovingWindowRateLimiter(ours), MovingWindowRateLimiter(ref)
+        ours, ref = MemoryStore(), LimitsMemoryStorage()
+        a, b = strategy(ours), strategy(ref)
         with mock.patch("time.time", lambda: clock[0]):
             for who, cost, wait in steps:
                 clock[0] += wait
-                allowed = await a.hit(item, who, cost=cost)
-                assert allowed == await b.hit(item, who, cost=cost)
-                if allowed:  # an allowed hit also forgets the entries that left the window
-                    assert all(expires >= clock[0] for expires in ours.events[item.key_for(who)])
-                ours_stats = await a.get_window_stats(item, who)
-                ref_stats = await b.get_window_stats(item, who)
-                assert ours_stats.remaining == ref_stats.remaining
-                # Reset times agree whenever they are in the future; with an empty window
-                # limits reports its oldest (long expired) entry, which trimming may drop.
-                # (to the microsecond: ours is stored as an expiry time, not a start time)
-                assert max(ours_stats.reset_time - clock[0], 0) == pytest.approx(
-                    max(ref_stats.reset_time - clock[0], 0), abs=1e-6)
-                assert len(ours.events.get(item.key_for(who), [])) <= item.amount
+                ok = await a.hit(item, who, cost=cost)
+                assert ok == await b.hit(item, who, cost=cost)
+                await compare(ours, ref, a, b, who, clock[0], ok)
+        ours.close()
         if ref.timer:
             ref.timer.cancel()
 
     asyncio.run(run())
 
 
+STEPS = st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 3),
+                           st.floats(0, 4, allow_nan=False)), max_size=60)
+
+
+@given(steps=STEPS)
+@settings(max_examples=60, deadline=None)
+def test_memory_moving_window_matches_limits_reference(steps):
+    item = parse("5/10 seconds")
+
+    async def compare(ours, ref, a, b, who, now, ok):
+        if ok:  # an allowed hit also forgets the entries that left the window
+            assert all(expires >= now for expires in ours.events[item.key_for(who)])
+        ours_stats, ref_stats = await a.get_window_stats(item, who), await b.get_window_stats(
+            item, who)
+        assert ours_stats.remaining == ref_stats.remaining
+        # Reset times agree whenever they are in the future; with an empty window limits
+        # reports its oldest (long expired) entry, which trimming may drop (to the
+        # microsecond: ours is stored as an expiry time, not a start time).
+        assert max(ours_stats.reset_time - now, 0) == pytest.approx(
+            max(ref_stats.reset_time - now, 0), abs=1e-6)
+        assert len(ours.events.get(item.key_for(who), [])) <= item.amount
+
+    _run_against_reference(steps, item, MovingWindowRateLimiter, compare)
+
+
+@given(steps=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 4),
+                                st.floats(0, 9, allow_nan=False)), max_size=60))
+@settings(max_examples=60, deadline=None)
+def test_memory_sliding_window_counter_matches_limits_reference(steps):
+    item = parse("6/10 seconds")
+
+    async def compare(ours, ref, a, b, who, now, ok):
+        key = item.key_for(who)
+        assert await ours.get_sliding_window(key, 10) == await ref.get_sliding_window(key, 10)
+        assert await a.get_window_stats(item, who) == await b.get_window_stats(item, who)
+
+    _run_against_reference(steps, item, SlidingWindowCounterRateLimiter, compare)
+
+
 def test_a_client_under_its_limit_keeps_one_window_of_entries():
     """A returning client that never reaches its limit must not accumulate entries up to
     the limit (1,000 such clients on "120/minute" held 120,000 entries after 33 minutes)."""
-    from limits import parse
-    from openai_gateway.ratelimit import SweepingMemoryStorage
-
     item = parse("120/minute")
 
     async def run():
         clock = [1_000_000.0]
-        storage = SweepingMemoryStorage()
+        storage = MemoryStore()
         limiter = MovingWindowRateLimiter(storage)
         with mock.patch("time.time", lambda: clock[0]):
             for _ in range(600):  # one hit every 10 s for 100 minutes
@@ -375,8 +415,7 @@ def test_a_client_under_its_limit_keeps_one_window_of_entries():
             assert 6 <= len(entries) <= 7  # the last minute's hits, not 120
             remaining = (await limiter.get_window_stats(item, "returning")).remaining
             assert 120 - 7 <= remaining <= 120 - 6
-        if storage.timer:
-            storage.timer.cancel()
+        storage.close()
 
     asyncio.run(run())
 
@@ -384,14 +423,11 @@ def test_a_client_under_its_limit_keeps_one_window_of_entries():
 def test_the_sweep_yields_to_the_loop_and_keeps_keys_hit_meanwhile():
     """A million clients on a day limit made one sweep hold the event loop for ~70 ms; it now
     works in batches. A key hit between two batches is re-checked, never dropped."""
-    from limits import parse
-    from openai_gateway.ratelimit import SweepingMemoryStorage
-
     item = parse("2/second")
 
     async def run():
         clock = [1_000_000.0]
-        storage = SweepingMemoryStorage()
+        storage = MemoryStore()
         storage.SWEEP_BATCH = 3
         storage._next_sweep = float("inf")  # only the sweep started below
         limiter = MovingWindowRateLimiter(storage)
@@ -409,5 +445,29 @@ def test_the_sweep_yields_to_the_loop_and_keeps_keys_hit_meanwhile():
             await sweep
             assert list(storage.events) == [key]
             assert (await limiter.get_window_stats(item, who)).remaining == 1
+
+    asyncio.run(run())
+
+
+def test_the_sweep_forgets_counters_once_both_their_windows_passed():
+    item = parse("5/10 seconds")
+
+    async def run():
+        clock = [1_000_000.0]
+        storage = MemoryStore()
+        storage._next_sweep = float("inf")
+        counter = SlidingWindowCounterRateLimiter(storage)
+        with mock.patch("time.time", lambda: clock[0]):
+            await counter.hit(item, "old")
+            await storage.incr("plain", 10)
+            clock[0] += 10  # "old" is the previous window now: it still counts
+            await counter.hit(item, "new")
+            await storage._sweep()
+            assert len(storage.counters) == 2 and await storage.get("plain") == 0
+            assert not storage.plain  # the fixed-window counter expired
+            clock[0] += 10
+            await storage._sweep()
+            assert list(storage.counters) == [item.key_for("new")]
+            assert (await counter.get_window_stats(item, "new")).remaining == 4
 
     asyncio.run(run())
