@@ -1,0 +1,93 @@
+"""Acquire a hit on several sliding windows at once, in two round trips to the store.
+
+Round trip 1 fetches the previous and current counters of every window (plus any extra keys the
+caller wants in the same multi-get, e.g. the cache entry); the decision is made locally.
+Round trip 2, only when every window has room, increments every current counter together and
+re-checks the values returned. A concurrent hit may have taken the last room in between: then
+every increment is given back (a third round trip, only on a lost race) and the hit is refused.
+
+All or nothing: a refused hit counts against no window (limits' `hit`, called per limit, keeps
+the earlier limits' increments when a later one refuses).
+
+Windows whose keys failed (server down) are neither checked nor counted: they are listed in
+`Acquired.failed` and the caller's storage policy decides. With `fail_open=False` any failure
+at round trip 1 ends the call before anything is counted.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from . import windows
+from .batch import BatchStore
+from .windows import Stats, Window
+
+
+@dataclass
+class Acquired:
+    #: True when every window that answered had room and was counted.
+    allowed: bool
+    #: The first window without room (None when allowed or when only a failure refused).
+    refused_by: Window | None = None
+    #: Remaining and reset of each window that answered, after this hit when it was counted.
+    stats: dict[Window, Stats] = field(default_factory=dict)
+    #: Windows whose server failed: not decided, not counted.
+    failed: list[Window] = field(default_factory=list)
+    #: Values of the caller's extra keys from round trip 1 (missing keys absent).
+    extra: dict[str, bytes] = field(default_factory=dict)
+    #: A concurrent hit took the room between our read and our increment.
+    lost_race: bool = False
+
+
+async def acquire(store: BatchStore, wins: Sequence[Window], *, now: float, cost: int = 1,
+                  extra_keys: Sequence[str] = (), fail_open: bool = True) -> Acquired:
+    """Count a hit of `cost` on every window of `wins` if all have room at `now`."""
+    pairs = [windows.keys(w, now) for w in wins]
+    fetched = await store.get_many([k for pair in pairs for k in pair] + list(extra_keys))
+    out = Acquired(True, extra={k: fetched.values[k] for k in extra_keys
+                                if k in fetched.values})
+    live: list[tuple[Window, int, str]] = []  # window, previous count, current key
+    for w, (prev_key, cur_key) in zip(wins, pairs, strict=True):
+        if prev_key in fetched.failed or cur_key in fetched.failed:
+            out.failed.append(w)
+            continue
+        prev = windows.count(fetched.values.get(prev_key))
+        cur = windows.count(fetched.values.get(cur_key))
+        out.stats[w] = windows.stats(w, prev, cur, now)
+        if out.refused_by is None and not windows.has_room(w, prev, cur, now, cost):
+            out.allowed, out.refused_by = False, w
+        live.append((w, prev, cur_key))
+    if out.failed and not fail_open:
+        out.allowed = False
+    if not out.allowed or not live:
+        return out
+    return await _count(store, out, live, now, cost, fail_open)
+
+
+async def _count(store: BatchStore, out: Acquired, live: list[tuple[Window, int, str]],
+                 now: float, cost: int, fail_open: bool) -> Acquired:
+    counted = await store.incr_many([(key, cost, w.ttl) for w, _, key in live])
+    for w, prev, key in live:
+        if key in counted.failed:
+            out.failed.append(w)
+            out.stats.pop(w, None)
+            out.allowed = out.allowed and fail_open
+            continue
+        cur = counted.values[key]
+        out.stats[w] = windows.stats(w, prev, cur, now)
+        if windows.overshot(w, prev, cur, now):
+            out.allowed, out.lost_race = False, True
+            out.refused_by = out.refused_by or w
+    if not out.allowed:
+        given_back = await store.decr_many([(key, cost) for _, _, key in live
+                                            if key in counted.values])
+        for w, prev, key in live:
+            if key in given_back.values:
+                out.stats[w] = windows.stats(w, prev, given_back.values[key], now)
+    return out
+
+
+def charges(wins: Sequence[Window], amount: int, now: float) -> list[tuple[str, int, int]]:
+    """`incr_many` items that charge `amount` to the current window of each of `wins`
+    (budgets settled after the answer, from its usage)."""
+    return [(windows.keys(w, now)[1], amount, w.ttl) for w in wins]
