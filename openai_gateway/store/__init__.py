@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from .batch import Batch, BatchStore
 from .errors import ServerDown, StoreError
+from .limits_storage import RingStorage  # registers async+memcached+ring with limits
 from .memcached import MemcachedCluster
 from .ring import Ring
 from .windows import Stats, Window
 
-__all__ = ["Batch", "BatchStore", "MemcachedCluster", "Ring", "ServerDown", "Stats",
+__all__ = ["Batch", "BatchStore", "MemcachedCluster", "Ring", "RingStorage", "ServerDown", "Stats",
            "StoreError", "Window"]

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import windows
-from .batch import BatchStore
+from .batch import Batch, BatchStore
+from .errors import StoreError
 from .windows import Stats, Window
 
 
@@ -33,6 +34,8 @@ class Acquired:
     stats: dict[Window, Stats] = field(default_factory=dict)
     #: Windows whose server failed: not decided, not counted.
     failed: list[Window] = field(default_factory=list)
+    #: The first failure behind `failed` (names the server), for the log line or a re-raise.
+    error: StoreError | None = None
     #: Values of the caller's extra keys from round trip 1 (missing keys absent).
     extra: dict[str, bytes] = field(default_factory=dict)
     #: A concurrent hit took the room between our read and our increment.
@@ -49,7 +52,7 @@ async def acquire(store: BatchStore, wins: Sequence[Window], *, now: float, cost
     live: list[tuple[Window, int, str]] = []  # window, previous count, current key
     for w, (prev_key, cur_key) in zip(wins, pairs, strict=True):
         if prev_key in fetched.failed or cur_key in fetched.failed:
-            out.failed.append(w)
+            _fail(out, w, fetched)
             continue
         prev = windows.count(fetched.values.get(prev_key))
         cur = windows.count(fetched.values.get(cur_key))
@@ -69,7 +72,7 @@ async def _count(store: BatchStore, out: Acquired, live: list[tuple[Window, int,
     counted = await store.incr_many([(key, cost, w.ttl) for w, _, key in live])
     for w, prev, key in live:
         if key in counted.failed:
-            out.failed.append(w)
+            _fail(out, w, counted)
             out.stats.pop(w, None)
             out.allowed = out.allowed and fail_open
             continue
@@ -85,6 +88,12 @@ async def _count(store: BatchStore, out: Acquired, live: list[tuple[Window, int,
             if key in given_back.values:
                 out.stats[w] = windows.stats(w, prev, given_back.values[key], now)
     return out
+
+
+def _fail(out: Acquired, w: Window, batch: Batch) -> None:
+    out.failed.append(w)
+    if out.error is None:
+        out.error = next(iter(batch.failed.values()))
 
 
 def charges(wins: Sequence[Window], amount: int, now: float) -> list[tuple[str, int, int]]:
