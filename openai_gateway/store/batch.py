@@ -6,7 +6,7 @@ whose keys failed and stays exact for the rest.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -34,11 +34,13 @@ class Batch(Generic[T]):
 
 class BatchStore(Protocol):
     """Counters and bytes with TTLs. Increments are atomic per key; a missing counter counts
-    from 0 and gets `ttl` (seconds) when created; decrements stop at 0."""
+    from 0 and gets `ttl` (seconds) when created; decrements stop at 0. `existing` names keys
+    the caller just read (a hint: the store may skip creating them; correct either way)."""
 
     async def get_many(self, keys: Iterable[str]) -> Batch[bytes]: ...
 
-    async def incr_many(self, items: Iterable[tuple[str, int, int]]) -> Batch[int]: ...
+    async def incr_many(self, items: Iterable[tuple[str, int, int]],
+                        existing: Collection[str] = ()) -> Batch[int]: ...
 
     async def decr_many(self, items: Iterable[tuple[str, int]]) -> Batch[int]: ...
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import TypeVar
 
 import memcachio
@@ -138,24 +138,28 @@ class MemcachedCluster:
             return Batch(failed=dict.fromkeys(keys, exc))
         return Batch(values={k.decode(): item.value for k, item in items.items()})
 
-    async def incr_many(self, items: Iterable[tuple[str, int, int]]) -> Batch[int]:
-        """(key, amount, ttl) -> the new values; a missing counter starts from 0 with `ttl`."""
+    async def incr_many(self, items: Iterable[tuple[str, int, int]],
+                        existing: Collection[str] = ()) -> Batch[int]:
+        """(key, amount, ttl) -> the new values; a missing counter starts from 0 with `ttl`.
+        Keys in `existing` were just read: they skip the creating `add` (one command, not two)."""
         calls = []
         for key, amount, ttl in items:
             check_key(key)
             server = self.ring.server_for(key)
-            calls.append((key, self._run(server, self._incr(server, key, amount, ttl))))
+            create = key not in existing
+            calls.append((key, self._run(server, self._incr(server, key, amount, ttl, create))))
         return await _collect(calls)
 
-    async def _incr(self, server: str, key: str, amount: int, ttl: int) -> int:
+    async def _incr(self, server: str, key: str, amount: int, ttl: int, create: bool) -> int:
         client = self._clients[server]
-        # `add` creates the counter with its TTL only if it is missing; noreply, so it costs no
-        # round trip: it goes out just before the incr (same connection, same write burst).
-        await client.add(key, b"0", expiry=memcached_ttl(ttl), noreply=True)
+        if create:
+            # `add` creates the counter with its TTL only if it is missing; noreply, so it costs
+            # no round trip: it goes out just before the incr (same connection and burst).
+            await client.add(key, b"0", expiry=memcached_ttl(ttl), noreply=True)
         value = await client.incr(key, amount)
         if value is None:
-            # The add went out on another pooled connection and arrived after the incr, or
-            # the item was evicted in between: the slow path, one or two more round trips.
+            # Missing after all: expired or evicted since it was read, or the add went out on
+            # another pooled connection after the incr. The slow path: one or two round trips.
             if await client.add(key, b"%d" % amount, expiry=memcached_ttl(ttl)):
                 return amount
             value = await client.incr(key, amount)

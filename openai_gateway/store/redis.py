@@ -15,7 +15,7 @@ is not either (see the README's "several VMs").
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -194,8 +194,9 @@ class RedisStore:
         keys = list(keys)
         return await self._batch(keys, self.client.mget(keys))
 
-    async def incr_many(self, items: Iterable[tuple[str, int, int]]) -> Batch[int]:
-        items = list(items)
+    async def incr_many(self, items: Iterable[tuple[str, int, int]],
+                        existing: Collection[str] = ()) -> Batch[int]:
+        items = list(items)  # `existing` changes nothing here: the script checks the TTL
         keys = [k for k, _, _ in items]
         args = [x for _, amount, ttl in items for x in (amount, ttl)]
         return await self._batch(keys, self._incr(keys=keys, args=args))

@@ -45,49 +45,65 @@ class Acquired:
 async def acquire(store: BatchStore, wins: Sequence[Window], *, now: float, cost: int = 1,
                   extra_keys: Sequence[str] = (), fail_open: bool = True) -> Acquired:
     """Count a hit of `cost` on every window of `wins` if all have room at `now`."""
-    pairs = [windows.keys(w, now) for w in wins]
-    fetched = await store.get_many([k for pair in pairs for k in pair] + list(extra_keys))
-    out = Acquired(True, extra={k: fetched.values[k] for k in extra_keys
-                                if k in fetched.values})
-    live: list[tuple[Window, int, str]] = []  # window, previous count, current key
-    for w, (prev_key, cur_key) in zip(wins, pairs, strict=True):
-        if prev_key in fetched.failed or cur_key in fetched.failed:
-            _fail(out, w, fetched)
-            continue
-        prev = windows.count(fetched.values.get(prev_key))
-        cur = windows.count(fetched.values.get(cur_key))
-        out.stats[w] = windows.stats(w, prev, cur, now)
-        if out.refused_by is None and not windows.has_room(w, prev, cur, now, cost):
-            out.allowed, out.refused_by = False, w
-        live.append((w, prev, cur_key))
-    if out.failed and not fail_open:
-        out.allowed = False
-    if not out.allowed or not live:
+    return await _Hit(store, now, cost, fail_open).run(wins, extra_keys)
+
+
+@dataclass
+class _Hit:
+    store: BatchStore
+    now: float
+    cost: int
+    fail_open: bool
+    #: (window, previous count, current key) of every window that answered round trip 1.
+    live: list[tuple[Window, int, str]] = field(default_factory=list)
+
+    async def run(self, wins: Sequence[Window], extra_keys: Sequence[str]) -> Acquired:
+        pairs = [windows.keys(w, self.now) for w in wins]
+        fetched = await self.store.get_many([k for pair in pairs for k in pair]
+                                            + list(extra_keys))
+        out = Acquired(True, extra={k: fetched.values[k] for k in extra_keys
+                                    if k in fetched.values})
+        for w, (prev_key, cur_key) in zip(wins, pairs, strict=True):
+            if prev_key in fetched.failed or cur_key in fetched.failed:
+                _fail(out, w, fetched)
+                continue
+            prev = windows.count(fetched.values.get(prev_key))
+            cur = windows.count(fetched.values.get(cur_key))
+            out.stats[w] = windows.stats(w, prev, cur, self.now)
+            if out.refused_by is None and not windows.has_room(w, prev, cur, self.now,
+                                                                 self.cost):
+                out.allowed, out.refused_by = False, w
+            self.live.append((w, prev, cur_key))
+        if out.failed and not self.fail_open:
+            out.allowed = False
+        if not out.allowed or not self.live:
+            return out
+        # Counters read a moment ago exist: the store need not create them (memcached: one
+        # command per key instead of two).
+        existing = {key for _, _, key in self.live if key in fetched.values}
+        counted = await self.store.incr_many(
+            [(key, self.cost, w.ttl) for w, _, key in self.live], existing)
+        return await self._check(out, counted)
+
+    async def _check(self, out: Acquired, counted: Batch[int]) -> Acquired:
+        for w, prev, key in self.live:
+            if key in counted.failed:
+                _fail(out, w, counted)
+                out.stats.pop(w, None)
+                out.allowed = out.allowed and self.fail_open
+                continue
+            cur = counted.values[key]
+            out.stats[w] = windows.stats(w, prev, cur, self.now)
+            if windows.overshot(w, prev, cur, self.now):
+                out.allowed, out.lost_race = False, True
+                out.refused_by = out.refused_by or w
+        if not out.allowed:
+            given_back = await self.store.decr_many([(key, self.cost) for _, _, key in self.live
+                                                     if key in counted.values])
+            for w, prev, key in self.live:
+                if key in given_back.values:
+                    out.stats[w] = windows.stats(w, prev, given_back.values[key], self.now)
         return out
-    return await _count(store, out, live, now, cost, fail_open)
-
-
-async def _count(store: BatchStore, out: Acquired, live: list[tuple[Window, int, str]],
-                 now: float, cost: int, fail_open: bool) -> Acquired:
-    counted = await store.incr_many([(key, cost, w.ttl) for w, _, key in live])
-    for w, prev, key in live:
-        if key in counted.failed:
-            _fail(out, w, counted)
-            out.stats.pop(w, None)
-            out.allowed = out.allowed and fail_open
-            continue
-        cur = counted.values[key]
-        out.stats[w] = windows.stats(w, prev, cur, now)
-        if windows.overshot(w, prev, cur, now):
-            out.allowed, out.lost_race = False, True
-            out.refused_by = out.refused_by or w
-    if not out.allowed:
-        given_back = await store.decr_many([(key, cost) for _, _, key in live
-                                            if key in counted.values])
-        for w, prev, key in live:
-            if key in given_back.values:
-                out.stats[w] = windows.stats(w, prev, given_back.values[key], now)
-    return out
 
 
 def _fail(out: Acquired, w: Window, batch: Batch) -> None:
