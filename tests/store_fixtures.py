@@ -78,13 +78,39 @@ def memcached_servers(memcached_factory) -> Iterator[list[Server]]:
 
 
 @pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> dict[str, str]:
+    """A throw-away CA and a server certificate for 127.0.0.1 and localhost, signed by it."""
+    d = tmp_path_factory.mktemp("tls")
+
+    def run(*args: str) -> None:
+        subprocess.run([_need("openssl"), *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"))
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.crt"),
+        "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
+        "-extfile", str(d / "san.ext"), "-out", str(d / "server.crt"))
+    return {"ca": str(d / "ca.crt"), "cert": str(d / "server.crt"), "key": str(d / "server.key")}
+
+
+@pytest.fixture(scope="session")
 def redis_factory() -> Iterator:
-    """start(port=None, password=None) -> Server running redis-server on loopback, no
-    persistence; every process started is stopped at the end."""
+    """start(port=None, password=None, tls=None) -> Server running redis-server on loopback,
+    no persistence (tls: tls_files, then the port speaks TLS only); every process started is
+    stopped at the end."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def launch(port: int, password: str | None) -> subprocess.Popen[bytes]:
-        args = [_need("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+    def launch(port: int, password: str | None,
+               tls: dict[str, str] | None) -> subprocess.Popen[bytes]:
+        listen = ["--port", str(port)]
+        if tls:
+            listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", tls["cert"],
+                      "--tls-key-file", tls["key"], "--tls-ca-cert-file", tls["ca"],
+                      "--tls-auth-clients", "no"]
+        args = [_need("redis-server"), *listen, "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--daemonize", "no"]
         if password:
             args += ["--requirepass", password]
@@ -93,8 +119,9 @@ def redis_factory() -> Iterator:
         _wait_listening(port, proc)
         return proc
 
-    def start(port: int | None = None, password: str | None = None) -> Server:
-        return Server(lambda p: launch(p, password), port or free_port())
+    def start(port: int | None = None, password: str | None = None,
+              tls: dict[str, str] | None = None) -> Server:
+        return Server(lambda p: launch(p, password, tls), port or free_port())
 
     yield start
     for p in procs:

@@ -210,3 +210,25 @@ async def test_ping_names_the_servers_down(memcached_servers, cluster_of):  # no
     assert await c.ping() == []
     servers[1].kill()
     assert await c.ping() == [servers[1].address]
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_acquire_decides_the_live_windows_and_leaves_the_dead_ones_to_policy(
+        memcached_servers, cluster_of, fail_open):  # noqa: F811
+    servers = memcached_servers(2)
+    changes = []
+    c = await cluster_of([s.address for s in servers],
+                         on_change=lambda server, up: changes.append((server, up)))
+    now = time.time()
+    dead_key, live_key = (keys_on(c, s.address, 1, prefix="w")[0] for s in servers)
+    dead, live = Window(dead_key, 5, 60), Window(live_key, 5, 60)
+    servers[0].kill()
+    got = await acquire(c, [dead, live], now=now, fail_open=fail_open)
+    assert got.failed == [dead] and isinstance(got.error, ServerDown)
+    assert got.allowed is fail_open and got.refused_by is None
+    assert got.stats[live].remaining == (4 if fail_open else 5)   # counted only when allowed
+    assert changes == [(servers[0].address, False)]
+    # While it is down: nothing waits for it, the live window stays exact.
+    for _ in range(6):
+        got = await acquire(c, [dead, live], now=now, fail_open=True)
+    assert not got.allowed and got.refused_by == live and got.stats[live].remaining == 0

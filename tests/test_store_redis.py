@@ -15,7 +15,7 @@ from limits.storage import storage_from_string
 from openai_gateway.store.errors import ServerDown
 from openai_gateway.store.redis import RedisStore, RedisURL, parse_redis_url
 
-from .store_fixtures import redis_factory, relays  # noqa: F401  (fixtures)
+from .store_fixtures import redis_factory, relays, tls_files  # noqa: F401  (fixtures)
 
 PASSWORD = "redis-test-PASSWORD-7c1e"   # must never appear in a URL we build
 
@@ -174,3 +174,26 @@ async def test_an_outage_fails_fast_then_recovers(redis_factory):  # noqa: F811
         assert await s.guarded(limiter.hit(item, "o"))
     finally:
         await s.close()
+
+
+async def test_rediss_with_a_private_ca_for_all_three_users(redis_factory, tls_files):  # noqa: F811
+    server = redis_factory(password=PASSWORD, tls=tls_files)
+    url = parse_redis_url(f"rediss://localhost:{server.port}/4")
+    ca = tls_files["ca"]
+    store = RedisStore(url, password=PASSWORD, ca_file=ca)
+    cache = RedisCache(**url.aiocache_options(PASSWORD, 0.5, ca_file=ca))
+    limiter = MovingWindowRateLimiter(
+        storage_from_string(url.limits_uri(), **url.limits_options(PASSWORD, 0.5, ca_file=ca)))
+    untrusted = RedisStore(url, password=PASSWORD)   # the system store does not know our CA
+    try:
+        assert (await store.incr_many([("t", 2, 60)])).values == {"t": 2}
+        await cache.set("t-entry", "v", ttl=60)
+        assert await cache.get("t-entry") == "v"
+        assert [await limiter.hit(RateLimitItemPerMinute(1), "t") for _ in range(2)] == [True,
+                                                                                         False]
+        refused = await untrusted.incr_many([("t", 1, 60)])
+        assert isinstance(refused.failed["t"], ServerDown)
+    finally:
+        await store.close()
+        await untrusted.close()
+        await cache.close()

@@ -82,26 +82,39 @@ class RedisURL:
         """For `limits.storage.storage_from_string`; safe to log (no password)."""
         return f"async+{'rediss' if self.tls else 'redis'}://{self.server}/{self.db}"
 
-    def client_options(self, password: str | None, timeout: float) -> dict[str, Any]:
+    def client_options(self, password: str | None, timeout: float, *,
+                       ca_file: str | None = None) -> dict[str, Any]:
         """redis-py options: every call bounded by `timeout`, no retries (a retry would make
-        each request wait through the outage; the store's health marks the server down)."""
+        each request wait through the outage; the store's health marks the server down).
+        `ca_file`: the CA bundle that signed a `rediss://` server's certificate, when it is not
+        in the system's store (a self-hosted Redis); hostnames are always checked."""
         options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
                                    "retry": Retry(NoBackoff(), 0)}
         if password:
             options["password"] = password
         if self.username:
             options["username"] = self.username
+        if self.tls and ca_file:
+            options["ssl_ca_certs"] = ca_file
         return options
 
-    def limits_options(self, password: str | None, timeout: float) -> dict[str, Any]:
+    def limits_options(self, password: str | None, timeout: float, *,
+                       ca_file: str | None = None) -> dict[str, Any]:
         """Keyword arguments for `storage_from_string(self.limits_uri(), **...)`."""
-        return {"implementation": "redispy", **self.client_options(password, timeout)}
+        return {"implementation": "redispy",
+                **self.client_options(password, timeout, ca_file=ca_file)}
 
-    def aiocache_options(self, password: str | None, timeout: float) -> dict[str, Any]:
+    def aiocache_options(self, password: str | None, timeout: float, *,
+                         ca_file: str | None = None) -> dict[str, Any]:
         """Keyword arguments for `aiocache.RedisCache(...)` (0.12.3)."""
+        pool: dict[str, Any] = {"socket_timeout": timeout}
+        if self.username:
+            pool["username"] = self.username
+        if self.tls and ca_file:
+            pool["ssl_ca_certs"] = ca_file
         return {"endpoint": self.host, "port": self.port, "db": self.db, "password": password,
                 "ssl": self.tls, "create_connection_timeout": timeout, "timeout": timeout,
-                "connection_pool_kwargs": {"socket_timeout": timeout}}
+                "connection_pool_kwargs": pool}
 
 
 def parse_redis_url(url: str) -> RedisURL:
@@ -129,12 +142,12 @@ class RedisStore:
     """The `BatchStore` interface over one Redis (or Valkey) server."""
 
     def __init__(self, url: RedisURL, *, password: str | None = None, timeout: float = 0.5,
-                 max_backoff: float = 1.0,
+                 ca_file: str | None = None, max_backoff: float = 1.0,
                  on_change: Callable[[str, bool], None] | None = None) -> None:
         self.url = url
         self.server = url.server
         self.client = aioredis.Redis(host=url.host, port=url.port, db=url.db, ssl=url.tls,
-                                     **url.client_options(password, timeout))
+                                     **url.client_options(password, timeout, ca_file=ca_file))
         self._incr = self.client.register_script(_INCR_MANY)
         self._decr = self.client.register_script(_DECR_MANY)
         self.health = Health([self.server], self._probe, max_backoff=max_backoff,
