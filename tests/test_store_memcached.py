@@ -72,7 +72,14 @@ async def test_a_ttl_over_30_days_is_sent_as_an_absolute_time(memcached_servers,
 async def test_bad_keys_are_refused_before_any_io(memcached_servers, cluster_of, key):  # noqa: F811
     c = await cluster_of([s.address for s in memcached_servers(1)])
     with pytest.raises(ValueError):
-        await c.get_many([key])
+        await c.get_many(["fine", key])
+    with pytest.raises(ValueError):
+        await c.incr_many([("fine", 1, 60), (key, 1, 60)])
+    with pytest.raises(ValueError):
+        await c.decr_many([("fine", 1), (key, 1)])
+    with pytest.raises(ValueError):
+        await c.set(key, b"v", 60)
+    assert await c.get("fine") is None      # nothing was sent for the good key either
 
 
 # --- round trips ---------------------------------------------------------------------------

@@ -142,9 +142,11 @@ class MemcachedCluster:
                         existing: Collection[str] = ()) -> Batch[int]:
         """(key, amount, ttl) -> the new values; a missing counter starts from 0 with `ttl`.
         Keys in `existing` were just read: they skip the creating `add` (one command, not two)."""
+        items = list(items)
+        for key, _, _ in items:
+            check_key(key)  # all keys first: a bad one must not leave calls unawaited
         calls = []
         for key, amount, ttl in items:
-            check_key(key)
             server = self.ring.server_for(key)
             create = key not in existing
             calls.append((key, self._run(server, self._incr(server, key, amount, ttl, create))))
@@ -169,9 +171,11 @@ class MemcachedCluster:
 
     async def decr_many(self, items: Iterable[tuple[str, int]]) -> Batch[int]:
         """(key, amount) -> the new values, floored at 0 by memcached; missing counts as 0."""
+        items = list(items)
+        for key, _ in items:
+            check_key(key)
         calls = []
         for key, amount in items:
-            check_key(key)
             server = self.ring.server_for(key)
             calls.append((key, self._run(server, self._clients[server].decr(key, amount))))
         batch = await _collect(calls)
