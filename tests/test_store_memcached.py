@@ -239,3 +239,18 @@ async def test_acquire_decides_the_live_windows_and_leaves_the_dead_ones_to_poli
     for _ in range(6):
         got = await acquire(c, [dead, live], now=now, fail_open=True)
     assert not got.allowed and got.refused_by == live and got.stats[live].remaining == 0
+
+
+async def test_each_window_can_carry_its_own_cost(memcached_servers, cluster_of):  # noqa: F811
+    c = await cluster_of([s.address for s in memcached_servers(1)])
+    now = time.time()
+    requests, tokens, spend = (Window("req", 10, 60), Window("tok", 1000, 60),
+                               Window("usd", 50, 86400))
+    got = await acquire(c, [requests, tokens, spend], now=now, cost=[1, 400, 0])
+    assert got.allowed
+    assert [got.stats[w].remaining for w in (requests, tokens, spend)] == [9, 600, 50]
+    got = await acquire(c, [requests, tokens], now=now, cost=[1, 601])   # over the token budget
+    assert not got.allowed and got.refused_by == tokens
+    assert got.stats[requests].remaining == 9          # nothing counted: all or nothing
+    with pytest.raises(ValueError):
+        await acquire(c, [requests, tokens], now=now, cost=[1])

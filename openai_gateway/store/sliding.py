@@ -42,67 +42,83 @@ class Acquired:
     lost_race: bool = False
 
 
-async def acquire(store: BatchStore, wins: Sequence[Window], *, now: float, cost: int = 1,
-                  extra_keys: Sequence[str] = (), fail_open: bool = True) -> Acquired:
-    """Count a hit of `cost` on every window of `wins` if all have room at `now`."""
-    return await _Hit(store, now, cost, fail_open).run(wins, extra_keys)
+async def acquire(store: BatchStore, wins: Sequence[Window], *, now: float,
+                  cost: int | Sequence[int] = 1, extra_keys: Sequence[str] = (),
+                  fail_open: bool = True) -> Acquired:
+    """Count a hit on every window of `wins` if all have room at `now`. `cost`: one for all
+    windows, or one per window (1 for a request limit, the estimate for a token budget); a
+    window of cost 0 is checked (refused only when already over) and not counted."""
+    costs = [cost] * len(wins) if isinstance(cost, int) else list(cost)
+    if len(costs) != len(wins):
+        raise ValueError("one cost per window")
+    return await _Hit(store, now, fail_open).run(list(zip(wins, costs, strict=True)),
+                                                 extra_keys)
+
+
+@dataclass
+class _Live:
+    """A window that answered round trip 1."""
+
+    window: Window
+    cost: int
+    previous: int
+    key: str  # its current counter
 
 
 @dataclass
 class _Hit:
     store: BatchStore
     now: float
-    cost: int
     fail_open: bool
-    #: (window, previous count, current key) of every window that answered round trip 1.
-    live: list[tuple[Window, int, str]] = field(default_factory=list)
+    live: list[_Live] = field(default_factory=list)
 
-    async def run(self, wins: Sequence[Window], extra_keys: Sequence[str]) -> Acquired:
-        pairs = [windows.keys(w, self.now) for w in wins]
+    async def run(self, hits: list[tuple[Window, int]], extra_keys: Sequence[str]) -> Acquired:
+        pairs = [windows.keys(w, self.now) for w, _ in hits]
         fetched = await self.store.get_many([k for pair in pairs for k in pair]
                                             + list(extra_keys))
         out = Acquired(True, extra={k: fetched.values[k] for k in extra_keys
                                     if k in fetched.values})
-        for w, (prev_key, cur_key) in zip(wins, pairs, strict=True):
+        for (w, cost), (prev_key, cur_key) in zip(hits, pairs, strict=True):
             if prev_key in fetched.failed or cur_key in fetched.failed:
                 _fail(out, w, fetched)
                 continue
             prev = windows.count(fetched.values.get(prev_key))
             cur = windows.count(fetched.values.get(cur_key))
             out.stats[w] = windows.stats(w, prev, cur, self.now)
-            if out.refused_by is None and not windows.has_room(w, prev, cur, self.now,
-                                                                 self.cost):
+            if out.refused_by is None and not windows.has_room(w, prev, cur, self.now, cost):
                 out.allowed, out.refused_by = False, w
-            self.live.append((w, prev, cur_key))
+            if cost:
+                self.live.append(_Live(w, cost, prev, cur_key))
         if out.failed and not self.fail_open:
             out.allowed = False
         if not out.allowed or not self.live:
             return out
         # Counters read a moment ago exist: the store need not create them (memcached: one
         # command per key instead of two).
-        existing = {key for _, _, key in self.live if key in fetched.values}
+        existing = {x.key for x in self.live if x.key in fetched.values}
         counted = await self.store.incr_many(
-            [(key, self.cost, w.ttl) for w, _, key in self.live], existing)
+            [(x.key, x.cost, x.window.ttl) for x in self.live], existing)
         return await self._check(out, counted)
 
     async def _check(self, out: Acquired, counted: Batch[int]) -> Acquired:
-        for w, prev, key in self.live:
-            if key in counted.failed:
-                _fail(out, w, counted)
-                out.stats.pop(w, None)
+        for x in self.live:
+            if x.key in counted.failed:
+                _fail(out, x.window, counted)
+                out.stats.pop(x.window, None)
                 out.allowed = out.allowed and self.fail_open
                 continue
-            cur = counted.values[key]
-            out.stats[w] = windows.stats(w, prev, cur, self.now)
-            if windows.overshot(w, prev, cur, self.now):
+            cur = counted.values[x.key]
+            out.stats[x.window] = windows.stats(x.window, x.previous, cur, self.now)
+            if windows.overshot(x.window, x.previous, cur, self.now):
                 out.allowed, out.lost_race = False, True
-                out.refused_by = out.refused_by or w
+                out.refused_by = out.refused_by or x.window
         if not out.allowed:
-            given_back = await self.store.decr_many([(key, self.cost) for _, _, key in self.live
-                                                     if key in counted.values])
-            for w, prev, key in self.live:
-                if key in given_back.values:
-                    out.stats[w] = windows.stats(w, prev, given_back.values[key], self.now)
+            given_back = await self.store.decr_many([(x.key, x.cost) for x in self.live
+                                                     if x.key in counted.values])
+            for x in self.live:
+                if x.key in given_back.values:
+                    out.stats[x.window] = windows.stats(x.window, x.previous,
+                                                        given_back.values[x.key], self.now)
         return out
 
 
