@@ -1,0 +1,20 @@
+"""The store is the bottom layer: it imports nothing from the rest of the gateway."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+STORE = Path(__file__).resolve().parent.parent / "openai_gateway" / "store"
+
+
+def test_store_imports_nothing_above_it():
+    offenders = []
+    for path in sorted(STORE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level > 1 or (
+                    node.level == 0 and (node.module or "").startswith("openai_gateway"))):
+                offenders.append(f"{path.name}: from {'.' * node.level}{node.module or ''}")
+            if isinstance(node, ast.Import):
+                offenders += [f"{path.name}: import {a.name}" for a in node.names
+                              if a.name.startswith("openai_gateway")]
+    assert len(list(STORE.glob("*.py"))) >= 8 and offenders == []
