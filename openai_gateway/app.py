@@ -11,10 +11,13 @@ import aiohttp_cors
 from aiohttp import web
 
 from . import metrics, playground
+from .auth.setup import Auth
 from .cache import PromptCache
+from .identity import Client
 from .errors import GatewayError, OriginNotAllowed, error_response, from_http_exception
 from .logs import RequestRecord, log_access
 from .proxy import RECORD, Proxy
+from .budgets import Limits
 from .ratelimit import RateLimiter
 from .settings import Settings
 from .storage import memcached_reachable
@@ -126,6 +129,7 @@ class AppState:
 
 
 SETTINGS = web.AppKey("settings", Settings)
+AUTH = web.AppKey("auth", Auth)
 PROXY = web.AppKey("proxy", Proxy)
 STATE = web.AppKey("state", AppState)
 ORIGINS = web.AppKey("origins", OriginPolicy)
@@ -177,8 +181,11 @@ async def readyz(request: web.Request) -> web.Response:
             checks[name] = "ok"
     down = "down" in checks.values()
     status = 503 if down and s.storage.on_error == "closed" else 200
-    return web.json_response({"status": "degraded" if down else "ok", "storage": checks},
-                             status=status)
+    doc: dict = {"status": "degraded" if down else "ok", "storage": checks}
+    keyless = app[AUTH].bearer.not_ready()
+    if keyless:  # their users get 401 until the key sets load
+        doc["status"], doc["auth"] = "degraded", {"issuers_without_keys": keyless}
+    return web.json_response(doc, status=status)
 
 
 def cors_defaults(s: Settings) -> dict:
@@ -188,15 +195,17 @@ def cors_defaults(s: Settings) -> dict:
         max_age=s.cors.max_age)}
 
 
-def build(settings: Settings) -> tuple[Proxy, OriginPolicy]:
+def build(settings: Settings, demo: bool = False) -> tuple[Proxy, Auth, OriginPolicy]:
     """The components a process keeps for its lifetime (storage, pooled connections); their
     policy comes from `apply`, here and on every reload."""
     s = settings
-    limiter = RateLimiter(s.rate_limit, s.clients, s.rate_limit_storage,
+    limiter = RateLimiter(s.rate_limit, s.rate_limit_storage, budget=s.budget,
                           on_error=s.storage.on_error, timeout=s.storage.timeout)
     cache = PromptCache(s.cache, s.cache_storage, timeout=s.storage.timeout)
     upstream = Upstream(s.upstream, s.api_key, s.fallback_keys)
-    return Proxy(s, upstream=upstream, limiter=limiter, cache=cache), OriginPolicy(())
+    auth = Auth(s, lambda: upstream.session, demo=demo)
+    proxy = Proxy(s, upstream=upstream, limiter=limiter, cache=cache, bearer=auth.bearer)
+    return proxy, auth, OriginPolicy(())
 
 
 def apply(app: web.Application, settings: Settings) -> None:
@@ -204,16 +213,16 @@ def apply(app: web.Application, settings: Settings) -> None:
     component takes. Requests in flight finish under the policy they started with."""
     proxy = app[PROXY]
     proxy.configure(settings)
-    proxy.limiter.configure(settings.rate_limit, settings.clients)
+    proxy.limiter.configure(settings.rate_limit, budget=settings.budget)
     proxy.cache.configure(settings.cache)
     proxy.upstream.configure(settings.upstream, settings.api_key, settings.fallback_keys)
     app[ORIGINS].configure(settings.cors.allow_origins)
     app[SETTINGS] = settings
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
     s = settings
-    proxy, origins = build(s)
+    proxy, auth, origins = build(s, demo)
     app = web.Application(
         middlewares=[
             render_errors,                                   # outermost: errors in OpenAI's shape
@@ -228,8 +237,10 @@ def create_app(settings: Settings) -> web.Application:
     app[ORIGINS] = origins
     apply(app, s)
     # Each resource is opened before serving and closed after the last request, in order.
-    for component in (proxy.upstream, proxy.limiter, proxy.cache):
+    # The issuers fetch their keys with the upstream's session: it opens first.
+    for component in (proxy.upstream, proxy.limiter, proxy.cache, auth):
         app.cleanup_ctx.append(_running(component))
+    app[AUTH] = auth
 
     cors = aiohttp_cors.setup(app, defaults=cors_defaults(s))
     for route in s.upstream.routes:
@@ -237,6 +248,10 @@ def create_app(settings: Settings) -> web.Application:
             cors.add(app.router.add_get(route, proxy.models, allow_head=False))
         else:
             cors.add(app.router.add_post(route, proxy.forward))
+    for path, handler in auth.routes(client_name=lambda a: _key_name(proxy, a),
+                                     address_of=proxy.identity.address,
+                                     check_rate=lambda ip: _session_rate(proxy, s, ip)):
+        cors.add(app.router.add_post(path, handler))
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     if s.metrics.enabled:
@@ -251,7 +266,8 @@ def create_app(settings: Settings) -> web.Application:
 #: Settings a reload cannot change in a running process (sockets, storage, routes).
 RESTART_ONLY = ("server.host", "server.port", "server.max_body_bytes", "storage",
                 "upstream.routes", "upstream.max_connections", "metrics", "rate_limit.storage_url",
-                "cache.storage_url", "playground", "cors.max_age")
+                "cache.storage_url", "playground", "cors.max_age", "auth.issuers",
+                "auth.tokens", "auth.sessions")
 
 
 def reconfigure(app: web.Application, new: Settings) -> list[str]:
@@ -259,6 +275,18 @@ def reconfigure(app: web.Application, new: Settings) -> list[str]:
     old = app[SETTINGS]
     apply(app, new)
     return [key for key in RESTART_ONLY if _get(old, key) != _get(new, key)]
+
+
+def _key_name(proxy: Proxy, authorization: str | None) -> str | None:
+    key = proxy.identity.client_key(authorization)
+    return key.name if key is not None else None
+
+
+async def _session_rate(proxy: Proxy, settings: Settings, address: str) -> None:
+    """Session creation counts per address against auth.sessions.requests."""
+    limits = Limits(requests=settings.auth.sessions.requests, tokens=(), spend=())
+    await proxy.limiter.check_requests(Client("session:" + address, address, limits=limits),
+                                       "/gateway/session", None)
 
 
 def _get(settings: Settings, dotted: str):

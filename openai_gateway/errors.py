@@ -50,6 +50,20 @@ class InvalidToken(GatewayError):
         self.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
 
 
+class Unauthenticated(GatewayError):
+    """No verified identity while `auth.anonymous = false`."""
+    status, type, code = 401, "invalid_request_error", "unauthenticated"
+
+    def __init__(self, message: str, **kw):
+        super().__init__(message, **kw)
+        self.headers.setdefault("WWW-Authenticate", "Bearer")
+
+
+class ModelNotPriced(GatewayError):
+    """A dollar budget applies but the model has no price: never silently free."""
+    status, type, code = 400, "invalid_request_error", "model_not_priced"
+
+
 class OriginNotAllowed(GatewayError):
     status, type, code = 403, "invalid_request_error", "origin_not_allowed"
 

@@ -9,18 +9,27 @@ from functools import lru_cache
 
 from aiohttp import web
 
+from .budgets import Limits
 from .errors import InvalidClientKey
 from .settings import ClientSettings
 
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """The caller as policy sees it. `id` keys limits and logs; `settings` are those of its
-    client key (None for an anonymous caller)."""
+    """The caller as policy sees it (see callers.py for how it is found).
+
+    id: keys limits, budgets, the cache scope and logs ("ip:...", "key:NAME", "user:<hash>",
+        "session:<hash>"); ip: its address, for logs; settings: its client key's (None
+        otherwise); tier: its tier's name, if any; limits and models: what its client key or
+        tier chose (None: the gateway's defaults).
+    """
 
     id: str
     ip: str
     settings: ClientSettings | None = None
+    tier: str | None = None
+    limits: Limits | None = None
+    models: frozenset[str] | None = None
 
 
 _MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d, an IPv4 peer on a dual-stack socket
@@ -107,7 +116,7 @@ class IdentityResolver:
     def resolve(self, request: web.Request) -> Client:
         ip = self.address(request)
         if self._keys or self._require:
-            key = self._client_key(request.headers.get("Authorization"))
+            key = self.client_key(request.headers.get("Authorization"))
             if key is not None:
                 return Client(id="key:" + key.name, ip=ip, settings=key)
             if self._require:
@@ -116,8 +125,12 @@ class IdentityResolver:
                     "'Authorization: Bearer <key>'.")
         return Client(id="ip:" + ip, ip=ip)
 
-    def _client_key(self, authorization: str | None) -> ClientSettings | None:
+    def anonymous(self, ip: str) -> Client:
+        return Client(id="ip:" + ip, ip=ip)
+
+    def client_key(self, authorization: str | None) -> ClientSettings | None:
+        """The client key's settings when `authorization` carries a known one."""
         # The scheme is case-insensitive (RFC 9110 section 11.1): "bearer KEY" is the same.
-        if not authorization or authorization[:7].lower() != "bearer ":
+        if not self._keys or not authorization or authorization[:7].lower() != "bearer ":
             return None
         return self._keys.get(hash_key(authorization[7:].strip()))

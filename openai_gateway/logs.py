@@ -38,6 +38,7 @@ class RequestRecord:
     tokens_in: int | None = None
     tokens_out: int | None = None
     stream: bool = False
+    cost_usd: float | None = None
 
 
 class RedactingFormatter(logging.Formatter):

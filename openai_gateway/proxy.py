@@ -19,12 +19,16 @@ import orjson
 from aiohttp import web
 
 from . import metrics
+from .auth.caller import BearerResolver
 from .cache import Entry, PromptCache, cache_key
-from .errors import BodyTooLarge, GatewayError, RateLimited, RequestTimeout, upstream_error
+from .callers import Callers
+from .errors import (BodyTooLarge, BudgetExceeded, GatewayError, ModelNotPriced, RateLimited,
+                     RequestTimeout, SpendLimited, TokensRateLimited, upstream_error)
 from .identity import Client, IdentityResolver
+from .limitheaders import limit_headers
 from .logs import RequestRecord
-from .ratelimit import LimitState, RateLimiter
-from .ratelimit import headers as limit_headers
+from .prices import MICRO, Price, PriceTable, Usage, cost, estimate, usage_from_dict
+from .ratelimit import RateLimiter, Reservation
 from .settings import Settings
 from .streaming import StreamOutcome, relay, replay
 from .upstream import RETURNED_HEADERS, Upstream
@@ -71,7 +75,11 @@ class Exchange:
     cache_key: str | None = None
     #: Headers of our answer (rate limits, X-Cache, the upstream's few returned ones).
     headers: dict[str, str] = field(default_factory=dict)
-    reserved: int = 0
+    reservation: Reservation | None = None
+    #: The model's price (None: unpriced); the estimates reserved, in tokens and micro-dollars.
+    price: Price | None = None
+    reserved_tokens: int = 0
+    reserved_micro: int = 0
     usage: dict | None = None
     charge_reserved: bool = False
     settled: bool = False
@@ -88,16 +96,6 @@ def usage_from_json(body: bytes) -> dict | None:
     return fields or None
 
 
-def split_usage(usage: dict | None) -> tuple[int | None, int | None]:
-    if not usage:
-        return None, None
-    tin = usage.get("prompt_tokens", usage.get("input_tokens"))
-    tout = usage.get("completion_tokens", usage.get("output_tokens"))
-    if tin is None and tout is None and "total_tokens" in usage:
-        return usage["total_tokens"], 0
-    return (tin if isinstance(tin, int) else None), (tout if isinstance(tout, int) else None)
-
-
 def estimate_tokens(parsed: ParsedRequest) -> int:
     """What a request may spend before the upstream says: its input (about four characters a
     token) plus its output cap. The one definition used for reserving and for charging a stream
@@ -107,10 +105,11 @@ def estimate_tokens(parsed: ParsedRequest) -> int:
 
 class Proxy:
     def __init__(self, settings: Settings, *, upstream: Upstream, limiter: RateLimiter,
-                 cache: PromptCache):
+                 cache: PromptCache, bearer: BearerResolver | None = None):
         self.upstream = upstream
         self.limiter = limiter
         self.cache = cache
+        self.bearer = bearer
         self._models: tuple[float, Answer] | None = None
         self._models_lock = asyncio.Lock()
         self.configure(settings)
@@ -121,23 +120,30 @@ class Proxy:
         self.identity = IdentityResolver(trusted_proxies=settings.server.trusted_proxies,
                                          clients=settings.clients,
                                          require_client_key=settings.auth.require_client_key)
+        self.callers = Callers(identity=self.identity, bearer=self.bearer,
+                               tiers=settings.tiers, clients=settings.clients,
+                               anonymous=settings.auth.anonymous,
+                               require_client_key=settings.auth.require_client_key)
+        self.prices = PriceTable({model: Price.from_usd(input=p.input, output=p.output,
+                                                        cached_input=p.cached_input)
+                                  for model, p in settings.prices.items()})
         self.validator = Validator(settings.validation)
         self.max_body = settings.server.max_body_bytes
         self.body_timeout = settings.server.body_timeout
         self.max_response = settings.upstream.max_response_bytes
         self.idle_timeout = settings.upstream.idle_timeout
         self.allowed = frozenset(settings.validation.allowed_models)
-        self.client_models = {c.name: frozenset(c.models) for c in settings.clients
-                              if c.models is not None}
         self._models = None  # the allowlist or the upstream may have changed
 
     # --- the steps ------------------------------------------------------------------------
 
-    def _begin(self, request: web.Request, route: str) -> Exchange:
+    async def _begin(self, request: web.Request, route: str) -> Exchange:
         rec: RequestRecord = request[RECORD]
         rec.route = route
-        client = self.identity.resolve(request)
-        rec.client = client.ip if client.settings is None else client.id
+        rec.client = self.identity.address(request)  # known even when identification fails
+        client = await self.callers.identify(request)
+        if client.settings is not None or not client.id.startswith("ip:"):
+            rec.client = client.id
         return Exchange(request, rec, route, client)
 
     async def _read_body(self, ex: Exchange) -> None:
@@ -187,17 +193,39 @@ class Proxy:
         ex.headers["X-Cache"] = rec.cache
         return None
 
+    async def _admit(self, ex: Exchange) -> web.StreamResponse | None:
+        """The steps that ask the storage: count the request, look the answer up, reserve the
+        budgets. Returns the cached answer on a hit (which reserves nothing)."""
+        await self._limit_requests(ex, ex.parsed.model)
+        cached = await self._lookup(ex)
+        if cached is None:
+            await self._reserve(ex)
+        return cached
+
     async def _reserve(self, ex: Exchange) -> None:
         parsed = ex.parsed
-        estimate = estimate_tokens(parsed)
+        ex.reserved_tokens = tokens = estimate_tokens(parsed)
+        ex.price = price = self.prices.price_for(parsed.model) if parsed.model else None
+        micro = None
+        if self.limiter.spend_applies(ex.client, ex.route, parsed.model):
+            if price is None:
+                raise ModelNotPriced(
+                    f"The model '{(parsed.model or '')[:100]}' has no price in this gateway's "
+                    "[prices] table, and a dollar budget applies to this request.",
+                    param="model")
+            ex.reserved_micro = micro = estimate(price, (parsed.input_chars + 3) // 4,
+                                                 tokens - (parsed.input_chars + 3) // 4)
         try:
-            state = await self.limiter.check_tokens(ex.client, ex.route, parsed.model, estimate)
-        except RateLimited:
-            ex.record.rate_limit = "tokens"
-            metrics.RATE_LIMITED.labels("tokens").inc()
+            ex.reservation = await self.limiter.reserve(ex.client, ex.route, parsed.model,
+                                                        tokens=tokens, micro_usd=micro)
+        except RateLimited as exc:
+            kind = ("budget" if isinstance(exc, BudgetExceeded) else "spend"
+                    if isinstance(exc, SpendLimited) else "tokens"
+                    if isinstance(exc, TokensRateLimited) else "requests")
+            ex.record.rate_limit = kind
+            metrics.RATE_LIMITED.labels(kind).inc()
             raise
-        ex.headers.update(limit_headers(None, state))
-        ex.reserved = estimate if state is not None else 0
+        ex.headers.update(ex.reservation.headers)
 
     async def _settle(self, ex: Exchange) -> dict[str, str]:
         """Bring the reservation to what was used; once per exchange, on every way out.
@@ -205,32 +233,47 @@ class Proxy:
         if ex.settled or ex.parsed is None:
             return {}
         ex.settled = True
-        usage = ex.usage
-        tin, tout = split_usage(usage)
-        ex.record.tokens_in, ex.record.tokens_out = tin, tout
+        if ex.usage is not None:
+            used = usage_from_dict(ex.usage)
+        elif ex.charge_reserved:  # an answer without usage costs what it could have
+            used = Usage(input=ex.reserved_tokens, output=0)
+        else:  # nothing delivered: everything goes back
+            used = Usage()
+        micro = cost(ex.price, used) if ex.price is not None else 0
+        if ex.usage is None and ex.charge_reserved and ex.reserved_micro:
+            micro = ex.reserved_micro
+        self._account(ex, used, micro)
+        if ex.reservation is None:
+            return {}
+        return await self.limiter.settle(ex.reservation, tokens=used.input + used.output,
+                                         micro_usd=micro)
+
+    def _account(self, ex: Exchange, used: Usage, micro: int) -> None:
+        """The access log's and the metrics' share of a settled request."""
+        rec = ex.record
+        if ex.usage is not None:
+            rec.tokens_in, rec.tokens_out = used.input, used.output
         model = ex.parsed.model or "none"
-        if tin:
-            metrics.TOKENS.labels(model, "in").inc(tin)
-        if tout:
-            metrics.TOKENS.labels(model, "out").inc(tout)
-        actual = ex.reserved if usage is None and ex.charge_reserved else (tin or 0) + (tout or 0)
-        state = await self.limiter.settle_tokens(ex.client, ex.route, ex.parsed.model,
-                                                 ex.reserved, actual)
-        return limit_headers(None, state) if isinstance(state, LimitState) else {}
+        if used.input:
+            metrics.TOKENS.labels(model, "in").inc(used.input)
+        if used.output:
+            metrics.TOKENS.labels(model, "out").inc(used.output)
+        if ex.price is not None and (used.input or used.output):
+            rec.cost_usd = micro / MICRO
+            metrics.SPEND.labels(self.prices.label_for(model), ex.client.tier or "none").inc(
+                micro / MICRO)
 
     # --- POST routes ----------------------------------------------------------------------
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        ex = self._begin(request, request.match_info.route.resource.canonical)
+        ex = await self._begin(request, request.match_info.route.resource.canonical)
         await self._read_body(ex)
         models = self._models_for(ex.client)
         ex.parsed = parsed = self.validator.check(ex.route, ex.raw, models)
         ex.record.model, ex.record.stream = parsed.model, parsed.stream
-        await self._limit_requests(ex, parsed.model)
-        cached = await self._lookup(ex)
+        cached = await self._admit(ex)
         if cached is not None:
             return cached
-        await self._reserve(ex)
         try:
             if parsed.stream:
                 return await self._stream(ex)
@@ -313,11 +356,11 @@ class Proxy:
     def _stream_body(self, ex: Exchange) -> tuple[bytes, bool]:
         """The bytes to send for a stream, and whether the usage chunk is ours to strip."""
         body = ex.parsed.body
-        if ex.route in USAGE_OPT_IN and self.limiter.any_tokens:
+        if ex.route in USAGE_OPT_IN and ex.reservation is not None and ex.reservation.holds:
             opts = body.get("stream_options")
             if not (isinstance(opts, dict) and opts.get("include_usage")):
-                # Token budgets need the upstream's count; the client did not ask for it, so
-                # the extra usage chunk is removed from what it sees.
+                # Budgets need the upstream's count; the client did not ask for it, so the
+                # extra usage chunk is removed from what it sees.
                 body = dict(body, stream_options={**(opts if isinstance(opts, dict) else {}),
                                                   "include_usage": True})
                 return orjson.dumps(body), True
@@ -349,17 +392,17 @@ class Proxy:
             ex.usage = {"prompt_tokens": (ex.parsed.input_chars + 3) // 4,
                         "completion_tokens": outcome.events}
 
-    def _models_for(self, client: Client) -> frozenset[str] | None:
-        if client.settings is not None:
-            return self.client_models.get(client.settings.name)
-        return None
+    @staticmethod
+    def _models_for(client: Client) -> frozenset[str] | None:
+        """The client's own allowlist (its key's or tier's); None: validation.allowed_models."""
+        return client.models
 
     # --- GET /v1/models -------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         """The upstream's model list filtered to what this client may use. It counts against
         the client's request limit, and the upstream is asked at most once a minute."""
-        ex = self._begin(request, "/v1/models")
+        ex = await self._begin(request, "/v1/models")
         await self._limit_requests(ex, None)
         answer = await self._model_list(request)
         body, allowed = answer.body, self._models_for(ex.client) or self.allowed

@@ -55,7 +55,6 @@ __all__ = ["LimitState", "Limits", "RateLimiter", "Reservation", "format_reset",
            "headers", "limit_headers"]
 
 log = logging.getLogger("gateway.ratelimit")
-_UNSET = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +90,7 @@ def _limits_uri(url: StorageURL) -> str:
 class RateLimiter:
     """Built once per settings; `configure` again on reload (the counters survive)."""
 
-    def __init__(self, settings, clients=(), storage: StorageURL | None = None, *,
+    def __init__(self, settings, storage: StorageURL | None = None, *,
                  on_error: str = "open", timeout: float = 0.5, budget=None):
         self.storage_url = storage or StorageURL("memory")
         self.on_error = on_error
@@ -103,9 +102,9 @@ class RateLimiter:
         self._book: MemoryBook | SharedBook = (
             MemoryBook(self._storage) if isinstance(self._storage, MemoryStore)
             else SharedBook(self._storage))
-        self.configure(settings, clients, budget=budget)
+        self.configure(settings, budget=budget)
 
-    def configure(self, settings, clients=(), *, budget=None) -> None:
+    def configure(self, settings, *, budget=None) -> None:
         """(Re)build the limits from `settings` ([rate_limit]: requests, tokens, spend, rules,
         strategy) and `budget` (daily_usd, monthly_usd; None = no ceiling). Limits arrive as
         RateLimitItem tuples (spend in micro-dollars)."""
@@ -114,16 +113,10 @@ class RateLimiter:
                                  Limits(r.requests, r.tokens, getattr(r, "spend", ())))
                            for i, r in enumerate(settings.rules))
         self.gateway = gateway_limits(budget)
-        # MERGE ADAPTER: today's identity.Client carries its ClientSettings, not its Limits.
-        self._client_limits = {c.name: Limits(c.requests, c.tokens, getattr(c, "spend", None))
-                               for c in clients}
         rules = tuple(r.limits for r in self.rules)
         #: Budgets any caller has whatever its own limits (the defaults, rules, the ceilings).
         self._budgets = bool(self.gateway or any(limits.tokens or limits.spend
                                                  for limits in (self.defaults, *rules)))
-        known = (self.defaults, *rules, *self._client_limits.values())
-        #: Whether any token budget is configured (today's proxy asks streams for usage then).
-        self.any_tokens = any(limits.tokens for limits in known)
         strategy = settings.strategy
         if strategy == "auto":  # limits has no moving window on memcached
             strategy = ("sliding-window-counter" if self.storage_url.kind == "memcached"
@@ -147,12 +140,10 @@ class RateLimiter:
 
     # --- which limits apply --------------------------------------------------------------
 
-    def _own(self, caller) -> Limits | None:
-        limits = getattr(caller, "limits", _UNSET)
-        if limits is _UNSET:  # MERGE ADAPTER: identity.Client names its client key's settings
-            key = getattr(caller, "settings", None) or getattr(caller, "key", None)
-            return self._client_limits.get(key.name) if key is not None else None
-        return cast(Limits | None, limits)
+    @staticmethod
+    def _own(caller) -> Limits | None:
+        """The caller's own limits (its client key's or tier's; None: the defaults)."""
+        return cast(Limits | None, caller.limits)
 
     def _scopes(self, own: Limits | None, route: str, model: str | None, kind: str) -> list:
         """(scope, limits) pairs of one kind ("requests", "tokens", "spend") for a request."""
@@ -252,8 +243,13 @@ class RateLimiter:
                          for _, limit in self.gateway)
         return holds
 
+    def spend_applies(self, caller, route: str, model: str | None) -> bool:
+        """Whether a dollar budget (the caller's, a rule's, the gateway's) covers a request:
+        its model must then have a price."""
+        return bool(self.gateway or self._scopes(self._own(caller), route, model, "spend"))
+
     async def reserve(self, caller, route: str, model: str | None, *, tokens: int,
-                      micro_usd: int) -> Reservation:
+                      micro_usd: int | None) -> Reservation:
         """Reserve the estimate against every token and dollar budget that applies, all or
         nothing. Raises TokensRateLimited, SpendLimited (the caller's budget), BudgetExceeded
         (the gateway's), or StorageUnavailable (storage down, on_error=closed)."""
@@ -319,27 +315,6 @@ class RateLimiter:
                          "remaining_usd": left / MICRO, "window_seconds": limit.expiry,
                          "reset_seconds": round(state(limit, window).reset, 3)}
         return out
-
-    # --- the API today's proxy.py calls (MERGE: switch to reserve/settle, then delete) ----
-
-    async def check_tokens(self, client, route: str, model: str | None, estimate: int
-                           ) -> LimitState | None:
-        """Reserve tokens only; reports the tightest budget as it was before the reservation
-        (what today's headers show; every hold took the same amount, so the order holds)."""
-        holds = self._holds(client, route, model, estimate, None)
-        if not holds:
-            return None
-        taken = (await self._take(holds)).tokens
-        return taken and LimitState(taken.limit, taken.remaining + holds[0].amount, taken.reset)
-
-    async def settle_tokens(self, client, route: str, model: str | None, reserved: int,
-                            actual: int) -> None:
-        """Settle a check_tokens reservation. Returns None, as before: the tests of today's
-        headers expect the values from before the reservation; `settle` reports settled ones."""
-        holds = self._holds(client, route, model, reserved, None)
-        for hold in holds:  # this API kept no reservation: take it to be in the current window
-            hold.at = time.time()
-        await self._settle(Reservation(tuple(holds)), actual, 0)
 
 
 def _hit_moving_memory(store: MemoryStore, caller_id: str, scopes) -> LimitState | None:

@@ -32,7 +32,7 @@ def make(url="memory://", *, tokens=(), spend=(), rules=(), daily=0.0, monthly=0
     settings = SimpleNamespace(requests=(), tokens=tuple(parse(t) for t in tokens),
                                spend=tuple(spend_item(s) for s in spend), rules=tuple(rules),
                                strategy="auto")
-    return RateLimiter(settings, (), parse_storage_url(url), on_error=on_error, timeout=0.5,
+    return RateLimiter(settings, parse_storage_url(url), on_error=on_error, timeout=0.5,
                        budget=SimpleNamespace(daily_usd=daily, monthly_usd=monthly))
 
 

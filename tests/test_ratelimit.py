@@ -207,7 +207,7 @@ async def test_memory_storage_stays_bounded_and_forgets_idle_clients():
     from openai_gateway.settings import RateLimitSettings
     from openai_gateway.storage import parse_storage_url
 
-    limiter = RateLimiter(RateLimitSettings(requests=("5/second",)), (),
+    limiter = RateLimiter(RateLimitSettings(requests=("5/second",)),
                           parse_storage_url("memory://"), on_error="open", timeout=0.5)
     busy = Client(id="ip:192.0.2.1", ip="192.0.2.1")
     idle = Client(id="ip:192.0.2.2", ip="192.0.2.2")

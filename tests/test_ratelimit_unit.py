@@ -16,6 +16,7 @@ from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterR
 from limits.storage import storage_from_string
 
 from openai_gateway.budgets import Limits
+from openai_gateway.callers import _plan
 from openai_gateway.errors import RateLimited
 from openai_gateway.identity import Client, hash_key
 from openai_gateway.mcstore import RefundingMemcachedStorage
@@ -36,14 +37,17 @@ RESET = re.compile(r"^(\d+ms|(\d+h)?(\d+m)?\d+s)$")
 
 
 def client(settings: ClientSettings) -> Client:
-    return Client(id="key:" + settings.name, ip="198.51.100.1", settings=settings)
+    """A client key's caller as callers.py builds it: its own limits, None where unset."""
+    plan = _plan(None, settings)
+    return Client(id="key:" + settings.name, ip="198.51.100.1", settings=settings,
+                  limits=plan.limits)
 
 
 def limiter(requests=(), tokens=(), rules=(), clients=(), strategy="auto",
             url="memory://") -> RateLimiter:
     return RateLimiter(RateLimitSettings(requests=tuple(requests), tokens=tuple(tokens),
                                          rules=tuple(rules), strategy=strategy),
-                       tuple(clients), parse_storage_url(url), on_error="closed", timeout=0.5)
+                       parse_storage_url(url), on_error="closed", timeout=0.5)
 
 
 async def allowed(lim: RateLimiter, who: Client = ANON, route=CHAT, model=MINI, times=1) -> list:
@@ -158,15 +162,6 @@ async def test_client_key_limits_replace_the_defaults(who, passes):
         assert err.headers["x-ratelimit-limit-requests"] == str(passes)
 
 
-async def test_a_client_naming_its_key_settings_as_settings():
-    """identity.Client's field is `settings` on main (`key` here): both are read until the
-    callers carry their Limits."""
-    lim = limiter(["1/minute"], clients=[BACKEND])
-    who = SimpleNamespace(id="key:backend", settings=BACKEND)
-    async with lim.running():
-        assert [s.remaining for s in await allowed(lim, who, times=5)] == [4, 3, 2, 1, 0]
-
-
 async def test_client_key_with_empty_limits_is_unlimited():
     lim = limiter(["1/minute"], clients=[UNLIMITED])
     async with lim.running():
@@ -210,15 +205,19 @@ async def test_rule_with_route_and_model_needs_both(route, model, limited):
             assert first is None and await allowed(lim, route=route, model=model) == [None]
 
 
-# --- token budgets through today's proxy API (check_tokens / settle_tokens) ------------------
-# The budgets themselves are tested in test_budgets.py, through reserve / settle.
+# --- token budgets through reserve / settle ------------------------------------------------
+# The budgets themselves are tested in test_budgets.py.
 
 
-async def test_check_tokens_refuses_an_estimate_above_the_remaining_budget():
+async def reserve(lim, who, model, tokens):
+    return await lim.reserve(who, CHAT, model, tokens=tokens, micro_usd=None)
+
+
+async def test_reserve_refuses_an_estimate_above_the_remaining_budget():
     lim = limiter(tokens=["100/minute"])
     async with lim.running():
         with pytest.raises(RateLimited) as info:
-            await lim.check_tokens(ANON, CHAT, MINI, 101)
+            await reserve(lim, ANON, MINI, 101)
         err = info.value
         assert err.status == 429
         assert err.message.startswith("Rate limit reached for tokens: 100 per minute, 100 left, "
@@ -226,47 +225,48 @@ async def test_check_tokens_refuses_an_estimate_above_the_remaining_budget():
         h = err.headers
         assert (h["x-ratelimit-limit-tokens"], h["x-ratelimit-remaining-tokens"]) == ("100", "100")
         assert int(h["Retry-After"]) == 60 and RESET.match(h["x-ratelimit-reset-tokens"])
-        state = await lim.check_tokens(ANON, CHAT, MINI, 100)  # exactly the budget fits
-        assert (state.limit, state.remaining) == (100, 100)  # as it was before the reservation
+        taken = await reserve(lim, ANON, MINI, 100)  # exactly the budget fits
+        assert (taken.tokens.limit, taken.tokens.remaining) == (100, 0)
 
 
-async def test_check_tokens_reserves_and_settle_tokens_refunds_or_charges():
+async def test_reserve_then_settle_refunds_or_charges():
     lim = limiter(tokens=["100/minute"])
     async with lim.running():
-        assert (await lim.check_tokens(ANON, CHAT, MINI, 90)).remaining == 100
+        first = await reserve(lim, ANON, MINI, 90)
+        assert first.tokens.remaining == 10
         with pytest.raises(RateLimited):  # the first reservation holds 90 of 100
-            await lim.check_tokens(ANON, CHAT, MINI, 90)
-        await lim.settle_tokens(ANON, CHAT, MINI, reserved=90, actual=30)  # refund 60
-        assert (await lim.check_tokens(ANON, CHAT, MINI, 10)).remaining == 70
-        await lim.settle_tokens(ANON, CHAT, MINI, reserved=10, actual=50)  # overrun: +40
-        assert (await lim.check_tokens(ANON, CHAT, MINI, 1)).remaining == 20
+            await reserve(lim, ANON, MINI, 90)
+        settled = await lim.settle(first, tokens=30, micro_usd=0)  # refund 60
+        assert settled["x-ratelimit-remaining-tokens"] == "70"
+        second = await reserve(lim, ANON, MINI, 10)
+        await lim.settle(second, tokens=50, micro_usd=0)  # overrun: +40
+        assert (await reserve(lim, ANON, MINI, 1)).tokens.remaining == 19
 
 
 async def test_token_budgets_per_client_key_and_rule():
     rule = RuleSettings(model="gpt-4o", tokens=("50/minute",))
     lim = limiter(tokens=["100/minute"], rules=[rule], clients=[BACKEND, UNLIMITED])
-    assert lim.any_tokens
     async with lim.running():
-        assert (await lim.check_tokens(client(BACKEND), CHAT, MINI, 1000)).limit == 1000
-        assert await lim.check_tokens(client(UNLIMITED), CHAT, MINI, 10 ** 9) is None
+        assert (await reserve(lim, client(BACKEND), MINI, 1000)).tokens.limit == 1000
+        assert not (await reserve(lim, client(UNLIMITED), MINI, 10 ** 9)).holds
         # The rule's budget applies in addition, and the tightest is reported.
         with pytest.raises(RateLimited) as info:
-            await lim.check_tokens(ANON, CHAT, "gpt-4o", 51)
+            await reserve(lim, ANON, "gpt-4o", 51)
         assert info.value.headers["x-ratelimit-limit-tokens"] == "50"
-        state = await lim.check_tokens(ANON, CHAT, "gpt-4o", 50)
-        assert (state.limit, state.remaining) == (50, 50)
+        taken = await reserve(lim, ANON, "gpt-4o", 50)
+        assert (taken.tokens.limit, taken.tokens.remaining) == (50, 0)
         # That reservation used the rule's whole budget and half of the client's.
         with pytest.raises(RateLimited):
-            await lim.check_tokens(ANON, CHAT, "gpt-4o", 1)
-        assert (await lim.check_tokens(ANON, CHAT, MINI, 50)).remaining == 50
+            await reserve(lim, ANON, "gpt-4o", 1)
+        assert (await reserve(lim, ANON, MINI, 50)).tokens.remaining == 0
 
 
 async def test_no_token_limits():
     lim = limiter(["10/minute"])
-    assert not lim.any_tokens
     async with lim.running():
-        assert await lim.check_tokens(ANON, CHAT, MINI, 10 ** 9) is None
-        await lim.settle_tokens(ANON, CHAT, MINI, reserved=0, actual=10 ** 9)
+        taken = await reserve(lim, ANON, MINI, 10 ** 9)
+        assert not taken.holds
+        assert await lim.settle(taken, tokens=10 ** 9, micro_usd=0) == {}
 
 
 # --- strategy and storage -------------------------------------------------------------------
@@ -307,7 +307,7 @@ async def test_reconfigure_keeps_the_counters():
     lim = limiter(["2/minute"])
     async with lim.running():
         await allowed(lim)
-        lim.configure(RateLimitSettings(requests=("2/minute",), tokens=()), ())
+        lim.configure(RateLimitSettings(requests=("2/minute",), tokens=()))
         [state] = await allowed(lim)
         assert state.remaining == 0
         await refused(lim)

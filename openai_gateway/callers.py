@@ -1,0 +1,105 @@
+"""Who is calling and in what tier: a client key, a verified bearer token, or an address.
+
+`Callers.identify(request)` is the per-request path, in this order:
+1. a gateway-issued client key (`[[clients]]`, compared by SHA-256);
+2. a bearer that is a JWT: a login provider's (`[[auth.issuers]]`) or one the gateway minted
+   (`/gateway/tokens`, `/gateway/session`). It must verify, or the request is a 401
+   `invalid_token`: a bad token never silently becomes anonymous;
+3. anything else is anonymous, keyed by address, unless `auth.require_client_key` or
+   `auth.anonymous = false` make an identity mandatory (401).
+
+The caller's tier chooses its limits, budgets and models (`[tiers.NAME]`); a client key's own
+values win over its tier's, and anything unset falls back to `[rate_limit]` and
+`validation.allowed_models`. An unknown tier name falls back the same way, with one warning.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .auth.caller import BearerResolver
+from .budgets import Limits
+from .errors import InvalidClientKey, Unauthenticated
+from .identity import Client, IdentityResolver
+from .settings import ClientSettings, TierSettings
+
+log = logging.getLogger("gateway.callers")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one kind of caller may do. None anywhere: the gateway's defaults."""
+
+    limits: Limits | None = None
+    models: frozenset[str] | None = None
+
+
+def _plan(tier: TierSettings | None, key: ClientSettings | None = None) -> Plan:
+    def pick(name: str):
+        own = getattr(key, name, None) if key is not None else None
+        return own if own is not None else getattr(tier, name, None)
+
+    requests, tokens, spend, models = (pick(n) for n in ("requests", "tokens", "spend",
+                                                         "models"))
+    limits = None if requests is None and tokens is None and spend is None \
+        else Limits(requests, tokens, spend)
+    return Plan(limits, frozenset(models) if models is not None else None)
+
+
+class Callers:
+    """Built once per settings; `identify(request)` per request."""
+
+    def __init__(self, *, identity: IdentityResolver, bearer: BearerResolver | None,
+                 tiers: Mapping[str, TierSettings], clients: tuple[ClientSettings, ...],
+                 anonymous: bool, require_client_key: bool):
+        self.identity = identity
+        self.bearer = bearer
+        self.anonymous = anonymous
+        self.require_client_key = require_client_key
+        self.tiers = {name: _plan(tier) for name, tier in tiers.items()}
+        self._tier_names = dict(tiers)
+        self.keys = {c.name: _plan(self._tier_names.get(c.tier or ""), c) for c in clients}
+        self._warned: set[str] = set()
+        for c in clients:
+            if c.tier:
+                self.plan_for_tier(c.tier)  # warn about an unknown tier at start, once
+
+    def plan_for_tier(self, tier: str | None) -> Plan:
+        if tier is None:
+            return DEFAULT
+        plan = self.tiers.get(tier)
+        if plan is None:
+            if tier not in self._warned and len(self._warned) < 100:
+                self._warned.add(tier)
+                log.warning("tier %r is not configured ([tiers.%s]); its callers get the "
+                            "[rate_limit] defaults", tier[:64], tier[:64])
+            return DEFAULT
+        return plan
+
+    async def identify(self, request: web.Request) -> Client:
+        ip = self.identity.address(request)
+        authorization = request.headers.get("Authorization")
+        key = self.identity.client_key(authorization)
+        if key is not None:
+            plan = self.keys[key.name]
+            return Client("key:" + key.name, ip, key, key.tier, plan.limits, plan.models)
+        if self.bearer is not None and authorization:
+            caller = await self.bearer.resolve(authorization)  # a bad JWT raises 401
+            if caller is not None:
+                plan = self.plan_for_tier(caller.tier)
+                return Client(caller.id, ip, None, caller.tier, plan.limits, plan.models)
+        if self.require_client_key:
+            raise InvalidClientKey(
+                "Missing or unknown client key. Send a gateway-issued key as "
+                "'Authorization: Bearer <key>'.")
+        if not self.anonymous:
+            raise Unauthenticated(
+                "This gateway serves signed-in users only: send your login token or a "
+                "gateway-issued key as 'Authorization: Bearer <token>'.")
+        return self.identity.anonymous(ip)
+
+
+DEFAULT = Plan()
