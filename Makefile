@@ -106,6 +106,7 @@ soak: venv-dev
 dist: venv-dev
 	@mkdir -p $(DIST)
 	rm -f $(DIST)/gateway.pyz
+	@echo "building $(DIST)/gateway.pyz: the package and the wheels pinned in requirements.txt"
 	$(BIN)/shiv --reproducible --compressed --python "/usr/bin/env python3" \
 	  --entry-point openai_gateway.cli:main --output-file $(DIST)/gateway.pyz \
 	  --disable-pip-version-check --quiet -r requirements.txt .
