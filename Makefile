@@ -13,7 +13,7 @@ TEST_PACKAGES := memcached nginx redis-server chromium chromium-driver
 SERVICES := memcached nginx redis-server
 PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar off
 
-.PHONY: run test lint venv venv-dev system-deps bench bench-peers soak dist clean
+.PHONY: run test lint venv venv-dev system-deps give-back bench bench-peers soak dist clean
 
 # Under `sudo make ...` files created in the checkout go back to the invoking user, so a later
 # `make` without sudo can still use (and delete) the venv; as plain root nothing changes.

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 
-from . import logs
+from . import __version__, logs
 from .demo import DemoUpstream, demo_settings
 from .identity import hash_key
 from .server import ConfigSource, run
@@ -67,6 +67,7 @@ def serve_parser() -> argparse.ArgumentParser:
                    help="json, text (one line per request, for people) or auto (text on a "
                         "terminal); overrides log.format")
     p.add_argument("--log-level", choices=logs.LEVELS, help="overrides log.level")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

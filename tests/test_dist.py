@@ -19,6 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+import openai_gateway
+
 from .conftest import KEY, ROOT, base_config, free_port, merge, toml_dumps
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -201,6 +203,9 @@ def test_pip_install_gives_the_command(installed, tmp_path):
     help_text = subprocess.run([installed / "openai-gateway", "--help"], cwd=tmp_path,
                                capture_output=True, text=True).stdout
     assert help_text.startswith("usage: openai-gateway ")
+    version = subprocess.run([installed / "openai-gateway", "--version"], cwd=tmp_path,
+                             capture_output=True, text=True).stdout
+    assert version == f"openai-gateway {openai_gateway.__version__}\n"
 
 
 async def test_the_installed_command_runs_the_demo(installed, tmp_path):
