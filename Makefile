@@ -13,14 +13,12 @@ TEST_PACKAGES := memcached nginx redis-server chromium chromium-driver
 SERVICES := memcached nginx redis-server
 PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar off
 
-.PHONY: run test lint venv venv-dev system-deps give-back bench bench-peers soak dist clean
+.PHONY: run test lint venv venv-dev system-deps bench bench-peers soak dist clean
 
 # Under `sudo make ...` files created in the checkout go back to the invoking user, so a later
 # `make` without sudo can still use (and delete) the venv; as plain root nothing changes.
-define give-back
-@if [ "$$(id -u)" = 0 ] && [ -n "$$SUDO_USER" ] && [ "$$(stat -c %U .)" = "$$SUDO_USER" ]; then \
-	  find . -xdev -user 0 -exec chown -h "$$SUDO_USER": {} +; fi
-endef
+GIVE_BACK = if [ "$$(id -u)" = 0 ] && [ -n "$$SUDO_USER" ] && \
+  [ "$$(stat -c %U .)" = "$$SUDO_USER" ]; then find . -xdev -user 0 -exec chown -h "$$SUDO_USER": {} +; fi
 
 $(BIN)/python:
 	@echo "creating the virtualenv $(VENV) with $(PYTHON)"
@@ -33,13 +31,13 @@ $(BIN)/.installed-run: requirements.txt | $(BIN)/python
 	@echo "installing the runtime packages (requirements.txt) into $(VENV)"
 	$(PIP) -r requirements.txt
 	@touch $@
-	$(give-back)
+	@$(GIVE_BACK)
 
 $(BIN)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	@echo "installing the runtime, test and build packages (requirements-dev.txt) into $(VENV)"
 	$(PIP) -r requirements-dev.txt
 	@touch $@ $(BIN)/.installed-run
-	$(give-back)
+	@$(GIVE_BACK)
 
 venv: $(BIN)/.installed-run
 venv-dev: $(BIN)/.installed-dev
@@ -70,10 +68,7 @@ system-deps:
 
 test: system-deps venv-dev
 	@status=0; $(BIN)/python -m pytest tests -q $(PYTEST_ARGS) || status=$$?; \
-	$(MAKE) --no-print-directory give-back; exit $$status
-
-give-back:
-	$(give-back)
+	$(GIVE_BACK); exit $$status
 
 # ruff and mypy, configured in pyproject.toml, over the package.
 lint: venv-dev
@@ -112,7 +107,7 @@ dist: venv-dev
 	  --disable-pip-version-check --quiet -r requirements.txt .
 	rm -rf build openai_gateway.egg-info
 	@echo "built $(DIST)/gateway.pyz for $$($(BIN)/python -c 'import sys, sysconfig; print("Python %d.%d on %s" % (*sys.version_info[:2], sysconfig.get_platform()))')"
-	$(give-back)
+	@$(GIVE_BACK)
 
 clean:
 	rm -rf $(VENV) $(DIST) build openai_gateway.egg-info

@@ -221,3 +221,20 @@ async def test_the_installed_command_runs_the_demo(installed, tmp_path):
         assert (await chat_stream(app.url)).startswith("[demo]")
     finally:
         assert app.stop() == 0, app.log()
+
+
+# --- the make targets ------------------------------------------------------------------------
+
+
+def make_dry_run(source_copy: Path, target: str, venv: Path) -> str:
+    p = subprocess.run(["make", "-n", target, f"VENV={venv}"], cwd=source_copy,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_make_run_installs_the_runtime_packages_only(source_copy, tmp_path):
+    run = make_dry_run(source_copy, "run", tmp_path / "venv")
+    assert "-r requirements.txt" in run and "requirements-dev.txt" not in run
+    test = make_dry_run(source_copy, "test", tmp_path / "venv")
+    assert "-r requirements-dev.txt" in test and "pytest tests" in test
