@@ -13,9 +13,15 @@ from aiohttp import web
 from . import metrics, playground
 from .auth.setup import Auth
 from .cache import PromptCache
+from .errors import (
+    GatewayError,
+    OriginNotAllowed,
+    error_response,
+    from_http_exception,
+    http_error_code,
+)
 from .identity import Client
-from .errors import GatewayError, OriginNotAllowed, error_response, from_http_exception
-from .logs import RequestRecord, log_access
+from .logs import RequestRecord, log_access, refusal_detail
 from .proxy import RECORD, Proxy
 from .budgets import Limits
 from .ratelimit import RateLimiter
@@ -73,17 +79,23 @@ def request_context(hash_client: bool):
             return response
         except web.HTTPException as exc:
             rec.status = exc.status
+            if exc.status >= 400:
+                rec.error = http_error_code(exc.status)
             raise
         except GatewayError as exc:
-            rec.status = exc.status
+            # The access line says why: the code the client got and a short, safe reason.
+            rec.status, rec.error = exc.status, exc.code or exc.type
+            rec.detail = refusal_detail(exc, request.headers.get("Origin"))
             raise
         except asyncio.CancelledError:
             rec.status = 499  # client closed the connection (nginx's convention)
             raise
         except Exception:
-            rec.status = 500
+            rec.status, rec.error = 500, "internal_error"
             raise
         finally:
+            if rec.client == "-":  # refused before the proxy resolved who it was
+                rec.client = request.app[PROXY].identity.address(request)
             if rec.route is not None:
                 metrics.REQUESTS.labels(rec.route, str(rec.status)).inc()
                 metrics.LATENCY.labels(rec.route).observe(time.perf_counter() - rec.started)

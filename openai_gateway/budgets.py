@@ -188,17 +188,20 @@ def refusal(hold: Hold, window: Window) -> RateLimited:
             f"Rate limit reached for tokens: {limit.amount} per {limit.per}, {left} left, "
             f"this request needs about {need}. {again}",
             headers={"Retry-After": retry_after(wait),
-                     **limit_headers(tokens=LimitState(limit.amount, left, wait))})
+                     **limit_headers(tokens=LimitState(limit.amount, left, wait))},
+            log_detail=f"limit={limit.amount}/{limit.per} tokens")
     if hold.scope == GATEWAY:  # no x-ratelimit-*-spend: those describe the caller's budget
         return BudgetExceeded(
             f"The gateway's budget is used up: {format_usd(limit.amount)} per {limit.per} "
             f"for all clients, {format_usd(left)} left, this request needs about "
-            f"{format_usd(need)}. {again}", headers={"Retry-After": retry_after(wait)})
+            f"{format_usd(need)}. {again}", headers={"Retry-After": retry_after(wait)},
+            log_detail=f"limit={format_usd(limit.amount)}/{limit.per} gateway")
     return SpendLimited(
         f"Spending limit reached: {format_usd(limit.amount)} per {limit.per}, "
         f"{format_usd(left)} left, this request needs about {format_usd(need)}. {again}",
         headers={"Retry-After": retry_after(wait),
-                 **limit_headers(spend=LimitState(limit.amount, left, wait))})
+                 **limit_headers(spend=LimitState(limit.amount, left, wait))},
+        log_detail=f"limit={format_usd(limit.amount)}/{limit.per}")
 
 
 def used(hold: Hold, tokens: int, micro_usd: int) -> int:

@@ -1,61 +1,100 @@
-"""The command line: run, --check, new-client-key. Exit codes: 0 ok, 2 bad configuration."""
+"""The command line: serve (the default), --check, and subcommands such as new-client-key.
+
+Exit codes: 0 ok, 1 could not serve (e.g. the port is taken), 2 bad configuration or usage.
+A subcommand is one entry of COMMANDS: a function taking its own argv and returning the exit
+status, with a one-line summary that `--help` lists.
+"""
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
 import re
 import secrets
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 
-from . import logs
+from . import __version__, logs
 from .demo import DemoUpstream, demo_settings
 from .identity import hash_key
-from .server import run
-from .settings import ConfigError, load
-
-log = logging.getLogger("gateway")
+from .server import ConfigSource, run
+from .settings import ConfigError, Settings, load
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="gateway.py",
-        description="OpenAI API gateway for browser and mobile front-ends (the key stays here).",
-        epilog="Also: 'gateway.py new-client-key NAME' prints a new client key and its hash.")
-    p.add_argument("--config", default="config.toml",
+def prog() -> str:
+    """How the user called us: gateway.py, openai-gateway, gateway.pyz."""
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "gateway.py"
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a port number 1-65535")
+    return int(text)
+
+
+def _host(text: str) -> str:
+    text = text.strip()
+    if not text or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected an address or host name")
+    return text
+
+
+def add_config_option(p: argparse.ArgumentParser) -> None:
+    """--config, for the serving command and any subcommand that reads the settings."""
+    p.add_argument("--config", default="config.toml", metavar="PATH",
                    help="TOML configuration file (default: ./config.toml)")
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog(),
+        description="OpenAI API gateway for browser and mobile front-ends (the key stays here).",
+        epilog="commands:\n" + "\n".join(f"  {prog()} {name} {usage}\n      {summary}"
+                                         for name, (usage, summary, _) in COMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_option(p)
     p.add_argument("--check", action="store_true",
                    help="validate the configuration, print the effective settings and exit")
     p.add_argument("--demo", action="store_true",
                    help="answer from a built-in demo upstream (no API key, no network) and "
                         "serve the playground at /")
+    p.add_argument("--host", type=_host, metavar="ADDR",
+                   help="listen on this address (overrides server.host)")
+    p.add_argument("--port", type=_port, metavar="N",
+                   help="listen on this port (overrides server.port)")
+    p.add_argument("--log-format", choices=logs.FORMATS,
+                   help="json, text (one line per request, for people) or auto (text on a "
+                        "terminal); overrides log.format")
+    p.add_argument("--log-level", choices=logs.LEVELS, help="overrides log.level")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
-def new_client_key(name: str) -> int:
-    key = "gw-" + secrets.token_urlsafe(32)
-    print(f"# Give this key to the client '{name}' (shown once, not stored):")
-    print(key)
-    print("# Add this to config.toml:")
-    print(f'[[clients]]\nname = "{name}"\nkey_sha256 = "{hash_key(key)}"')
-    return 0
+def overrides(args: argparse.Namespace) -> Callable[[Settings], Settings]:
+    """The command line's settings on top of the file's (applied again on every reload)."""
+    server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    log = {k: v for k, v in (("format", args.log_format), ("level", args.log_level))
+           if v is not None}
+
+    def apply(s: Settings) -> Settings:
+        return replace(s, server=replace(s.server, **server), log=replace(s.log, **log))
+
+    return apply
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "new-client-key":
-        # The name goes into TOML and logs: keep it to a plain identifier.
-        if len(argv) != 2 or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", argv[1]):
-            print("usage: gateway.py new-client-key NAME  (letters, digits, _ . -; at most 64)",
-                  file=sys.stderr)
-            return 2
-        return new_client_key(argv[1])
-    args = _parser().parse_args(argv)
+def serve_command(argv: list[str]) -> int:
+    args = serve_parser().parse_args(argv)
+    source = ConfigSource(args.config, overrides(args))
     try:
-        settings = load(args.config, demo=args.demo)
+        settings = source.overrides(load(args.config, demo=args.demo))
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
+        if not args.check and any(p.startswith("upstream.api_key_env:") for p in exc.problems):
+            print(f"hint: to try the gateway without a key, run it with --demo "
+                  f"({prog()} --demo): a built-in demo upstream answers and the playground "
+                  "opens at /", file=sys.stderr)
         return 2
     demo = DemoUpstream() if args.demo else None
     if demo is not None:
@@ -71,5 +110,42 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # optional: the standard loop works, only slower
         pass
     # No SIGHUP reload in demo mode: the file alone does not describe the demo's settings.
-    run(settings, None if demo else args.config, demo)
+    return run(settings, None if demo else source, demo)
+
+
+# --- subcommands --------------------------------------------------------------------------
+
+
+def new_client_key(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"{prog()} new-client-key", usage="%(prog)s NAME",
+                                description="Print a new client key and its config block.")
+    # The name goes into TOML and logs: keep it to a plain identifier.
+    p.add_argument("name", metavar="NAME", type=_client_name,
+                   help="the client's name (letters, digits, _ . -; at most 64)")
+    args = p.parse_args(argv)
+    key = "gw-" + secrets.token_urlsafe(32)
+    print(f"# Give this key to the client '{args.name}' (shown once, not stored):")
+    print(key)
+    print("# Add this to config.toml:")
+    print(f'[[clients]]\nname = "{args.name}"\nkey_sha256 = "{hash_key(key)}"')
     return 0
+
+
+def _client_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise argparse.ArgumentTypeError("letters, digits, _ . -; at most 64")
+    return text
+
+
+#: name -> (usage, summary, function(argv) -> exit status). Checked before the serving
+#: options, so a subcommand owns everything after its name.
+COMMANDS: dict[str, tuple[str, str, Callable[[list[str]], int]]] = {
+    "new-client-key": ("NAME", "print a new client key and its config block", new_client_key),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]][2](argv[1:])
+    return serve_command(argv)

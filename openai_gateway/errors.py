@@ -15,13 +15,16 @@ class GatewayError(Exception):
     code: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, log_detail: str | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
         self.headers = headers or {}
+        #: Why, for the access log only (e.g. "limit=60/minute"): short, no client text
+        #: beyond what identifies the refusal, never a secret.
+        self.log_detail = log_detail
 
     def response(self) -> web.Response:
         return error_response(self.status, self.message, self.type, self.param, self.code,
@@ -120,6 +123,11 @@ _HTTP_ERRORS = {
           "Method {method} is not allowed for {path}."),
     413: ("invalid_request_error", "request_too_large", "Request body is too large."),
 }
+
+
+def http_error_code(status: int) -> str | None:
+    """The `code` a router error with this status is rendered with (for the access log)."""
+    return _HTTP_ERRORS.get(status, (None, None))[1]
 
 
 def error_body(message: str, type_: str, param: str | None = None,

@@ -1,22 +1,34 @@
-"""Logging set-up: JSON (or text on a terminal), one access line per request, secrets redacted.
+"""Logging set-up: JSON or text, one access line per request, secrets redacted.
 
-The access line carries metadata only (never prompts, completions or keys). As a last line of
-defence every formatted record, tracebacks included, has the upstream key replaced, so even a
-library's exception text cannot leak it.
+The access line carries metadata only (never prompts, completions, keys or tokens). In JSON it
+is one object per line for machines; in text it is one line a person reads at a glance:
+
+    200 POST /v1/chat/completions 183.4 ms gpt-4o-mini MISS in=12 out=48 client=203.0.113.7 req_…
+    403 POST /v1/chat/completions 0.3 ms error=origin_not_allowed origin=https://evil.example …
+
+As a last line of defence every formatted record, tracebacks included, has the upstream key
+replaced, so even a library's exception text cannot leak it.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
+import os
+import re
 import sys
 import time
 from dataclasses import dataclass
 
 import orjson
 
+from .errors import GatewayError, OriginNotAllowed, RateLimited, TokensRateLimited
+
 ACCESS = logging.getLogger("gateway.access")
 REDACTED = "[REDACTED]"
+FORMATS = ("auto", "json", "text")
+LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(slots=True)
@@ -38,6 +50,11 @@ class RequestRecord:
     tokens_in: int | None = None
     tokens_out: int | None = None
     stream: bool = False
+    #: A refusal's error code (the `code` of the OpenAI-shaped body, else its `type`).
+    error: str | None = None
+    #: Why, short and safe to log: "origin=https://evil.example", "limit=60/minute".
+    detail: str | None = None
+    #: What the answer cost in US dollars, when the model has a price.
     cost_usd: float | None = None
 
 
@@ -47,16 +64,21 @@ class RedactingFormatter(logging.Formatter):
         # Only real keys: redacting a 1-character test value would garble every line.
         self.secrets = tuple(s for s in secrets if len(s) >= 8)
         self.json_lines = json_lines
+        # Access lines in text: the time and the line itself (level and logger add nothing).
+        self.access_text = logging.Formatter("%(asctime)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        access = getattr(record, "access", None)
         if self.json_lines:
-            doc = getattr(record, "access", None)
+            doc = access
             if doc is None:
                 doc = {"time": _iso(record.created), "level": record.levelname.lower(),
                        "logger": record.name, "message": record.getMessage()}
                 if record.exc_info:
                     doc["exc"] = self.formatException(record.exc_info)
             text = orjson.dumps(doc).decode()
+        elif access is not None:
+            text = self.access_text.format(record)
         else:
             text = super().format(record)
         for secret in self.secrets:
@@ -74,6 +96,81 @@ def _iso(ts: float) -> str:
     if whole != _second[0]:  # strftime once a second, not once a line
         _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
     return f"{_second[1]}.{int(ts % 1 * 1000):03d}Z"
+
+
+# --- the access line ------------------------------------------------------------------------
+
+#: Anything but visible ASCII is escaped in a text line: a decoded path or a header could
+#: otherwise carry a newline (a forged second line) or bidi controls (a line that reads wrong).
+_UNSAFE = re.compile(r"[^\x21-\x7e]")
+
+
+def safe(text: str, limit: int = 200) -> str:
+    """Client-supplied text, fit for one word of a log line: visible ASCII, bounded."""
+    text = text[:limit]
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 256
+                       else f"\\u{ord(m[0]):04x}", text)
+
+
+def refusal_detail(exc: GatewayError, origin: str | None) -> str | None:
+    """Why a request was refused, for the log: the raiser's own `log_detail`, else what can be
+    told from the error and the request (the offending Origin, the limit that was hit)."""
+    if exc.log_detail:
+        return exc.log_detail
+    if isinstance(exc, OriginNotAllowed):
+        return f"origin={safe(origin or '', 100)}"
+    if isinstance(exc, RateLimited):
+        kind = "tokens" if isinstance(exc, TokensRateLimited) else "requests"
+        limit = exc.headers.get(f"x-ratelimit-limit-{kind}")
+        retry = exc.headers.get("Retry-After")
+        return " ".join(part for part in (f"limit={limit}" if limit else "",
+                                          f"retry_after={retry}s" if retry else "") if part)
+    return None
+
+
+def text_line(doc: dict) -> str:
+    """The access line for people: status, method, path, time first; then what the gateway
+    did (model, cache, tokens, cost, the reason of a refusal); who and which request last."""
+    words = [str(doc["status"]), doc["method"], safe(doc["path"]), f"{doc['duration_ms']:.1f} ms"]
+    if doc.get("model"):
+        words.append(safe(doc["model"], 100))
+    if doc.get("cache"):
+        words.append(doc["cache"])
+    if doc.get("stream"):
+        ttfb = doc.get("ttfb_ms")
+        words.append("stream" if ttfb is None else f"stream ttfb={ttfb:.1f}ms")
+    if doc.get("upstream_status") is not None and doc["status"] >= 400:
+        words.append(f"upstream={doc['upstream_status']}")  # the refusal came from upstream
+    if doc.get("tokens_in") is not None or doc.get("tokens_out") is not None:
+        words.append(f"in={_dash(doc.get('tokens_in'))} out={_dash(doc.get('tokens_out'))}")
+    if doc.get("cost_usd") is not None:
+        words.append(f"cost=${doc['cost_usd']:.6f}")
+    if doc.get("error"):
+        words.append(f"error={doc['error']}")
+    if doc.get("detail"):
+        words.append(doc["detail"])
+    words.append(f"client={safe(doc['client'], 100)}")
+    words.append(doc["request_id"])
+    return " ".join(words)
+
+
+def _dash(value) -> str:
+    return "-" if value is None else str(value)
+
+
+class ClientHasher:
+    """`log.hash_client`: a client's address as an HMAC-SHA256 under a secret key.
+
+    A plain hash of an IPv4 address is no pseudonym: all 2^32 of them are hashed in minutes.
+    Keyed, the same client still maps to the same value (lines can be correlated), but only
+    while the key is the same: with no key configured it is random per start.
+    """
+
+    def __init__(self, secret: bytes | None = None):
+        self.key = secret or os.urandom(32)
+
+    def __call__(self, client: str) -> str:
+        return hmac.new(self.key, client.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 class AccessWriter:
@@ -111,10 +208,16 @@ class AccessWriter:
 
 
 _writer: AccessWriter | None = None
+_hasher = ClientHasher()
 
 
-def configure(level: str, fmt: str, secrets: tuple[str, ...], stream=None) -> None:
-    """Install one handler on the root logger (idempotent: reload replaces it)."""
+def configure(level: str, fmt: str, secrets: tuple[str, ...], stream=None, *,
+              hash_secret: bytes | None = None) -> None:
+    """Install one handler on the root logger (idempotent: reload replaces it).
+
+    fmt: "json", "text", or "auto" (text on a terminal, JSON otherwise). hash_secret keys
+    `log.hash_client`'s HMAC; None picks a random key (pseudonyms then last one run).
+    """
     stream = stream or sys.stderr
     json_lines = fmt == "json" or (fmt == "auto" and not stream.isatty())
     handler = logging.StreamHandler(stream)
@@ -124,10 +227,25 @@ def configure(level: str, fmt: str, secrets: tuple[str, ...], stream=None) -> No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    global _writer
+    global _writer, _hasher
     _writer = AccessWriter(stream) if json_lines else None
+    _hasher = ClientHasher(hash_secret)
     # aiohttp's own access log is off (run_app(access_log=None)); ours replaces it.
     logging.getLogger("aiohttp.access").disabled = True
+
+
+def access_doc(rec: RequestRecord, client: str) -> dict:
+    """The access line's fields (JSON keys; the text line shows the same facts)."""
+    return {
+        "time": _iso(time.time()), "level": "info", "logger": "gateway.access",
+        "request_id": rec.request_id, "client": client, "method": rec.method,
+        "path": rec.path[:200], "route": rec.route, "model": rec.model, "status": rec.status,
+        "cache": rec.cache, "rate_limit": rec.rate_limit, "upstream_status": rec.upstream_status,
+        "stream": rec.stream, "ttfb_ms": rec.ttfb_ms,
+        "duration_ms": round((time.perf_counter() - rec.started) * 1000, 2),
+        "tokens_in": rec.tokens_in, "tokens_out": rec.tokens_out, "cost_usd": rec.cost_usd,
+        "error": rec.error, "detail": rec.detail,
+    }
 
 
 def log_access(rec: RequestRecord, hash_client: bool) -> None:
@@ -135,22 +253,12 @@ def log_access(rec: RequestRecord, hash_client: bool) -> None:
         return
     client = rec.client
     if hash_client and client != "-":
-        client = hashlib.sha256(client.encode()).hexdigest()[:16]
-    now = time.time()
-    doc = {
-        "time": _iso(now), "level": "info", "logger": "gateway.access",
-        "request_id": rec.request_id, "client": client, "method": rec.method,
-        "path": rec.path[:200], "route": rec.route, "model": rec.model, "status": rec.status,
-        "cache": rec.cache, "rate_limit": rec.rate_limit, "upstream_status": rec.upstream_status,
-        "stream": rec.stream, "ttfb_ms": rec.ttfb_ms,
-        "duration_ms": round((time.perf_counter() - rec.started) * 1000, 2),
-        "tokens_in": rec.tokens_in, "tokens_out": rec.tokens_out,
-    }
+        client = _hasher(client)
+    doc = access_doc(rec, client)
     if _writer is not None:
         _writer.write(doc)
     else:
-        ACCESS.info("%s %s %s %s", rec.method, doc["path"], rec.status, doc["duration_ms"],
-                    extra={"access": doc})
+        ACCESS.info(text_line(doc), extra={"access": doc})
 
 
 def flush() -> None:

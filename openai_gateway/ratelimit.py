@@ -52,7 +52,7 @@ from .memstore import MemoryStore
 from .storage import StorageURL
 
 __all__ = ["LimitState", "Limits", "RateLimiter", "Reservation", "format_reset",
-           "headers", "limit_headers"]
+           "limit_headers"]
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -344,10 +344,5 @@ def _refuse_requests(limit: Limit, frees_at: float) -> NoReturn:
         f"Rate limit reached for requests: {limit.amount} per {limit.per}. "
         f"Please try again in {format_reset(wait)}.",
         headers={"Retry-After": retry_after(wait),
-                 **limit_headers(requests=LimitState(limit.amount, 0, wait))})
-
-
-def headers(requests: LimitState | None, tokens: LimitState | None) -> dict[str, str]:
-    """MERGE: today's proxy.py name for `limit_headers`; switch to it, then delete."""
-    return limit_headers(requests=requests, tokens=tokens)
-
+                 **limit_headers(requests=LimitState(limit.amount, 0, wait))},
+        log_detail=f"limit={limit.amount}/{limit.per} retry_after={retry_after(wait)}s")

@@ -19,14 +19,17 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from .conftest import ROOT, free_port
+from openai_gateway.app import create_app
+from openai_gateway.settings import parse
+
+from .conftest import KEY, ROOT, base_config, free_port, merge
 from .test_demo import demo_process  # noqa: F401  (a fixture)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = ROOT / "tests" / "artifacts"
-#: The README's screenshot; rewritten only with UPDATE_SCREENSHOTS=1.
-SCREENSHOT = ROOT / "tests" / "screenshots" / "playground.png"
+#: The README's screenshots (playground-STATE.png); rewritten only with UPDATE_SCREENSHOTS=1.
+SCREENSHOTS = ROOT / "tests" / "screenshots"
 CHROME_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                "--disable-quic", "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--window-size=1280,860")
@@ -137,6 +140,11 @@ async def test_playground_streams_a_reply_as_it_is_generated(browser, demo_proce
     gp = await demo_process()
     await browser.open_playground(gp.url)
     assert await browser.js("return !document.getElementById('demo-badge').hidden")
+    # Before the first message the panel shows nothing (the model list is not an answer).
+    assert await browser.text("status") == "–" and await browser.text("request-id") == "–"
+    # This gateway has no demo-token route (404): no sign-in box, and no money rows.
+    assert await browser.js("return document.getElementById('signin').hidden")
+    assert await browser.js("return document.getElementById('spend').hidden")
     await browser.send("Hello from a real browser")
     samples = await watch_reply(browser)
     final = samples[-1][1]
@@ -147,6 +155,7 @@ async def test_playground_streams_a_reply_as_it_is_generated(browser, demo_proce
     assert len(partial) >= 5, samples
     assert all(final.startswith(text) for text in partial)
     # The side panel shows what the gateway added.
+    assert await browser.text("status") == "200"
     assert await browser.text("x-cache") == "MISS"
     assert (await browser.text("request-id")).startswith("req_")
     assert (await browser.text("ratelimit")).endswith(" of 20")
@@ -158,20 +167,124 @@ async def test_playground_streams_a_reply_as_it_is_generated(browser, demo_proce
                        "document.getElementById('x-cache').textContent === 'HIT'")
 
 
-async def test_screenshot_of_the_playground(browser, demo_process):
-    gp = await demo_process()
+#: Where the composer, the side panel and the newest message are, and whether the page scrolled.
+LAYOUT = """const box = (id) => document.getElementById(id).getBoundingClientRect();
+const t = document.getElementById('transcript');
+const last = [...t.querySelectorAll('.msg')].pop().getBoundingClientRect();
+return {form: [box('form').top, box('form').bottom], aside: [box('model').top],
+        height: window.innerHeight, pageScroll: window.scrollY,
+        scrolled: t.scrollTop, overflow: t.scrollHeight > t.clientHeight,
+        lastVisible: last.bottom <= t.getBoundingClientRect().bottom + 1};"""
+
+
+async def test_the_composer_and_the_panel_stay_in_view_in_a_long_chat(browser, demo_process):
+    gp = await demo_process({"rate_limit": {"requests": ["100/minute"]}})
     await browser.open_playground(gp.url)
-    await browser.send("Why put a gateway between a web page and the OpenAI API?")
-    await watch_reply(browser)
+    await browser.js("document.getElementById('stream').checked = false")
+    for i in range(8):
+        await browser.send("A long chat")  # answered from the cache after the first
+        await browser.wait(f"return document.querySelectorAll('.msg.assistant').length === {i + 1}"
+                           " && document.getElementById('send').textContent === 'Send'")
+    layout = await browser.js(LAYOUT)
+    assert layout["overflow"] and layout["scrolled"] > 0, layout  # the transcript scrolls...
+    assert layout["pageScroll"] == 0                               # ...the page does not
+    assert 0 < layout["form"][0] and layout["form"][1] <= layout["height"], layout
+    assert 0 < layout["aside"][0] < layout["height"]
+    assert layout["lastVisible"], layout  # the newest answer is the one on screen
+    assert await browser.js("return document.getElementById('prompt').value") == ""
+
+
+async def screenshot(browser: Browser, state: str, readme: bool = True) -> None:
+    """tests/artifacts/playground-STATE.png; the README's copy only with UPDATE_SCREENSHOTS=1."""
     png = await asyncio.to_thread(browser.driver.get_screenshot_as_png)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", png[16:24])
     assert width >= 800 and height >= 500
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "playground.png").write_bytes(png)
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        SCREENSHOT.write_bytes(png)
+    (ARTIFACTS / f"playground-{state}.png").write_bytes(png)
+    if readme and os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(exist_ok=True)
+        (SCREENSHOTS / f"playground-{state}.png").write_bytes(png)
+        if state == "cache-hit":  # the overview at the README's top
+            (SCREENSHOTS / "playground.png").write_bytes(png)
+
+
+async def test_screenshots_of_the_playground(browser, demo_process):
+    """One per state the README shows: streaming, a cache hit, rate-limited."""
+    gp = await demo_process({"rate_limit": {"requests": ["2/minute"]}})
+    await browser.open_playground(gp.url)
+    question = "Why put a gateway between a web page and the OpenAI API?"
+    await browser.send(question)
+    await browser.wait("const r = [...document.querySelectorAll('.msg.assistant')].pop();"
+                       "return r && r.dataset.state === 'streaming' && r.textContent.length > 160")
+    await screenshot(browser, "streaming")
+    await watch_reply(browser)
+    await browser.send(question)
+    await browser.wait("return document.querySelectorAll('.msg.assistant').length === 2 && "
+                       "document.getElementById('x-cache').textContent === 'HIT' && "
+                       "document.getElementById('send').textContent === 'Send'")
+    await screenshot(browser, "cache-hit")
+    await browser.send(question)
+    await browser.wait("return !document.getElementById('error').hidden")
+    assert await browser.text("status") == "429"
+    await screenshot(browser, "rate-limited")
+
+
+# --- sign in as (demo) ------------------------------------------------------------------------
+
+
+async def test_sign_in_as_uses_the_token_for_later_calls(browser, aiohttp_server, upstream_url):
+    """The page against a gateway with stand-ins for the demo-token route and spend headers."""
+    port = free_port()
+    settings = parse(merge(base_config(upstream_url), {
+        "playground": {"enabled": True},
+        "cors": {"allow_origins": [f"http://127.0.0.1:{port}"]}}),
+        environ={"OPENAI_API_KEY": KEY})
+    app = create_app(settings)
+    users, bearers = [], []
+
+    async def demo_token(request: web.Request) -> web.Response:
+        users.append((await request.json())["user"])
+        return web.json_response({"token": f"tok-{users[-1]}", "expires_at": 0})
+
+    @web.middleware
+    async def record(request: web.Request, handler):
+        if request.path == "/v1/chat/completions":
+            bearers.append(request.headers.get("Authorization"))
+        return await handler(request)
+
+    async def mark_demo(request, response):
+        response.headers["X-Demo"] = "true"
+        if request.path == "/v1/chat/completions" and bearers[-1]:  # a signed-in user's budget
+            response.headers.update({"x-ratelimit-limit-spend": "0.50",
+                                     "x-ratelimit-remaining-spend": "0.4213",
+                                     "x-gateway-cost-usd": "0.0000366"})
+
+    app.router.add_post("/gateway/demo-token", demo_token)
+    app.middlewares.append(record)
+    app.on_response_prepare.append(mark_demo)
+    await aiohttp_server(app, port=port)
+    await browser.open_playground(f"http://127.0.0.1:{port}")
+    await browser.wait("return !document.getElementById('signin').hidden")
+    await browser.send("before")
+    await watch_reply(browser)
+    # No dollar budget, no money rows.
+    assert await browser.js("return document.getElementById('spend').hidden && "
+                            "document.getElementById('cost').hidden")
+
+    def sign_in():
+        browser.driver.find_element(By.ID, "signin-user").send_keys("alice")
+        browser.driver.find_element(By.ID, "signin-button").click()
+    await asyncio.to_thread(sign_in)
+    await browser.wait("return document.getElementById('signin').dataset.user === 'alice'")
+    assert "Signed in as alice" in await browser.text("signin-state")
+    await browser.send("after")
+    await watch_reply(browser)
+    await screenshot(browser, "signed-in", readme=False)
+    assert await browser.text("spend") == "$0.42 of $0.50"
+    assert await browser.text("cost") == "$0.000037"
+    assert users == ["alice"]
+    assert bearers == [None, "Bearer tok-alice"]
 
 
 # --- pages on other origins ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A real `python gateway.py` process: SIGTERM drain, SIGHUP reload, sd_notify, workers, zipapp."""
+"""A real `python gateway.py` process: SIGTERM drain, SIGHUP reload, sd_notify, workers."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +13,10 @@ import time
 import aiohttp
 import pytest
 
-from .conftest import ROOT, KEY, ORIGIN, toml_dumps, merge, base_config, free_port
+from openai_gateway.server import EXIT_CANNOT_LISTEN, Supervisor
+from openai_gateway.settings import Settings
+
+from .conftest import KEY, ORIGIN, ROOT, base_config, merge, toml_dumps
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = dict(CHAT, stream=True)
@@ -189,32 +192,41 @@ async def test_access_log_is_json_without_prompts_or_keys(gateway_process, fake)
     assert secret_prompt not in log and "client-secret-xyz" not in log and KEY not in log
 
 
-async def test_zipapp_starts_and_answers(tmp_path, upstream_url):
-    subprocess.run(["make", "dist"], cwd=ROOT, check=True, capture_output=True)
-    pyz = ROOT / "dist" / "gateway.pyz"
-    assert pyz.is_file()
-    port = free_port()
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(toml_dumps(merge(base_config(upstream_url), {"server": {"port": port}})))
-    proc = subprocess.Popen([sys.executable, str(pyz), "--config", str(cfg)], cwd=tmp_path,
-                            env={**os.environ, "OPENAI_API_KEY": KEY},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
-                    async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
-                        assert r.status == 200
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("the zipapp did not answer")
-            async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT) as r:
-                assert r.status == 200
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def test_a_dead_worker_is_restarted_later_without_blocking_the_supervisor(monkeypatch):
+    """_reap only schedules the restart: a sleep there would hold back WATCHDOG=1."""
+    sup = Supervisor(Settings(), None, 2)
+    spawned: list[int] = []
+    monkeypatch.setattr(sup, "_spawn", spawned.append)
+    monkeypatch.setattr(time, "sleep", lambda s: pytest.fail("the supervisor slept"))
+    pid = os.fork()
+    if pid == 0:
+        os._exit(1)  # a worker that died
+    sup.children[pid] = 1
+    before = time.monotonic()
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+    sup._reap()
+    assert sup.children == {} and spawned == []
+    due = sup.restarts[1]
+    assert due >= before + sup.RESTART_DELAY
+    # The main loop waits no longer than until the restart is due, and then starts it.
+    assert sup._timeout(due - 0.2, None) == pytest.approx(0.2)
+    sup._restart_due(due - 0.001)
+    assert spawned == []
+    sup._restart_due(due)
+    assert spawned == [1] and sup.restarts == {}
+
+
+def test_a_worker_that_cannot_listen_stops_the_supervisor(monkeypatch):
+    sup = Supervisor(Settings(), None, 2)
+    monkeypatch.setattr(sup, "_spawn", lambda index: pytest.fail("restarted"))
+    monkeypatch.setattr(sup, "_signal_all", lambda sig: None)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(EXIT_CANNOT_LISTEN)
+    sup.children[pid] = 0
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    sup._reap()
+    assert sup.failed and sup.stopping and sup.restarts == {}
 
 
 async def test_wildcard_origin_is_warned_about_at_start(gateway_process):

@@ -21,7 +21,7 @@ from openai_gateway.errors import RateLimited
 from openai_gateway.identity import Client, hash_key
 from openai_gateway.mcstore import RefundingMemcachedStorage
 from openai_gateway.memstore import MemoryStore
-from openai_gateway.ratelimit import LimitState, RateLimiter, format_reset, headers, limit_headers
+from openai_gateway.ratelimit import LimitState, RateLimiter, format_reset, limit_headers
 from openai_gateway.settings import ClientSettings, RateLimitSettings, RuleSettings
 from openai_gateway.storage import parse_storage_url
 
@@ -87,7 +87,6 @@ def test_format_reset(seconds, text):
 ])
 def test_headers(requests, tokens, expected):
     assert limit_headers(requests, tokens) == expected
-    assert headers(requests, tokens) == expected  # today's name in proxy.py
 
 
 @pytest.mark.parametrize("limit, remaining, shown", [

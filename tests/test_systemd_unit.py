@@ -104,6 +104,15 @@ def test_the_key_is_never_in_the_unit_or_the_example():
     ]
 
 
+def test_the_single_file_way_is_one_line_away():
+    """`make dist`'s file runs under the same unit: swap ExecStart, the rest holds."""
+    assert ("#ExecStart=/usr/bin/python3 /opt/gateway/app/gateway.pyz "
+            "--config /etc/gateway/config.toml") in UNIT.read_text().splitlines()
+    # shiv unpacks into SHIV_ROOT: the one writable place ProtectSystem=strict leaves.
+    assert SERVICE["CacheDirectory"] == ["gateway"]
+    assert "SHIV_ROOT=%C/gateway" in SERVICE["Environment"]
+
+
 def runnable_copy(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at binaries that exist here (verify checks them)."""
     text = re.sub(
