@@ -54,6 +54,12 @@ class ServerSettings:
     workers: int | str = 1
     #: Allow workers > 1 with memory:// storage (each process then has its own limits/cache).
     allow_unshared_workers: bool = False
+    #: Seconds a client may read nothing of an answer before it is dropped.
+    write_timeout: float = 30.0
+    #: IPv6 clients are keyed by this prefix length (anyone holds a /64).
+    ipv6_prefix: int = 64
+    #: Request bodies with a Content-Encoding: "refuse" (415) or "inflate" (bounded).
+    compressed_bodies: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,12 @@ class ValidationSettings:
     max_tokens: int = 4096
     max_n: int = 4
     max_messages: int = 200
+    #: Tool types a request may declare; hosted tools cost extra or reach outside the gateway.
+    allowed_tools: tuple[str, ...] = ("function",)
+    allowed_service_tiers: tuple[str, ...] = ("auto", "default")
+    #: false: /v1/responses goes upstream with store=false; stored responses, conversations,
+    #: prompts, files and background runs are refused (they live in the account, shared).
+    stored_state: bool = False
 
 
 @dataclass(frozen=True)
