@@ -57,7 +57,8 @@ path_chars = st.sampled_from(list("abcv1/.%2eEfF-_~?#;=&") + ["%2f", "%2F", ".."
                                                            "chat", "completions", "%"])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.lists(path_chars, max_size=12).map("".join),
        method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]),
        body=bodies,

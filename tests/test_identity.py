@@ -5,9 +5,9 @@ from unittest import mock
 
 import orjson
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from aiohttp.test_utils import make_mocked_request
 
 from openai_gateway.errors import InvalidClientKey
 from openai_gateway.identity import (
