@@ -235,7 +235,7 @@ async def test_upstream_error_passes_through_with_status(gw, fake):
     fake.script = [{"status": 400}]
     r = await gw.post("/v1/chat/completions", json=CHAT)
     assert r.status == 400
-    assert (await r.json())["error"]["message"] == "fake upstream error 400"
+    assert (await r.json())["error"]["message"] == "The upstream refused the request as invalid."
 
 
 async def test_retry_on_5xx_then_success(gw, fake):
