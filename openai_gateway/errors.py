@@ -53,6 +53,10 @@ class BodyTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 
 
+class UnsupportedEncoding(GatewayError):
+    status, type, code = 415, "invalid_request_error", "unsupported_content_encoding"
+
+
 class RequestTimeout(GatewayError):
     status, type, code = 408, "invalid_request_error", "request_timeout"
 
