@@ -8,6 +8,7 @@ import pytest
 
 from openai_gateway.policy.usage import (
     MAX_CANDIDATES,
+    WHOLE_PARSE_BYTES,
     Usage,
     usage_from_answer,
     usage_from_event,
@@ -76,7 +77,11 @@ def test_usage_totals():
     lambda v: json.dumps(v, indent=2).encode(),
     lambda v: json.dumps(v, separators=(" , ", " : ")).encode() + b"\n",
 ])
-def test_usage_from_answer(answer, expected, dump):
+@pytest.mark.parametrize("padding", [0, WHOLE_PARSE_BYTES], ids=["small", "large"])
+def test_usage_from_answer(answer, expected, dump, padding):
+    """Small answers are parsed whole, large ones searched from the end: the same verdicts."""
+    if padding and isinstance(answer, dict):
+        answer = {"padding": "p" * padding, **answer}
     assert usage_from_answer(dump(answer)) == expected
 
 
@@ -84,13 +89,14 @@ def test_usage_from_answer(answer, expected, dump):
     b"", b"not json", b'{"usage": ', b'{"usage": {"prompt_tokens": 1}', b'"usage"',
     b'{"usage": {"prompt_tokens": 1,}}', b'{"a": "\\"usage\\": {}"}',
 ])
-def test_broken_answers_have_no_usage(body):
-    assert usage_from_answer(body) is None
+@pytest.mark.parametrize("padding", [b"", b" " * WHOLE_PARSE_BYTES], ids=["small", "large"])
+def test_broken_answers_have_no_usage(body, padding):
+    assert usage_from_answer(padding + body) is None
 
 
 def test_many_echoed_usage_keys_fall_back_to_a_whole_parse():
     nested = {f"k{i}": {"usage": {"input_tokens": 0}} for i in range(MAX_CANDIDATES + 5)}
-    body = orjson.dumps(responses_answer(metadata=nested))
+    body = orjson.dumps(responses_answer(metadata=nested, padding="p" * WHOLE_PARSE_BYTES))
     assert usage_from_answer(body) == Usage(36, 16010, 4, 0)
 
 
