@@ -197,7 +197,8 @@ async def _finish(request: web.Request, out: web.StreamResponse, inspector: _Ins
     await write_within(request, out, None, write_timeout)
 
 
-async def write_within(request: web.Request, out: web.StreamResponse, data: bytes | None,
+async def write_within(request: web.Request, out: web.StreamResponse,
+                       data: bytes | memoryview | None,
                        timeout: float | None) -> None:
     """`out.write(data)` (None: `write_eof()`), waiting at most `timeout` seconds for a client
     that reads nothing; then the connection is dropped and ConnectionResetError raised."""
