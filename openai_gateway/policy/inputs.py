@@ -39,13 +39,21 @@ def chat_chars(body: dict, *, max_messages: int, stored_state: bool) -> int:
     if len(messages) > max_messages:
         raise Refusal(f"'messages' has {len(messages)} entries; this gateway allows at most "
                       f"{max_messages}.", "messages")
-    chars = sum(_message_chars(m, i, stored_state) for i, m in enumerate(messages))
+    chars = 0
+    for i, message in enumerate(messages):
+        chars += _message_chars(message, i, stored_state)
     prediction = body.get("prediction")
     if isinstance(prediction, dict) and prediction.get("content") is not None:
         chars += content_chars(prediction["content"], "prediction.content", CHAT_PARTS,
                                stored_state)
-    return chars + sum(map(serialised_chars, (body.get("tools"), body.get("functions"),
-                                              body.get("response_format"))))
+    for field in CHAT_DEFINITIONS:
+        if field in body:
+            chars += serialised_chars(body[field])
+    return chars
+
+
+#: Chat fields the model reads whole, as JSON: tool and function definitions, output schemas.
+CHAT_DEFINITIONS = ("tools", "functions", "response_format")
 
 
 def _message_chars(message, i: int, stored_state: bool) -> int:
@@ -54,16 +62,17 @@ def _message_chars(message, i: int, stored_state: bool) -> int:
     if message.get("role") not in CHAT_ROLES:
         raise Refusal(f"Invalid value for 'messages[{i}].role': expected one of "
                       f"{', '.join(sorted(CHAT_ROLES))}.", f"messages[{i}].role")
-    chars = 0
     content = message.get("content")
-    if content is not None:
-        chars += content_chars(content, f"messages[{i}].content", CHAT_PARTS, stored_state)
-    name = message.get("name")
-    if isinstance(name, str):
-        chars += len(name)
-    for field in ("tool_calls", "function_call"):  # names and arguments the model wrote
-        if message.get(field) is not None:
-            chars += text_chars(message[field], stored_state)
+    chars = len(content) if type(content) is str else 0  # the usual case, checked first
+    if content is not None and not chars:
+        chars = content_chars(content, f"messages[{i}].content", CHAT_PARTS, stored_state)
+    if len(message) > 1 + ("content" in message):  # beyond role and content: name, calls ...
+        name = message.get("name")
+        if isinstance(name, str):
+            chars += len(name)
+        for field in ("tool_calls", "function_call"):  # names and arguments the model wrote
+            if message.get(field) is not None:
+                chars += text_chars(message[field], stored_state)
     return chars
 
 
