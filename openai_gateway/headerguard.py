@@ -91,7 +91,6 @@ class HeaderGuard(asyncio.Protocol):
         pos, end = 0, len(data)
         while pos < end and self.state != LOST:
             if self.state == HEAD:
-                self._arm()  # the first byte of a head starts its clock
                 pos = self._head(data, pos)
             elif self.state in (BODY, CHUNK_DATA):
                 step = min(self.left, end - pos)
@@ -103,13 +102,21 @@ class HeaderGuard(asyncio.Protocol):
                 pos = self._line(data, pos)
 
     def _head(self, data: bytes, pos: int) -> int:
-        """Consume head bytes; at the head's end, stop the clock and learn the body's framing."""
-        if not self.buf:
+        """Consume head bytes; at the head's end, stop the clock and learn the body's framing.
+
+        The clock starts with the head's first byte; a head that arrives whole in one read
+        (the usual case) never needs it, so no timer is armed for it.
+        """
+        start = len(self.buf)
+        if not start:
             while pos < len(data) and data[pos] in b"\r\n":
                 pos += 1  # leading blank lines: skipped by the parser, timed here
-            if pos == len(data):
-                return pos
-        start = len(self.buf)
+            at = data.find(END_OF_HEAD, pos, pos + MAX_HEAD)
+            if at >= 0:
+                return self._head_end(data[pos:at], at + len(END_OF_HEAD))
+        self._arm()
+        if pos == len(data):
+            return pos
         self.buf += data[pos:pos + MAX_HEAD]
         at = self.buf.find(END_OF_HEAD, max(start - 3, 0))
         if at < 0:
@@ -118,9 +125,12 @@ class HeaderGuard(asyncio.Protocol):
             return len(data)
         head = bytes(self.buf[:at])
         self.buf.clear()
+        return self._head_end(head, pos + at + len(END_OF_HEAD) - start)
+
+    def _head_end(self, head: bytes, after: int) -> int:
         self._disarm()
         self._framing(head)
-        return pos + at + len(END_OF_HEAD) - start
+        return after
 
     def _framing(self, head: bytes) -> None:
         if _CHUNKED.search(head):
