@@ -242,7 +242,9 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
             origins.middleware,                              # 403 before any work is done
         ],
         client_max_size=s.server.max_body_bytes,
-        handler_args={"max_field_size": 16384},
+        # auto_decompress off: a compressed body is refused or inflated with a bound by
+        # bodies.read_body, never inflated by aiohttp while a refused request lingers.
+        handler_args={"max_field_size": 16384, "auto_decompress": False},
     )
     app[STATE] = AppState()
     app[PROXY] = proxy

@@ -77,7 +77,7 @@ class Entry:
             return None
         kind, body = value[:1], value[1:]
         if kind == KIND_SSE:  # only complete streams are stored: no end marker, not ours
-            complete = DONE in body or RESPONSES_DONE in body
+            complete = DONE in body or any(end in body for end in RESPONSES_DONE)
             return Entry(True, body) if complete else None
         if kind == KIND_JSON:
             try:

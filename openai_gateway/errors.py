@@ -5,8 +5,13 @@ typed exceptions (BadRequestError, RateLimitError, ...), so every refusal uses i
 """
 from __future__ import annotations
 
+import logging
+import re
+
 import orjson
 from aiohttp import web
+
+log = logging.getLogger("gateway.upstream")
 
 
 class GatewayError(Exception):
@@ -77,6 +82,10 @@ class ModelNotAllowed(GatewayError):
 
 class BodyTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class UnsupportedEncoding(GatewayError):
+    status, type, code = 415, "invalid_request_error", "unsupported_content_encoding"
 
 
 class RequestTimeout(GatewayError):
@@ -152,26 +161,60 @@ def from_http_exception(exc: web.HTTPException, request: web.Request) -> web.Res
     return error_response(exc.status, message, type_, None, code, headers)
 
 
-def upstream_error(status: int, content_type: str, body: bytes) -> tuple[int, str, bytes]:
-    """An upstream error as the client should see it: always OpenAI's shape, never our key.
+#: The gateway's own words for an upstream's error, by status. The upstream's text is logged,
+#: never sent: OpenAI's 429 names the account's organization and its usage across all clients.
+UPSTREAM_MESSAGES = {
+    400: "The upstream refused the request as invalid.",
+    404: "The upstream does not know the requested model or resource.",
+    408: "The upstream timed out while reading the request.",
+    409: "The upstream reported a conflict with the request.",
+    413: "The request is too large for the upstream.",
+    422: "The upstream could not process the request.",
+    429: "The upstream is limiting the gateway's requests; try again later.",
+}
+#: What an upstream's `type`, `code` and `param` may look like to be passed on: identifiers
+#: (OpenAI's are like "invalid_request_error", "context_length_exceeded", "messages[0]").
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,100}")
+#: How much of the upstream's message the server log keeps.
+LOGGED_CHARS = 300
 
-    A 401/403 means the gateway's own key was refused; passing it on would blame the
-    browser's dummy key (and OpenAI's message echoes part of the real key), so it becomes a
-    502. Other errors keep their status; a body that is not OpenAI's shape (an HTML page from
-    a load balancer, vLLM's plain text) is replaced by one that is.
+
+def upstream_error(status: int, content_type: str, body: bytes) -> tuple[int, str, bytes]:
+    """An upstream error as the client should see it: OpenAI's shape, the gateway's message.
+
+    The status and the error's type (and code and param, when they are plain identifiers) are
+    kept, so SDKs raise the same exception with the same code; the message is the gateway's
+    own, and the upstream's is logged at warning, truncated. A 401/403 means the gateway's own
+    key was refused; passing it on would blame the browser's dummy key (and OpenAI's message
+    echoes part of the real key, so it is not logged either): it becomes a 502.
     """
     if status in (401, 403):
         return 502, "application/json", error_body(
             "The upstream refused the gateway's credentials.", "server_error", None,
             "upstream_auth_error")
-    if content_type == "application/json":
-        try:
-            doc = orjson.loads(body)
-            if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
-                return status, content_type, body
-        except orjson.JSONDecodeError:
-            pass
-    type_ = "server_error" if status >= 500 else "invalid_request_error"
-    return status, "application/json", error_body(
-        f"The upstream answered {status} without an error description.", type_, None,
-        "upstream_error")
+    error = _error_object(content_type, body)
+    default_type = "server_error" if status >= 500 else "invalid_request_error"
+    type_ = _identifier(error.get("type")) or default_type
+    code = _identifier(error.get("code")) or ("upstream_error" if not error else None)
+    message = error.get("message") if error else body[:LOGGED_CHARS].decode("utf-8", "replace")
+    log.warning("upstream error %d (%s): %r", status, type_, str(message)[:LOGGED_CHARS])
+    text = UPSTREAM_MESSAGES.get(status) or (
+        "The upstream failed to answer." if status >= 500 else f"The upstream answered {status}.")
+    return status, "application/json", error_body(text, type_, _identifier(error.get("param")),
+                                                  code)
+
+
+def _error_object(content_type: str, body: bytes) -> dict:
+    """The `error` object of an OpenAI-shaped error body, or {}."""
+    if content_type != "application/json":
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    error = doc.get("error") if isinstance(doc, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _identifier(value) -> str | None:
+    return value if isinstance(value, str) and _IDENTIFIER.fullmatch(value) else None

@@ -74,6 +74,16 @@ class TrustedProxies:
         return any(v == version and low <= value <= high for v, low, high in self._ranges)
 
 
+def forwarded_for(headers) -> str | None:
+    """Every X-Forwarded-For line as one list (RFC 9110 section 5.3: repeated lines of a list
+    field are one field). A proxy such as HAProxy appends its own line instead of extending the
+    client's; reading only the first line would believe the client's own claim."""
+    lines = headers.getall("X-Forwarded-For", ())
+    if len(lines) == 1:
+        return lines[0]
+    return ", ".join(lines) if lines else None
+
+
 def client_address(peer: str, forwarded_for: str | None, trusted: TrustedProxies) -> str:
     """The right-most X-Forwarded-For hop that is not a trusted proxy.
 
@@ -94,6 +104,32 @@ def client_address(peer: str, forwarded_for: str | None, trusted: TrustedProxies
     return believed
 
 
+def address_key(address: str, ipv6_prefix: int) -> str:
+    """What limits key an address by: an IPv4 address itself, an IPv6 address's network.
+
+    Anyone holds a /64 (a home router, a VM) and picks addresses in it at will, so keying by
+    the full IPv6 address would give one client 2^64 identities: "2001:db8:1:2::/64".
+    IPv4-mapped peers (dual-stack sockets) are keyed as the IPv4 address they are.
+    """
+    if ":" not in address:
+        return address
+    return _network_key(address, ipv6_prefix)
+
+
+@lru_cache(maxsize=4096)
+def _network_key(address: str, prefix: int) -> str:
+    ip = _ip(address)
+    if ip is None:
+        return address  # not an address ("unknown", a scoped literal): keyed as it is
+    version, value = ip
+    if version == 4:
+        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+    if prefix >= 128:
+        return str(ipaddress.IPv6Address(value))
+    drop = 128 - max(prefix, 0)
+    return f"{ipaddress.IPv6Address(value >> drop << drop)}/{prefix}"
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -102,16 +138,11 @@ class IdentityResolver:
     """Built once from settings; `resolve(request)` is the per-request path."""
 
     def __init__(self, *, trusted_proxies: tuple[str, ...], clients: tuple[ClientSettings, ...],
-                 require_client_key: bool):
+                 require_client_key: bool, ipv6_prefix: int = 64):
         self.trusted = TrustedProxies(trusted_proxies)
+        self.ipv6_prefix = ipv6_prefix
         self._keys = {c.key_sha256.lower(): c for c in clients}
         self._require = require_client_key
-
-    def address(self, request: web.Request) -> str:
-        """The client's address: the peer, or what a trusted proxy says it is."""
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        peer_ip = peer[0] if peer else "unknown"
-        return client_address(peer_ip, request.headers.get("X-Forwarded-For"), self.trusted)
 
     def resolve(self, request: web.Request) -> Client:
         ip = self.address(request)
@@ -123,10 +154,17 @@ class IdentityResolver:
                 raise InvalidClientKey(
                     "Missing or unknown client key. Send a gateway-issued key as "
                     "'Authorization: Bearer <key>'.")
-        return Client(id="ip:" + ip, ip=ip)
+        return Client(id="ip:" + address_key(ip, self.ipv6_prefix), ip=ip)
+
+    def address(self, request: web.Request) -> str:
+        """The client's address: the peer, or what trusted proxies say it is."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        return client_address(peer[0] if peer else "unknown", forwarded_for(request.headers),
+                              self.trusted)
 
     def anonymous(self, ip: str) -> Client:
-        return Client(id="ip:" + ip, ip=ip)
+        """An anonymous caller, keyed by its address (IPv6 by its prefix)."""
+        return Client(id="ip:" + address_key(ip, self.ipv6_prefix), ip=ip)
 
     def client_key(self, authorization: str | None) -> ClientSettings | None:
         """The client key's settings when `authorization` carries a known one."""

@@ -145,13 +145,13 @@ REGISTRY.register(_GatewayCollector([REQUESTS, LATENCY, TTFB, UPSTREAM_ERRORS, C
 
 def metrics_handler(get_trusted):
     """Serve the registry to trusted peers only; behind a proxy the real client must be one."""
-    from .identity import client_address
+    from .identity import client_address, forwarded_for
 
     async def handle(request: web.Request) -> web.Response:
         trusted = get_trusted()
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if not peer or not trusted.contains(
-                client_address(peer[0], request.headers.get("X-Forwarded-For"), trusted)):
+                client_address(peer[0], forwarded_for(request.headers), trusted)):
             return error_response(403, "Metrics are only served to trusted peers.",
                                   "invalid_request_error", None, "forbidden")
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from types import MappingProxyType
 
+from .policy.usage import Usage  # the one definition of an answer's tokens
+
 #: Micro-dollars in one US dollar.
 MICRO = 1_000_000
 #: Prices are per this many tokens, as OpenAI publishes them.
@@ -106,15 +108,6 @@ class Price:
         return cls(amounts["input"], amounts["cached_input"], amounts["output"], as_of)
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Tokens an answer used. `cached_input` is part of `input`; reasoning is part of `output`."""
-
-    input: int = 0
-    cached_input: int = 0
-    output: int = 0
-
-
 def _count(value: object) -> int | None:
     # JSON gives int for a count; bools, floats, strings and negatives are not counts.
     return value if type(value) is int and value >= 0 else None
@@ -148,7 +141,7 @@ def usage_from_dict(usage: object) -> Usage:
                 break
     tin = tin or 0
     # A cache hit is a part of the prompt: never more than it.
-    return Usage(input=tin, cached_input=min(cached or 0, tin), output=tout or 0)
+    return Usage(input=tin, output=tout or 0, cached_input=min(cached or 0, tin))
 
 
 def _ceil_div(numerator: int, denominator: int) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -22,27 +21,28 @@ from . import metrics
 from .auth.caller import BearerResolver
 from .cache import Entry, PromptCache, cache_key
 from .callers import Callers
-from .errors import (BodyTooLarge, BudgetExceeded, GatewayError, ModelNotPriced, RateLimited,
-                     RequestTimeout, SpendLimited, TokensRateLimited, upstream_error)
+from .bodies import read_body
+from .errors import (BudgetExceeded, GatewayError, ModelNotPriced, RateLimited, SpendLimited,
+                     TokensRateLimited, upstream_error)
 from .identity import Client, IdentityResolver
 from .limitheaders import limit_headers
 from .logs import RequestRecord
-from .prices import MICRO, Price, PriceTable, Usage, cost, estimate, usage_from_dict
+from .policy import Usage, forward_body, prompt_estimate, usage_from_answer
+from .prices import MICRO, Price, PriceTable, cost, estimate
 from .ratelimit import RateLimiter, Reservation
 from .settings import Settings
-from .streaming import StreamOutcome, relay, replay
+from .streaming import StreamOutcome, relay, replay, send_answer
 from .upstream import RETURNED_HEADERS, Upstream
 from .validation import ParsedRequest, Validator
 
 log = logging.getLogger("gateway.proxy")
 RECORD = web.RequestKey("record", RequestRecord)
-#: Routes whose streams can report usage when asked with stream_options.include_usage.
-USAGE_OPT_IN = frozenset({"/v1/chat/completions", "/v1/completions"})
-_USAGE_FIELD = re.compile(rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens|'
-                          rb'total_tokens)"\s*:\s*(\d+)')
 JSON = "application/json"
 #: How long the upstream's model list is reused: at most one upstream call a minute.
 MODELS_TTL = 60.0
+#: Answers larger than this are sent with a write timeout (a client that reads nothing of a
+#: large answer would otherwise hold it in memory); smaller ones fit the socket's buffers.
+LARGE_ANSWER = 256 * 1024
 #: The largest model list read from the upstream.
 MODELS_MAX_BYTES = 16 * 1024 * 1024
 
@@ -80,27 +80,10 @@ class Exchange:
     price: Price | None = None
     reserved_tokens: int = 0
     reserved_micro: int = 0
-    usage: dict | None = None
+    usage: Usage | None = None
     charge_reserved: bool = False
     settled: bool = False
     outcome: StreamOutcome | None = None
-
-
-def usage_from_json(body: bytes) -> dict | None:
-    """Token counts from a JSON answer's `usage`, found without parsing the whole body
-    (embeddings answers are large; usage sits at their end)."""
-    at = body.rfind(b'"usage"')
-    if at < 0:
-        return None
-    fields = {k.decode(): int(v) for k, v in _USAGE_FIELD.findall(body, at, at + 2000)}
-    return fields or None
-
-
-def estimate_tokens(parsed: ParsedRequest) -> int:
-    """What a request may spend before the upstream says: its input (about four characters a
-    token) plus its output cap. The one definition used for reserving and for charging a stream
-    that was cut before its usage arrived."""
-    return (parsed.input_chars + 3) // 4 + (parsed.max_tokens or 0)
 
 
 class Proxy:
@@ -119,7 +102,8 @@ class Proxy:
         self.settings = settings
         self.identity = IdentityResolver(trusted_proxies=settings.server.trusted_proxies,
                                          clients=settings.clients,
-                                         require_client_key=settings.auth.require_client_key)
+                                         require_client_key=settings.auth.require_client_key,
+                                         ipv6_prefix=settings.server.ipv6_prefix)
         self.callers = Callers(identity=self.identity, bearer=self.bearer,
                                tiers=settings.tiers, clients=settings.clients,
                                anonymous=settings.auth.anonymous,
@@ -128,8 +112,7 @@ class Proxy:
                                                         cached_input=p.cached_input)
                                   for model, p in settings.prices.items()})
         self.validator = Validator(settings.validation)
-        self.max_body = settings.server.max_body_bytes
-        self.body_timeout = settings.server.body_timeout
+        self.server = settings.server
         self.max_response = settings.upstream.max_response_bytes
         self.idle_timeout = settings.upstream.idle_timeout
         self.allowed = frozenset(settings.validation.allowed_models)
@@ -146,31 +129,19 @@ class Proxy:
             rec.client = client.id
         return Exchange(request, rec, route, client)
 
-    async def _read_body(self, ex: Exchange) -> None:
-        request = ex.request
-        if request.content_length is not None and request.content_length > self.max_body:
-            raise BodyTooLarge(f"Request body is {request.content_length} bytes; this gateway "
-                               f"accepts at most {self.max_body}.")
+    async def _limit_requests(self, ex: Exchange, model: str | None = None) -> None:
+        """Count the request: before its body is read (every request to a forwarded route
+        counts, valid or not), and again for the rules naming its model once that is known."""
         try:
-            if request.content.is_eof():  # usual for small bodies: already here, no timer
-                ex.raw = await request.read()
-            else:
-                async with asyncio.timeout(self.body_timeout):
-                    ex.raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BodyTooLarge(f"Request body is larger than {self.max_body} bytes.") from None
-        except TimeoutError:
-            raise RequestTimeout("The request body was not received in time.") from None
-
-    async def _limit_requests(self, ex: Exchange, model: str | None) -> None:
-        try:
-            state = await self.limiter.check_requests(ex.client, ex.route, model)
+            state = await self.limiter.check_requests(ex.client, ex.route, model,
+                                                      rules_only=model is not None)
         except RateLimited:
             ex.record.rate_limit = "requests"
             metrics.RATE_LIMITED.labels("requests").inc()
             raise
         ex.record.rate_limit = "ok"
-        ex.headers.update(limit_headers(state, None))
+        if state is not None:
+            ex.headers.update(limit_headers(state, None))
 
     async def _lookup(self, ex: Exchange) -> web.StreamResponse | None:
         """The cached answer, or None (the exchange then carries its cache key, if any)."""
@@ -187,7 +158,8 @@ class Proxy:
                 metrics.CACHE.labels("HIT").inc()
                 ex.headers["X-Cache"] = "HIT"
                 if entry.stream:
-                    return await replay(ex.request, entry.body, ex.headers)
+                    return await replay(ex.request, entry.body, ex.headers,
+                                        write_timeout=self.server.write_timeout)
                 return web.Response(body=entry.body, headers=ex.headers, content_type=JSON)
         metrics.CACHE.labels(rec.cache).inc()
         ex.headers["X-Cache"] = rec.cache
@@ -196,7 +168,8 @@ class Proxy:
     async def _admit(self, ex: Exchange) -> web.StreamResponse | None:
         """The steps that ask the storage: count the request, look the answer up, reserve the
         budgets. Returns the cached answer on a hit (which reserves nothing)."""
-        await self._limit_requests(ex, ex.parsed.model)
+        if ex.parsed.model is not None and self.limiter.has_model_rules:
+            await self._limit_requests(ex, ex.parsed.model)
         cached = await self._lookup(ex)
         if cached is None:
             await self._reserve(ex)
@@ -204,7 +177,7 @@ class Proxy:
 
     async def _reserve(self, ex: Exchange) -> None:
         parsed = ex.parsed
-        ex.reserved_tokens = tokens = estimate_tokens(parsed)
+        ex.reserved_tokens = tokens = parsed.estimate
         ex.price = price = self.prices.price_for(parsed.model) if parsed.model else None
         micro = None
         if self.limiter.spend_applies(ex.client, ex.route, parsed.model):
@@ -213,8 +186,8 @@ class Proxy:
                     f"The model '{(parsed.model or '')[:100]}' has no price in this gateway's "
                     "[prices] table, and a dollar budget applies to this request.",
                     param="model")
-            ex.reserved_micro = micro = estimate(price, (parsed.input_chars + 3) // 4,
-                                                 tokens - (parsed.input_chars + 3) // 4)
+            prompt = prompt_estimate(parsed.input_chars)
+            ex.reserved_micro = micro = estimate(price, prompt, tokens - prompt)
         try:
             ex.reservation = await self.limiter.reserve(ex.client, ex.route, parsed.model,
                                                         tokens=tokens, micro_usd=micro)
@@ -234,7 +207,7 @@ class Proxy:
             return {}
         ex.settled = True
         if ex.usage is not None:
-            used = usage_from_dict(ex.usage)
+            used = ex.usage
         elif ex.charge_reserved:  # an answer without usage costs what it could have
             used = Usage(input=ex.reserved_tokens, output=0)
         else:  # nothing delivered: everything goes back
@@ -267,7 +240,10 @@ class Proxy:
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         ex = await self._begin(request, request.match_info.route.resource.canonical)
-        await self._read_body(ex)
+        await self._limit_requests(ex)
+        server = self.server
+        ex.raw = await read_body(request, max_bytes=server.max_body_bytes,
+                                 timeout=server.body_timeout, compressed=server.compressed_bodies)
         models = self._models_for(ex.client)
         ex.parsed = parsed = self.validator.check(ex.route, ex.raw, models)
         ex.record.model, ex.record.stream = parsed.model, parsed.stream
@@ -296,14 +272,21 @@ class Proxy:
             # Served by an identical request's upstream call: like a hit, it spent nothing.
             ex.record.cache = ex.headers["X-Cache"] = "HIT"
         elif answer.status == 200:
-            ex.usage, ex.charge_reserved = usage_from_json(answer.body), True
+            ex.usage, ex.charge_reserved = usage_from_answer(answer.body), True
         ex.headers.update(await self._settle(ex))
         ex.headers.update(answer.headers)
-        return web.Response(status=answer.status, body=answer.body, headers=ex.headers,
-                            content_type=answer.content_type)
+        return await self._send(ex, answer)
+
+    async def _send(self, ex: Exchange, answer: Answer) -> web.StreamResponse:
+        if len(answer.body) <= LARGE_ANSWER:
+            # Fits the socket's buffers: written at once, no client can hold it back.
+            return web.Response(status=answer.status, body=answer.body, headers=ex.headers,
+                                content_type=answer.content_type)
+        return await send_answer(ex.request, answer.status, answer.body, ex.headers,
+                                 answer.content_type, write_timeout=self.server.write_timeout)
 
     async def _fetch(self, ex: Exchange) -> Answer:
-        resp = await self._open(ex, ex.raw)
+        resp = await self._open(ex, forward_body(ex.parsed, ex.raw, stream_usage=False)[0])
         try:
             answer = await self._read_answer(resp, self.max_response)
         finally:
@@ -344,27 +327,20 @@ class Proxy:
                 # An error (or an upstream that ignored stream=true): pass it on as an answer.
                 answer = await self._read_answer(resp, self.max_response)
                 if answer.status == 200:
-                    ex.usage, ex.charge_reserved = usage_from_json(answer.body), True
+                    ex.usage, ex.charge_reserved = usage_from_answer(answer.body), True
                 ex.headers.update(answer.headers)
-                return web.Response(status=answer.status, body=answer.body,
-                                    headers=ex.headers, content_type=answer.content_type)
+                return await self._send(ex, answer)
             ex.headers.update({h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
             return await self._relay(ex, resp, strip)
         finally:
             resp.close()
 
-    def _stream_body(self, ex: Exchange) -> tuple[bytes, bool]:
-        """The bytes to send for a stream, and whether the usage chunk is ours to strip."""
-        body = ex.parsed.body
-        if ex.route in USAGE_OPT_IN and ex.reservation is not None and ex.reservation.holds:
-            opts = body.get("stream_options")
-            if not (isinstance(opts, dict) and opts.get("include_usage")):
-                # Budgets need the upstream's count; the client did not ask for it, so the
-                # extra usage chunk is removed from what it sees.
-                body = dict(body, stream_options={**(opts if isinstance(opts, dict) else {}),
-                                                  "include_usage": True})
-                return orjson.dumps(body), True
-        return ex.raw, False
+    @staticmethod
+    def _stream_body(ex: Exchange) -> tuple[bytes, bool]:
+        """The bytes to send for a stream, and whether the usage chunk is ours to strip:
+        budgets need the upstream's count even when the client did not ask for it."""
+        holds = ex.reservation is not None and bool(ex.reservation.holds)
+        return forward_body(ex.parsed, ex.raw, stream_usage=holds)
 
     async def _relay(self, ex: Exchange, resp: aiohttp.ClientResponse,
                      strip: bool) -> web.StreamResponse:
@@ -373,7 +349,8 @@ class Proxy:
         try:
             out = await relay(ex.request, resp, ex.headers, outcome,
                               idle_timeout=self.idle_timeout, strip_usage_chunk=strip,
-                              record=ex.cache_key is not None)
+                              record=ex.cache_key is not None,
+                              write_timeout=self.server.write_timeout)
         finally:
             metrics.ACTIVE_STREAMS.dec()
             self._stream_usage(ex, outcome)
@@ -389,8 +366,7 @@ class Proxy:
         chunk, the prompt estimate plus one token per event the client received."""
         ex.usage = outcome.usage
         if ex.usage is None and outcome.sent_bytes:
-            ex.usage = {"prompt_tokens": (ex.parsed.input_chars + 3) // 4,
-                        "completion_tokens": outcome.events}
+            ex.usage = Usage(input=prompt_estimate(ex.parsed.input_chars), output=outcome.events)
 
     @staticmethod
     def _models_for(client: Client) -> frozenset[str] | None:

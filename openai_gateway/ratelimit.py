@@ -113,6 +113,7 @@ class RateLimiter:
                                  Limits(r.requests, r.tokens, getattr(r, "spend", ())))
                            for i, r in enumerate(settings.rules))
         self.gateway = gateway_limits(budget)
+        self._rule_models = {rule.scope: rule.model for rule in self.rules}
         rules = tuple(r.limits for r in self.rules)
         #: Budgets any caller has whatever its own limits (the defaults, rules, the ceilings).
         self._budgets = bool(self.gateway or any(limits.tokens or limits.spend
@@ -195,9 +196,22 @@ class RateLimiter:
 
     # --- request limits -------------------------------------------------------------------
 
-    async def check_requests(self, caller, route: str, model: str | None) -> LimitState | None:
-        """Count one request; raise `RateLimited` (429 with Retry-After) when over a limit."""
+    @property
+    def has_model_rules(self) -> bool:
+        """Whether a [[rate_limit.rules]] entry limits requests by model."""
+        return any(rule.model and rule.limits.requests for rule in self.rules)
+
+    async def check_requests(self, caller, route: str, model: str | None, *,
+                             rules_only: bool = False) -> LimitState | None:
+        """Count one request; raise `RateLimited` (429 with Retry-After) when over a limit.
+
+        The proxy counts a request before reading its body (model None: the caller's limits
+        and route rules), then, once the model is known, with `rules_only` for the rules that
+        name it."""
         scopes = self._scopes(self._own(caller), route, model, "requests")
+        if rules_only:
+            scopes = [(scope, limits) for scope, limits in scopes
+                      if scope != "all" and self._rule_models[scope]]
         if not scopes:
             return None
         if self._moving_memory is not None:  # cannot fail: no _guard, no coroutine

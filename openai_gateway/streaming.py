@@ -1,9 +1,13 @@
-"""Relaying Server-Sent Events chunk by chunk, noticing disconnects, capturing usage.
+"""Sending answers: SSE relayed chunk by chunk, complete answers within a write timeout.
 
 A stream is a sequence of states: headers are decided before `prepare()`, every upstream chunk
 is written as soon as it arrives (never compressed: a compressor holds bytes back), a client
 that goes away is normal (the caller's context closes the upstream request), and an upstream
 that breaks mid-stream ends the client's stream with an OpenAI-shaped error event.
+
+A client that stops reading is dropped after `write_timeout` seconds without progress: aiohttp
+has no write timeout, and an answer nobody reads stays in the connection's buffer (four
+sockets held 210 MB of 43 MB embeddings answers) for as long as the client keeps it open.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from .errors import error_body
+from .policy.usage import Usage, usage_from_event
 
 #: Headers every SSE answer carries. no-cache: never stored by a browser or CDN;
 #: X-Accel-Buffering: tells nginx not to buffer even where proxy_buffering is on.
@@ -25,18 +30,24 @@ SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8",
 EVENT_END = re.compile(rb"\r?\n\r?\n")
 #: The end of a chat or completions stream, as "data: [DONE]" (the space is optional).
 DONE = b"[DONE]"
-#: The responses API ends with this event instead of [DONE].
-RESPONSES_DONE = b"response.completed"
+#: The responses API ends with one of these events instead of [DONE] (incomplete: the output
+#: cap was reached, which is a whole answer too).
+RESPONSES_DONE = (b"response.completed", b"response.incomplete")
 #: An incomplete event larger than this is passed on unparsed rather than held.
 MAX_HELD = 256 * 1024
 INTERRUPTED = b"data: " + error_body(
     "The upstream stream was interrupted.", "server_error", None, "upstream_interrupted"
 ) + b"\n\n"
+#: A complete answer is written in pieces of this size, each within the write timeout: a
+#: client that reads slowly but steadily keeps its connection.
+PIECE = 64 * 1024
 
 
 @dataclass(slots=True)
 class StreamOutcome:
-    usage: dict | None = None
+    #: From the upstream's own usage report (None: none came; the caller charges the
+    #: reservation).
+    usage: Usage | None = None
     complete: bool = False
     upstream_failed: bool = False
     #: Events the client was sent (a stream cut before its usage is charged one token each).
@@ -85,7 +96,7 @@ class _Inspector:
     def _inspect(self, event: bytes) -> bool:
         """Record usage and completion; True if this is a usage-only chunk."""
         self.outcome.events += 1
-        if (DONE in event or RESPONSES_DONE in event) and _ends_stream(event):
+        if (DONE in event or any(e in event for e in RESPONSES_DONE)) and _ends_stream(event):
             self.outcome.complete = True
         if b'"usage"' not in event or (b'"usage":null' in event and b'"usage":{' not in event
                                        and b'"usage": {' not in event):
@@ -96,12 +107,9 @@ class _Inspector:
                     obj = orjson.loads(line[5:])
                 except orjson.JSONDecodeError:
                     return False
-                if not isinstance(obj, dict):
-                    return False
-                usage = obj.get("usage")
-                if not isinstance(usage, dict) and isinstance(obj.get("response"), dict):
-                    usage = obj["response"].get("usage")  # responses API
-                if isinstance(usage, dict):
+                # Only a chunk's own usage or the final response's: never an echoed field.
+                usage = usage_from_event(obj)
+                if usage is not None:
                     self.outcome.usage = usage
                     return obj.get("choices") == []
         return False
@@ -114,29 +122,50 @@ def _ends_stream(event: bytes) -> bool:
         value = value.removeprefix(b" ")
         if field == b"data" and value == DONE:
             return True
-        if field == b"event" and value == RESPONSES_DONE:
+        if field == b"event" and value in RESPONSES_DONE:
             return True
-        if field == b"data" and RESPONSES_DONE in value:  # servers that send no event: line
+        if field == b"data" and any(e in value for e in RESPONSES_DONE):  # no event: line
             try:
                 obj = orjson.loads(value)
             except orjson.JSONDecodeError:
                 continue
-            if isinstance(obj, dict) and obj.get("type") == "response.completed":
+            if isinstance(obj, dict) and obj.get("type") in _RESPONSES_DONE_TYPES:
                 return True
     return False
 
 
+_RESPONSES_DONE_TYPES = frozenset(e.decode() for e in RESPONSES_DONE)
+
+
 async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
                 headers: dict[str, str], outcome: StreamOutcome, *, idle_timeout: float,
-                strip_usage_chunk: bool, record: bool) -> web.StreamResponse:
+                strip_usage_chunk: bool, record: bool, write_timeout: float | None = None
+                ) -> web.StreamResponse:
     """Write the upstream's SSE body to the client as it arrives. `outcome` is filled as the
-    stream goes, so the caller knows what was delivered even when this is cancelled."""
+    stream goes, so the caller knows what was delivered even when this is cancelled.
+
+    write_timeout: seconds one write may wait for a client that reads nothing (None: no
+    bound); past it the client is dropped, like one that closed its connection.
+    """
     inspector = _Inspector(strip_usage_chunk, outcome=outcome)
     if record:
         outcome.recorded = []
     out = web.StreamResponse(status=upstream.status, headers=headers)
     out.headers.update(SSE_HEADERS)
     await out.prepare(request)
+    try:
+        await _pump(request, upstream, out, inspector, idle_timeout, write_timeout)
+        await _finish(request, out, inspector, write_timeout)
+    except ConnectionResetError:
+        pass  # normal: the upstream request is closed by our caller
+    return out
+
+
+async def _pump(request: web.Request, upstream: aiohttp.ClientResponse,
+                out: web.StreamResponse, inspector: _Inspector, idle_timeout: float,
+                write_timeout: float | None) -> None:
+    """Every upstream chunk to the client; an upstream that breaks or goes silent is noted."""
+    outcome = inspector.outcome
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(idle_timeout) as idle:
@@ -145,41 +174,77 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
                 data = inspector.feed(chunk)
                 if not data:
                     continue
-                await out.write(data)
+                await write_within(request, out, data, write_timeout)
                 outcome.sent_bytes += len(data)
-                if record:
+                if outcome.recorded is not None:
                     outcome.recorded.append(data)
-    except ConnectionResetError:
-        return out  # normal: the upstream request is closed by our caller
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
         outcome.upstream_failed = True
+
+
+async def _finish(request: web.Request, out: web.StreamResponse, inspector: _Inspector,
+                  write_timeout: float | None) -> None:
+    outcome = inspector.outcome
     if inspector.held:
         # A last event without its blank line (e.g. "data: [DONE]\n"). Unless stripping, its
         # bytes were already sent; only its meaning is left to read.
         inspector._inspect(inspector.held)
-        if strip_usage_chunk:
-            try:
-                await out.write(inspector.held)
-            except ConnectionResetError:
-                return out
-            if record:
+        if inspector.strip_usage_chunk:
+            await write_within(request, out, inspector.held, write_timeout)
+            if outcome.recorded is not None:
                 outcome.recorded.append(inspector.held)
     if outcome.upstream_failed or not outcome.complete:
         # Tell the client instead of ending as if the answer were whole; SDKs raise on it.
         outcome.upstream_failed = True
-        try:
-            await out.write(INTERRUPTED)
-        except ConnectionResetError:
-            return out
+        await write_within(request, out, INTERRUPTED, write_timeout)
+    await write_within(request, out, None, write_timeout)
+
+
+async def write_within(request: web.Request, out: web.StreamResponse,
+                       data: bytes | memoryview | None,
+                       timeout: float | None) -> None:
+    """`out.write(data)` (None: `write_eof()`), waiting at most `timeout` seconds for a client
+    that reads nothing; then the connection is dropped and ConnectionResetError raised."""
+    write = out.write_eof() if data is None else out.write(data)
+    if timeout is None:
+        await write
+        return
     try:
-        await out.write_eof()
+        async with asyncio.timeout(timeout):
+            await write
+    except TimeoutError:
+        drop(request)
+        raise ConnectionResetError("the client read nothing within the write timeout") from None
+
+
+def drop(request: web.Request) -> None:
+    """Close the client's connection at once, discarding what it did not read."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+async def send_answer(request: web.Request, status: int, body: bytes, headers: dict[str, str],
+                      content_type: str, *, write_timeout: float) -> web.StreamResponse:
+    """A complete (non-stream) answer, sent in pieces; a client that reads none of a piece
+    within `write_timeout` seconds is dropped. Returns the prepared response for the handler
+    to return (aiohttp's own Response would wait on such a client for as long as it stays)."""
+    out = web.StreamResponse(status=status, headers=headers)
+    out.content_type = content_type
+    out.content_length = len(body)
+    await out.prepare(request)
+    view = memoryview(body)
+    try:
+        for start in range(0, len(body), PIECE):
+            await write_within(request, out, view[start:start + PIECE], write_timeout)
+        await write_within(request, out, None, write_timeout)
     except ConnectionResetError:
-        pass
+        pass  # gone, or dropped: either way nobody is left to answer
     return out
 
 
-async def replay(request: web.Request, frames: bytes, headers: dict[str, str]
-                 ) -> web.StreamResponse:
+async def replay(request: web.Request, frames: bytes, headers: dict[str, str], *,
+                 write_timeout: float | None = None) -> web.StreamResponse:
     """Send a recorded stream again, one event per write, as the upstream once did."""
     out = web.StreamResponse(status=200, headers=headers)
     out.headers.update(SSE_HEADERS)
@@ -187,11 +252,11 @@ async def replay(request: web.Request, frames: bytes, headers: dict[str, str]
     start = 0
     try:
         for m in EVENT_END.finditer(frames):
-            await out.write(frames[start:m.end()])
+            await write_within(request, out, frames[start:m.end()], write_timeout)
             start = m.end()
         if start < len(frames):
-            await out.write(frames[start:])
-        await out.write_eof()
+            await write_within(request, out, frames[start:], write_timeout)
+        await write_within(request, out, None, write_timeout)
     except ConnectionResetError:
         pass
     return out

@@ -83,7 +83,8 @@ async def test_readyz_memory(gw):
 # --- the key and what reaches the upstream -------------------------------------------------
 
 async def test_upstream_gets_the_key_and_never_the_clients_credentials(gw, fake):
-    raw = b'{"messages":[{"role":"user","content":"hi"}],  "model":"gpt-4o-mini"}'
+    # With its own output cap, nothing is added to the body: it goes as it came.
+    raw = b'{"messages":[{"role":"user","content":"hi"}],  "model":"gpt-4o-mini", "max_tokens":9}'
     r = await gw.post("/v1/chat/completions", data=raw, headers={
         "Authorization": "Bearer sk-client-supplied", "Cookie": "session=abc",
         "OpenAI-Organization": "org-evil", "OpenAI-Project": "proj-evil",
@@ -235,7 +236,7 @@ async def test_upstream_error_passes_through_with_status(gw, fake):
     fake.script = [{"status": 400}]
     r = await gw.post("/v1/chat/completions", json=CHAT)
     assert r.status == 400
-    assert (await r.json())["error"]["message"] == "fake upstream error 400"
+    assert (await r.json())["error"]["message"] == "The upstream refused the request as invalid."
 
 
 async def test_retry_on_5xx_then_success(gw, fake):

@@ -146,7 +146,8 @@ async def test_incomplete_streams_are_not_cached(gw, fake):
 
 
 async def test_cache_hits_charge_requests_not_tokens(make_gateway, fake):
-    gw = await make_gateway({"rate_limit": {"requests": ["3/minute"], "tokens": ["1000/minute"]}})
+    gw = await make_gateway({"rate_limit": {"requests": ["3/minute"], "tokens": ["1000/minute"]},
+                             "validation": {"max_tokens": 100}})
     r1, _ = await post(gw, CHAT)
     r2, _ = await post(gw, CHAT)
     assert r2.headers["X-Cache"] == "HIT"
@@ -274,7 +275,8 @@ async def test_waiters_fill_themselves_when_the_first_client_leaves(gw, fake):
 
 
 async def test_coalesced_requests_are_hits_and_charge_no_tokens(make_gateway, fake):
-    gw = await make_gateway({"rate_limit": {"tokens": ["1000/minute"]}})
+    gw = await make_gateway({"rate_limit": {"tokens": ["1000/minute"]},
+                             "validation": {"max_tokens": 100}})
     fake.script = [{"delay": 0.3}]
     body = dict(CHAT, seed=41)
     results = await asyncio.gather(*(post(gw, body, headers={"X-Forwarded-For": f"192.0.2.{i}"})

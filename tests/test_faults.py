@@ -142,7 +142,8 @@ async def test_failover_on_5xx(aiohttp_server, make_gateway, fake, upstream_url)
 
 
 async def test_failed_answers_are_not_charged_to_token_budgets(make_gateway, fake):
-    gw = await make_gateway({"rate_limit": {"tokens": ["1000/minute"]}, "upstream": {"retries": 0}})
+    gw = await make_gateway({"rate_limit": {"tokens": ["1000/minute"]}, "upstream": {"retries": 0},
+                             "validation": {"max_tokens": 100}})
     fake.script = [{"status": 500}]
     await status_of(gw)
     fake.script = [{"drop_after": 0}]

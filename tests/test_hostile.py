@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from openai_gateway.errors import GatewayError
+from openai_gateway.policy import forward_body
 from openai_gateway.settings import ValidationSettings
 from openai_gateway.validation import REQUIRED_INPUT, Validator
 
@@ -44,6 +45,27 @@ def test_validator_only_raises_its_own_errors(route, body):
     assert parsed.input_chars <= 10_000
 
 
+@settings(max_examples=300, deadline=None)
+@given(route=st.sampled_from(ROUTES), body=plausible, stream_usage=st.booleans())
+def test_what_goes_upstream_means_what_was_validated(route, body, stream_usage):
+    raw = orjson.dumps(body)
+    try:
+        parsed = VALIDATOR.check(route, raw)
+    except GatewayError:
+        return
+    sent, _ = forward_body(parsed, raw, stream_usage=stream_usage)
+    got = orjson.loads(sent)
+    options = got.pop("stream_options", None)
+    expected = {**body, **parsed.additions}
+    original = expected.pop("stream_options", None)
+    assert got == expected  # the client's fields unchanged, plus the gateway's additions
+    assert options == original or options["include_usage"] is True
+    again = VALIDATOR.check(route, sent)  # the forwarded bytes pass the same policy ...
+    assert (again.model, again.stream) == (parsed.model, parsed.stream)
+    assert again.max_tokens == parsed.max_tokens  # ... with the cap now explicit
+    assert again.additions == {}
+
+
 @settings(max_examples=200, deadline=None)
 @given(raw=st.binary(max_size=200))
 def test_validator_never_crashes_on_bytes(raw):
@@ -57,7 +79,8 @@ path_chars = st.sampled_from(list("abcv1/.%2eEfF-_~?#;=&") + ["%2f", "%2F", ".."
                                                            "chat", "completions", "%"])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.lists(path_chars, max_size=12).map("".join),
        method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]),
        body=bodies,

@@ -5,16 +5,18 @@ from unittest import mock
 
 import orjson
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from aiohttp.test_utils import make_mocked_request
 
 from openai_gateway.errors import InvalidClientKey
 from openai_gateway.identity import (
     Client,
     IdentityResolver,
     TrustedProxies,
+    address_key,
     client_address,
+    forwarded_for,
     hash_key,
 )
 from openai_gateway.settings import ClientSettings
@@ -188,3 +190,63 @@ def test_trusted_proxies_match_ipaddress_semantics(address):
     expected = _reference(address)
     assert (_ip(address) is not None) == (expected is not None)
     assert TrustedProxies(_TRUSTED).contains(address) == bool(expected)
+
+
+# --- several X-Forwarded-For lines, IPv6 networks ------------------------------------------------
+
+
+def request_with_lines(peer: str, *lines: str):
+    from multidict import CIMultiDict
+
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (peer, 50000) if name == "peername" else default)
+    headers = CIMultiDict(("X-Forwarded-For", line) for line in lines)
+    return make_mocked_request("POST", "/v1/chat/completions", headers=headers,
+                               transport=transport)
+
+
+@pytest.mark.parametrize("lines, joined", [
+    ((), None),
+    (("203.0.113.7",), "203.0.113.7"),
+    (("1.1.1.1", "203.0.113.7"), "1.1.1.1, 203.0.113.7"),
+    (("1.1.1.1, 2.2.2.2", "203.0.113.7", "10.0.0.5"), "1.1.1.1, 2.2.2.2, 203.0.113.7, 10.0.0.5"),
+])
+def test_forwarded_for_reads_every_line(lines, joined):
+    assert forwarded_for(request_with_lines("127.0.0.1", *lines).headers) == joined
+
+
+def test_a_proxy_that_appends_its_own_line_is_believed():
+    """HAProxy's `option forwardfor` adds a line; the client's own line comes first."""
+    req = request_with_lines("127.0.0.1", "1.1.1.1", "203.0.113.7")
+    assert resolver().resolve(req) == Client(id="ip:203.0.113.7", ip="203.0.113.7")
+
+
+@pytest.mark.parametrize("address, prefix, key", [
+    ("203.0.113.7", 64, "203.0.113.7"),
+    ("::ffff:203.0.113.7", 64, "203.0.113.7"),
+    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64, "2001:db8:1:2::/64"),
+    ("2001:db8:1:2::1", 64, "2001:db8:1:2::/64"),
+    ("2001:DB8:1:2:0:0:0:FFFF", 64, "2001:db8:1:2::/64"),
+    ("2001:db8:1:2ff::1", 56, "2001:db8:1:200::/56"),
+    ("2001:db8::1", 128, "2001:db8::1"),
+    ("2001:db8:ffff::1", 0, "::/0"),
+    ("::1", 64, "::/64"),
+    ("unknown", 64, "unknown"),
+    ("fe80::1%eth0", 64, "fe80::1%eth0"),
+])
+def test_address_key(address, prefix, key):
+    assert address_key(address, prefix) == key
+
+
+@pytest.mark.parametrize("peer, prefix, cid", [
+    ("2001:db8:1:2::9", 64, "ip:2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff::9", 64, "ip:2001:db8:1:2::/64"),  # the same client, another address
+    ("2001:db8:1:2::9", 48, "ip:2001:db8:1::/48"),
+    ("198.51.100.9", 64, "ip:198.51.100.9"),
+])
+def test_ipv6_clients_are_keyed_by_their_network(peer, prefix, cid):
+    r = IdentityResolver(trusted_proxies=("127.0.0.1",), clients=(), require_client_key=False,
+                         ipv6_prefix=prefix)
+    client = r.resolve(request(peer))
+    assert (client.id, client.ip) == (cid, peer)  # the log still shows the full address

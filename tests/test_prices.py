@@ -209,14 +209,14 @@ def test_items_are_sorted_for_display():
 @pytest.mark.parametrize("raw,expected", [
     ({"prompt_tokens": 2000, "completion_tokens": 500, "total_tokens": 2500,
       "prompt_tokens_details": {"cached_tokens": 1500, "audio_tokens": 0},
-      "completion_tokens_details": {"reasoning_tokens": 300}}, Usage(2000, 1500, 500)),
+      "completion_tokens_details": {"reasoning_tokens": 300}}, Usage(input=2000, cached_input=1500, output=500)),
     ({"input_tokens": 120, "output_tokens": 900, "total_tokens": 1020,
       "input_tokens_details": {"cached_tokens": 100},
-      "output_tokens_details": {"reasoning_tokens": 800}}, Usage(120, 100, 900)),
-    ({"prompt_tokens": 8, "total_tokens": 8}, Usage(8, 0, 0)),         # embeddings
-    ({"total_tokens": 11}, Usage(11, 0, 0)),                          # a total only
-    ({"prompt_tokens": 10, "completion_tokens": 5}, Usage(10, 0, 5)),  # no details
-    ({"prompt_tokens_details": None, "prompt_tokens": 3}, Usage(3, 0, 0)),
+      "output_tokens_details": {"reasoning_tokens": 800}}, Usage(input=120, cached_input=100, output=900)),
+    ({"prompt_tokens": 8, "total_tokens": 8}, Usage(input=8, cached_input=0, output=0)),         # embeddings
+    ({"total_tokens": 11}, Usage(input=11, cached_input=0, output=0)),                          # a total only
+    ({"prompt_tokens": 10, "completion_tokens": 5}, Usage(input=10, cached_input=0, output=5)),  # no details
+    ({"prompt_tokens_details": None, "prompt_tokens": 3}, Usage(input=3, cached_input=0, output=0)),
 ])
 def test_usage_shapes_of_every_route(raw, expected):
     assert usage_from_dict(raw) == expected
@@ -230,17 +230,17 @@ def test_usage_shapes_of_every_route(raw, expected):
     {"prompt_tokens_details": {"cached_tokens": 50}},
 ])
 def test_malformed_usage_counts_nothing(raw):
-    assert usage_from_dict(raw) == Usage(0, 0, 0)
+    assert usage_from_dict(raw) == Usage(input=0, cached_input=0, output=0)
 
 
 def test_cached_tokens_never_exceed_the_prompt():
     raw = {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 99}}
-    assert usage_from_dict(raw) == Usage(10, 10, 0)
+    assert usage_from_dict(raw) == Usage(input=10, cached_input=10, output=0)
 
 
 def test_a_bad_field_falls_back_to_the_other_shape():
     raw = {"prompt_tokens": "x", "input_tokens": 7, "completion_tokens": None, "output_tokens": 2}
-    assert usage_from_dict(raw) == Usage(7, 0, 2)
+    assert usage_from_dict(raw) == Usage(input=7, cached_input=0, output=2)
 
 
 # --- the cost of an answer -----------------------------------------------------------------
@@ -269,30 +269,30 @@ def test_embeddings_cost_their_input_only():
 
 
 @pytest.mark.parametrize("usage,micro", [
-    (Usage(0, 0, 0), 0),          # nothing used, nothing charged
-    (Usage(1, 0, 0), 1),          # $0.00000005 rounds up to one micro-dollar
-    (Usage(0, 0, 1), 1),          # $0.0000004 too
-    (Usage(20, 0, 0), 1),         # exactly $0.000001
-    (Usage(21, 0, 0), 2),         # a hair over: up
-    (Usage(1_000_000, 0, 0), 50_000),
+    (Usage(input=0, cached_input=0, output=0), 0),          # nothing used, nothing charged
+    (Usage(input=1, cached_input=0, output=0), 1),          # $0.00000005 rounds up to one micro-dollar
+    (Usage(input=0, cached_input=0, output=1), 1),          # $0.0000004 too
+    (Usage(input=20, cached_input=0, output=0), 1),         # exactly $0.000001
+    (Usage(input=21, cached_input=0, output=0), 2),         # a hair over: up
+    (Usage(input=1_000_000), 50_000),
 ])
 def test_costs_round_up_to_the_micro_dollar(usage, micro):
     assert cost(DEFAULT_PRICES["gpt-5-nano"], usage) == micro
 
 
 def test_a_free_model_costs_nothing_whatever_it_reads():
-    assert cost(DEFAULT_PRICES["omni-moderation-latest"], Usage(10**9, 0, 10**6)) == 0
+    assert cost(DEFAULT_PRICES["omni-moderation-latest"], Usage(input=10**9, output=10**6)) == 0
 
 
 def test_cost_clamps_an_inconsistent_usage():
     price = DEFAULT_PRICES["gpt-4o-mini"]
-    assert cost(price, Usage(10, 50, 0)) == cost(price, Usage(10, 10, 0))
-    assert cost(price, Usage(-5, -5, -5)) == 0
+    assert cost(price, Usage(input=10, cached_input=50, output=0)) == cost(price, Usage(input=10, cached_input=10, output=0))
+    assert cost(price, Usage(input=-5, cached_input=-5, output=-5)) == 0
 
 
 usages = st.tuples(st.integers(0, 2_000_000), st.integers(0, 2_000_000),
                    st.integers(0, 200_000)).map(
-    lambda t: Usage(t[0], min(t[1], t[0]), t[2]))
+    lambda t: Usage(input=t[0], cached_input=min(t[1], t[0]), output=t[2]))
 
 
 @given(model=st.sampled_from(sorted(DEFAULT_PRICES)), usage=usages)
@@ -350,7 +350,7 @@ def test_micro_from_usd_refuses_what_is_not_an_amount(bad):
 
 def test_spend_and_budget_families_are_exported():
     metrics.SPEND.labels("gpt-4o-mini", "free").inc(cost(DEFAULT_PRICES["gpt-4o-mini"],
-                                                         Usage(2000, 0, 500)) / MICRO)
+                                                         Usage(input=2000, cached_input=0, output=500)) / MICRO)
     metrics.BUDGET_REMAINING.labels("day").value = micro_from_usd("0.25") / MICRO
     metrics.BUDGET_WARN.labels("month").value = 1
     text = generate_latest().decode()

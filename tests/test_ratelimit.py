@@ -74,11 +74,11 @@ async def test_client_keys_get_their_own_limits_and_models(make_gateway, fake):
                      "models": ["gpt-4o"]}]})
     auth = {"Authorization": f"Bearer {key}"}
     gpt4o = dict(CHAT, model="gpt-4o")
-    assert [(await gw.post("/v1/chat/completions", json=gpt4o, headers=auth)).status
-            for _ in range(4)] == [200, 200, 200, 429]
-    # Its models replace the default allowlist.
+    # Its models replace the default allowlist (a refused request still counts).
     r = await gw.post("/v1/chat/completions", json=CHAT, headers=auth)
     assert r.status == 400 and (await r.json())["error"]["param"] == "model"
+    assert [(await gw.post("/v1/chat/completions", json=gpt4o, headers=auth)).status
+            for _ in range(3)] == [200, 200, 429]
     # An unknown key is anonymous (default limits) and never forwarded.
     other = {"Authorization": "Bearer made-up"}
     assert (await gw.post("/v1/chat/completions", json=CHAT, headers=other)).status == 200
@@ -110,7 +110,8 @@ async def test_rules_by_model(make_gateway):
 
 
 async def test_token_budget_charged_from_stream_usage(make_gateway, fake):
-    gw = await make_gateway({"rate_limit": {"requests": ["100/minute"], "tokens": ["40/minute"]}})
+    gw = await make_gateway({"rate_limit": {"requests": ["100/minute"], "tokens": ["40/minute"]},
+                             "validation": {"max_tokens": 30}})  # the cap every request reserves
     fake.chunks = 20
     r = await gw.post("/v1/chat/completions", json=STREAM)
     text = await r.text()
@@ -129,17 +130,20 @@ async def test_token_budget_charged_from_stream_usage(make_gateway, fake):
 
 
 async def test_token_usage_kept_when_client_asked(make_gateway, fake):
-    gw = await make_gateway({"rate_limit": {"tokens": ["1000/minute"]}})
+    gw = await make_gateway({"rate_limit": {"tokens": ["1000/minute"]},
+                             "validation": {"max_tokens": 100}})
     body = dict(STREAM, stream_options={"include_usage": True})
     text = await (await gw.post("/v1/chat/completions", json=body)).text()
     assert '"usage":{"prompt_tokens"' in text
 
 
 async def test_token_budget_from_json_usage(make_gateway, fake):
-    gw = await make_gateway({"rate_limit": {"tokens": ["8/minute"]}})
-    r1 = await gw.post("/v1/chat/completions", json=CHAT)  # 1 + 5 tokens
-    assert r1.status == 200
-    r2 = await gw.post("/v1/chat/completions", json=CHAT)  # fits the estimate, overruns
+    # Every request reserves 1 prompt + 3 output tokens (the cap) and uses as much.
+    gw = await make_gateway({"rate_limit": {"tokens": ["8/minute"]},
+                             "validation": {"max_tokens": 3}})
+    r1 = await gw.post("/v1/chat/completions", json=CHAT)
+    assert r1.status == 200 and r1.headers["x-ratelimit-remaining-tokens"] == "4"
+    r2 = await gw.post("/v1/chat/completions", json=CHAT)  # exactly fits what is left
     assert r2.status == 200
     r3 = await gw.post("/v1/chat/completions", json=CHAT)
     assert r3.status == 429 and r3.headers["x-ratelimit-remaining-tokens"] == "0"

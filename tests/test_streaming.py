@@ -102,7 +102,8 @@ async def test_upstream_error_before_stream_is_json(gw, fake):
     fake.script = [{"status": 404}]
     r = await gw.post("/v1/chat/completions", json=STREAM)
     assert r.status == 404
-    assert (await r.json())["error"]["message"] == "fake upstream error 404"
+    assert (await r.json())["error"]["message"] == (
+        "The upstream does not know the requested model or resource.")
 
 
 @pytest.mark.parametrize("status", [401, 403])

@@ -6,9 +6,10 @@ import random
 
 import pytest
 
+from openai_gateway.policy.usage import Usage
 from openai_gateway.streaming import MAX_HELD, _Inspector
 
-USAGE = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+USAGE = Usage(input=9, output=3)
 
 
 def chunk_event(content: str) -> bytes:
@@ -99,14 +100,14 @@ def test_responses_api_usage_and_end(split, end):
     data = sse(RESPONSES_EVENTS, end)
     insp, _, sent = run(split(data), strip=False)
     assert sent == data
-    assert insp.outcome.usage == {"input_tokens": 4, "output_tokens": 2, "total_tokens": 6}
+    assert insp.outcome.usage == Usage(input=4, output=2)
     assert insp.outcome.complete is True
 
 
 def test_responses_completed_without_an_event_line():
     data = sse([e.split(b"\n", 1)[1] for e in RESPONSES_EVENTS])
     insp, _, _ = run([data], strip=False)
-    assert insp.outcome.complete is True and insp.outcome.usage["total_tokens"] == 6
+    assert insp.outcome.complete is True and insp.outcome.usage.total == 6
 
 
 @pytest.mark.parametrize("events, complete", [
@@ -131,7 +132,7 @@ def test_last_event_without_its_blank_line_is_read_at_the_end():
 
 @pytest.mark.parametrize("events, usage", [
     (CHAT_EVENTS[:3], None),  # "usage":null everywhere
-    ([b'data: {"choices":[{"delta":{}}],"usage": {"prompt_tokens":1}}'], {"prompt_tokens": 1}),
+    ([b'data: {"choices":[{"delta":{}}],"usage": {"prompt_tokens":1}}'], Usage(input=1)),
     ([b"data: not json with \"usage\""], None),
     ([b'data: ["usage"]'], None),
 ])

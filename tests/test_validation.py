@@ -73,10 +73,22 @@ def test_body_must_be_a_json_object(route, body, message):
                                              "param": None, "code": None}})
 
 
+#: What each route's good body makes the gateway add upstream and reserve per choice.
+ADDED = {
+    CHAT: ({"max_completion_tokens": 50}, 50),
+    COMPLETIONS: ({"max_tokens": 50}, 50),
+    EMBEDDINGS: ({}, 0),
+    RESPONSES: ({"max_output_tokens": 50, "store": False}, 50),
+    MODERATIONS: ({}, 0),
+}
+
+
 @pytest.mark.parametrize("route", ALL_ROUTES)
 def test_good_bodies_pass(route):
     parsed = V.check(route, raw(GOOD[route]))
-    assert parsed == ParsedRequest(GOOD[route], GOOD[route].get("model"), False, 2, None)
+    additions, cap = ADDED[route]
+    assert parsed == ParsedRequest(GOOD[route], GOOD[route].get("model"), False, 2, cap, 1,
+                                   additions, route)
 
 
 # --- model --------------------------------------------------------------------------------
@@ -154,7 +166,7 @@ ROLES = "expected one of assistant, developer, function, system, tool, user."
      "Invalid type for 'messages[0].content': expected a string or an array."),
     ([{"role": "user", "content": {"text": "x"}}], "messages[0].content",
      "Invalid type for 'messages[0].content': expected a string or an array."),
-    ([{"role": "user", "content": [1.5]}], "messages[0].content",
+    ([{"role": "user", "content": [1.5]}], "messages[0].content[0]",
      "Invalid type for 'messages[0].content[0]'."),
 ])
 def test_bad_messages(messages, param, message):
@@ -206,8 +218,6 @@ def test_text_parts_count_toward_max_input_chars(messages):
     (None, "Missing required parameter: '{field}'."),
     (5, "Invalid type for '{field}': expected a string or an array."),
     ({"text": "x"}, "Invalid type for '{field}': expected a string or an array."),
-    ([True], "Invalid type for '{field}[0]'."),
-    (["ok", 1.5], "Invalid type for '{field}[1]'."),
     ("x" * 101, "The input is too long: 101 characters, this gateway allows 100."),
 ])
 def test_bad_input(route, field, value, message):
@@ -215,6 +225,31 @@ def test_bad_input(route, field, value, message):
     assert err.status == 400 and err.param == field
     assert err.message == message.format(field=field)
     assert err.code == ("context_length_exceeded" if "too long" in message else None)
+
+
+@pytest.mark.parametrize("route, field", [(COMPLETIONS, "prompt"), (EMBEDDINGS, "input"),
+                                          (MODERATIONS, "input")])
+@pytest.mark.parametrize("value, at", [([True], 0), (["ok", 1.5], 1), (["ok", None], 1)])
+def test_bad_input_element(route, field, value, at):
+    err = refused(route, with_(route, **{field: value}))
+    assert (err.status, err.param, err.message) == (
+        400, f"{field}[{at}]", f"Invalid type for '{field}[{at}]'.")
+
+
+@pytest.mark.parametrize("value, param, message", [
+    ([True], "input[0]", "Invalid type for 'input[0]': expected an object."),
+    (["ok"], "input[0]", "Invalid type for 'input[0]': expected an object."),
+    ([{"role": "user", "content": "ok"}, 1.5], "input[1]",
+     "Invalid type for 'input[1]': expected an object."),
+])
+def test_bad_responses_input_item(value, param, message):
+    err = refused(RESPONSES, with_(RESPONSES, input=value))
+    assert (err.status, err.param, err.message) == (400, param, message)
+
+
+def test_bad_input_is_refused_before_its_size_is_counted():
+    err = refused(EMBEDDINGS, with_(EMBEDDINGS, input=["x" * 500, 1.5]))
+    assert (err.param, err.code) == ("input[1]", None)
 
 
 @pytest.mark.parametrize("route, value, chars", [
@@ -267,10 +302,36 @@ def test_max_tokens_caps_and_types(route, field, value, message):
                                              "code": None}})
 
 
-@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens", "max_output_tokens"])
-@pytest.mark.parametrize("value, expected", [(1, 1), (50, 50), (None, None)])
-def test_max_tokens_within_the_cap(field, value, expected):
-    assert V.check(CHAT, raw(with_(CHAT, **{field: value}))).max_tokens == expected
+@pytest.mark.parametrize("route, field", [(CHAT, "max_tokens"), (CHAT, "max_completion_tokens"),
+                                          (COMPLETIONS, "max_tokens"),
+                                          (RESPONSES, "max_output_tokens")])
+@pytest.mark.parametrize("value", [1, 50])
+def test_the_clients_limit_within_the_cap_is_kept(route, field, value):
+    parsed = V.check(route, raw(with_(route, **{field: value})))
+    assert parsed.max_tokens == value
+    assert not set(parsed.additions) & {"max_tokens", "max_completion_tokens",
+                                        "max_output_tokens"}  # nothing to add
+
+
+@pytest.mark.parametrize("route, field", [(CHAT, "max_completion_tokens"),
+                                          (COMPLETIONS, "max_tokens"),
+                                          (RESPONSES, "max_output_tokens")])
+def test_without_a_limit_the_gateway_sends_its_cap(route, field):
+    parsed = V.check(route, raw(GOOD[route]))
+    assert parsed.max_tokens == 50 and parsed.additions[field] == 50
+
+
+@pytest.mark.parametrize("route, field", [(RESPONSES, "max_tokens"), (COMPLETIONS,
+                                          "max_completion_tokens"), (CHAT, "max_output_tokens")])
+def test_another_routes_limit_field_does_not_count(route, field):
+    """An upstream that ignores an unknown field would generate without any bound."""
+    parsed = V.check(route, raw(with_(route, **{field: 1})))
+    assert parsed.max_tokens == 50 and 50 in parsed.additions.values()
+
+
+def test_both_chat_limits_reserve_the_larger():
+    parsed = V.check(CHAT, raw(with_(CHAT, max_tokens=10, max_completion_tokens=30)))
+    assert (parsed.max_tokens, parsed.additions) == (30, {})
 
 
 @pytest.mark.parametrize("value, message", [
@@ -306,7 +367,8 @@ def test_stream_flag(value, expected):
 def test_body_is_returned_as_parsed():
     body = with_(CHAT, temperature=0, seed=7, tools=[{"type": "function"}], max_tokens=9)
     parsed = V.check(CHAT, raw(body))
-    assert parsed == ParsedRequest(body, "gpt-4o-mini", False, 2, 9)
+    tools_chars = len(b'[{"type":"function"}]')  # definitions count as serialised
+    assert parsed == ParsedRequest(body, "gpt-4o-mini", False, 2 + tools_chars, 9, 1, {}, CHAT)
 
 
 @pytest.mark.parametrize("depth, ok", [(253, True), (254, False), (400, False)])
