@@ -22,7 +22,7 @@ from .errors import (
 )
 from .identity import Client
 from .logs import RequestRecord, log_access, refusal_detail
-from .proxy import RECORD, Proxy
+from .proxy import COST_HEADER, RECORD, Proxy
 from .budgets import Limits
 from .ratelimit import RateLimiter
 from .settings import Settings
@@ -35,7 +35,8 @@ log = logging.getLogger("gateway")
 EXPOSED_HEADERS = ("X-Request-ID", "X-Cache", "Retry-After",
                    "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
                    "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
-                   "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+                   "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
+                   "x-ratelimit-limit-spend", "x-ratelimit-remaining-spend", COST_HEADER)
 
 
 # --- middlewares, outermost first --------------------------------------------------------

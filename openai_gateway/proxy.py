@@ -40,6 +40,8 @@ RECORD = web.RequestKey("record", RequestRecord)
 JSON = "application/json"
 #: How long the upstream's model list is reused: at most one upstream call a minute.
 MODELS_TTL = 60.0
+#: What a non-stream answer cost, in US dollars (a stream's cost is known only at its end).
+COST_HEADER = "x-gateway-cost-usd"
 #: Answers larger than this are sent with a write timeout (a client that reads nothing of a
 #: large answer would otherwise hold it in memory); smaller ones fit the socket's buffers.
 LARGE_ANSWER = 256 * 1024
@@ -274,6 +276,8 @@ class Proxy:
         elif answer.status == 200:
             ex.usage, ex.charge_reserved = usage_from_answer(answer.body), True
         ex.headers.update(await self._settle(ex))
+        if ex.record.cost_usd is not None:
+            ex.headers[COST_HEADER] = f"{ex.record.cost_usd:.6f}"
         ex.headers.update(answer.headers)
         return await self._send(ex, answer)
 
