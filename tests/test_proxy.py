@@ -65,3 +65,13 @@ async def test_models_errors_are_not_remembered(make_gateway, fake):
     assert (await gw.get("/v1/models")).status == 503
     assert (await gw.get("/v1/models")).status == 200
     assert len([s for s in fake.seen if s.path == "/v1/models"]) == 2
+
+
+async def test_a_non_stream_answer_reports_its_settled_token_budget(make_gateway, fake):
+    """x-ratelimit-remaining-tokens on a JSON answer already counts that answer's usage (it
+    used to lag one request behind, showing the budget before the reservation)."""
+    gw = await make_gateway({"rate_limit": {"tokens": ["1000/minute"]},
+                             "validation": {"max_tokens": 50}})
+    r = await gw.post("/v1/chat/completions", json=CHAT)
+    used = (await r.json())["usage"]["total_tokens"]
+    assert int(r.headers["x-ratelimit-remaining-tokens"]) == 1000 - used

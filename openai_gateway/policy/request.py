@@ -51,7 +51,7 @@ class RequestPolicy:
     """`check(route, raw, allowed_models)`: pure; raises `Refusal`."""
 
     def __init__(self, settings: ValidationSettings):
-        self.s = settings
+        self.rules = settings
         self.allowed = frozenset(settings.allowed_models)
 
     def check(self, route: str, raw: bytes, allowed_models: frozenset[str] | None = None
@@ -62,19 +62,19 @@ class RequestPolicy:
         stream = body.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise Refusal("Invalid type for 'stream': expected a boolean.", "stream")
-        additions = {} if self.s.stored_state else knobs.stored_state(route, body)
+        additions = {} if self.rules.stored_state else knobs.stored_state(route, body)
         field_ = REQUIRED_INPUT[route]
-        if body.get(field_) is None and not (route == knobs.RESPONSES and self.s.stored_state
+        if body.get(field_) is None and not (route == knobs.RESPONSES and self.rules.stored_state
                                              and _refers_to_stored_input(body)):
             raise Refusal(f"Missing required parameter: '{field_}'.", field_)
-        knobs.service_tier(body, self.s.allowed_service_tiers)
-        knobs.tools(route, body, self.s.allowed_tools)
-        choices = knobs.choices(route, body, self.s.max_n)
-        max_tokens, cap_field = knobs.output_cap(route, body, self.s.max_tokens)
+        knobs.service_tier(body, self.rules.allowed_service_tiers)
+        knobs.tools(route, body, self.rules.allowed_tools)
+        choices = knobs.choices(route, body, self.rules.max_n)
+        max_tokens, cap_field = knobs.output_cap(route, body, self.rules.max_tokens)
         chars = self._input_chars(route, body)
-        if chars > self.s.max_input_chars:
+        if chars > self.rules.max_input_chars:
             raise Refusal(f"The input is too long: {chars} characters, this gateway allows "
-                          f"{self.s.max_input_chars}.", field_, "context_length_exceeded")
+                          f"{self.rules.max_input_chars}.", field_, "context_length_exceeded")
         return ParsedRequest(body, model, bool(stream), chars, max_tokens, choices,
                              {**cap_field, **additions}, route)
 
@@ -93,9 +93,9 @@ class RequestPolicy:
         return model
 
     def _input_chars(self, route: str, body: dict) -> int:
-        stored = self.s.stored_state
+        stored = self.rules.stored_state
         if route == "/v1/chat/completions":
-            return inputs.chat_chars(body, max_messages=self.s.max_messages, stored_state=stored)
+            return inputs.chat_chars(body, max_messages=self.rules.max_messages, stored_state=stored)
         if route == knobs.RESPONSES:
             return inputs.responses_chars(body, stored_state=stored)
         if route == "/v1/moderations":
