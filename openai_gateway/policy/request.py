@@ -95,7 +95,8 @@ class RequestPolicy:
     def _input_chars(self, route: str, body: dict) -> int:
         stored = self.rules.stored_state
         if route == "/v1/chat/completions":
-            return inputs.chat_chars(body, max_messages=self.rules.max_messages, stored_state=stored)
+            return inputs.chat_chars(body, max_messages=self.rules.max_messages,
+                                     stored_state=stored)
         if route == knobs.RESPONSES:
             return inputs.responses_chars(body, stored_state=stored)
         if route == "/v1/moderations":
