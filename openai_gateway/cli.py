@@ -103,7 +103,8 @@ def serve_command(argv: list[str]) -> int:
         print(json.dumps(settings.redacted(), indent=2))
         print(f"{args.config}: OK", file=sys.stderr)
         return 0
-    logs.configure(settings.log.level, settings.log.format, settings.secrets)
+    logs.configure(settings.log.level, settings.log.format, settings.secrets,
+                   hash_secret=settings.log_hash_secret.encode() or None)
     try:
         import uvloop
         uvloop.install()
