@@ -66,14 +66,16 @@ system-deps:
 	    if command -v systemctl >/dev/null; then systemctl disable $$s.service; \
 	    else update-rc.d $$s disable; fi; fi;; esac; done; true
 
-test: system-deps venv-dev
+# The lint runs first: code that fails it fails the tests without starting them.
+test: system-deps lint
 	@status=0; $(BIN)/python -m pytest tests -q $(PYTEST_ARGS) || status=$$?; \
 	$(GIVE_BACK); exit $$status
 
-# ruff and mypy, configured in pyproject.toml, over the package.
+# ruff and mypy, configured in pyproject.toml, over the package. Their caches (.ruff_cache,
+# .mypy_cache) go back to the invoking user under sudo, pass or fail.
 lint: venv-dev
-	$(BIN)/ruff check openai_gateway
-	$(BIN)/mypy
+	@status=0; $(BIN)/ruff check openai_gateway && $(BIN)/mypy || status=$$?; \
+	$(GIVE_BACK); exit $$status
 
 # The benchmark drives the proxies with wrk and uses nginx as mock upstream and reference.
 bench: venv-dev

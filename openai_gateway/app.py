@@ -12,6 +12,7 @@ from aiohttp import web
 
 from . import metrics, playground
 from .auth.setup import Auth
+from .budgets import Limits
 from .cache import PromptCache
 from .errors import (
     GatewayError,
@@ -23,7 +24,6 @@ from .errors import (
 from .identity import Client
 from .logs import RequestRecord, log_access, refusal_detail
 from .proxy import COST_HEADER, RECORD, Proxy
-from .budgets import Limits
 from .ratelimit import RateLimiter
 from .settings import Settings
 from .storage import memcached_reachable
@@ -216,7 +216,7 @@ def build(settings: Settings, demo: bool = False) -> tuple[Proxy, Auth, OriginPo
                           on_error=s.storage.on_error, timeout=s.storage.timeout)
     cache = PromptCache(s.cache, s.cache_storage, timeout=s.storage.timeout)
     upstream = Upstream(s.upstream, s.api_key, s.fallback_keys)
-    auth = Auth(s, lambda: upstream.session, demo=demo)
+    auth = Auth(s, upstream.client_session, demo=demo)
     proxy = Proxy(s, upstream=upstream, limiter=limiter, cache=cache, bearer=auth.bearer)
     return proxy, auth, OriginPolicy(())
 

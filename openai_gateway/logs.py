@@ -20,6 +20,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
+from typing import TextIO
 
 import orjson
 
@@ -181,7 +182,7 @@ class AccessWriter:
     the same event-loop iteration go out in one write, right after it.
     """
 
-    def __init__(self, stream):
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.lines: list[bytes] = []
 
@@ -211,7 +212,7 @@ _writer: AccessWriter | None = None
 _hasher = ClientHasher()
 
 
-def configure(level: str, fmt: str, secrets: tuple[str, ...], stream=None, *,
+def configure(level: str, fmt: str, secrets: tuple[str, ...], stream: TextIO | None = None, *,
               hash_secret: bytes | None = None) -> None:
     """Install one handler on the root logger (idempotent: reload replaces it).
 

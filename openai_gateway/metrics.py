@@ -15,8 +15,11 @@ from itertools import accumulate
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
-                                            HistogramMetricFamily)
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -83,7 +86,8 @@ class _Family:
             out = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
             les = [floatToGoString(b) for b in (*self.buckets, float("inf"))]
             for values, child in self.children.items():
-                out.add_metric(values, list(zip(les, accumulate(child.counts))), child.sum)
+                cumulative = list(zip(les, accumulate(child.counts), strict=True))
+                out.add_metric(values, cumulative, child.sum)
             return out
         kind = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
         out = kind(self.name, self.doc, labels=self.labelnames)

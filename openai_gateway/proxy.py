@@ -19,11 +19,18 @@ from aiohttp import web
 
 from . import metrics
 from .auth.caller import BearerResolver
+from .bodies import read_body
 from .cache import Entry, PromptCache, cache_key
 from .callers import Callers
-from .bodies import read_body
-from .errors import (BudgetExceeded, GatewayError, ModelNotPriced, RateLimited, SpendLimited,
-                     TokensRateLimited, upstream_error)
+from .errors import (
+    BudgetExceeded,
+    GatewayError,
+    ModelNotPriced,
+    RateLimited,
+    SpendLimited,
+    TokensRateLimited,
+    upstream_error,
+)
 from .identity import Client, IdentityResolver
 from .limitheaders import limit_headers
 from .logs import RequestRecord
@@ -86,6 +93,21 @@ class Exchange:
     charge_reserved: bool = False
     settled: bool = False
     outcome: StreamOutcome | None = None
+
+    @property
+    def valid(self) -> ParsedRequest:
+        """The validated request, for the steps that only run once validation passed."""
+        if self.parsed is None:
+            raise RuntimeError("the request has not been validated yet")
+        return self.parsed
+
+
+def _route(request: web.Request) -> str:
+    """The route table's path the request matched (`forward` is registered on each one)."""
+    resource = request.match_info.route.resource
+    if resource is None:  # system routes (404, 405) have no resource and no handler of ours
+        raise RuntimeError("a forwarding handler was reached outside the route table")
+    return resource.canonical
 
 
 class Proxy:
@@ -228,7 +250,7 @@ class Proxy:
         rec = ex.record
         if ex.usage is not None:
             rec.tokens_in, rec.tokens_out = used.input, used.output
-        model = ex.parsed.model or "none"
+        model = ex.valid.model or "none"
         if used.input:
             metrics.TOKENS.labels(model, "in").inc(used.input)
         if used.output:
@@ -241,7 +263,7 @@ class Proxy:
     # --- POST routes ----------------------------------------------------------------------
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        ex = await self._begin(request, request.match_info.route.resource.canonical)
+        ex = await self._begin(request, _route(request))
         await self._limit_requests(ex)
         server = self.server
         ex.raw = await read_body(request, max_bytes=server.max_body_bytes,
@@ -290,7 +312,7 @@ class Proxy:
                                  answer.content_type, write_timeout=self.server.write_timeout)
 
     async def _fetch(self, ex: Exchange) -> Answer:
-        resp = await self._open(ex, forward_body(ex.parsed, ex.raw, stream_usage=False)[0])
+        resp = await self._open(ex, forward_body(ex.valid, ex.raw, stream_usage=False)[0])
         try:
             answer = await self._read_answer(resp, self.max_response)
         finally:
@@ -344,7 +366,7 @@ class Proxy:
         """The bytes to send for a stream, and whether the usage chunk is ours to strip:
         budgets need the upstream's count even when the client did not ask for it."""
         holds = ex.reservation is not None and bool(ex.reservation.holds)
-        return forward_body(ex.parsed, ex.raw, stream_usage=holds)
+        return forward_body(ex.valid, ex.raw, stream_usage=holds)
 
     async def _relay(self, ex: Exchange, resp: aiohttp.ClientResponse,
                      strip: bool) -> web.StreamResponse:
@@ -360,7 +382,7 @@ class Proxy:
             self._stream_usage(ex, outcome)
         if outcome.upstream_failed:
             metrics.UPSTREAM_ERRORS.labels("interrupted").inc()
-        elif ex.cache_key is not None and outcome.complete:
+        elif ex.cache_key is not None and outcome.complete and outcome.recorded is not None:
             await self.cache.set(ex.cache_key, Entry(True, b"".join(outcome.recorded)))
         return out
 
@@ -370,7 +392,7 @@ class Proxy:
         chunk, the prompt estimate plus one token per event the client received."""
         ex.usage = outcome.usage
         if ex.usage is None and outcome.sent_bytes:
-            ex.usage = Usage(input=prompt_estimate(ex.parsed.input_chars), output=outcome.events)
+            ex.usage = Usage(input=prompt_estimate(ex.valid.input_chars), output=outcome.events)
 
     @staticmethod
     def _models_for(client: Client) -> frozenset[str] | None:

@@ -127,13 +127,9 @@ async def listen(server: ServerSettings, factory, *, reuse_port: bool) -> asynci
         raise CannotListen from None
 
 
-async def serve(settings: Settings, source: ConfigSource | None = None, *,
-                reuse_port: bool = False, on_ready=None, demo: DemoUpstream | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain: stop accepting, let requests finish, close."""
-    warn_risky(settings)
-    app = create_app(settings, demo=demo is not None)
-    if demo is not None:
-        demo.attach(app)  # --demo: the built-in upstream is served by this app's event loop
+async def start(settings: Settings, app: web.Application, *,
+                reuse_port: bool) -> tuple[web.AppRunner, asyncio.Server]:
+    """The app's runner, set up, and its listening socket(s), accepting connections."""
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                            shutdown_timeout=settings.server.shutdown_timeout)
     timeout = settings.server.header_timeout
@@ -153,6 +149,17 @@ async def serve(settings: Settings, source: ConfigSource | None = None, *,
         listener.close()
         await runner.cleanup()
         raise
+    return runner, listener
+
+
+async def serve(settings: Settings, source: ConfigSource | None = None, *,
+                reuse_port: bool = False, on_ready=None, demo: DemoUpstream | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain: stop accepting, let requests finish, close."""
+    warn_risky(settings)
+    app = create_app(settings, demo=demo is not None)
+    if demo is not None:
+        demo.attach(app)  # --demo: the built-in upstream is served by this app's event loop
+    runner, listener = await start(settings, app, reuse_port=reuse_port)
     port = listener.sockets[0].getsockname()[1]
     log.info("gateway listening on %s, forwarding to %s", _url(settings.server.host, port),
              settings.upstream.base_url)

@@ -46,7 +46,8 @@ class Upstream:
         #: (base URL, Authorization value) per upstream: the primary first, then fallbacks.
         self.endpoints = [(settings.base_url.rstrip("/"), "Bearer " + api_key)] + [
             (fb.base_url.rstrip("/"), "Bearer " + (k or api_key))
-            for fb, k in zip(settings.fallbacks, fallback_keys or ("",) * len(settings.fallbacks))]
+            for fb, k in zip(settings.fallbacks, fallback_keys or ("",) * len(settings.fallbacks),
+                             strict=True)]
         #: The fixed part of each endpoint's request headers, built once: {auth: (GET, POST)}.
         self._base_headers = {
             auth: ({"Authorization": auth},
@@ -65,11 +66,18 @@ class Upstream:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.s.connect_timeout)
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=timeout,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"), cookie_jar=aiohttp.DummyCookieJar())
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            cookie_jar=aiohttp.DummyCookieJar())
         try:
             yield self
         finally:
             await self.session.close()
+
+    def client_session(self) -> aiohttp.ClientSession:
+        """The pooled session; it exists only while `running()` is entered."""
+        if self.session is None:
+            raise RuntimeError("the upstream session is not open yet (see Upstream.running)")
+        return self.session
 
     def headers(self, auth: str, client_headers, has_body: bool) -> dict[str, str]:
         out = self._base_headers[auth][has_body]
@@ -98,7 +106,7 @@ class Upstream:
 
     async def send(self, method, route, body, client_headers) -> aiohttp.ClientResponse:
         """The response once its headers arrived; the caller must `close()` it (see `open`)."""
-        attempts = self.attempts
+        session, attempts = self.client_session(), self.attempts
         for attempt in range(attempts):
             last = attempt == attempts - 1
             base, auth = self.endpoints[attempt % len(self.endpoints)]
@@ -108,8 +116,8 @@ class Upstream:
             headers = self.headers(auth, client_headers, body is not None)
             try:
                 async with asyncio.timeout(self.s.first_byte_timeout):
-                    resp = await self.session.request(method, url, data=body, headers=headers,
-                                                      allow_redirects=False)
+                    resp = await session.request(method, url, data=body, headers=headers,
+                                                 allow_redirects=False)
             except aiohttp.ConnectionTimeoutError:
                 # Nothing was sent yet: as safe to retry (or fail over) as a refused connection.
                 log.warning("upstream connect timeout on %s (attempt %d/%d)", route,
