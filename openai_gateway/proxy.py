@@ -169,7 +169,7 @@ class Proxy:
 
     async def _lookup(self, ex: Exchange) -> web.StreamResponse | None:
         """The cached answer, or None (the exchange then carries its cache key, if any)."""
-        parsed, rec = ex.parsed, ex.record
+        parsed, rec = ex.valid, ex.record
         rec.cache = self.cache.policy(ex.route, parsed, ex.request.headers.get("Cache-Control"))
         if rec.cache is None:
             settings = ex.client.settings
@@ -192,15 +192,15 @@ class Proxy:
     async def _admit(self, ex: Exchange) -> web.StreamResponse | None:
         """The steps that ask the storage: count the request, look the answer up, reserve the
         budgets. Returns the cached answer on a hit (which reserves nothing)."""
-        if ex.parsed.model is not None and self.limiter.has_model_rules:
-            await self._limit_requests(ex, ex.parsed.model)
+        if ex.valid.model is not None and self.limiter.has_model_rules:
+            await self._limit_requests(ex, ex.valid.model)
         cached = await self._lookup(ex)
         if cached is None:
             await self._reserve(ex)
         return cached
 
     async def _reserve(self, ex: Exchange) -> None:
-        parsed = ex.parsed
+        parsed = ex.valid
         ex.reserved_tokens = tokens = parsed.estimate
         ex.price = price = self.prices.price_for(parsed.model) if parsed.model else None
         micro = None
