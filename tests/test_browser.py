@@ -142,8 +142,8 @@ async def test_playground_streams_a_reply_as_it_is_generated(browser, demo_proce
     assert await browser.js("return !document.getElementById('demo-badge').hidden")
     # Before the first message the panel shows nothing (the model list is not an answer).
     assert await browser.text("status") == "–" and await browser.text("request-id") == "–"
-    # This gateway has no demo-token route (404): no sign-in box, and no money rows.
-    assert await browser.js("return document.getElementById('signin').hidden")
+    # Demo mode serves /gateway/demo-token: the sign-in box shows; no budget, no money rows.
+    assert await browser.js("return !document.getElementById('signin').hidden")
     assert await browser.js("return document.getElementById('spend').hidden")
     await browser.send("Hello from a real browser")
     samples = await watch_reply(browser)
@@ -211,7 +211,8 @@ async def screenshot(browser: Browser, state: str, readme: bool = True) -> None:
 
 async def test_screenshots_of_the_playground(browser, demo_process):
     """One per state the README shows: streaming, a cache hit, rate-limited."""
-    gp = await demo_process({"rate_limit": {"requests": ["2/minute"]}})
+    # The page's model list counts too: two chats, then the third is refused.
+    gp = await demo_process({"rate_limit": {"requests": ["3/minute"]}})
     await browser.open_playground(gp.url)
     question = "Why put a gateway between a web page and the OpenAI API?"
     await browser.send(question)
@@ -400,13 +401,13 @@ async def test_playground_shows_refusals_as_user_facing_messages(
     gp = await gateway_process({
         "server": {"port": port}, "playground": {"enabled": True},
         "cors": {"allow_origins": [f"http://127.0.0.1:{port}"]},
-        "rate_limit": {"requests": ["2/minute"]}, "validation": {"max_input_chars": 40}})
+        "rate_limit": {"requests": ["4/minute"]}, "validation": {"max_input_chars": 40}})
     await browser.open_playground(gp.url)
     error = "return document.getElementById('error').hidden ? '' : document.getElementById('error').textContent"
 
     await browser.send("x" * 60)  # over validation.max_input_chars: 400
     assert (await browser.wait(error)).startswith("The request was refused: ")
-    for i in range(2):  # the limit: two chats a minute
+    for i in range(2):  # every request counts: the model list, the refused one, two chats
         await browser.send(f"message {i}")
         samples = await watch_reply(browser)
         assert samples[-1] == ("done", "".join(f"w{j} " for j in range(5)))
@@ -415,7 +416,7 @@ async def test_playground_shows_refusals_as_user_facing_messages(
     message = await browser.wait(error)
     assert message.startswith("You're sending messages too fast. Please wait ")
     assert await browser.text("status") == "429"
-    assert await browser.text("ratelimit") == "0 of 2"
+    assert await browser.text("ratelimit") == "0 of 4"
     assert len(fake.posts) == 2
 
 
