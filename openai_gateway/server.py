@@ -53,6 +53,8 @@ def warn_risky(s: Settings) -> None:
                     "budget through the gateway; list your front-end's origins instead")
     if not s.rate_limit.requests and not s.clients:
         log.warning("rate_limit.requests is empty: clients are not rate limited")
+    for warning in s.warnings:  # remarks the loader made (unknown tier names, tool types ...)
+        log.warning("config: %s", warning)
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,8 @@ class PriceSettings:
         for name in ("input", "cached_input", "output"):
             value = getattr(self, name)
             p.expect(value >= 0, f"{at}.{name}", value, ">= 0 (US dollars per 1M tokens)")
+        p.expect(self.cached_input <= self.input, f"{at}.cached_input", self.cached_input,
+                 f"at most input ({self.input}): cached tokens are never dearer")
 
 
 @dataclass(frozen=True)

@@ -953,3 +953,12 @@ def test_new_client_key_usage(args):
     r = gateway(*args)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().startswith("usage: gateway.py new-client-key NAME")
+
+
+def test_a_cached_price_above_the_input_price_is_a_config_error():
+    with pytest.raises(ConfigError) as info:
+        parse({"prices": {"my-model": {"input": 1.0, "cached_input": 2.0, "output": 3.0}}},
+              environ=ENV)
+    assert info.value.problems == [
+        "prices.my-model.cached_input: got 2.0, expected at most input (1.0): cached tokens "
+        "are never dearer"]
