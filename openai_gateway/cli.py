@@ -219,9 +219,9 @@ def spend(argv: list[str]) -> int:
         return 1
     period = {"daily": "today", "monthly": "this month"}
     for name, row in report.items():
-        print(f"{period.get(name, name):<11} spent ${row['spent_usd']:.6f} of "
+        print(f"{period.get(name, name)}: spent ${row['spent_usd']:.6f} of "
               f"${row['limit_usd']:.2f}, ${row['remaining_usd']:.6f} left "
-              f"(the window frees fully in {row['reset_seconds']:.0f}s)")
+              f"(all of it again in {row['reset_seconds'] / 3600:.1f} h at most)")
     return 0
 
 
