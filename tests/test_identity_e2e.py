@@ -4,6 +4,7 @@ upstream, gateway-minted tokens accepted by another process, captcha sessions, a
 scan of tokens and the captcha secret."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -13,6 +14,7 @@ import jwt
 import openai
 import orjson
 import pytest
+from selenium.webdriver.common.by import By
 
 from openai_gateway.identity import hash_key
 
@@ -26,6 +28,8 @@ from .jwks_server import (  # noqa: F401
     siteverify_fixture,
     siteverify_url_fixture,
 )
+from .test_browser import access_lines, browser, watch_reply  # noqa: F401  (browser: a fixture)
+from .test_demo import demo_process  # noqa: F401  (a fixture)
 
 TOKEN_SECRET = "gw-token-SECRET-e2e-7f3a9c1d5b8e2f4a6c0d-do-not-leak"
 CLIENT_KEY = "gw-client-SECRET-e2e-backend-5d1c9b"
@@ -223,3 +227,34 @@ async def test_captcha_sessions(gateway_process, fake, siteverify, siteverify_ur
     assert_no_leak([session, CAPTCHA_SECRET, TOKEN_SECRET], gp.log(),
                    *SEEN_RESPONSES[minted_at:])
     assert_no_leak([CAPTCHA_SECRET, TOKEN_SECRET], *SEEN_RESPONSES)
+
+
+# --- the playground signing in (Chromium against `gateway.py --demo`) -----------------------
+
+
+async def test_the_playground_signs_in_and_gets_the_tiers_budget(request):
+    # The fixtures by name: they are imported from the browser and demo tests.
+    chromium, start_demo = request.getfixturevalue("browser"), request.getfixturevalue(
+        "demo_process")
+    gp = await start_demo({"tiers": {"free": {"requests": ["30/minute"],
+                                                "spend": ["0.50/day"]}}})
+    await chromium.open_playground(gp.url)
+    await chromium.wait("return !document.getElementById('signin').hidden")
+    await chromium.send("before")
+    await watch_reply(chromium)
+    assert await chromium.js("return document.getElementById('spend').hidden")  # anonymous
+
+    def sign_in():
+        chromium.driver.find_element(By.ID, "signin-user").send_keys("alice")
+        chromium.driver.find_element(By.ID, "signin-button").click()
+    await asyncio.to_thread(sign_in)
+    await chromium.wait("return document.getElementById('signin').dataset.user === 'alice'")
+    await chromium.send("after")
+    await watch_reply(chromium)
+    spend = await chromium.wait("const s = document.getElementById('spend');"
+                               "return !s.hidden && s.textContent")
+    assert spend.endswith("of $0.50"), spend
+    chats = [a for a in access_lines(gp) if a.get("route") == "/v1/chat/completions"]
+    assert not chats[0]["client"].startswith("user:")  # before: anonymous
+    assert chats[-1]["client"].startswith("user:"), chats[-1]
+    assert "alice" not in gp.log()  # the subject is hashed where it leaves the process
