@@ -120,8 +120,8 @@ async def test_costs_come_from_usage_with_cached_tokens_priced_apart(gateway_pro
     gp = await gateway_process(money(rate_limit={"requests": ["1000/minute"],
                                                  "spend": ["5/day"]}))
     fake.cached_tokens = 4
-    raw, answer = await create(gp, messages=[{"role": "user",
-                                                 "content": "a few words, " * 10}])
+    messages = [{"role": "user", "content": "a few words, " * 10}]
+    raw, answer = await create(gp, messages=messages)
     usage = answer.usage
     assert usage.prompt_tokens_details.cached_tokens == 4 < usage.prompt_tokens
     expected = cost_of(usage)
@@ -130,17 +130,24 @@ async def test_costs_come_from_usage_with_cached_tokens_priced_apart(gateway_pro
                                       output=usage.completion_tokens))
     assert Decimal(raw.headers["x-gateway-cost-usd"]) == Decimal(expected) / MICRO
 
-    # A stream: the cost is settled from the usage chunk the gateway asks for.
+    # Streams: the cost is settled from the usage chunk. A client that asks for usage sees
+    # the figures the gateway charged; one that does not gets no usage chunk, and the gateway
+    # charges the same from the chunk it asked for itself.
     async with sdk(gp) as client:
-        stream = await client.chat.completions.create(**CHAT, stream=True)
-        chunks = [chunk async for chunk in stream]
-    assert all(c.usage is None for c in chunks)  # the client did not ask for usage
+        stream = await client.chat.completions.create(
+            **{**CHAT, "messages": messages}, stream=True,
+            stream_options={"include_usage": True})
+        with_usage = [chunk async for chunk in stream]
+        stream = await client.chat.completions.create(**{**CHAT, "messages": messages},
+                                                      stream=True)
+        without = [chunk async for chunk in stream]
+    streamed = with_usage[-1].usage
+    assert streamed.prompt_tokens_details.cached_tokens == 4
+    assert all(c.usage is None for c in without)
+    assert fake.posts[-1].json()["stream_options"] == {"include_usage": True}
     await asyncio.sleep(0.2)  # the access line is written after the stream ends
     costs = access_costs(gp)
-    assert len(costs) == 2 and costs[0] == expected / MICRO
-    streamed = fake.posts[-1].json()
-    assert streamed["stream_options"] == {"include_usage": True}
-    assert costs[1] > 0
+    assert costs == [expected / MICRO, cost_of(streamed) / MICRO, cost_of(streamed) / MICRO]
     text = await metrics(gp)
     assert metric(text, "gateway_spend_usd_total", model="gpt-4o-mini") == pytest.approx(
         sum(costs))
