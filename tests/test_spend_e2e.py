@@ -109,10 +109,10 @@ async def test_the_sdk_raises_rate_limit_error_on_the_gateway_ceiling(gateway_pr
     assert "Retry-After" in err.value.response.headers
     assert len(fake.posts) == answered >= 1
     text = await metrics(gp)
-    left = metric(text, "gateway_budget_remaining_usd", period="daily")
+    left = metric(text, "gateway_budget_remaining_usd", period="day")
     spent = metric(text, "gateway_spend_usd_total")
     assert 0 <= left < 0.1 and spent > 0
-    assert metric(text, "gateway_budget_warn", period="daily") == 1
+    assert metric(text, "gateway_budget_warn", period="day") == 1
     assert gp.log().count("crossed 50% of its ceiling") == 1  # warned once
 
 
@@ -159,7 +159,7 @@ async def test_a_burst_of_100_stays_within_the_stated_bound(gateway_process, fak
     raw, answer = await create(gp)  # one answer to learn what a request costs and reserves
     one = cost_of(answer.usage)
     first_left = Decimal(str(metric(await metrics(gp), "gateway_budget_remaining_usd",
-                                    period="daily")))
+                                    period="day")))
     fake.script = [{"delay": 0.3} for _ in range(100)]  # all 100 in flight together
 
     async def one_request(s: aiohttp.ClientSession) -> tuple[int, str | None]:
@@ -187,7 +187,7 @@ async def test_a_burst_of_100_stays_within_the_stated_bound(gateway_process, fak
     assert spent <= Decimal(str(ceiling)) + bound, (spent, ceiling, bound)
     assert spent == pytest.approx(Decimal(one * (ok + 1)) / MICRO)
     assert len(fake.posts) == ok + 1  # refused requests never reached the upstream
-    left = metric(text, "gateway_budget_remaining_usd", period="daily")
+    left = metric(text, "gateway_budget_remaining_usd", period="day")
     assert left >= 0 and Decimal(str(left)) < Decimal(str(ceiling)) - spent + Decimal("0.000002")
 
 
@@ -236,7 +236,7 @@ async def test_the_spend_survives_a_sighup_reload(gateway_process, fake):
     assert raw.headers["x-ratelimit-limit-requests"] == "999"  # the new config is in force
     after = Decimal(raw.headers["x-ratelimit-remaining-spend"])
     assert after < before  # not reset by the reload
-    left = metric(await metrics(gp), "gateway_budget_remaining_usd", period="daily")
+    left = metric(await metrics(gp), "gateway_budget_remaining_usd", period="day")
     assert Decimal(str(left)) <= after
 
 
