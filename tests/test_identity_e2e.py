@@ -42,7 +42,7 @@ def issuer_config(provider, jwks_url: str, **auth) -> dict:
     return {
         "auth": {"issuers": [{"issuer": provider.issuer, "audience": provider.audience,
                               "jwks_url": jwks_url, "algorithms": ["RS256", "ES256"],
-                              "tier_claim": "plan"}], **auth},
+                              "tier_claim": "plan", "jwks_cooldown": 30}], **auth},
         "tiers": {"free": {"requests": ["2/minute"]}, "pro": {"requests": ["100/minute"]}},
         "rate_limit": {"requests": ["1000/minute"]},
     }
@@ -140,6 +140,40 @@ async def test_every_refused_token_is_a_401_through_the_sdk_and_never_forwarded(
     assert fake.posts == []
     gp.stop()
     assert_no_leak(list(tokens.values()), gp.log(), *SEEN_RESPONSES)
+
+
+async def get_json(url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return r.status, await r.json()
+
+
+async def test_key_rotation_refetches_at_most_once_per_cooldown(gateway_process, fake,
+                                                                provider, jwks_url):
+    provider.failing = 503  # the provider is down when the gateway starts
+    gp = await gateway_process(issuer_config(provider, jwks_url))
+    status, doc = await get_json(gp.url + "/readyz")
+    assert doc["status"] == "degraded"
+    assert doc["auth"] == {"issuers_without_keys": [provider.issuer]}
+    provider.failing = None
+    # A user's token (a key the gateway has not seen) loads the keys: one fetch.
+    await chat(gp, provider.sign(plan="pro"))
+    fetched = provider.fetches
+    status, doc = await get_json(gp.url + "/readyz")
+    assert doc["status"] == "ok" and "auth" not in doc
+    # The provider rotates to a new key while the cooldown runs: tokens with it, and an
+    # attacker's random kids, do not make the gateway hammer the provider.
+    provider.signers.append(Signer.rsa("rsa-2", n=2))
+    rotated = provider.sign(provider.signers[-1], plan="pro")
+    for n in range(5):
+        with pytest.raises(openai.AuthenticationError):
+            await chat(gp, provider.sign(Signer.rsa(f"random-{n}", n=3)))
+    with pytest.raises(openai.AuthenticationError):
+        await chat(gp, rotated)
+    assert provider.fetches <= fetched + 1
+    # The provider goes down: the keys in hand keep serving.
+    provider.failing = 503
+    _, answer = await chat(gp, provider.sign(sub="other@example.com", plan="pro"))
+    assert answer.choices
 
 
 async def test_anonymous_false_needs_an_identity(gateway_process, fake, provider, jwks_url):
