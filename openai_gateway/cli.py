@@ -7,6 +7,7 @@ status, with a one-line summary that `--help` lists.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -14,10 +15,14 @@ import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from . import __version__, logs
+from .auth.minted import TokenMinter
 from .demo import DemoUpstream, demo_settings
+from .errors import InvalidRequest, StorageUnavailable
 from .identity import hash_key
+from .ratelimit import RateLimiter
 from .server import ConfigSource, run
 from .settings import ConfigError, Settings, load
 
@@ -101,6 +106,8 @@ def serve_command(argv: list[str]) -> int:
         settings = demo_settings(settings, demo.base_url)
     if args.check:
         print(json.dumps(settings.redacted(), indent=2))
+        for warning in settings.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"{args.config}: OK", file=sys.stderr)
         return 0
     logs.configure(settings.log.level, settings.log.format, settings.secrets,
@@ -138,10 +145,99 @@ def _client_name(text: str) -> str:
     return text
 
 
+def _settings(config: str) -> Settings | None:
+    """The file's settings for a subcommand (no upstream key needed), or None after printing
+    the problems."""
+    try:
+        return load(config, demo=True)  # demo: these commands never call the upstream
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return None
+
+
+def mint_token(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog=f"{prog()} mint-token", usage="%(prog)s --user U [--tier T] [--ttl S] [--config PATH]",
+        description="Print a token signed with auth.tokens' secret, as POST /gateway/tokens "
+                    "would mint it (any gateway process holding the secret accepts it).")
+    add_config_option(p)
+    p.add_argument("--user", required=True, help="the user the token is for (its subject)")
+    p.add_argument("--tier", help="the user's tier: one of the config's [tiers.NAME]")
+    p.add_argument("--ttl", type=int, help="seconds until it expires (at most auth.tokens.max_ttl)")
+    args = p.parse_args(argv)
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+    if not settings.token_secret:
+        print(f"error: {args.config}: auth.tokens.secret_env is not set, so this gateway "
+              "mints no tokens; set it to the name of an environment variable holding a "
+              "random secret (at least 32 bytes) and export that variable here",
+              file=sys.stderr)
+        return 2
+    minter = TokenMinter(secret=settings.token_secret, max_ttl=settings.auth.tokens.max_ttl)
+    try:
+        token, expires_at = minter.mint(args.user, args.tier, args.ttl,
+                                        tiers=tuple(settings.tiers) or None)
+    except InvalidRequest as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(token)
+    when = datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    print(f"# user {args.user}, tier {args.tier or '(default limits)'}, expires at "
+          f"{when} ({expires_at})", file=sys.stderr)
+    return 0
+
+
+def spend(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog=f"{prog()} spend", usage="%(prog)s [--config PATH]",
+        description="Print today's and this month's gateway-wide spend and what is left under "
+                    "[budget], read from the shared storage.")
+    add_config_option(p)
+    args = p.parse_args(argv)
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+    url = settings.rate_limit_storage
+    if not url.is_shared:
+        print("error: storage.url is memory://: the spend lives inside the running gateway "
+              "process and cannot be read from here. Ask the process instead: GET /metrics "
+              "(from a trusted address) and read gateway_budget_remaining_usd and "
+              "gateway_spend_usd_total.", file=sys.stderr)
+        return 1
+    limiter = RateLimiter(settings.rate_limit, url, budget=settings.budget,
+                          timeout=max(settings.storage.timeout, 2.0))
+    if not limiter.gateway:
+        print("no gateway-wide ceiling: [budget] daily_usd and monthly_usd are 0, so nothing "
+              "counts the gateway's total (see gateway_spend_usd_total in /metrics)")
+        return 0
+    try:
+        report = asyncio.run(_read_spend(limiter))
+    except StorageUnavailable:
+        print(f"error: could not read the storage at {url.kind}; is it running?",
+              file=sys.stderr)
+        return 1
+    period = {"daily": "today", "monthly": "this month"}
+    for name, row in report.items():
+        print(f"{period.get(name, name)}: spent ${row['spent_usd']:.6f} of "
+              f"${row['limit_usd']:.2f}, ${row['remaining_usd']:.6f} left "
+              f"(all of it again in {row['reset_seconds'] / 3600:.1f} h at most)")
+    return 0
+
+
+async def _read_spend(limiter: RateLimiter) -> dict[str, dict]:
+    async with limiter.running():
+        return await limiter.gateway_spend()
+
+
 #: name -> (usage, summary, function(argv) -> exit status). Checked before the serving
 #: options, so a subcommand owns everything after its name.
 COMMANDS: dict[str, tuple[str, str, Callable[[list[str]], int]]] = {
     "new-client-key": ("NAME", "print a new client key and its config block", new_client_key),
+    "mint-token": ("--user U [--tier T] [--ttl S]", "print a token for a user, signed with "
+                   "auth.tokens' secret", mint_token),
+    "spend": ("", "print today's and this month's gateway-wide spend and what is left", spend),
 }
 
 

@@ -52,6 +52,8 @@ COST_HEADER = "x-gateway-cost-usd"
 #: Answers larger than this are sent with a write timeout (a client that reads nothing of a
 #: large answer would otherwise hold it in memory); smaller ones fit the socket's buffers.
 LARGE_ANSWER = 256 * 1024
+#: The gauges' `period` label for each gateway-wide ceiling.
+PERIODS = {"daily": "day", "monthly": "month"}
 #: The largest model list read from the upstream.
 MODELS_MAX_BYTES = 16 * 1024 * 1024
 
@@ -119,6 +121,8 @@ class Proxy:
         self.bearer = bearer
         self._models: tuple[float, Answer] | None = None
         self._models_lock = asyncio.Lock()
+        #: Periods whose budget.warn_at warning was logged (once per process).
+        self._warned: set[str] = set()
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
@@ -242,8 +246,32 @@ class Proxy:
         self._account(ex, used, micro)
         if ex.reservation is None:
             return {}
-        return await self.limiter.settle(ex.reservation, tokens=used.input + used.output,
-                                         micro_usd=micro)
+        headers = await self.limiter.settle(ex.reservation, tokens=used.input + used.output,
+                                            micro_usd=micro)
+        if micro and self.limiter.gateway:
+            await self._watch_budget()
+        return headers
+
+    async def _watch_budget(self) -> None:
+        """The gateway-wide ceiling's gauges after a charge, and the warn_at warning (once per
+        crossing, in each process)."""
+        try:
+            report = await self.limiter.gateway_spend()
+        except GatewayError:  # the storage is down: already logged and counted
+            return
+        warn_at = self.settings.budget.warn_at
+        for name, row in report.items():
+            period = PERIODS.get(name, name)
+            metrics.BUDGET_REMAINING.labels(period).value = row["remaining_usd"]
+            crossed = row["spent_usd"] >= warn_at * row["limit_usd"]
+            metrics.BUDGET_WARN.labels(period).value = 1 if crossed else 0
+            if not crossed:  # a new day or month: warn again when it is crossed again
+                self._warned.discard(period)
+            elif period not in self._warned:
+                self._warned.add(period)
+                log.warning("the gateway's %s spend has crossed %.0f%% of its ceiling: $%.2f "
+                            "of $%.2f spent", name, warn_at * 100, row["spent_usd"],
+                            row["limit_usd"])
 
     def _account(self, ex: Exchange, used: Usage, micro: int) -> None:
         """The access log's and the metrics' share of a settled request."""
