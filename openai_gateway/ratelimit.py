@@ -120,7 +120,8 @@ class RateLimiter:
                 self.store.url.limits_uri(), **self.store.url.limits_options(password, timeout))
         # Budgets: synchronous on our memory store; else batched on the shared store.
         self._book: MemoryBook | SharedBook = (
-            MemoryBook(self._storage) if self._storage is not None else SharedBook(self.store))
+            SharedBook(self.store) if self.store is not None
+            else MemoryBook(cast(MemoryStore, self._storage)))
         self.configure(settings, budget=budget)
 
     @property

@@ -169,12 +169,14 @@ async def count(store: BatchStore, wins: Sequence[Window], *, now: float,
                                         if k in fetched.values}))
     got = out.acquired
     for w, (prev_key, cur_key), n in zip(wins, pairs, costs, strict=True):
-        source = counted if n else fetched
-        if prev_key in fetched.failed or cur_key in source.failed:
-            _fail(got, w, fetched if prev_key in fetched.failed else source)
+        failed = fetched if prev_key in fetched.failed or (
+            not n and cur_key in fetched.failed) else counted if cur_key in counted.failed \
+            else None
+        if failed is not None:
+            _fail(got, w, failed)
             continue
         prev = windows.count(fetched.values.get(prev_key))
-        cur = source.values[cur_key] if n else windows.count(fetched.values.get(cur_key))
+        cur = counted.values[cur_key] if n else windows.count(fetched.values.get(cur_key))
         if n and got.refused_by is None and windows.overshot(w, prev, cur, now):
             got.allowed, got.refused_by = False, w
         out.counts[w] = (prev, cur)
