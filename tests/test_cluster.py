@@ -104,3 +104,35 @@ async def test_a_server_killed_and_restarted(gateway_process, memcached_servers,
         assert all(sorted(st) == [200, 200, 200, 429, 429] for st in got.values()), got
         assert await server_up_gauge(s, urls[1], dead.address) == "1.0"
     assert back < 5
+
+
+async def test_a_gateway_lost_mid_stream(gateway_process, memcached_servers, fake):  # noqa: F811
+    """The client's stream ends with a broken connection; the reservation the dead gateway
+    held stays counted (nobody settles it) until its window passes: the other gateway sees
+    the budget lowered by the whole estimate."""
+    servers = memcached_servers(3)
+    url = "memcached://" + ",".join(s.address for s in servers)
+    cfg = {"storage": {"url": url}, "rate_limit": {"requests": ["100/minute"],
+                                                   "tokens": ["1000/day"]},
+           "validation": {"max_tokens": 100}}
+    a, b = await gateway_process(cfg), await gateway_process(cfg)
+    fake.script = [{"chunks": 50, "chunk_delay": 0.05}]
+    ip = clients(1)[0]
+    headers = {"X-Forwarded-For": ip}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(a.url + "/v1/chat/completions", headers=headers,
+                          json=dict(SAMPLED, stream=True, max_tokens=100)) as r:
+            assert r.status == 200
+            await r.content.readline()  # the stream has begun
+            a.proc.kill()
+            try:
+                await r.read()
+                cut = False
+            except aiohttp.ClientError:
+                cut = True
+        async with s.post(b.url + "/v1/chat/completions", headers=headers,
+                          json=dict(SAMPLED, max_tokens=1)) as r:
+            left = int(r.headers["x-ratelimit-remaining-tokens"])
+    assert cut
+    # The estimate reserved on A (about 100 output tokens plus the prompt) is still held.
+    assert left < 1000 - 100
