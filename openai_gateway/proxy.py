@@ -145,10 +145,11 @@ class Proxy:
         if state is not None:
             ex.headers.update(limit_headers(state, None))
 
-    async def _lookup(self, ex: Exchange, found: dict[str, bytes] | None = None
+    async def _lookup(self, ex: Exchange, found: tuple[Entry | None] | None = None
                       ) -> web.StreamResponse | None:
         """The cached answer, or None (the exchange then carries its cache key, if any).
-        `found`: the values a batch already read (the shared path); else the cache is asked."""
+        `found`: (the entry a batch already read,) on the shared path; else the cache is
+        asked."""
         parsed, rec = ex.parsed, ex.record
         if found is None:
             rec.cache = self.cache.policy(ex.route, parsed,
@@ -158,7 +159,7 @@ class Proxy:
                 ex.cache_key = self._cache_key(ex)
                 entry = await self.cache.get(ex.cache_key)
             else:
-                entry = self.cache.decode(found.get(ex.cache_key or ""))
+                entry = found[0]
             rec.cache = "HIT" if entry is not None else "MISS"
             if entry is not None:  # the key covers the body, "stream" included
                 metrics.CACHE.labels("HIT").inc()
@@ -196,15 +197,20 @@ class Proxy:
                                             ex.request.headers.get("Cache-Control"))
         if ex.record.cache is None and self.cache.batched(self.limiter.store):
             ex.cache_key = self._cache_key(ex)
-        found = await self._reserve(ex, batch=True)
+        values = await self._reserve(ex, batch=True)
         if ex.cache_key is None and ex.record.cache is None:  # the cache has its own store
-            found = None
-        cached = await self._lookup(ex, found)
-        if cached is not None and ex.reservation is not None and ex.reservation.holds:
+            ex.cache_key = self._cache_key(ex)
+            entry = await self.cache.get(ex.cache_key)
+        else:
+            entry = self.cache.decode(values.get(ex.cache_key)) if ex.cache_key else None
+        if entry is not None and ex.reservation is not None:
             # A hit spends nothing: what was reserved along goes back before we answer.
-            await self.limiter.settle(ex.reservation, tokens=0, micro_usd=0)
+            for name in ex.reservation.headers:
+                ex.headers.pop(name, None)
+            if ex.reservation.holds:
+                await self.limiter.settle(ex.reservation, tokens=0, micro_usd=0)
             ex.reservation = None
-        return cached
+        return await self._lookup(ex, (entry,))
 
     async def _reserve(self, ex: Exchange, batch: bool = False) -> dict[str, bytes]:
         """Reserve the budgets. `batch` (shared stores): with the model rules' request limits

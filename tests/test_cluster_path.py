@@ -84,3 +84,18 @@ async def test_limits_and_budgets_decide_alike_on_memory_and_memcached(
     # the refused 4th counted (every request counts before its body is read).
     assert [s for s, _ in statuses] == [200, 200, 200, 429, 429]
     assert [left for _, left in statuses[:3]] == ["2", "1", "0"]
+
+
+async def test_a_hit_on_memcached_spends_nothing(make_gateway, memcached_servers, fake):  # noqa: F811
+    url = "memcached://" + ",".join(s.address for s in memcached_servers(2))
+    gw = await make_gateway({"storage": {"url": url},
+                             "rate_limit": {"requests": ["100/minute"], "tokens": ["1000/day"]}})
+    body = dict(CHAT, seed=99, max_tokens=50)
+    miss = await gw.post("/v1/chat/completions", json=body)
+    left = miss.headers["x-ratelimit-remaining-tokens"]
+    hit = await gw.post("/v1/chat/completions", json=body)
+    assert hit.headers["X-Cache"] == "HIT" and "x-ratelimit-remaining-tokens" not in hit.headers
+    other = await gw.post("/v1/chat/completions", json=dict(CHAT, seed=100, max_tokens=1))
+    # The next miss sees what the first one settled to, minus its own reservation: the hit's
+    # reservation went back.
+    assert int(other.headers["x-ratelimit-remaining-tokens"]) >= int(left) - 20
