@@ -222,9 +222,9 @@ class PromptCache:
             return False
 
     async def _shared(self, call):
-        """One memcached call, bounded by storage.timeout (TimeoutError counts as a failure)."""
-        async with asyncio.timeout(self.timeout):
-            return await call
+        """One shared-store call: the ring (memcachio) and redis-py bound it by storage.timeout
+        themselves, so no timer of ours (one per call cost CPU on every miss)."""
+        return await call
 
     def _failed(self, op: str, exc: Exception) -> None:
         from .metrics import STORAGE_ERRORS
