@@ -15,7 +15,7 @@ is not either (see the README's "several VMs").
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -222,6 +222,12 @@ class RedisStore:
         keys = [k for k, _, _ in items]
         args = [x for _, amount, ttl in items for x in (amount, ttl)]
         return await self._batch(keys, self._incr(keys=keys, args=args))
+
+    async def get_and_incr(self, keys: Sequence[str], items: Sequence[tuple[str, int, int]]
+                           ) -> tuple[Batch[bytes], Batch[int]]:
+        """An MGET and the increments' script, concurrently (two pooled connections)."""
+        got, counted = await asyncio.gather(self.get_many(keys), self.incr_many(items))
+        return got, counted
 
     async def decr_many(self, items: Iterable[tuple[str, int]]) -> Batch[int]:
         items = list(items)

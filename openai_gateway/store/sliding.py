@@ -15,7 +15,6 @@ at round trip 1 ends the call before anything is counted.
 """
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -200,7 +199,4 @@ async def _both(store: BatchStore, reads: list[str], incrs: list[tuple[str, int,
     """The multi-get and the increments, sent together (one burst per server)."""
     if not incrs:
         return await store.get_many(reads), Batch()
-    if not reads:
-        return Batch(), await store.incr_many(incrs)
-    fetched, counted = await asyncio.gather(store.get_many(reads), store.incr_many(incrs))
-    return fetched, counted
+    return await store.get_and_incr(reads, incrs)
