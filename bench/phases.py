@@ -367,10 +367,12 @@ class Bench:
         out: dict = {"storage": "memcached (local, 2 threads)", "rate_limit": CLIENT_LIMITS,
                      "clients": CLIENTS, "pinning": "none: every process may run on both cores",
                      "runs": {}}
-        for n in (1, 2):
-            tag = f"gateway-workers{n}"
+        # One worker on memory first: the reference the shared path is measured against, in
+        # the same run and under the same conditions (unpinned, the same mock).
+        for key, n, store in (("memory", 1, "memory://"), ("1", 1, storage), ("2", 2, storage)):
+            tag = f"gateway-workers{n}" + ("-memory" if key == "memory" else "")
             port = procs.free_port()
-            toml = gateway_toml(port, f"http://127.0.0.1:{mock_port}", True, storage=storage,
+            toml = gateway_toml(port, f"http://127.0.0.1:{mock_port}", True, storage=store,
                                 requests=CLIENT_LIMITS, workers=n)
             proc = self.spawn_gateway(tag, toml, any_core)
             base = f"http://127.0.0.1:{port}"
@@ -385,11 +387,11 @@ class Bench:
             time.sleep(1.0)  # every worker listening
             checks = self.sanity(base)
             if checks["request2"]["x_cache"] != "HIT":
-                self.notes.append(f"workers = {n}: a repeated request was not a cache hit with memcached "
+                self.notes.append(f"workers = {n}: a repeated request was not a cache hit with {store} "
                                   f"storage (X-Cache {checks['request2']['x_cache']})")
             pids = procs.tree(proc.pid)
             nonce, url = uuid.uuid4().hex[:12], base + CHAT
-            log(f"workers {n}: memcached storage, unpinned: warm-up, then wrk -c64 {self.p.rps_s}s")
+            log(f"workers {n}: {store.split(':')[0]} storage, unpinned: warm-up, then wrk -c64 {self.p.rps_s}s")
             wrk_driver.run(url, connections=64, seconds=self.p.warm_s, mode="vary", nonce=nonce + "w",
                            clients=CLIENTS, core=any_core)
             groups = {"gateway": pids, "nginx mock": procs.tree(mock.pid), "memcached": [mc.pid]}
@@ -413,8 +415,8 @@ class Bench:
             cores = {k: round(v / wall, 3) for k, v in used.items()}
             per_process = [round((procs.cpu_seconds([pid]) - cpu0_each[pid]) / wall, 3) for pid in pids]
             gw_cpu = used["gateway"]
-            out["runs"][str(n)] = {
-                "workers": n, "processes": len(pids), "checks": checks, "c64": rps,
+            out["runs"][key] = {
+                "workers": n, "storage": store.split(":")[0], "processes": len(pids), "checks": checks, "c64": rps,
                 "cpu_cores": cores, "gateway_process_cores": per_process, "steal_cores": round((m1["steal"] - m0["steal"]) / wall, 3),
                 "requests_per_gateway_cpu_second": round(rps["requests"] / gw_cpu, 1) if gw_cpu else None,
                 "rss_kb": procs.rss_kb(pids)}
@@ -424,7 +426,9 @@ class Bench:
         procs.stop(mock)
         procs.stop(mc)
         one, two = out["runs"]["1"]["c64"]["rps"], out["runs"]["2"]["c64"]["rps"]
+        memory = out["runs"]["memory"]["c64"]["rps"]
         out["ratio_2_over_1"] = round(two / one, 3) if one else None
+        out["ratio_memcached_over_memory"] = round(one / memory, 3) if memory else None
         results.update(out)
 
     @staticmethod

@@ -26,7 +26,6 @@ from .logs import RequestRecord, log_access, refusal_detail
 from .proxy import COST_HEADER, RECORD, Proxy
 from .ratelimit import RateLimiter
 from .settings import Settings
-from .storage import memcached_reachable
 from .upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -186,15 +185,18 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining"}, status=503)
     proxy = app[PROXY]
     s = app[SETTINGS]
-    checks = {}
-    for name, url in (("rate_limit", proxy.limiter.storage_url), ("cache", proxy.cache.storage)):
-        if url.is_shared:
-            checks[name] = "ok" if await memcached_reachable(url, s.storage.timeout) else "down"
-        else:
-            checks[name] = "ok"
-    down = "down" in checks.values()
+    checks, down_servers = {}, []
+    for name, store in (("rate_limit", proxy.limiter.store), ("cache", proxy.cache.store)):
+        # A server marked down is not asked again (its probe runs in the background); the
+        # others answer `version` within storage.timeout or are marked down now.
+        down_here = await store.ping() if store is not None else []
+        checks[name] = "down" if down_here else "ok"
+        down_servers += [d for d in down_here if d not in down_servers]
+    down = bool(down_servers)
     status = 503 if down and s.storage.on_error == "closed" else 200
     doc: dict = {"status": "degraded" if down else "ok", "storage": checks}
+    if down:
+        doc["down_servers"] = down_servers
     keyless = app[AUTH].bearer.not_ready()
     if keyless:  # their users get 401 until the key sets load
         doc["status"], doc["auth"] = "degraded", {"issuers_without_keys": keyless}
@@ -212,9 +214,14 @@ def build(settings: Settings, demo: bool = False) -> tuple[Proxy, Auth, OriginPo
     """The components a process keeps for its lifetime (storage, pooled connections); their
     policy comes from `apply`, here and on every reload."""
     s = settings
+    # One shared store per process: the limiter builds (and closes) it; the cache uses it too
+    # when both name the same URL, so one ring places every key and one table knows its health.
     limiter = RateLimiter(s.rate_limit, s.rate_limit_storage, budget=s.budget,
-                          on_error=s.storage.on_error, timeout=s.storage.timeout)
-    cache = PromptCache(s.cache, s.cache_storage, timeout=s.storage.timeout)
+                          on_error=s.storage.on_error, timeout=s.storage.timeout,
+                          password=s.storage_password)
+    shared = limiter.store if s.cache_storage == s.rate_limit_storage else None
+    cache = PromptCache(s.cache, s.cache_storage, timeout=s.storage.timeout, store=shared,
+                        password=s.storage_password)
     upstream = Upstream(s.upstream, s.api_key, s.fallback_keys)
     auth = Auth(s, upstream.client_session, demo=demo)
     proxy = Proxy(s, upstream=upstream, limiter=limiter, cache=cache, bearer=auth.bearer)

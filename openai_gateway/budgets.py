@@ -7,9 +7,10 @@ brings each reservation to the real usage: an overrun is charged (it empties a b
 more), the rest goes back to the window it was taken from.
 
 - memory: `MemoryBook`, synchronous, so a reservation is exact (nothing interleaves).
-- memcached: `SharedBook`, limits' `SlidingWindowCounterRateLimiter.hit`, which re-checks its
-  count after incrementing, so parallel requests cannot pass a budget together either; a refund
-  is a memcached `decr` of the window the reservation went into.
+- memcached ring or Redis: `SharedBook` over the store's batches (`store/sliding.py`, the same
+  arithmetic as limits' `SlidingWindowCounterRateLimiter`): the reservation is counted first and
+  re-checked, so parallel requests cannot pass a budget together either; a refund is a `decr`
+  of the window the reservation went into.
 
 Windows are limits' granularities: a day is 86,400 s and a month is 30 days (2,592,000 s),
 counted as limits' sliding-window counter counts them (the current fixed window, aligned to the
@@ -25,12 +26,12 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from limits import RateLimitItem, parse, parse_many
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from .errors import BudgetExceeded, RateLimited, SpendLimited, TokensRateLimited
 from .limitheaders import MICRO, LimitState, format_reset, format_usd, limit_headers, retry_after
-from .mcstore import RefundingMemcachedStorage
 from .memstore import MemoryStore, Window
+from .store import BatchStore, sliding
+from .store import Window as SWindow
 
 TOKENS, SPEND = "tok", "usd"  # the counters' kinds (part of their keys)
 GATEWAY = "gateway"  # the scope of the gateway-wide ceilings, budget.daily_usd / monthly_usd
@@ -251,63 +252,68 @@ class MemoryBook:
 
 
 class SharedBook:
-    """Budgets on memcached, through limits' sliding-window-counter strategy."""
+    """Budgets on a shared store (memcached ring, Redis): a reservation is one batch with the
+    request's other counters (`sliding.count`: increment, then re-check, so parallel requests
+    cannot pass a budget together); a settlement is one more, after the answer."""
 
-    def __init__(self, storage):  # RefundingMemcachedStorage, or limits' Redis storage
-        self.storage = storage
-        self.counter = SlidingWindowCounterRateLimiter(storage)
+    def __init__(self, store: BatchStore):
+        self.store = store
+
+    @staticmethod
+    def win(hold: Hold) -> SWindow:
+        return SWindow(hold.key, hold.limit.amount, hold.limit.expiry)
 
     async def window(self, key: str, limit: Limit) -> Window:
-        return await self.storage.get_sliding_window(key, limit.expiry)
-
-    async def take(self, holds, taken: list[Hold]) -> list[LimitState]:
-        """Reserve every hold, appending each to `taken` once it is (the caller gives those
-        back when a later one is refused or the storage fails)."""
-        states = []
-        for hold in holds:
-            limit = hold.limit
-            window = await self.window(hold.key, limit)
-            if hold.amount > remaining(limit, window):
-                raise refusal(hold, window)
-            hold.at = time.time()
-            if hold.amount and not await self.counter.hit(
-                    limit.item, hold.kind, hold.ident, hold.scope, cost=hold.amount):
-                # A parallel request took the room between the read and the increment.
-                raise refusal(hold, await self.window(hold.key, limit))
-            taken.append(hold)
-            previous, previous_ttl, current, current_ttl = window
-            states.append(state(limit, (previous, previous_ttl, current + hold.amount,
-                                        current_ttl)))
-        return states
-
-    async def give_back(self, holds) -> None:
-        for hold in holds:
-            if hold.amount:
-                await self._decr(hold, hold.amount)
-
-    async def _decr(self, hold: Hold, units: int) -> None:
-        storage = self.storage
-        if not isinstance(storage, RefundingMemcachedStorage):
-            return  # limits' other storages (Redis) offer no refund: the reservation stays
-        # The counter of the window that was current when the units were taken (limits' public
-        # key helper), so a refund lands where the reservation went, also after a turn.
-        key = storage.sliding_window_keys(hold.key, hold.limit.expiry, hold.at)[1]
-        await storage.decr(key, units)
+        w, now = SWindow(key, limit.amount, limit.expiry), time.time()
+        keys = sliding.windows.keys(w, now)
+        got = await self.store.get_many(keys)
+        got.raise_failed()
+        prev, cur = (sliding.windows.count(got.values.get(k)) for k in keys)
+        return window_of(w, prev, cur, now)
 
     async def settle(self, holds, tokens: int, micro_usd: int) -> list[LimitState]:
+        """One round trip (a second only when an overrun is clamped to the budget); raises
+        the first storage failure once every write was sent."""
+        now, wk = time.time(), sliding.windows.keys
+        refunds, charges, reads = [], [], []
         for hold in holds:
-            extra = used(hold, tokens, micro_usd) - hold.amount
+            w, extra = self.win(hold), used(hold, tokens, micro_usd) - hold.amount
+            prev_key, cur_key = wk(w, now)
+            reads.append(prev_key)
             if extra < 0:
-                await self._decr(hold, -extra)
+                refunds.append((wk(w, hold.at)[1], -extra))
             elif extra > 0:
-                await self._charge(hold, extra)
-        windows = await asyncio.gather(*(self.window(h.key, h.limit) for h in holds))
-        return [state(h.limit, w) for h, w in zip(holds, windows, strict=True)]
+                charges.append((cur_key, extra, w.ttl))
+            if not (extra > 0 or (extra < 0 and refunds[-1][0] == cur_key)):
+                reads.append(cur_key)
+        got, given, charged = await asyncio.gather(
+            self.store.get_many(reads), self.store.decr_many(refunds),
+            self.store.incr_many(charges))
+        for batch in (got, given, charged):
+            batch.raise_failed()
+        counts = {**{k: sliding.windows.count(v) for k, v in got.values.items()},
+                  **given.values, **charged.values}
+        states, clamp = [], []
+        for hold in holds:
+            w = self.win(hold)
+            prev_key, cur_key = wk(w, now)
+            prev, cur = counts.get(prev_key, 0), counts.get(cur_key, 0)
+            over = math.floor(sliding.windows.weighted(w, prev, cur, now)) - w.amount
+            if cur_key in charged.values and over > 0:  # an overrun empties it, never more
+                back = min(over, used(hold, tokens, micro_usd) - hold.amount)
+                clamp.append((cur_key, back))
+                cur -= back
+            states.append(state(hold.limit, window_of(w, prev, cur, now)))
+        if clamp:
+            (await self.store.decr_many(clamp)).raise_failed()
+        return states
 
-    async def _charge(self, hold: Hold, units: int) -> None:
-        """An overrun empties the budget, never more."""
-        limit = hold.limit
-        if not await self.counter.hit(limit.item, hold.kind, hold.ident, hold.scope, cost=units):
-            room = remaining(limit, await self.window(hold.key, limit))
-            if room:
-                await self.counter.hit(limit.item, hold.kind, hold.ident, hold.scope, cost=room)
+
+def window_of(w: SWindow, prev: int, cur: int, now: float) -> Window:
+    """The (previous, previous_ttl, current, current_ttl) tuple the arithmetic above reads."""
+    ws = sliding.windows
+    return (prev, ws.previous_ttl(w, prev, now), cur, ws.current_ttl(w, now))
+
+
+def hold_windows(holds) -> list[SWindow]:
+    return [SharedBook.win(hold) for hold in holds]

@@ -1,5 +1,10 @@
 """The prompt cache (aiocache): canonical keys, policy, single-flight.
 
+Backends: memory (`BoundedMemoryCache`), the memcached ring (`store.RingCache`, on the same
+`MemcachedCluster` as the limits, so one ring places every key), Redis (aiocache's
+`RedisCache`). On a shared store the proxy reads an entry in the same batch as the request's
+counters (`RateLimiter.admit(extra_keys=[key])`) and hands the raw value to `decode`.
+
 Never wrong before fast: the key is SHA-256 of the route, the client's cache scope, every client
 header the upstream receives and the canonical JSON body (sorted keys, every field counts);
 only complete 200 answers are stored; sampled answers (temperature > 0, or unset which means 1)
@@ -16,13 +21,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import orjson
-from aiocache import MemcachedCache
+from aiocache import RedisCache
 from aiocache.serializers import NullSerializer
 from multidict import istr
 
 from .memory_cache import BoundedMemoryCache
 from .settings import CacheSettings
 from .storage import StorageURL
+from .store import MemcachedCluster
+from .store.cache_backend import RingCache
+from .store.redis import RedisStore
 from .streaming import DONE, RESPONSES_DONE
 from .upstream import FORWARDED_HEADERS
 from .validation import ParsedRequest
@@ -33,9 +41,6 @@ log = logging.getLogger("gateway.cache")
 DETERMINISTIC = frozenset({"/v1/embeddings", "/v1/moderations"})
 #: Entry format: one kind byte, then the body exactly as the client received it.
 KIND_JSON, KIND_SSE = b"J", b"S"
-#: How long another process's in-flight fill may keep us waiting (then we ask ourselves).
-LOCK_SECONDS = 30
-POLL_SECONDS = 0.05
 #: What a memory entry costs besides its value (key string, dict slot, deadline), so that
 #: cache.max_bytes bounds the process's memory, not only the stored bodies.
 ENTRY_OVERHEAD = 400
@@ -108,9 +113,16 @@ def cache_key(route: str, scope: str, body: dict, headers: Mapping[str, str]) ->
 class PromptCache:
     """Built once per settings; the proxy asks `policy`, `get`, `set` and `single_flight`."""
 
-    def __init__(self, settings: CacheSettings, storage: StorageURL, *, timeout: float):
+    def __init__(self, settings: CacheSettings, storage: StorageURL, *, timeout: float,
+                 store: MemcachedCluster | RedisStore | None = None, password: str = ""):
+        """`store`: the limiter's shared store when both use the same URL (its owner closes
+        it); None builds what `storage` names. `password`: Redis's, from storage.password_env."""
         self.storage = storage
         self.timeout = timeout
+        #: The shared store whose batches may carry this cache's reads (None: not shared).
+        self.store = store
+        self._own_store: MemcachedCluster | None = None
+        self._password = password
         self._backends: list = []
         #: The in-process store when storage is memory:// (None on memcached), once running.
         self.memory: BoundedMemoryCache | None = None
@@ -126,14 +138,24 @@ class PromptCache:
 
     @asynccontextmanager
     async def running(self):
-        if self.storage.is_shared:
-            # No default ttl on the object: in aiocache 0.12.3 it breaks every memcached set.
-            self._backends = [
-                # timeout=None: aiocache would wrap every call in asyncio.wait_for (a task per
-                # call); `_shared` bounds it with one asyncio.timeout instead.
-                MemcachedCache(endpoint=h, port=p, pool_size=4, timeout=None,
-                               serializer=NullSerializer(encoding=None))
-                for h, p in self.storage.servers]
+        if self.storage.kind == "memcached":
+            cluster = self.store
+            if not isinstance(cluster, MemcachedCluster):
+                from .mcstore import server_name
+                cluster = self._own_store = MemcachedCluster(
+                    [server_name(h, p) for h, p in self.storage.servers], timeout=self.timeout)
+                self.store = cluster
+            self._backends = [RingCache(cluster)]
+        elif self.storage.kind == "redis":
+            [(host, port)] = self.storage.servers
+            from .store.redis import RedisURL
+            url = RedisURL(self.storage.tls, host, port, self.storage.db,
+                           self.storage.username or None)
+            # No default ttl on the object (aiocache 0.12.3); timeout=None: `_shared` bounds
+            # each call with one asyncio.timeout instead of a task per call.
+            options = url.aiocache_options(self._password or None, self.timeout)
+            options["timeout"] = None
+            self._backends = [RedisCache(serializer=NullSerializer(encoding=None), **options)]
         else:
             self.memory = BoundedMemoryCache(self.s.max_bytes, ENTRY_OVERHEAD, timeout=None,
                                              serializer=NullSerializer(encoding=None))
@@ -143,6 +165,8 @@ class PromptCache:
         finally:
             for b in self._backends:
                 await b.close()
+            if self._own_store is not None:
+                await self._own_store.close()
 
     # --- policy ---------------------------------------------------------------------------
 
@@ -163,9 +187,17 @@ class PromptCache:
     # --- storage --------------------------------------------------------------------------
 
     def _backend(self, key: str):
-        if len(self._backends) == 1:
-            return self._backends[0]
-        return self._backends[int(key[2:10], 16) % len(self._backends)]
+        return self._backends[0]
+
+    def batched(self, store) -> bool:
+        """Whether `store`'s batches can read this cache's entries (same store, keys stored
+        as given: memcached ring or Redis)."""
+        return store is not None and store is self.store
+
+    @staticmethod
+    def decode(raw: bytes | None) -> Entry | None:
+        """An entry read by someone else's batch (a shared store: checked in full)."""
+        return None if raw is None else Entry.decode(raw)
 
     async def get(self, key: str) -> Entry | None:
         if self.memory is not None:
@@ -190,9 +222,9 @@ class PromptCache:
             return False
 
     async def _shared(self, call):
-        """One memcached call, bounded by storage.timeout (TimeoutError counts as a failure)."""
-        async with asyncio.timeout(self.timeout):
-            return await call
+        """One shared-store call: the ring (memcachio) and redis-py bound it by storage.timeout
+        themselves, so no timer of ours (one per call cost CPU on every miss)."""
+        return await call
 
     def _failed(self, op: str, exc: Exception) -> None:
         from .metrics import STORAGE_ERRORS
@@ -207,8 +239,9 @@ class PromptCache:
         Returns (result, whether this call ran `fill`). The first request fills in its own
         task; the others wait on a future (shielded, so a waiter that disconnects does not
         cancel it). If the filler's client disconnects, the waiters try again themselves.
-        Across processes a short memcached lock (`add`) makes the others poll the cache
-        instead of asking the upstream too (their result is then a cache Entry).
+        Not across processes: a cross-process lock (memcached `add`, then `delete`) cost two
+        round trips on every cacheable miss to save an upstream call only when identical
+        requests reach different processes within one answer's time.
         """
         while True:
             fut = self._inflight.get(key)
@@ -221,10 +254,7 @@ class PromptCache:
                     raise  # we were cancelled, not the filler
         fut = self._inflight[key] = asyncio.get_running_loop().create_future()
         try:
-            if self.storage.is_shared:
-                result = await self._fill_once(key, fill, args)
-            else:
-                result = await fill(*args)
+            result = await fill(*args)
         except asyncio.CancelledError:
             fut.cancel()
             raise
@@ -237,34 +267,3 @@ class PromptCache:
             return result, not isinstance(result, Entry)
         finally:
             self._inflight.pop(key, None)
-
-    async def _fill_once(self, key: str, fill, args):
-        lock = "l" + key[1:]
-        try:
-            got = await self._shared(self._backend(key).add(lock, b"1", ttl=LOCK_SECONDS))
-        except ValueError:
-            got = False  # someone else fills it: wait for their answer
-        except Exception as exc:
-            self._failed("lock", exc)
-            return await fill(*args)
-        if not got:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + LOCK_SECONDS
-            while loop.time() < deadline:
-                await asyncio.sleep(POLL_SECONDS)
-                entry = await self.get(key)
-                if entry is not None:
-                    return entry
-                try:
-                    if not await self._shared(self._backend(key).exists(lock)):
-                        break
-                except Exception:
-                    break
-            return await fill(*args)
-        try:
-            return await fill(*args)
-        finally:
-            try:
-                await self._shared(self._backend(key).delete(lock))
-            except Exception as exc:
-                self._failed("unlock", exc)

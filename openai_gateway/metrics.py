@@ -141,10 +141,14 @@ BUDGET_REMAINING = _Family("gauge", "gateway_budget_remaining_usd",
 BUDGET_WARN = _Family("gauge", "gateway_budget_warn",
                       "1 once the gateway-wide spend has crossed budget.warn_at, by period.",
                       ["period"])
+# One child per configured shared-store server ("host:port"): a bounded set from the config.
+STORAGE_SERVER_UP = _Family("gauge", "gateway_storage_server_up",
+                            "1 while a shared-store server answers, 0 while it is marked down.",
+                            ["server"])
 
 REGISTRY.register(_GatewayCollector([REQUESTS, LATENCY, TTFB, UPSTREAM_ERRORS, CACHE,
                                      RATE_LIMITED, TOKENS, ACTIVE_STREAMS, STORAGE_ERRORS,
-                                     SPEND, BUDGET_REMAINING, BUDGET_WARN]))
+                                     SPEND, BUDGET_REMAINING, BUDGET_WARN, STORAGE_SERVER_UP]))
 
 
 def metrics_handler(get_trusted):

@@ -171,16 +171,21 @@ class Proxy:
         if state is not None:
             ex.headers.update(limit_headers(state, None))
 
-    async def _lookup(self, ex: Exchange) -> web.StreamResponse | None:
-        """The cached answer, or None (the exchange then carries its cache key, if any)."""
+    async def _lookup(self, ex: Exchange, found: tuple[Entry | None] | None = None
+                      ) -> web.StreamResponse | None:
+        """The cached answer, or None (the exchange then carries its cache key, if any).
+        `found`: (the entry a batch already read,) on the shared path; else the cache is
+        asked."""
         parsed, rec = ex.valid, ex.record
-        rec.cache = self.cache.policy(ex.route, parsed, ex.request.headers.get("Cache-Control"))
+        if found is None:
+            rec.cache = self.cache.policy(ex.route, parsed,
+                                          ex.request.headers.get("Cache-Control"))
         if rec.cache is None:
-            settings = ex.client.settings
-            scope = ex.client.id if settings is not None and settings.cache_scope == "client" \
-                else "shared"
-            ex.cache_key = cache_key(ex.route, scope, parsed.body, ex.request.headers)
-            entry = await self.cache.get(ex.cache_key)
+            if found is None:
+                ex.cache_key = self._cache_key(ex)
+                entry = await self.cache.get(ex.cache_key)
+            else:
+                entry = found[0]
             rec.cache = "HIT" if entry is not None else "MISS"
             if entry is not None:  # the key covers the body, "stream" included
                 metrics.CACHE.labels("HIT").inc()
@@ -193,17 +198,49 @@ class Proxy:
         ex.headers["X-Cache"] = rec.cache
         return None
 
+    @staticmethod
+    def _cache_key(ex: Exchange) -> str:
+        settings = ex.client.settings
+        scope = ex.client.id if settings is not None and settings.cache_scope == "client" \
+            else "shared"
+        return cache_key(ex.route, scope, ex.valid.body, ex.request.headers)
+
     async def _admit(self, ex: Exchange) -> web.StreamResponse | None:
         """The steps that ask the storage: count the request, look the answer up, reserve the
-        budgets. Returns the cached answer on a hit (which reserves nothing)."""
-        if ex.valid.model is not None and self.limiter.has_model_rules:
-            await self._limit_requests(ex, ex.valid.model)
-        cached = await self._lookup(ex)
-        if cached is None:
-            await self._reserve(ex)
-        return cached
+        budgets. Returns the cached answer on a hit (which reserves nothing).
 
-    async def _reserve(self, ex: Exchange) -> None:
+        Memory: each step its own synchronous call. A shared store: the model rules, the
+        budgets and the cache read go in one batch (one round trip; the request limits were
+        the first), and a hit gives its reservation back."""
+        if not self.limiter.batched:
+            if ex.valid.model is not None and self.limiter.has_model_rules:
+                await self._limit_requests(ex, ex.valid.model)
+            cached = await self._lookup(ex)
+            if cached is None:
+                await self._reserve(ex)
+            return cached
+        ex.record.cache = self.cache.policy(ex.route, ex.valid,
+                                            ex.request.headers.get("Cache-Control"))
+        if ex.record.cache is None and self.cache.batched(self.limiter.store):
+            ex.cache_key = self._cache_key(ex)
+        values = await self._reserve(ex, batch=True)
+        if ex.cache_key is None and ex.record.cache is None:  # the cache has its own store
+            ex.cache_key = self._cache_key(ex)
+            entry = await self.cache.get(ex.cache_key)
+        else:
+            entry = self.cache.decode(values.get(ex.cache_key)) if ex.cache_key else None
+        if entry is not None and ex.reservation is not None:
+            # A hit spends nothing: what was reserved along goes back before we answer.
+            for name in ex.reservation.headers:
+                ex.headers.pop(name, None)
+            if ex.reservation.holds:
+                await self.limiter.settle(ex.reservation, tokens=0, micro_usd=0)
+            ex.reservation = None
+        return await self._lookup(ex, (entry,))
+
+    async def _reserve(self, ex: Exchange, batch: bool = False) -> dict[str, bytes]:
+        """Reserve the budgets. `batch` (shared stores): with the model rules' request limits
+        and a read of the exchange's cache key, in one call; returns the values read."""
         parsed = ex.valid
         ex.reserved_tokens = tokens = parsed.estimate
         ex.price = price = self.prices.price_for(parsed.model) if parsed.model else None
@@ -216,9 +253,19 @@ class Proxy:
                     param="model")
             prompt = prompt_estimate(parsed.input_chars)
             ex.reserved_micro = micro = estimate(price, prompt, tokens - prompt)
+        found: dict[str, bytes] = {}
         try:
-            ex.reservation = await self.limiter.reserve(ex.client, ex.route, parsed.model,
-                                                        tokens=tokens, micro_usd=micro)
+            if batch:
+                got = await self.limiter.admit(
+                    ex.client, ex.route, parsed.model, tokens=tokens, micro_usd=micro,
+                    extra_keys=[ex.cache_key] if ex.cache_key else [])
+                ex.reservation, found = got.reservation, got.extra
+                ex.record.rate_limit = "ok"
+                if got.requests is not None:
+                    ex.headers.update(limit_headers(got.requests, None))
+            else:
+                ex.reservation = await self.limiter.reserve(ex.client, ex.route, parsed.model,
+                                                            tokens=tokens, micro_usd=micro)
         except RateLimited as exc:
             kind = ("budget" if isinstance(exc, BudgetExceeded) else "spend"
                     if isinstance(exc, SpendLimited) else "tokens"
@@ -227,6 +274,7 @@ class Proxy:
             metrics.RATE_LIMITED.labels(kind).inc()
             raise
         ex.headers.update(ex.reservation.headers)
+        return found
 
     async def _settle(self, ex: Exchange) -> dict[str, str]:
         """Bring the reservation to what was used; once per exchange, on every way out.

@@ -7,8 +7,12 @@ real usage; never raises). Budgets themselves live in budgets.py.
 Strategy by storage (decided once, at start-up):
 - memory (our `MemoryStore`): request limits use the moving window (exact: no burst at a
   window edge), checked on the store's synchronous path.
-- memcached: `limits` implements no moving window there (NotImplementedError), so request
-  limits use limits' sliding-window counter, which weights the previous window's count.
+- memcached (a ring of servers, `store/`): `limits` implements no moving window there
+  (NotImplementedError), so request limits use the sliding-window counter (limits' arithmetic,
+  `store/windows.py`), batched: a request's limits are one round trip (`check_requests`), and
+  its model rules, budgets and cache read one more (`admit`).
+- redis: request limits use limits' moving window (exact across processes, limits' Lua
+  script); budgets and the cache read are batched as on memcached.
 - budgets always use the sliding-window counter: a moving window stores one entry per unit.
 
 Which limits apply to a request: the caller's own (its client key's or its tier's, carried by
@@ -23,13 +27,14 @@ import hashlib
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn, cast
 
 from limits import RateLimitItemPerDay, RateLimitItemPerMonth
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
+from . import metrics
 from .budgets import (
     EVERYONE,
     GATEWAY,
@@ -41,15 +46,20 @@ from .budgets import (
     MemoryBook,
     Reservation,
     SharedBook,
+    refusal,
     remaining,
     state,
     tightest,
+    window_of,
 )
-from .errors import GatewayError, RateLimited, StorageUnavailable
+from .errors import RateLimited, StorageUnavailable
 from .limitheaders import MICRO, LimitState, format_reset, limit_headers, retry_after
-from .mcstore import RefundingMemcachedStorage
+from .mcstore import SharedStore, shared_store
 from .memstore import MemoryStore
 from .storage import StorageURL
+from .store import ServerDown, sliding
+from .store import Window as SWindow
+from .store.redis import RedisStore
 
 __all__ = ["LimitState", "Limits", "RateLimiter", "Reservation", "format_reset",
            "limit_headers"]
@@ -75,34 +85,50 @@ def gateway_limits(budget) -> tuple[tuple[str, Limit], ...]:
     return tuple(out)
 
 
-def _limits_uri(url: StorageURL) -> str:
-    """Our own storages' URIs (MemoryStore, RefundingMemcachedStorage: each class registers
-    its scheme with limits when its module is imported); any other kind (Redis, on main) is
-    limits' own storage."""
-    if url.kind == "memory":
-        return "async+gateway-memory://"
-    if url.kind != "memcached":
-        return url.limits_uri()
-    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in url.servers)
-    return "async+gateway-memcached://" + hosts
+@dataclass(slots=True)
+class Admitted:
+    """What `admit` did in one batch: the budgets' reservation, the state of the model rules'
+    request limits (None: none applied), and the values of the extra keys read along."""
+
+    reservation: Reservation
+    requests: LimitState | None = None
+    extra: dict[str, bytes] = field(default_factory=dict)
 
 
 class RateLimiter:
-    """Built once per settings; `configure` again on reload (the counters survive)."""
+    """Built once per settings; `configure` again on reload (the counters survive).
+
+    `store`: the process's shared store (memcached ring or Redis) when the cache uses it too;
+    None builds one for a shared `storage` URL (closed by `running`). `password`: Redis's."""
 
     def __init__(self, settings, storage: StorageURL | None = None, *,
-                 on_error: str = "open", timeout: float = 0.5, budget=None):
-        self.storage_url = storage or StorageURL("memory")
+                 on_error: str = "open", timeout: float = 0.5, budget=None,
+                 store: SharedStore | None = None, password: str = ""):
+        self.storage_url = url = storage or StorageURL("memory")
         self.on_error = on_error
-        self.timeout = timeout if self.storage_url.is_shared else None
-        # Nothing connects yet: memcached's client opens its connections on first use.
-        self._storage = cast(MemoryStore | RefundingMemcachedStorage,
-                             storage_from_string(_limits_uri(self.storage_url)))
-        # Budgets: synchronous on our memory store; else limits' sliding-window counter.
+        self.timeout = timeout if url.is_shared else None
+        self._own_store = store is None and url.is_shared
+        #: The shared store (None on memory://). Nothing connects before first use.
+        self.store: SharedStore | None = store or (
+            shared_store(url, timeout=timeout, password=password) if url.is_shared else None)
+        self._storage: MemoryStore | None = None
+        self._redis_limits = None  # limits' own Redis storage, for its moving window
+        if self.store is None:
+            self._storage = cast(MemoryStore, storage_from_string("async+gateway-memory://"))
+        elif isinstance(self.store, RedisStore):
+            self._redis_limits = storage_from_string(
+                self.store.url.limits_uri(), **self.store.url.limits_options(password, timeout))
+        # Budgets: synchronous on our memory store; else batched on the shared store.
         self._book: MemoryBook | SharedBook = (
-            MemoryBook(self._storage) if isinstance(self._storage, MemoryStore)
-            else SharedBook(self._storage))
+            SharedBook(self.store) if self.store is not None
+            else MemoryBook(cast(MemoryStore, self._storage)))
         self.configure(settings, budget=budget)
+
+    @property
+    def batched(self) -> bool:
+        """Whether `admit` does model rules, budgets and a cache read in one batch (shared
+        stores); on memory the steps are separate synchronous calls."""
+        return self.store is not None
 
     def configure(self, settings, *, budget=None) -> None:
         """(Re)build the limits from `settings` ([rate_limit]: requests, tokens, spend, rules,
@@ -124,20 +150,26 @@ class RateLimiter:
                         else "moving-window")
         self.strategy = strategy
         moving = strategy == "moving-window"
-        self._req = (MovingWindowRateLimiter if moving else SlidingWindowCounterRateLimiter)(
-            self._storage)
+        # limits' strategy object: on memory (sliding counter), on Redis (moving window); None
+        # for the batched sliding counter on a shared store.
+        storage = self._storage if self._storage is not None else (
+            self._redis_limits if moving else None)
+        self._req = None if storage is None else (
+            MovingWindowRateLimiter if moving else SlidingWindowCounterRateLimiter)(storage)
         # On the memory store the moving window is read directly (see _hit_moving_memory).
-        self._moving_memory = (self._storage if moving and isinstance(self._storage, MemoryStore)
-                               else None)
+        self._moving_memory = self._storage if moving else None
 
     @asynccontextmanager
     async def running(self):
-        log.info("rate limits: %s for requests, sliding-window-counter for budgets, on %s",
-                 self.strategy, self.storage_url.kind)
+        log.info("request limits: %s (%s on %s); budgets: sliding-window-counter",
+                 self.strategy, self.strategy.replace("-", " "), self.storage_url.kind)
         try:
             yield self
         finally:
-            self._storage.close()
+            if self._storage is not None:
+                self._storage.close()
+            if self.store is not None and self._own_store:
+                await self.store.close()
 
     # --- which limits apply --------------------------------------------------------------
 
@@ -166,33 +198,27 @@ class RateLimiter:
     # --- storage calls, bounded and failing by policy -------------------------------------
 
     async def _guard(self, coro):
+        # No timer of ours: the stores bound every call themselves (memcachio's connect, read
+        # and pool-wait timeouts, redis-py's socket timeouts, all storage.timeout); a timer per
+        # call cost about a tenth of the shared path's CPU.
         try:
-            if self.timeout is None:
-                return await coro
-            async with asyncio.timeout(self.timeout):
-                return await coro
+            return await coro
         except RateLimited:
             raise
         except Exception as exc:  # memcached clients raise many types; all mean "unavailable"
             return self._storage_failed(exc)
 
     def _storage_failed(self, exc: Exception, refuse: bool = True) -> None:
-        from .metrics import STORAGE_ERRORS  # local: metrics is optional at import time
-        STORAGE_ERRORS.labels("ratelimit").inc()
+        metrics.STORAGE_ERRORS.labels("ratelimit").inc()
+        quiet = isinstance(exc, ServerDown)  # the store logged it once, when marking it down
         if refuse and self.on_error == "closed":
-            log.warning("rate-limit storage failed (%s); refusing (storage.on_error=closed)",
-                        type(exc).__name__)
+            if not quiet:
+                log.warning("rate-limit storage failed (%s); refusing (storage.on_error=closed)",
+                            type(exc).__name__)
             raise StorageUnavailable("Rate-limit storage is unavailable; try again shortly.")
-        log.warning("rate-limit storage failed (%s); %s", type(exc).__name__,
+        if not quiet:
+            log.warning("rate-limit storage failed (%s); %s", type(exc).__name__,
                     "allowing (storage.on_error=open)" if refuse else "usage not counted")
-
-    async def _quietly(self, coro) -> None:
-        """A storage call whose failure refuses nothing (settling, giving back)."""
-        try:
-            async with asyncio.timeout(self.timeout or 1.0):
-                await coro
-        except Exception as exc:
-            self._storage_failed(exc, refuse=False)
 
     # --- request limits -------------------------------------------------------------------
 
@@ -216,10 +242,20 @@ class RateLimiter:
             return None
         if self._moving_memory is not None:  # cannot fail: no _guard, no coroutine
             return _hit_moving_memory(self._moving_memory, caller.id, scopes)
-        return await self._guard(self._hit_requests(self._ident(caller), scopes))
+        if self._req is None:  # the batched sliding counter on a shared store
+            requests = self._request_windows(self._ident(caller), scopes)
+            got = await self._count(requests, [])
+            return None if got is None else self._requests_state(got.acquired, requests)
+        hit = self._hit_requests(self._ident(caller), scopes)
+        if isinstance(self.store, RedisStore):  # fail fast while Redis is marked down
+            hit = self.store.guarded(hit)
+        return await self._guard(hit)
 
     async def _hit_requests(self, ident: str, scopes) -> LimitState | None:
+        """limits' own strategy, limit by limit (memory's sliding counter, Redis's moving
+        window)."""
         strategy, result = self._req, None
+        assert strategy is not None
         for scope, limits in scopes:
             for limit in limits:
                 if not await strategy.hit(limit.item, "req", ident, scope):
@@ -232,6 +268,82 @@ class RateLimiter:
                     result = LimitState(limit.amount, stats.remaining,
                                         max(stats.reset_time - time.time(), 0.0))
         return result
+
+    # --- the batched path (shared stores) -------------------------------------------------
+
+    @staticmethod
+    def _request_windows(ident: str, scopes) -> list[tuple[SWindow, Limit]]:
+        return [(SWindow(limit.key("req", ident, scope), limit.amount, limit.expiry), limit)
+                for scope, limits in scopes for limit in limits]
+
+    async def _count(self, requests, holds: list[Hold], extra_keys=()
+                     ) -> sliding.Counted | None:
+        """One batch: a request hit on each window of `requests`, each hold's amount, a read
+        of `extra_keys`. None when the store failed and on_error is "open"."""
+        assert self.store is not None
+        now = time.time()
+        for hold in holds:
+            hold.at = now
+        wins = [w for w, _ in requests] + [SharedBook.win(h) for h in holds]
+        costs = [1] * len(requests) + [h.amount for h in holds]
+        got = await self._guard(sliding.count(
+            self.store, wins, now=now, cost=costs, extra_keys=extra_keys,
+            fail_open=self.on_error == "open"))
+        if got is not None and got.acquired.error is not None:
+            self._storage_failed(got.acquired.error)  # raises when on_error is "closed"
+        return got
+
+    @staticmethod
+    def _requests_state(acquired: sliding.Acquired, requests) -> LimitState | None:
+        """Raise the 429 of a refused request window; else the tightest request limit."""
+        result, now = None, time.time()
+        for w, limit in requests:
+            stats = acquired.stats.get(w)
+            if stats is None:
+                continue  # its server failed: allowed by on_error=open
+            if acquired.refused_by == w:
+                _refuse_requests(limit, stats.reset_at)
+            if result is None or stats.remaining < result.remaining:
+                result = LimitState(limit.amount, stats.remaining,
+                                    max(stats.reset_at - now, 0.0))
+        return result
+
+    async def admit(self, caller, route: str, model: str | None, *, tokens: int,
+                    micro_usd: int | None, extra_keys=(), model_rules: bool = True
+                    ) -> Admitted:
+        """Shared stores only: the request limits of the rules naming `model` (when
+        `model_rules`; as `check_requests(..., rules_only=True)`), every token and dollar
+        budget (as `reserve`) and a read of `extra_keys` (the cache entry), in one round trip.
+        Raises as those do; a refused request takes nothing from any budget."""
+        requests, rules_state = [], None
+        if model_rules and model is not None and self.has_model_rules:
+            if self._req is not None:  # Redis's moving window: limits' own script, first
+                rules_state = await self.check_requests(caller, route, model, rules_only=True)
+            else:
+                scopes = [(scope, limits) for scope, limits in self._scopes(
+                    self._own(caller), route, model, "requests")
+                    if scope != "all" and self._rule_models[scope]]
+                requests = self._request_windows(self._ident(caller), scopes)
+        holds = self._holds(caller, route, model, tokens, micro_usd)
+        if not requests and not holds and not extra_keys:
+            return Admitted(Reservation(), rules_state)
+        got = await self._count(requests, holds, extra_keys)
+        if got is None:  # failed, on_error=open: allowed, nothing reported
+            return Admitted(Reservation(), rules_state)
+        acquired = got.acquired
+        rules_state = self._requests_state(acquired, requests) or rules_state
+        now, taken, states = time.time(), [], []
+        for hold in holds:
+            w = SharedBook.win(hold)
+            if w not in got.counts:
+                continue  # its server failed: not counted, nothing to give back
+            prev, cur = got.counts[w]
+            if acquired.refused_by == w:
+                raise refusal(hold, window_of(w, prev, cur, now))
+            taken.append(hold)
+            states.append(state(hold.limit, window_of(w, prev, cur, now)))
+        return Admitted(Reservation(tuple(taken), *tightest(taken, states)), rules_state,
+                        acquired.extra)
 
     # --- budgets: tokens and dollars ------------------------------------------------------
 
@@ -267,24 +379,14 @@ class RateLimiter:
         """Reserve the estimate against every token and dollar budget that applies, all or
         nothing. Raises TokensRateLimited, SpendLimited (the caller's budget), BudgetExceeded
         (the gateway's), or StorageUnavailable (storage down, on_error=closed)."""
+        if self.store is not None:
+            return (await self.admit(caller, route, model, tokens=tokens, micro_usd=micro_usd,
+                                     model_rules=False)).reservation
         holds = self._holds(caller, route, model, tokens, micro_usd)
         if not holds:
             return Reservation()
-        return await self._take(holds)
-
-    async def _take(self, holds: list[Hold]) -> Reservation:
-        book = self._book
-        if isinstance(book, MemoryBook):
-            return Reservation(tuple(holds), *tightest(holds, book.take(holds)))
-        taken: list[Hold] = []
-        try:
-            states = await self._guard(book.take(holds, taken))
-        except GatewayError:  # refused, or the storage failed with on_error=closed
-            await self._quietly(book.give_back(taken))
-            raise
-        if states is None:  # the storage failed, on_error=open: allowed, nothing reported
-            return Reservation(tuple(taken))
-        return Reservation(tuple(taken), *tightest(taken, states))
+        book = cast(MemoryBook, self._book)
+        return Reservation(tuple(holds), *tightest(holds, book.take(holds)))
 
     async def settle(self, reservation: Reservation, *, tokens: int, micro_usd: int
                      ) -> dict[str, str]:

@@ -9,7 +9,6 @@ This module imports nothing from the package: settings and components import it.
 """
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, urlsplit
@@ -105,25 +104,3 @@ def _redis(url: str, tls: bool) -> StorageURL:
         raise StorageError(form)
     return StorageURL("redis", ((u.hostname, port),), db=int(db or 0), tls=tls,
                       username=u.username or "")
-
-
-async def memcached_reachable(url: StorageURL, timeout: float) -> bool:
-    """True when every memcached server answers `version` within `timeout` seconds."""
-
-    async def one(host: str, port: int) -> bool:
-        writer = None
-        try:
-            reader, writer = await asyncio.open_connection(host, port)
-            writer.write(b"version\r\n")
-            line = await reader.readline()
-            return line.startswith(b"VERSION")
-        finally:
-            if writer is not None:
-                writer.close()
-
-    try:
-        async with asyncio.timeout(timeout):
-            results = await asyncio.gather(*(one(h, p) for h, p in url.servers))
-    except (OSError, TimeoutError):
-        return False
-    return all(results)

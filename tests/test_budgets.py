@@ -21,6 +21,8 @@ from openai_gateway.limitheaders import format_usd
 from openai_gateway.ratelimit import RateLimiter
 from openai_gateway.storage import parse_storage_url
 
+from .store_fixtures import redis_factory  # noqa: F401  (fixture)
+
 from .conftest import free_port
 
 CHAT, MINI, BIG = "/v1/chat/completions", "gpt-4o-mini", "gpt-4o"
@@ -47,9 +49,16 @@ def caller(limits: Limits | None = None) -> SimpleNamespace:
     return SimpleNamespace(id=f"test:{uuid.uuid4()}", limits=limits)
 
 
-@pytest.fixture(params=["memory", "memcached"])
+@pytest.fixture(scope="session")
+def redis_url(redis_factory) -> str:  # noqa: F811
+    return f"redis://{redis_factory().address}/3"
+
+
+@pytest.fixture(params=["memory", "memcached", "redis"])
 def url(request) -> str:
-    return "memory://" if request.param == "memory" else request.getfixturevalue("memcached_url")
+    if request.param == "memory":
+        return "memory://"
+    return request.getfixturevalue(f"{request.param}_url")
 
 
 async def reserve(lim: RateLimiter, who, tokens=1, micro_usd=0, model=MINI):

@@ -212,8 +212,10 @@ async def test_cross_process_hit_through_memcached(gateway_process, memcached_ur
     assert len(fake.posts) == 1
 
 
-async def test_concurrent_misses_across_processes_reach_upstream_once(
+async def test_concurrent_misses_reach_upstream_once_per_process(
         gateway_process, memcached_url, fake):
+    """Single flight is per process: a cross-process lock cost two round trips on every
+    cacheable miss (see PromptCache.single_flight)."""
     cfg = {"storage": {"url": memcached_url}}
     a = await gateway_process(cfg)
     b = await gateway_process(cfg)
@@ -224,8 +226,10 @@ async def test_concurrent_misses_across_processes_reach_upstream_once(
             async with s.post(url + "/v1/chat/completions", json=body) as r:
                 return r.status, await r.read()
         results = await asyncio.gather(*(one(u) for u in [a.url, b.url] * 4))
-    assert all(st == 200 for st, _ in results) and len({b for _, b in results}) == 1
-    assert len(fake.posts) == 1
+    assert all(st == 200 for st, _ in results)
+    by_process = [{body for _, body in results[i::2]} for i in (0, 1)]
+    assert [len(bodies) for bodies in by_process] == [1, 1]
+    assert 1 <= len(fake.posts) <= 2
 
 
 async def test_memcached_killed_mid_run_still_serves(make_gateway, memcached_factory, fake):

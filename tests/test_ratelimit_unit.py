@@ -19,7 +19,6 @@ from openai_gateway.budgets import Limits
 from openai_gateway.callers import _plan
 from openai_gateway.errors import RateLimited
 from openai_gateway.identity import Client, hash_key
-from openai_gateway.mcstore import RefundingMemcachedStorage
 from openai_gateway.memstore import MemoryStore
 from openai_gateway.ratelimit import LimitState, RateLimiter, format_reset, limit_headers
 from openai_gateway.settings import ClientSettings, RateLimitSettings, RuleSettings
@@ -295,7 +294,6 @@ async def test_running_builds_the_strategy(strategy, requests_class):
 
 @pytest.mark.parametrize("uri, cls", [
     ("async+gateway-memory://", MemoryStore),
-    ("async+gateway-memcached://127.0.0.1:11211,[::1]:11212", RefundingMemcachedStorage),
 ])
 def test_our_storages_are_registered_with_limits(uri, cls):
     storage = storage_from_string(uri)

@@ -254,3 +254,31 @@ async def test_each_window_can_carry_its_own_cost(memcached_servers, cluster_of)
     assert got.stats[requests].remaining == 9          # nothing counted: all or nothing
     with pytest.raises(ValueError):
         await acquire(c, [requests, tokens], now=now, cost=[1])
+
+
+def test_a_burst_answer_split_across_reads_waits_for_the_rest():
+    """memcachio hands `parse` whatever has arrived; an incomplete answer must ask for more
+    (and say how much it read, so the buffer rewinds) rather than return short."""
+    from io import BytesIO
+
+    from memcachio.errors import MemcachedError, NotEnoughData
+
+    from openai_gateway.store.memcached import _Burst
+
+    async def run() -> None:
+        burst = _Burst([b"mg a v", b"ma b N60 J1 D1 v", b"mg c v"])
+        whole = b"MN\r\nVA 3\r\nabc\r\nVA 1\r\n1\r\nEN\r\n"
+        assert bytes(burst.build_request()).startswith(b"mn\r\nmg a v\r\nma b N60 J1 D1 v\r\n")
+        for cut in (3, 10, 16, len(whole) - 2):
+            with pytest.raises(NotEnoughData) as info:
+                burst.parse(BytesIO(whole[:cut]), None)
+            assert info.value.data_read <= cut
+        assert burst.parse(BytesIO(whole), None) == [b"abc", b"1", None]
+        # An error answer mid-burst: every answer is read (nothing left for the next
+        # command on the connection), then the burst fails.
+        data = BytesIO(b"MN\r\nCLIENT_ERROR bad\r\nVA 1\r\n1\r\nEN\r\nnext")
+        with pytest.raises(MemcachedError):
+            burst.parse(data, None)
+        assert data.read() == b"next"
+
+    asyncio.run(run())

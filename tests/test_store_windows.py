@@ -15,7 +15,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from openai_gateway.store import windows
 from openai_gateway.store.memcached import MemcachedCluster
-from openai_gateway.store.sliding import acquire, charges
+from openai_gateway.store.sliding import acquire, charges, count
 from openai_gateway.store.windows import Window
 
 
@@ -62,7 +62,7 @@ hit_runs = st.lists(st.tuples(st.floats(0, 25, allow_nan=False), st.integers(1, 
                     min_size=1, max_size=30)
 
 
-async def _compare(server: str, spec, hits, start: float) -> None:
+async def _compare(server: str, spec, hits, start: float, one_trip: bool = False) -> None:
     clock = Clock(start)
     run = uuid.uuid4().hex
     items = [RateLimitItemPerSecond(amount, seconds) for amount, seconds in spec]
@@ -79,7 +79,10 @@ async def _compare(server: str, spec, hits, start: float) -> None:
                 if expected:
                     assert all([await limiter.hit(i, run, str(n), cost=cost)
                                 for n, i in enumerate(items)])
-                got = await acquire(cluster, wins, now=clock.now, cost=cost)
+                if one_trip:  # the gateway's path: count first, decide after
+                    got = (await count(cluster, wins, now=clock.now, cost=cost)).acquired
+                else:
+                    got = await acquire(cluster, wins, now=clock.now, cost=cost)
                 assert got.allowed == expected and not got.failed
                 for n, (item, w) in enumerate(zip(items, wins, strict=True)):
                     reset_at, remaining = await limiter.get_window_stats(item, run, str(n))
@@ -112,3 +115,11 @@ async def test_concurrent_hits_from_two_processes_never_exceed_the_limit(memcach
     # limits documents the same), never more; every refused increment was given back.
     assert counted == allowed
     assert any(r.lost_race for r in results)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=limit_sets, hits=hit_runs, start=st.floats(2e9, 2e9 + 600, allow_nan=False))
+def test_counting_first_decides_as_limits(memcached_url, spec, hits, start):
+    """`count` (one round trip: increment, then check) against limits' own strategy."""
+    asyncio.run(_compare(memcached_url.removeprefix("memcached://"), spec, hits, start,
+                         one_trip=True))

@@ -6,7 +6,7 @@ whose keys failed and stays exact for the rest.
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -43,5 +43,10 @@ class BatchStore(Protocol):
                         existing: Collection[str] = ()) -> Batch[int]: ...
 
     async def decr_many(self, items: Iterable[tuple[str, int]]) -> Batch[int]: ...
+
+    async def get_and_incr(self, keys: Sequence[str], items: Sequence[tuple[str, int, int]]
+                           ) -> tuple[Batch[bytes], Batch[int]]:
+        """`get_many(keys)` and `incr_many(items)` sent together: one round trip."""
+        ...
 
     def down_servers(self) -> list[str]: ...

@@ -132,3 +132,71 @@ def charges(wins: Sequence[Window], amount: int, now: float) -> list[tuple[str, 
     """`incr_many` items that charge `amount` to the current window of each of `wins`
     (budgets settled after the answer, from its usage)."""
     return [(windows.keys(w, now)[1], amount, w.ttl) for w in wins]
+
+
+@dataclass
+class Counted:
+    """What `count` did: `acquired` as `acquire` reports it, plus each window's counts."""
+
+    acquired: Acquired
+    #: (previous, current) of each window that answered, the current count after this hit
+    #: when it was counted, before it when it was refused or not counted.
+    counts: dict[Window, tuple[int, int]] = field(default_factory=dict)
+
+
+async def count(store: BatchStore, wins: Sequence[Window], *, now: float,
+                cost: int | Sequence[int] = 1, extra_keys: Sequence[str] = (),
+                fail_open: bool = True) -> Counted:
+    """`acquire` in one round trip: count first, decide after.
+
+    The previous counters (and `extra_keys`) are read and the current ones incremented in one
+    burst. A window is over when its weighted count after the increment exceeds the amount:
+    `floor(weighted + cost) > amount` is exactly `acquire`'s `floor(weighted) + cost > amount`
+    for an integer cost, so decisions are the same as `acquire`'s (and limits'). A refused hit
+    gives every increment back (a second round trip, only when refused); two racing hits for
+    the last unit may then both be refused (early, never late), as with `acquire`.
+    """
+    costs = [cost] * len(wins) if isinstance(cost, int) else list(cost)
+    if len(costs) != len(wins):
+        raise ValueError("one cost per window")
+    pairs = [windows.keys(w, now) for w in wins]
+    # A window of cost 0 is only read: its current counter joins the multi-get.
+    reads = [p for p, _ in pairs] + [c for (_, c), n in zip(pairs, costs, strict=True) if not n]
+    incrs = [(c, n, w.ttl) for w, (_, c), n in zip(wins, pairs, costs, strict=True) if n]
+    fetched, counted = await _both(store, reads + list(extra_keys), incrs)
+    out = Counted(Acquired(True, extra={k: fetched.values[k] for k in extra_keys
+                                        if k in fetched.values}))
+    got = out.acquired
+    for w, (prev_key, cur_key), n in zip(wins, pairs, costs, strict=True):
+        failed = fetched if prev_key in fetched.failed or (
+            not n and cur_key in fetched.failed) else counted if cur_key in counted.failed \
+            else None
+        if failed is not None:
+            _fail(got, w, failed)
+            continue
+        prev = windows.count(fetched.values.get(prev_key))
+        cur = counted.values[cur_key] if n else windows.count(fetched.values.get(cur_key))
+        if n and got.refused_by is None and windows.overshot(w, prev, cur, now):
+            got.allowed, got.refused_by = False, w
+        out.counts[w] = (prev, cur)
+        got.stats[w] = windows.stats(w, prev, cur, now)
+    if got.failed and not fail_open:
+        got.allowed = False
+    if not got.allowed:
+        back = [(c, n) for c, n, _ in incrs if c in counted.values]
+        if back:
+            await store.decr_many(back)
+        for w, n in zip(wins, costs, strict=True):
+            if n and w in out.counts:
+                prev, cur = out.counts[w]
+                out.counts[w] = (prev, cur - n)
+                got.stats[w] = windows.stats(w, prev, cur - n, now)
+    return out
+
+
+async def _both(store: BatchStore, reads: list[str], incrs: list[tuple[str, int, int]]
+                ) -> tuple[Batch[bytes], Batch[int]]:
+    """The multi-get and the increments, sent together (one burst per server)."""
+    if not incrs:
+        return await store.get_many(reads), Batch()
+    return await store.get_and_incr(reads, incrs)
