@@ -13,7 +13,7 @@ TEST_PACKAGES := memcached nginx redis-server chromium chromium-driver
 SERVICES := memcached nginx redis-server
 PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar off
 
-.PHONY: run test lint venv venv-dev system-deps bench bench-peers soak dist clean
+.PHONY: run test lint venv venv-dev system-deps bench bench-shared bench-peers soak dist clean
 
 # Under `sudo make ...` files created in the checkout go back to the invoking user, so a later
 # `make` without sudo can still use (and delete) the venv; as plain root nothing changes.
@@ -82,6 +82,12 @@ bench: venv-dev
 	@$(MAKE) --no-print-directory system-deps TEST_PACKAGES="wrk nginx memcached"
 	$(PIP) -q -r bench/requirements.txt
 	$(BIN)/python bench/run.py $(ARGS)
+
+# Two gateways on three memcached servers under wrk, one server killed and restarted mid-run.
+bench-shared: venv-dev
+	@$(MAKE) --no-print-directory system-deps TEST_PACKAGES="wrk memcached"
+	$(PIP) -q -r bench/requirements.txt
+	$(BIN)/python bench/shared.py $(ARGS)
 
 # The gateway against openai-forward in the same run; the peer gets its own venv.
 bench-peers: venv-dev
