@@ -223,6 +223,24 @@ def memcached_url(memcached_factory) -> str:
     return memcached_factory()[0]
 
 
+async def wait_healthy(url: str, proc: subprocess.Popen, log, timeout: float) -> None:
+    """Until `url`/healthz answers 200; fails with the process's output (`log()`) if it exits
+    or does not answer within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"exited {proc.returncode}: {log()}")
+            try:
+                async with s.get(url + "/healthz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"did not answer on {url}: {log()}")
+
+
 class GatewayProcess:
     """A real `python gateway.py --config FILE` with its stderr kept for inspection."""
 
@@ -244,19 +262,7 @@ class GatewayProcess:
         return self
 
     async def wait_ready(self, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"gateway exited: {self.log()}")
-                try:
-                    async with s.get(self.url + "/healthz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise RuntimeError(f"gateway did not start: {self.log()}")
+        await wait_healthy(self.url, self.proc, self.log, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -7,7 +7,6 @@ mode, which has no aiohttp: everything it runs must come from inside the file.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import pytest
 
 import openai_gateway
 
-from .conftest import KEY, ROOT, base_config, free_port, merge, toml_dumps
+from .conftest import KEY, ROOT, base_config, free_port, merge, toml_dumps, wait_healthy
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 #: What a build needs from the checkout (tests, bench and docs stay out of the copy).
@@ -86,18 +85,7 @@ class Process:
 
     async def wait_ready(self, timeout: float = 60) -> None:
         # The first start of a shiv file unpacks it (SHIV_ROOT): allow for that.
-        async with aiohttp.ClientSession() as s:
-            for _ in range(int(timeout * 10)):
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"exited {self.proc.returncode}: {self.log()}")
-                try:
-                    async with s.get(self.url + "/healthz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"did not answer: {self.log()}")
+        await wait_healthy(self.url, self.proc, self.log, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
