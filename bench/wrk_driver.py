@@ -26,14 +26,16 @@ def binary() -> str | None:
 
 def run(url: str, *, connections: int, seconds: int, mode: str, nonce: str,
         tick: Callable[[], None] | None = None, timeout_s: str = "5s", clients: int = 0,
-        core: int | None = procs.LOAD_CORE) -> dict:
+        core: int | None = procs.LOAD_CORE, tokens: Path | None = None) -> dict:
     """One wrk run; `tick` is called about every 100 ms while it runs (RSS sampling).
 
     `clients` > 0: every request carries `X-Forwarded-For` with one of that many client
     addresses in turn (the gateway trusts loopback peers), so a per-client rate limit sees many
-    clients. `core`: where wrk runs (procs.ANY_CORE: anywhere)."""
+    clients. `core`: where wrk runs (procs.ANY_CORE: anywhere). `tokens`: a file of bearer
+    tokens (one a line) sent in turn instead of the dummy key."""
     cmd = [binary() or "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout_s}",
-           "--latency", "-s", str(LUA), url, "--", mode, nonce, str(clients)]
+           "--latency", "-s", str(LUA), url, "--", mode, nonce, str(clients)] + (
+        [str(tokens)] if tokens else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=lambda: procs.pin_self(core))
     # wrk prints only at the end, so the pipe cannot fill while we poll.
@@ -43,7 +45,7 @@ def run(url: str, *, connections: int, seconds: int, mode: str, nonce: str,
         time.sleep(0.1)
     text = proc.stdout.read().decode(errors="replace")
     shown = ["wrk", *cmd[1:7], "bench/post.lua", url, "--", mode, "NONCE"] + (
-        [str(clients)] if clients else [])  # no machine paths
+        [str(clients)] if clients or tokens else []) + (["TOKENS"] if tokens else [])  # no paths
     return parse(text) | {"command": " ".join(shown),
                           "connections": connections, "seconds": seconds, "mode": mode}
 
