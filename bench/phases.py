@@ -59,7 +59,20 @@ CONFIGS = {
     "passthrough": ("passthrough", [("passthrough", "vary")]),
     "gateway-on": ("gateway", [("gateway-on-miss", "vary"), ("gateway-on-hit", "same")]),
     "gateway-off": ("gateway", [("gateway-off", "vary")]),
+    # gateway-on plus one feature each, measured on the miss path only (json phase only):
+    # users with RS256 tokens from a JWKS file (jwt_tokens.py; "repeat": each user's token
+    # comes back, as in real use; "fresh": a signature check on every request), and dollar
+    # budgets (a per-client spend limit and a daily ceiling, reserved and settled per request).
+    "gateway-on-jwt": ("gateway", [("gateway-on-jwt-miss", "vary"),
+                                   ("gateway-on-jwt-fresh", "vary")]),
+    "gateway-on-spend": ("gateway", [("gateway-on-spend-miss", "vary")]),
 }
+JSON_ONLY = {"gateway-on-jwt", "gateway-on-spend"}
+# Scenario -> the token set (jwt_tokens.Users.tokens) its requests carry.
+SCENARIO_TOKENS = {"gateway-on-jwt-miss": "repeat", "gateway-on-jwt-fresh": "fresh"}
+# gateway-on-spend: large enough that nothing trips, so every request reserves and settles.
+SPEND_LIMITS = ["1000/day"]
+BUDGET_TOML = "\n[budget]\ndaily_usd = 1000000.0\n"
 PHASES = ("json", "stream", "hold", "workers")
 # Every gateway-on measurement: the request limits of the shipped config.toml, checked on every
 # request, and as many client addresses (X-Forwarded-For, from the trusted loopback peer) as a
@@ -79,7 +92,8 @@ def log(msg: str) -> None:
 
 def gateway_toml(port: int, upstream: str, features: bool, *, storage: str = "memory://",
                  requests: list[str] | None = None, workers: int = 1,
-                 cache_max_bytes: int | None = None) -> str:
+                 cache_max_bytes: int | None = None, spend: list[str] | None = None,
+                 extra: str = "") -> str:
     """Gateway config per the BRIEF's keys. Features on: the shipped per-client rate limits
     (CLIENT_LIMITS; the load comes from CLIENTS addresses, so they never trip but every request
     pays for the check), cache on, model allowlist on. Off: all three disabled. Origin check,
@@ -87,7 +101,7 @@ def gateway_toml(port: int, upstream: str, features: bool, *, storage: str = "me
 
     Callers set the cache's memory bound (CACHE_MAX_BYTES for gateway-on; the soak its own);
     the workers phase and the soak override the storage, the request limits and the number of
-    workers."""
+    workers. `spend`: rate_limit.spend; `extra`: TOML sections appended ([budget], issuers)."""
     if requests is None:
         requests = CLIENT_LIMITS if features else []
     max_bytes = f"max_bytes = {cache_max_bytes}\n" if cache_max_bytes else ""
@@ -111,6 +125,7 @@ url = "{storage}"
 
 [rate_limit]
 requests = {json.dumps(requests)}
+spend = {json.dumps(spend or [])}
 
 [cache]
 enabled = {"true" if features else "false"}
@@ -119,7 +134,11 @@ ttl = 3600
 [validation]
 allowed_models = {'["gpt-4o-mini"]' if features else "[]"}
 max_input_chars = 10000
-"""
+{extra}"""
+
+
+def jwt_tokens_count(path: Path | None) -> int:
+    return sum(1 for _ in path.open()) if path else 0
 
 
 class Bench:
@@ -132,6 +151,8 @@ class Bench:
         self.notes: list[str] = []
         self.nginx = nginx_conf.nginx_binary()
         self.mock_json = self.mock_sse = self.mock_slow = 0
+        self.users = None  # jwt_tokens.Users, made when gateway-on-jwt first runs
+        self.current = ""  # base URL of the proxy the json phase is measuring
 
     # --- processes -------------------------------------------------------------------------
 
@@ -212,16 +233,41 @@ class Bench:
             proc = self.spawn(tag, [sys.executable, str(BENCH / "passthrough.py"), "--port", str(port),
                                     "--upstream", upstream], procs.PROXY_CORE)
         else:
-            on = name == "gateway-on"
-            proc = self.spawn_gateway(tag, gateway_toml(port, upstream, features=on,
-                                                        cache_max_bytes=CACHE_MAX_BYTES if on else None),
-                                      self.core(procs.PROXY_CORE))
+            on = name.startswith("gateway-on")
+            extra = (self.jwt_users().issuer_toml() if name == "gateway-on-jwt"
+                     else BUDGET_TOML if name == "gateway-on-spend" else "")
+            toml = gateway_toml(port, upstream, features=on, extra=extra,
+                                cache_max_bytes=CACHE_MAX_BYTES if on else None,
+                                spend=SPEND_LIMITS if name == "gateway-on-spend" else None)
+            proc = self.spawn_gateway(tag, toml, self.core(procs.PROXY_CORE))
         base = f"http://127.0.0.1:{port}"
         if not procs.wait_ready(base + "/healthz", proc, timeout=30):
             procs.stop(proc)
             return base, None, (f"{name} did not answer /healthz within 30 s (exit code "
                                 f"{proc.returncode}); log tail:\n{procs.tail(self.tmp / f'{tag}.log')}")
         return base, proc, None
+
+    def jwt_users(self):
+        if self.users is None:
+            import jwt_tokens  # PyJWT and cryptography: only when the configuration runs
+            self.users = jwt_tokens.Users(self.tmp)
+        return self.users
+
+    def token_file(self, scenario: str) -> Path | None:
+        which = SCENARIO_TOKENS.get(scenario)
+        if which is None:
+            return None
+        t0 = time.monotonic()
+        path = self.jwt_users().tokens(which)
+        if time.monotonic() - t0 > 0.5:
+            log(f"      {scenario}: signed the {which} tokens in {time.monotonic() - t0:.1f} s")
+        token = path.open().readline().strip()
+        status, _, body = procs.http_post(self.current + CHAT, BODY,
+                                          HEADERS | {"Authorization": "Bearer " + token})
+        if status != 200 or b"chatcmpl-bench0001" not in body:
+            self.notes.append(f"{scenario}: a request with a signed token answered {status} "
+                              f"({body[:200]!r}): the numbers measure an error path")
+        return path
 
     # --- phases ----------------------------------------------------------------------------
 
@@ -233,6 +279,7 @@ class Bench:
         time.sleep(0.5)
         mem = {"idle_rss_kb": procs.rss_kb(pids), "idle_fds": procs.fd_count(pids)} if proc else {}
         checks = self.sanity(base)
+        self.current = base
         if name == "gateway-on" and checks["request2"]["x_cache"] != "HIT":
             self.notes.append(f"gateway-on: a repeated request was not a cache hit "
                               f"(X-Cache {checks['request2']['x_cache']}): the hit scenario is not one")
@@ -245,13 +292,20 @@ class Bench:
         for scenario, mode in CONFIGS[name][1]:
             nonce = uuid.uuid4().hex[:12]
             url = base + CHAT
+            tokens = self.token_file(scenario)
             log(f"json  {scenario}: warm-up, then wrk -c64 {self.p.rps_s}s and -c1 {self.p.lat_s}s")
-            wrk_driver.run(url, connections=64, seconds=self.p.warm_s, mode=mode, clients=CLIENTS, nonce=nonce + "w")
+            warmed = 0
+            while True:  # repeating tokens: every user verified once before the measurement
+                warmed += wrk_driver.run(url, connections=64, seconds=self.p.warm_s, mode=mode, clients=CLIENTS,
+                                         nonce=nonce + "w", tokens=tokens)["requests"]
+                if SCENARIO_TOKENS.get(scenario) != "repeat" or warmed > 1.2 * jwt_tokens_count(tokens):
+                    break
             rps = wrk_driver.run(url, connections=64, seconds=self.p.rps_s, mode=mode, clients=CLIENTS, nonce=nonce + "r",
-                                 tick=tick if proc else None)
-            wrk_driver.run(url, connections=1, seconds=1, mode=mode, clients=CLIENTS, nonce=nonce + "x")
+                                 tick=tick if proc else None, tokens=tokens)
+            wrk_driver.run(url, connections=1, seconds=1, mode=mode, clients=CLIENTS, nonce=nonce + "x",
+                           tokens=tokens)
             lat = wrk_driver.run(url, connections=1, seconds=self.p.lat_s, mode=mode, clients=CLIENTS, nonce=nonce + "l",
-                                 tick=tick if proc else None)
+                                 tick=tick if proc else None, tokens=tokens)
             results[scenario] = {"config": name, "body": mode, "checks": checks, "c64": rps, "c1": lat}
             log(f"      {scenario}: {rps['rps']:.0f} req/s, c1 p50 {lat['p50_us'] / 1000:.3f} ms "
                 f"p99 {lat['p99_us'] / 1000:.3f} ms, errors {rps['error_total'] + lat['error_total']}")
@@ -327,7 +381,7 @@ class Bench:
         summary = json.loads(final.strip().splitlines()[-1]) if final.strip() else {
             "errors": n, "error_samples": [stderr[-500:]]}
         time.sleep(2)  # the proxy notices the disconnects and closes its upstream side
-        healthy = procs.http_get(base + "/healthz")[0] == 200
+        healthy = self.answers_health(base)
         held = (held_line or {}).get("held", 0)
         results[name] = {
             "streams": n, "held": held, "open_s": (held_line or {}).get("open_s"),
@@ -341,6 +395,19 @@ class Bench:
         r = results[name]
         log(f"      {name}: held {held}/{n}, errors {r['errors']}, {r['kb_per_stream']} KB/stream, "
             f"fds {fds_before}->{held_fds}->{r['fds_after']}")
+
+    @staticmethod
+    def answers_health(base: str, within_s: float = 15.0) -> bool:
+        """Whether /healthz answers 200 within `within_s`: a proxy still closing thousands of
+        streams on a busy machine may take longer than one request's timeout."""
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                return procs.http_get(base + "/healthz")[0] == 200
+            except OSError:  # timed out, refused, reset
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.5)
 
     def workers_phase(self, results: dict) -> None:
         """`server.workers` = 1, then 2, with memcached storage, nothing pinned.

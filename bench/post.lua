@@ -4,9 +4,15 @@
 -- NONCE keeps bodies of one run apart from the previous run's (the gateway's cache outlives runs).
 --   wrk ... -s post.lua URL -- MODE  NONCE  N  also sets X-Forwarded-For to one of N client
 --   addresses in turn (10.x.y.z), so a per-client rate limit sees N clients (0 or absent: none).
+--   wrk ... -s post.lua URL -- MODE  NONCE  N  TOKENS  also sends `Authorization: Bearer <token>`
+--   with the tokens of the file TOKENS (one a line) in turn, instead of the dummy key.
+--   wrk ... -s post.lua URL -- MODE  NONCE  N  TOKENS  START  starts at the START-th token (the
+--   runner continues where the previous run stopped, so a cycle longer than the gateway's
+--   verified-token cache never finds a token there).
 -- done() prints one line "BENCH_JSON {...}" that bench/run.py parses (latencies in microseconds).
 
 local mode, nonce, counter, clients = "same", "0", 0, 0
+local tokens, ntokens, start = {}, 0, 0
 local headers = {
   ["Content-Type"] = "application/json",
   ["Origin"] = "http://localhost:5173",
@@ -20,11 +26,18 @@ function init(args)
   mode = args[1] or "same"
   nonce = args[2] or "0"
   clients = tonumber(args[3] or "0") or 0
+  start = tonumber(args[5] or "0") or 0
+  if args[4] and args[4] ~= "" then
+    for line in io.lines(args[4]) do
+      ntokens = ntokens + 1
+      tokens[ntokens] = "Bearer " .. line
+    end
+  end
   fixed = wrk.format("POST", nil, headers, head .. "bench-" .. nonce .. '"}')
 end
 
 function request()
-  if mode == "same" and clients == 0 then
+  if mode == "same" and clients == 0 and ntokens == 0 then
     return fixed
   end
   counter = counter + 1
@@ -32,6 +45,9 @@ function request()
     local c = counter % clients
     headers["X-Forwarded-For"] = string.format("10.%d.%d.%d", math.floor(c / 65536) % 256,
                                                math.floor(c / 256) % 256, c % 256)
+  end
+  if ntokens > 0 then
+    headers["Authorization"] = tokens[(start + counter) % ntokens + 1]
   end
   local user = (mode == "same") and nonce or (nonce .. "-" .. counter)
   return wrk.format("POST", nil, headers, head .. "bench-" .. user .. '"}')

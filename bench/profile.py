@@ -125,7 +125,10 @@ def flamegraph(raw: str, path: Path, title: str, width: int = 1600, row: int = 1
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="gateway-on", choices=["gateway-on", "gateway-off", "passthrough"])
+    ap.add_argument("--config", default="gateway-on", choices=["gateway-on", "gateway-off", "passthrough",
+                                                               "gateway-on-jwt", "gateway-on-spend"])
+    ap.add_argument("--tokens", default="repeat", choices=["repeat", "fresh"],
+                    help="gateway-on-jwt: each user's token repeating, or a fresh one every request")
     ap.add_argument("--mode", default="vary", choices=["vary", "same"], help="vary = cache misses")
     ap.add_argument("--storage", default="memory", choices=["memory", "memcached"],
                     help="gateway-on only: memcached = a private memcached (on core 1) holds the rate "
@@ -165,7 +168,8 @@ def main() -> None:
             wrk = subprocess.Popen(
                 [wrk_driver.binary() or "wrk", "-t1", "-c64", f"-d{args.seconds + 4}s", "-s",
                  str(wrk_driver.LUA), base + bench_run.CHAT, "--", args.mode, uuid.uuid4().hex[:12],
-                 str(clients)],
+                 str(clients)] + ([str(bench.jwt_users().tokens(args.tokens))]
+                                  if args.config == "gateway-on-jwt" else []),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 preexec_fn=lambda: procs.pin_self(procs.LOAD_CORE))
             time.sleep(2)  # warm-up

@@ -9,6 +9,8 @@ from pathlib import Path
 TARGET_COLUMNS = {"gateway-on": "gateway-on-miss", "gateway-off": "gateway-off",
                   "passthrough": "passthrough", "nginx": "nginx"}
 GATEWAYS = ("gateway-on", "gateway-off")
+# Scenarios that add one feature to gateway-on, compared with gateway-on-miss (issues 14, 15).
+FEATURE_SCENARIOS = ("gateway-on-jwt-miss", "gateway-on-jwt-fresh", "gateway-on-spend-miss")
 
 
 def _get(d: dict, *path, default=None):
@@ -35,6 +37,9 @@ def ratios(results: dict) -> dict:
             n: {"p50": _r((v["c1"]["p50_us"] - d["p50_us"]) / 1000),
                 "p99": _r((v["c1"]["p99_us"] - d["p99_us"]) / 1000)}
             for n, v in j.items() if n != "direct"}
+    if rps.get("gateway-on-miss"):  # what one more feature costs on the miss path
+        out["over_gateway_on_miss_rps"] = {n: _r(rps[n] / rps["gateway-on-miss"])
+                                           for n in FEATURE_SCENARIOS if rps.get(n)}
     if rps.get("gateway-on-hit") and rps.get("gateway-on-miss"):
         out["cache_hit_over_miss_rps"] = _r(rps["gateway-on-hit"] / rps["gateway-on-miss"])
     if "direct" in s:
@@ -91,6 +96,15 @@ def targets(results: dict, rat: dict) -> list[dict]:
         lambda c, s: (f"{h[c]['held']}/{h[c]['streams']}, {h[c]['errors']} err" if c in h else None),
         lambda v: v.split("/")[0] == v.split("/")[1].split(",")[0] and v.endswith(" 0 err"))
     row("memory per open stream", "(report)", lambda c, s: _get(h, c, "kb_per_stream"), None, "KB")
+    row("RS256 user tokens, repeating / gateway-on miss", ">= 0.9x",
+        lambda c, s: _get(rat, "over_gateway_on_miss_rps", "gateway-on-jwt-miss")
+        if c == "gateway-on" else None, lambda v: v >= 0.9, "x")
+    row("RS256, a fresh token every request / gateway-on miss", "(report)",
+        lambda c, s: _get(rat, "over_gateway_on_miss_rps", "gateway-on-jwt-fresh")
+        if c == "gateway-on" else None, None, "x")
+    row("dollar budgets (spend + daily_usd) / gateway-on miss", ">= 0.95x",
+        lambda c, s: _get(rat, "over_gateway_on_miss_rps", "gateway-on-spend-miss")
+        if c == "gateway-on" else None, lambda v: v >= 0.95, "x")
     row("workers = 2 / workers = 1 throughput (memcached, unpinned)", ">= 1.7x",
         lambda c, s: rat.get("workers_2_over_1_rps") if c == "gateway-on" else None,
         lambda v: v >= 1.7, "x")

@@ -13,6 +13,9 @@ Configurations (--only NAME; "gateway" selects both gateway ones):
   gateway-on   gateway.py, every feature on: origin check, validation, rate limit, cache;
                measured on the cache-miss path and on the cache-hit path
   gateway-off  gateway.py with cache, rate limits and model allowlist off
+  gateway-on-jwt    gateway-on plus users with RS256 tokens (a JWKS file): miss path with each
+                    user's token repeating, and with a fresh token every request (json only)
+  gateway-on-spend  gateway-on plus dollar budgets: rate_limit.spend and budget.daily_usd (json only)
 
 Phases (--phases): json (wrk requests/s and latency), stream (time to first chunk, chunk gaps),
 hold (thousands of open streams: memory per stream), workers (the gateway with memcached storage
@@ -34,7 +37,7 @@ from pathlib import Path
 import procs
 import report
 import wrk_driver
-from phases import BENCH, CONFIGS, FULL, PHASES, QUICK, ROOT, Bench, log
+from phases import BENCH, CONFIGS, FULL, JSON_ONLY, PHASES, QUICK, ROOT, Bench, log
 
 def gateway_present() -> str | None:
     """None when gateway.py exists, else why the gateway configurations are skipped."""
@@ -72,7 +75,9 @@ def main() -> None:
     args = ap.parse_args()
 
     only = [n for item in args.only for n in item.split(",") if n]
-    names = [n for n in CONFIGS if not only or any(n == o or n.startswith(o + "-") for o in only)]
+    # "gateway" selects every gateway-*; a full name ("gateway-on") only itself
+    names = [n for n in CONFIGS if not only or any(
+        n == o or (n.startswith(o + "-") and o not in CONFIGS) for o in only)]
     unknown = [o for o in only if not any(n == o or n.startswith(o + "-") for n in CONFIGS)]
     phases = {p for p in args.phases.split(",") if p}
     if unknown or not names or not phases <= set(PHASES):
@@ -102,9 +107,9 @@ def main() -> None:
             for name in names:
                 if "json" in phases:
                     bench.json_phase(name, results["json"])
-                if "stream" in phases:
+                if "stream" in phases and name not in JSON_ONLY:
                     bench.stream_phase(name, results["stream"])
-                if "hold" in phases and CONFIGS[name][0] != "direct":
+                if "hold" in phases and CONFIGS[name][0] != "direct" and name not in JSON_ONLY:
                     bench.hold_phase(name, results["hold"])
             if "workers" in phases and "gateway-on" in names:
                 bench.workers_phase(results["workers"])

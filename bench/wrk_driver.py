@@ -18,6 +18,7 @@ from typing import Callable
 import procs
 
 LUA = Path(__file__).with_name("post.lua")
+_next_token: dict[Path, int] = {}  # token file -> where the next run starts
 
 
 def binary() -> str | None:
@@ -26,14 +27,21 @@ def binary() -> str | None:
 
 def run(url: str, *, connections: int, seconds: int, mode: str, nonce: str,
         tick: Callable[[], None] | None = None, timeout_s: str = "5s", clients: int = 0,
-        core: int | None = procs.LOAD_CORE) -> dict:
+        core: int | None = procs.LOAD_CORE, tokens: Path | None = None,
+        token_start: int | None = None) -> dict:
     """One wrk run; `tick` is called about every 100 ms while it runs (RSS sampling).
 
     `clients` > 0: every request carries `X-Forwarded-For` with one of that many client
     addresses in turn (the gateway trusts loopback peers), so a per-client rate limit sees many
-    clients. `core`: where wrk runs (procs.ANY_CORE: anywhere)."""
+    clients. `core`: where wrk runs (procs.ANY_CORE: anywhere). `tokens`: a file of bearer
+    tokens (one a line) sent in turn instead of the dummy key, from the `token_start`-th on
+    (None: where the previous run with the same file stopped, so that consecutive runs go
+    through the file as one cycle)."""
+    if tokens is not None and token_start is None:
+        token_start = _next_token.get(tokens, 0)
     cmd = [binary() or "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout_s}",
-           "--latency", "-s", str(LUA), url, "--", mode, nonce, str(clients)]
+           "--latency", "-s", str(LUA), url, "--", mode, nonce, str(clients)] + (
+        [str(tokens), str(token_start)] if tokens else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=lambda: procs.pin_self(core))
     # wrk prints only at the end, so the pipe cannot fill while we poll.
@@ -42,10 +50,13 @@ def run(url: str, *, connections: int, seconds: int, mode: str, nonce: str,
             tick()
         time.sleep(0.1)
     text = proc.stdout.read().decode(errors="replace")
+    result = parse(text)
+    if tokens is not None:  # skip the requests still in flight at the end too: never a repeat
+        _next_token[tokens] = (token_start or 0) + result["requests"] + connections + 1
     shown = ["wrk", *cmd[1:7], "bench/post.lua", url, "--", mode, "NONCE"] + (
-        [str(clients)] if clients else [])  # no machine paths
-    return parse(text) | {"command": " ".join(shown),
-                          "connections": connections, "seconds": seconds, "mode": mode}
+        [str(clients)] if clients or tokens else []) + (["TOKENS"] if tokens else [])  # no paths
+    return result | {"command": " ".join(shown),
+                     "connections": connections, "seconds": seconds, "mode": mode}
 
 
 def parse(text: str) -> dict:

@@ -356,8 +356,10 @@ class Proxy:
             return await self._complete(ex)
         finally:
             # Shielded: a client that disconnects cancels this handler, and its reservation
-            # must still be settled to what it was delivered.
-            await asyncio.shield(self._settle(ex))
+            # must still be settled to what it was delivered. A complete answer has settled
+            # already; the shield would cost it a task and a loop turn for nothing.
+            if not ex.settled:
+                await asyncio.shield(self._settle(ex))
 
     async def _complete(self, ex: Exchange) -> web.StreamResponse:
         """A non-stream answer: usage is known before our headers go out, so they carry the
