@@ -154,8 +154,8 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
     out.headers.update(SSE_HEADERS)
     await out.prepare(request)
     try:
-        await _pump(request, upstream, out, inspector, idle_timeout, write_timeout)
-        await _finish(request, out, inspector, write_timeout)
+        if not await _pump(request, upstream, out, inspector, idle_timeout, write_timeout):
+            await _finish(request, out, inspector, write_timeout)
     except ConnectionResetError:
         pass  # normal: the upstream request is closed by our caller
     return out
@@ -163,23 +163,33 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
 
 async def _pump(request: web.Request, upstream: aiohttp.ClientResponse,
                 out: web.StreamResponse, inspector: _Inspector, idle_timeout: float,
-                write_timeout: float | None) -> None:
-    """Every upstream chunk to the client; an upstream that breaks or goes silent is noted."""
+                write_timeout: float | None) -> bool:
+    """Every upstream chunk to the client; an upstream that breaks or goes silent is noted.
+
+    True if the client's response was ended with the stream's end marker. The marker and the
+    response's end go out in one write: a client that stops reading at [DONE] (as SDKs do)
+    finds the connection's response complete and keeps the connection for its next request
+    instead of closing it. The upstream is still read to its end, so its connection is
+    reused too; nothing valid follows the marker.
+    """
     outcome = inspector.outcome
     loop = asyncio.get_running_loop()
+    ended = False
     try:
         async with asyncio.timeout(idle_timeout) as idle:
             async for chunk in upstream.content.iter_any():
                 idle.reschedule(loop.time() + idle_timeout)
                 data = inspector.feed(chunk)
-                if not data:
+                if not data or ended:
                     continue
-                await write_within(request, out, data, write_timeout)
+                ended = outcome.complete and not inspector.held
+                await write_within(request, out, data, write_timeout, last=ended)
                 outcome.sent_bytes += len(data)
                 if outcome.recorded is not None:
                     outcome.recorded.append(data)
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-        outcome.upstream_failed = True
+        outcome.upstream_failed = not ended
+    return ended
 
 
 async def _finish(request: web.Request, out: web.StreamResponse, inspector: _Inspector,
@@ -202,10 +212,14 @@ async def _finish(request: web.Request, out: web.StreamResponse, inspector: _Ins
 
 async def write_within(request: web.Request, out: web.StreamResponse,
                        data: bytes | memoryview | None,
-                       timeout: float | None) -> None:
-    """`out.write(data)` (None: `write_eof()`), waiting at most `timeout` seconds for a client
-    that reads nothing; then the connection is dropped and ConnectionResetError raised."""
-    write = out.write_eof() if data is None else out.write(data)
+                       timeout: float | None, *, last: bool = False) -> None:
+    """`out.write(data)` (None: `write_eof()`; last: `write_eof(data)`), waiting at most
+    `timeout` seconds for a client that reads nothing; then the connection is dropped and
+    ConnectionResetError raised."""
+    if data is None:
+        write = out.write_eof()
+    else:
+        write = out.write_eof(bytes(data)) if last else out.write(data)
     if timeout is None:
         await write
         return

@@ -53,6 +53,8 @@ class FakeOpenAI(fake_openai.FakeOpenAI):
     written: int = 0
     #: When set to an Event, every stream pauses after its first chunk until it is set.
     hold: asyncio.Event | None = None
+    #: When set to an Event, every stream stays open after its [DONE] until it is set.
+    hold_after_done: asyncio.Event | None = None
 
     @property
     def posts(self) -> list[Seen]:
@@ -95,12 +97,26 @@ class FakeOpenAI(fake_openai.FakeOpenAI):
             tail = [e for e in tail if e != DONE]
         self.active += 1
         try:
+            if self.hold_after_done is not None:
+                return await self._stream_then_hold(request, events + tail)
             return await super().stream(request, events, tail)
         except (asyncio.CancelledError, ConnectionResetError):
             self.aborted.append(time.monotonic())
             raise
         finally:
             self.active -= 1
+
+    async def _stream_then_hold(self, request, events):
+        """Every event at once, then the response stays open until `hold_after_done`."""
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                          **self.headers})
+        await out.prepare(request)
+        for event in events:
+            await out.write(event)
+        assert self.hold_after_done is not None
+        await self.hold_after_done.wait()
+        await out.write_eof()
+        return out
 
     async def send(self, request, out, index, event):
         step = request[STEP]

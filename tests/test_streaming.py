@@ -35,6 +35,24 @@ async def test_stream_headers_and_frames(gw, fake):
     assert len(events) == 6 and events[-1] == "data: [DONE]"
 
 
+async def test_the_answer_ends_with_its_done_event(gw, fake):
+    """The client's response ends with [DONE], not when the upstream's ends: a client that
+    stops reading at [DONE] (SDKs do) finds its connection's response complete and keeps the
+    connection for its next request instead of closing it."""
+    fake.hold_after_done = asyncio.Event()
+    try:
+        r = await gw.post("/v1/chat/completions", json=STREAM, headers={"Origin": ORIGIN})
+        async with asyncio.timeout(10):  # without the fix: until the upstream lets go
+            text = await r.text()
+        assert text.endswith("data: [DONE]\n\n")
+        assert fake.active == 1  # the upstream's response is still open
+    finally:
+        fake.hold_after_done.set()
+    r = await gw.post("/v1/chat/completions", json=STREAM, headers={"Origin": ORIGIN})
+    assert (await r.text()).endswith("data: [DONE]\n\n")
+    assert not fake.aborted  # the upstream was read to its end, not cut
+
+
 async def test_each_chunk_is_written_as_it_arrives(gw, fake):
     fake.chunk_delay = 0.15
     t0 = time.perf_counter()
