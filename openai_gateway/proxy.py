@@ -231,8 +231,9 @@ class Proxy:
             entry = self.cache.decode(values.get(ex.cache_key)) if ex.cache_key else None
         if entry is not None and ex.reservation is not None:
             # A hit spends nothing: what was reserved along goes back before we answer.
-            for name in ex.reservation.headers:
-                ex.headers.pop(name, None)
+            if ex.valid.stream:  # only a stream was given the reserved headers
+                for name in ex.reservation.headers:
+                    ex.headers.pop(name, None)
             if ex.reservation.holds:
                 await self.limiter.settle(ex.reservation, tokens=0, micro_usd=0)
             ex.reservation = None
@@ -273,7 +274,11 @@ class Proxy:
             ex.record.rate_limit = kind
             metrics.RATE_LIMITED.labels(kind).inc()
             raise
-        ex.headers.update(ex.reservation.headers)
+        if ex.valid.stream:
+            # A stream's headers leave before its usage is known: they show the budgets as
+            # reserved. A complete answer settles first and shows the settled values, so
+            # formatting the reserved ones would be work thrown away.
+            ex.headers.update(ex.reservation.headers)
         return found
 
     async def _settle(self, ex: Exchange) -> dict[str, str]:
