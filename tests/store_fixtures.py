@@ -37,11 +37,32 @@ class Server:
         self.proc = self._start(self.port)
 
     def pause(self) -> None:
-        """SIGSTOP: the kernel still accepts connections and bytes, nothing answers."""
+        """SIGSTOP: the kernel still accepts connections and bytes, nothing answers.
+
+        The signal is delivered asynchronously: until the process is seen stopped, one of
+        memcached's threads may still answer a request sent right after `kill` returns."""
         os.kill(self.proc.pid, signal.SIGSTOP)
+        _wait_stopped(self.proc.pid)
 
     def resume(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)
+
+
+def _wait_stopped(pid: int) -> None:
+    """Until every thread of `pid` is in the stopped state ("T" in /proc/PID/task/*/stat)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as fh:
+                    states.append(fh.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                continue
+        if states and all(s in ("T", "t") for s in states):
+            return
+        time.sleep(0.005)
+    raise RuntimeError(f"process {pid} did not stop")
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
