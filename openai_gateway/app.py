@@ -260,7 +260,9 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
     apply(app, s)
     # Each resource is opened before serving and closed after the last request, in order.
     # The issuers fetch their keys with the upstream's session: it opens first.
-    for component in (proxy.upstream, proxy.limiter, proxy.cache, auth):
+    # The proxy last: at shutdown it first finishes the answers it still reads for clients
+    # that left, while the store, the cache and the upstream session are still open.
+    for component in (proxy.upstream, proxy.limiter, proxy.cache, auth, proxy):
         app.cleanup_ctx.append(_running(component))
     app[AUTH] = auth
 

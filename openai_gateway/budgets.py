@@ -180,29 +180,51 @@ def state(limit: Limit, window: Window) -> LimitState:
 
 
 def refusal(hold: Hold, window: Window) -> RateLimited:
-    """The 429 for a budget that cannot hold `hold.amount` now; Retry-After is when it can."""
+    """The 429 for a budget that cannot hold `hold.amount` now; Retry-After is when it can.
+
+    A request whose worst case is more than the whole budget never fits, however long it
+    waits: its message says so and what to change, instead of "limit reached"."""
     limit, need = hold.limit, hold.amount
     left, wait = remaining(limit, window), wait_for(limit, window, hold.amount)
     again = f"Please try again in {format_reset(wait)}."
+    never = need > limit.amount
     if hold.kind == TOKENS:
+        text = (f"This request may use up to {need} tokens (its input and its output cap), more "
+                f"than the whole token budget of {limit.amount} per {limit.per}: it can never "
+                f"fit. {SMALLER}" if never else
+                f"Rate limit reached for tokens: {limit.amount} per {limit.per}, {left} left, "
+                f"this request needs about {need}. {again}")
         return TokensRateLimited(
-            f"Rate limit reached for tokens: {limit.amount} per {limit.per}, {left} left, "
-            f"this request needs about {need}. {again}",
-            headers={"Retry-After": retry_after(wait),
-                     **limit_headers(tokens=LimitState(limit.amount, left, wait))},
-            log_detail=f"limit={limit.amount}/{limit.per} tokens")
+            text, headers={"Retry-After": retry_after(wait),
+                           **limit_headers(tokens=LimitState(limit.amount, left, wait))},
+            log_detail=f"limit={limit.amount}/{limit.per} tokens" + (" never" if never else ""))
+    budget = f"{format_usd(limit.amount)} per {limit.per}"
+    if never:
+        whose = "the gateway's whole budget for all clients" if hold.scope == GATEWAY \
+            else "the whole spending limit"
+        text = (f"This request may cost up to {format_usd(need)} (its input and its output cap "
+                f"at the model's prices), more than {whose} of {budget}: it can never fit. "
+                f"{SMALLER}")
+    elif hold.scope == GATEWAY:
+        text = (f"The gateway's budget is used up: {budget} for all clients, "
+                f"{format_usd(left)} left, this request needs about {format_usd(need)}. {again}")
+    else:
+        text = (f"Spending limit reached: {budget}, {format_usd(left)} left, this request needs "
+                f"about {format_usd(need)}. {again}")
+    detail = f"limit={budget.replace(' per ', '/')}" + (" gateway" if hold.scope == GATEWAY
+                                                          else "") + (" never" if never else "")
     if hold.scope == GATEWAY:  # no x-ratelimit-*-spend: those describe the caller's budget
-        return BudgetExceeded(
-            f"The gateway's budget is used up: {format_usd(limit.amount)} per {limit.per} "
-            f"for all clients, {format_usd(left)} left, this request needs about "
-            f"{format_usd(need)}. {again}", headers={"Retry-After": retry_after(wait)},
-            log_detail=f"limit={format_usd(limit.amount)}/{limit.per} gateway")
-    return SpendLimited(
-        f"Spending limit reached: {format_usd(limit.amount)} per {limit.per}, "
-        f"{format_usd(left)} left, this request needs about {format_usd(need)}. {again}",
-        headers={"Retry-After": retry_after(wait),
-                 **limit_headers(spend=LimitState(limit.amount, left, wait))},
-        log_detail=f"limit={format_usd(limit.amount)}/{limit.per}")
+        return BudgetExceeded(text, headers={"Retry-After": retry_after(wait)},
+                              log_detail=detail)
+    return SpendLimited(text, headers={"Retry-After": retry_after(wait),
+                                       **limit_headers(spend=LimitState(limit.amount, left, wait))},
+                        log_detail=detail)
+
+
+#: What to change when one request's worst case exceeds a whole budget.
+SMALLER = ("Ask for fewer output tokens (max_tokens, max_completion_tokens or "
+           "max_output_tokens), send a shorter input, or have the operator raise the budget "
+           "or lower validation.max_tokens.")
 
 
 def used(hold: Hold, tokens: int, micro_usd: int) -> int:

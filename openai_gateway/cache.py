@@ -236,9 +236,10 @@ class PromptCache:
     async def single_flight(self, key: str, fill, *args):
         """Run `fill(*args)` once for concurrent identical requests; everyone gets its result.
 
-        Returns (result, whether this call ran `fill`). The first request fills in its own
-        task; the others wait on a future (shielded, so a waiter that disconnects does not
-        cancel it). If the filler's client disconnects, the waiters try again themselves.
+        Returns (result, whether this call ran `fill`). The first request fills; the others
+        wait on a future (shielded, so a waiter that disconnects does not cancel it). The
+        proxy runs the filler in a task its client cannot cancel; if it is cancelled anyway
+        (shutdown), the waiters try again themselves.
         Not across processes: a cross-process lock (memcached `add`, then `delete`) cost two
         round trips on every cacheable miss to save an upstream call only when identical
         requests reach different processes within one answer's time.

@@ -116,11 +116,20 @@ class StorageUnavailable(GatewayError):
     status, type, code = 503, "server_error", "storage_unavailable"
 
 
-class UpstreamUnavailable(GatewayError):
+class UpstreamFailed(GatewayError):
+    """The upstream failed; `reached` says whether it may have received the request (and so
+    may bill it): False only when no attempt got past connecting."""
+
+    def __init__(self, message: str, *, reached: bool = True, **kwargs):
+        super().__init__(message, **kwargs)
+        self.reached = reached
+
+
+class UpstreamUnavailable(UpstreamFailed):
     status, type, code = 502, "server_error", "upstream_unavailable"
 
 
-class UpstreamTimeout(GatewayError):
+class UpstreamTimeout(UpstreamFailed):
     status, type, code = 504, "server_error", "upstream_timeout"
 
 

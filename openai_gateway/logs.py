@@ -57,6 +57,9 @@ class RequestRecord:
     detail: str | None = None
     #: What the answer cost in US dollars, when the model has a price.
     cost_usd: float | None = None
+    #: How it was charged: "usage" (the upstream's count), "reservation" (usage unknown: the
+    #: whole reservation), "stopped" (a stream its client stopped), "none" (not billable).
+    charged: str | None = None
 
 
 class RedactingFormatter(logging.Formatter):
@@ -146,6 +149,8 @@ def text_line(doc: dict) -> str:
         words.append(f"in={_dash(doc.get('tokens_in'))} out={_dash(doc.get('tokens_out'))}")
     if doc.get("cost_usd") is not None:
         words.append(f"cost=${doc['cost_usd']:.6f}")
+    if doc.get("charged") in ("reservation", "stopped"):  # not from the upstream's own count
+        words.append(f"charged={doc['charged']}")
     if doc.get("error"):
         words.append(f"error={doc['error']}")
     if doc.get("detail"):
@@ -245,7 +250,7 @@ def access_doc(rec: RequestRecord, client: str) -> dict:
         "stream": rec.stream, "ttfb_ms": rec.ttfb_ms,
         "duration_ms": round((time.perf_counter() - rec.started) * 1000, 2),
         "tokens_in": rec.tokens_in, "tokens_out": rec.tokens_out, "cost_usd": rec.cost_usd,
-        "error": rec.error, "detail": rec.detail,
+        "charged": rec.charged, "error": rec.error, "detail": rec.detail,
     }
 
 

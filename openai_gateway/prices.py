@@ -71,12 +71,15 @@ class Price:
 
     `cached_input` is what a prompt-cache hit costs; it is never more than `input`. `as_of` is
     the date the figures were checked (YYYY-MM-DD), "" for the operator's own rows.
+    `reasoning`: the model reasons before it writes, in tokens billed as output that a stream
+    never shows, so a stream stopped early may have cost its whole output cap.
     """
 
     input: int
     cached_input: int
     output: int
     as_of: str = ""
+    reasoning: bool = False
 
     def __post_init__(self) -> None:
         for name in ("input", "cached_input", "output"):
@@ -92,7 +95,7 @@ class Price:
     @classmethod
     def from_usd(cls, *, input: int | float | str | Decimal, output: int | float | str | Decimal,
                  cached_input: int | float | str | Decimal | None = None,
-                 as_of: str = "") -> Price:
+                 as_of: str = "", reasoning: bool = False) -> Price:
         """Build from US dollars per 1M tokens, as `[prices]` writes them.
 
         `cached_input` defaults to `input` (a model without a cache discount). Raises
@@ -105,7 +108,8 @@ class Price:
                 amounts[name] = micro_from_usd(value)
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc} per 1M tokens") from None
-        return cls(amounts["input"], amounts["cached_input"], amounts["output"], as_of)
+        return cls(amounts["input"], amounts["cached_input"], amounts["output"], as_of,
+                   reasoning)
 
 
 def _count(value: object) -> int | None:
@@ -168,6 +172,17 @@ def estimate(price: Price, input_tokens: int, max_output_tokens: int) -> int:
     """
     total = max(input_tokens, 0) * price.input + max(max_output_tokens, 0) * price.output
     return _ceil_div(total, PER_TOKENS)
+
+
+def configured(model: str, *, input: float, cached_input: float, output: float,
+               reasoning: bool | None = None) -> Price:
+    """An operator's `[prices]` row (US dollars per 1M tokens). `reasoning` unset keeps what
+    the shipped table says of the model (or of its family, for a dated snapshot), else False."""
+    if reasoning is None:
+        shipped = PriceTable(defaults=DEFAULT_PRICES).price_for(model)
+        reasoning = shipped.reasoning if shipped is not None else False
+    return Price.from_usd(input=input, cached_input=cached_input, output=output,
+                          reasoning=reasoning)
 
 
 #: OpenAI's snapshot suffixes: `-2024-07-18`, and the older `-0613` form.
@@ -236,8 +251,10 @@ class PriceTable:
         return None
 
 
-def _row(input: str, cached_input: str, output: str, as_of: str) -> Price:
-    return Price.from_usd(input=input, cached_input=cached_input, output=output, as_of=as_of)
+def _row(input: str, cached_input: str, output: str, as_of: str, *,
+         reasoning: bool = False) -> Price:
+    return Price.from_usd(input=input, cached_input=cached_input, output=output, as_of=as_of,
+                          reasoning=reasoning)
 
 
 # OpenAI's standard-tier list prices, US dollars per 1M tokens: input, cached input, output,
@@ -250,6 +267,7 @@ def _row(input: str, cached_input: str, output: str, as_of: str) -> Price:
 # them. Left out: models whose price moved during 2026 (gpt-5.6-*, gpt-6-*) and models that bill
 # cache writes; add them under [prices] with the figures of your own invoice.
 # A model with no cache discount ("-" on OpenAI's page) has cached_input = input.
+# reasoning=True: the o-series and the GPT-5 family think in hidden, billed output tokens.
 DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType({
     # GPT-4o and GPT-4.1 families [L][R]; gpt-4.1 also [G]
     "gpt-4o": _row("2.50", "1.25", "10.00", "2026-12-01"),
@@ -259,25 +277,25 @@ DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType({
     "gpt-4.1-mini": _row("0.40", "0.10", "1.60", "2026-12-01"),
     "gpt-4.1-nano": _row("0.10", "0.025", "0.40", "2026-12-01"),
     # o-series reasoning models [L][R]
-    "o1": _row("15.00", "7.50", "60.00", "2026-12-01"),
-    "o1-pro": _row("150.00", "150.00", "600.00", "2026-12-01"),
-    "o3": _row("2.00", "0.50", "8.00", "2026-12-01"),
-    "o3-pro": _row("20.00", "20.00", "80.00", "2026-12-01"),
-    "o3-mini": _row("1.10", "0.55", "4.40", "2026-12-01"),
-    "o4-mini": _row("1.10", "0.275", "4.40", "2026-12-01"),
+    "o1": _row("15.00", "7.50", "60.00", "2026-12-01", reasoning=True),
+    "o1-pro": _row("150.00", "150.00", "600.00", "2026-12-01", reasoning=True),
+    "o3": _row("2.00", "0.50", "8.00", "2026-12-01", reasoning=True),
+    "o3-pro": _row("20.00", "20.00", "80.00", "2026-12-01", reasoning=True),
+    "o3-mini": _row("1.10", "0.55", "4.40", "2026-12-01", reasoning=True),
+    "o4-mini": _row("1.10", "0.275", "4.40", "2026-12-01", reasoning=True),
     # GPT-5 family [L][R]; gpt-5-nano also [O]; gpt-5-mini and gpt-5.2 also [G]
-    "gpt-5": _row("1.25", "0.125", "10.00", "2026-12-01"),
-    "gpt-5-mini": _row("0.25", "0.025", "2.00", "2026-12-01"),
-    "gpt-5-nano": _row("0.05", "0.005", "0.40", "2026-12-01"),
-    "gpt-5-pro": _row("15.00", "15.00", "120.00", "2026-12-01"),
-    "gpt-5.1": _row("1.25", "0.125", "10.00", "2026-12-01"),
-    "gpt-5.2": _row("1.75", "0.175", "14.00", "2026-12-01"),
+    "gpt-5": _row("1.25", "0.125", "10.00", "2026-12-01", reasoning=True),
+    "gpt-5-mini": _row("0.25", "0.025", "2.00", "2026-12-01", reasoning=True),
+    "gpt-5-nano": _row("0.05", "0.005", "0.40", "2026-12-01", reasoning=True),
+    "gpt-5-pro": _row("15.00", "15.00", "120.00", "2026-12-01", reasoning=True),
+    "gpt-5.1": _row("1.25", "0.125", "10.00", "2026-12-01", reasoning=True),
+    "gpt-5.2": _row("1.75", "0.175", "14.00", "2026-12-01", reasoning=True),
     # GPT-5.4 and 5.5 [L][R]; mini and nano input also [O]. gpt-5.4 and gpt-5.5 bill prompts
     # over 272K input tokens at a higher rate, which this table does not model.
-    "gpt-5.4": _row("2.50", "0.25", "15.00", "2026-12-01"),
-    "gpt-5.4-mini": _row("0.75", "0.075", "4.50", "2026-12-01"),
-    "gpt-5.4-nano": _row("0.20", "0.02", "1.25", "2026-12-01"),
-    "gpt-5.5": _row("5.00", "0.50", "30.00", "2026-12-01"),
+    "gpt-5.4": _row("2.50", "0.25", "15.00", "2026-12-01", reasoning=True),
+    "gpt-5.4-mini": _row("0.75", "0.075", "4.50", "2026-12-01", reasoning=True),
+    "gpt-5.4-nano": _row("0.20", "0.02", "1.25", "2026-12-01", reasoning=True),
+    "gpt-5.5": _row("5.00", "0.50", "30.00", "2026-12-01", reasoning=True),
     # Embeddings: input only [L][R]; text-embedding-3-* also [O]
     "text-embedding-3-small": _row("0.02", "0.02", "0", "2026-12-01"),
     "text-embedding-3-large": _row("0.13", "0.13", "0", "2026-12-01"),

@@ -5,12 +5,18 @@ budgets -> upstream (single-flight for cacheable answers) -> answer (JSON or rel
 settle the reservation, on every way out (errors and client disconnects included).
 Each step's rules live in its own module; this file only orders them, and an `Exchange`
 carries one request through them.
+
+Money is settled by what the upstream can bill, never by what the client chose to read (see
+`Proxy._charge`): once a request may have reached the upstream, leaving early is never cheaper
+than reading the answer. A non-stream answer is read to its end in a task of its own even when
+its client has gone, and settled from its usage.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -29,13 +35,21 @@ from .errors import (
     RateLimited,
     SpendLimited,
     TokensRateLimited,
+    UpstreamFailed,
     upstream_error,
 )
 from .identity import Client, IdentityResolver
 from .limitheaders import limit_headers
 from .logs import RequestRecord
-from .policy import Usage, forward_body, prompt_estimate, usage_from_answer
-from .prices import MICRO, Price, PriceTable, cost, estimate
+from .policy import (
+    STOP_MARGIN_TOKENS,
+    OutputCounter,
+    Usage,
+    forward_body,
+    prompt_estimate,
+    usage_from_answer,
+)
+from .prices import MICRO, Price, PriceTable, configured, cost, estimate
 from .ratelimit import RateLimiter, Reservation
 from .settings import Settings
 from .streaming import StreamOutcome, relay, replay, send_answer
@@ -72,9 +86,10 @@ class Answer:
 class Exchange:
     """One request on its way through the pipeline: what it is, who sent it, what it holds.
 
-    `usage` and `charge_reserved` decide the settlement: real usage when the upstream reported
-    it, the whole reservation when an answer was delivered without usage, nothing (a refund)
-    when nothing was delivered.
+    `usage`, `billable` and `stopped` decide the settlement (`Proxy._charge`): the upstream's
+    usage when it reported one; nothing when the upstream never got the request or refused
+    it; the prompt, the output relayed and a margin for a stream its client stopped; else the
+    whole reservation.
     """
 
     request: web.Request
@@ -90,11 +105,20 @@ class Exchange:
     #: The model's price (None: unpriced); the estimates reserved, in tokens and micro-dollars.
     price: Price | None = None
     reserved_tokens: int = 0
+    #: The input part of `reserved_tokens` (everything the model reads, as estimated).
+    reserved_input: int = 0
     reserved_micro: int = 0
     usage: Usage | None = None
-    charge_reserved: bool = False
+    #: The upstream may bill this request: it may have received it and did not refuse it.
+    billable: bool = False
+    #: A stream its client stopped while the gateway kept up with the upstream: what it could
+    #: have cost (prompt, output received, margin), settled instead of the reservation.
+    stopped: Usage | None = None
     settled: bool = False
-    outcome: StreamOutcome | None = None
+    #: Settled in a task of its own that outlives the client (non-stream answers).
+    detached: bool = False
+    #: The budget headers after settling.
+    settled_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def valid(self) -> ParsedRequest:
@@ -123,7 +147,24 @@ class Proxy:
         self._models_lock = asyncio.Lock()
         #: Periods whose budget.warn_at warning was logged (once per process).
         self._warned: set[str] = set()
+        #: Upstream exchanges that outlive their client (see `_complete`).
+        self._tasks: set[asyncio.Task] = set()
         self.configure(settings)
+
+    @asynccontextmanager
+    async def running(self):
+        """At shutdown, answers still being read for clients that left get the shutdown
+        timeout to finish and settle; what is left then is cancelled and charged its
+        reservation."""
+        try:
+            yield self
+        finally:
+            if self._tasks:
+                _, pending = await asyncio.wait(set(self._tasks),
+                                                timeout=self.server.shutdown_timeout)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
 
     def configure(self, settings: Settings) -> None:
         """(Re)build the request policy; called at start and on SIGHUP."""
@@ -136,8 +177,9 @@ class Proxy:
                                tiers=settings.tiers, clients=settings.clients,
                                anonymous=settings.auth.anonymous,
                                require_client_key=settings.auth.require_client_key)
-        self.prices = PriceTable({model: Price.from_usd(input=p.input, output=p.output,
-                                                        cached_input=p.cached_input)
+        self.prices = PriceTable({model: configured(model, input=p.input, output=p.output,
+                                                    cached_input=p.cached_input,
+                                                    reasoning=p.reasoning)
                                   for model, p in settings.prices.items()})
         self.validator = Validator(settings.validation)
         self.server = settings.server
@@ -244,7 +286,10 @@ class Proxy:
         and a read of the exchange's cache key, in one call; returns the values read."""
         parsed = ex.valid
         ex.reserved_tokens = tokens = parsed.estimate
+        ex.reserved_input = prompt = prompt_estimate(parsed.input_chars)
         ex.price = price = self.prices.price_for(parsed.model) if parsed.model else None
+        if price is not None:
+            ex.reserved_micro = estimate(price, prompt, tokens - prompt)
         micro = None
         if self.limiter.spend_applies(ex.client, ex.route, parsed.model):
             if price is None:
@@ -252,8 +297,7 @@ class Proxy:
                     f"The model '{(parsed.model or '')[:100]}' has no price in this gateway's "
                     "[prices] table, and a dollar budget applies to this request.",
                     param="model")
-            prompt = prompt_estimate(parsed.input_chars)
-            ex.reserved_micro = micro = estimate(price, prompt, tokens - prompt)
+            micro = ex.reserved_micro
         found: dict[str, bytes] = {}
         try:
             if batch:
@@ -281,26 +325,38 @@ class Proxy:
             ex.headers.update(ex.reservation.headers)
         return found
 
+    def _charge(self, ex: Exchange) -> tuple[Usage, int, str]:
+        """(tokens, micro-dollars, how) a request is charged: what the upstream can bill for
+        it, known or bounded from above. Hanging up, timing out or cutting a stream is never
+        cheaper than reading the answer."""
+        price = ex.price
+        if ex.usage is not None:  # the upstream's own count
+            return ex.usage, cost(price, ex.usage) if price is not None else 0, "usage"
+        if not ex.billable:  # never reached the upstream, or it refused the request
+            return Usage(), 0, "none"
+        if ex.stopped is not None:
+            # Never above the reservation, which bounds any answer of this request.
+            used = ex.stopped
+            micro = cost(price, used) if price is not None else 0
+            if used.total < ex.reserved_tokens and micro <= ex.reserved_micro:
+                return used, micro, "stopped"
+        # Usage unknown: the answer may have been generated whole. The reservation covers it.
+        return (Usage(input=ex.reserved_input, output=ex.reserved_tokens - ex.reserved_input),
+                ex.reserved_micro if price is not None else 0, "reservation")
+
     async def _settle(self, ex: Exchange) -> dict[str, str]:
-        """Bring the reservation to what was used; once per exchange, on every way out.
-        Returns the budget headers after settling (empty when there are none)."""
+        """Bring the reservation to what the upstream can bill (`_charge`); once per exchange,
+        on every way out. Returns the budget headers after settling (empty when none)."""
         if ex.settled or ex.parsed is None:
             return {}
         ex.settled = True
-        if ex.usage is not None:
-            used = ex.usage
-        elif ex.charge_reserved:  # an answer without usage costs what it could have
-            used = Usage(input=ex.reserved_tokens, output=0)
-        else:  # nothing delivered: everything goes back
-            used = Usage()
-        micro = cost(ex.price, used) if ex.price is not None else 0
-        if ex.usage is None and ex.charge_reserved and ex.reserved_micro:
-            micro = ex.reserved_micro
-        self._account(ex, used, micro)
+        used, micro, how = self._charge(ex)
+        self._account(ex, used, micro, how)
         if ex.reservation is None:
             return {}
         headers = await self.limiter.settle(ex.reservation, tokens=used.input + used.output,
                                             micro_usd=micro)
+        ex.settled_headers = headers
         if micro and self.limiter.gateway:
             await self._watch_budget()
         return headers
@@ -326,16 +382,17 @@ class Proxy:
                             "of $%.2f spent", name, warn_at * 100, row["spent_usd"],
                             row["limit_usd"])
 
-    def _account(self, ex: Exchange, used: Usage, micro: int) -> None:
+    def _account(self, ex: Exchange, used: Usage, micro: int, how: str) -> None:
         """The access log's and the metrics' share of a settled request."""
         rec = ex.record
-        if ex.usage is not None:
-            rec.tokens_in, rec.tokens_out = used.input, used.output
+        rec.charged = how
         model = ex.valid.model or "none"
-        if used.input:
-            metrics.TOKENS.labels(model, "in").inc(used.input)
-        if used.output:
-            metrics.TOKENS.labels(model, "out").inc(used.output)
+        if ex.usage is not None:  # tokens the upstream reported (not our bounds)
+            rec.tokens_in, rec.tokens_out = used.input, used.output
+            if used.input:
+                metrics.TOKENS.labels(model, "in").inc(used.input)
+            if used.output:
+                metrics.TOKENS.labels(model, "out").inc(used.output)
         if ex.price is not None and (used.input or used.output):
             rec.cost_usd = micro / MICRO
             metrics.SPEND.labels(self.prices.label_for(model), ex.client.tier or "none").inc(
@@ -361,30 +418,52 @@ class Proxy:
             return await self._complete(ex)
         finally:
             # Shielded: a client that disconnects cancels this handler, and its reservation
-            # must still be settled to what it was delivered. A complete answer has settled
-            # already; the shield would cost it a task and a loop turn for nothing.
-            if not ex.settled:
+            # must still be settled. A complete answer settles in its own task.
+            if not ex.settled and not ex.detached:
                 await asyncio.shield(self._settle(ex))
 
     async def _complete(self, ex: Exchange) -> web.StreamResponse:
         """A non-stream answer: usage is known before our headers go out, so they carry the
-        settled budget."""
-        if ex.cache_key is not None:
-            answer, asked = await self.cache.single_flight(ex.cache_key, self._fetch, ex)
-            if isinstance(answer, Entry):  # another process filled it while we waited
-                answer, asked = Answer(200, JSON, answer.body, {}), False
-        else:
-            answer, asked = await self._fetch(ex), True
-        if not asked:
-            # Served by an identical request's upstream call: like a hit, it spent nothing.
-            ex.record.cache = ex.headers["X-Cache"] = "HIT"
-        elif answer.status == 200:
-            ex.usage, ex.charge_reserved = usage_from_answer(answer.body), True
-        ex.headers.update(await self._settle(ex))
+        settled budget. The upstream exchange runs in a task of its own: a client that hangs
+        up stops waiting for it, not the upstream, which is read to its end and settled from
+        its usage (and cached), so hanging up costs what reading would have."""
+        ex.detached = True
+        task = self._detach(self._answer(ex))
+        answer = await asyncio.shield(task)
         if ex.record.cost_usd is not None:
             ex.headers[COST_HEADER] = f"{ex.record.cost_usd:.6f}"
+        ex.headers.update(ex.settled_headers)
         ex.headers.update(answer.headers)
         return await self._send(ex, answer)
+
+    def _detach(self, coro) -> asyncio.Task:
+        """A task the client cannot cancel, kept until it ends (and drained at shutdown)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its client, if still there, got it already
+
+    async def _answer(self, ex: Exchange) -> Answer:
+        """Fetch (once for identical requests in flight) and settle, whatever the client does."""
+        try:
+            if ex.cache_key is not None:
+                answer, asked = await self.cache.single_flight(ex.cache_key, self._fetch, ex)
+                if isinstance(answer, Entry):  # another process filled it while we waited
+                    answer, asked = Answer(200, JSON, answer.body, {}), False
+            else:
+                answer, asked = await self._fetch(ex), True
+            if not asked:
+                # Served by an identical request's upstream call: like a hit, it spent nothing.
+                ex.record.cache = ex.headers["X-Cache"] = "HIT"
+                ex.billable = False
+            return answer
+        finally:
+            await self._settle(ex)
 
     async def _send(self, ex: Exchange, answer: Answer) -> web.StreamResponse:
         if len(answer.body) <= LARGE_ANSWER:
@@ -397,7 +476,7 @@ class Proxy:
     async def _fetch(self, ex: Exchange) -> Answer:
         resp = await self._open(ex, forward_body(ex.valid, ex.raw, stream_usage=False)[0])
         try:
-            answer = await self._read_answer(resp, self.max_response)
+            answer = await self._read_answer(resp, self.max_response, ex)
         finally:
             resp.close()
         if ex.cache_key is not None and answer.status == 200 and answer.content_type == JSON:
@@ -405,17 +484,27 @@ class Proxy:
         return answer
 
     async def _open(self, ex: Exchange, raw: bytes) -> aiohttp.ClientResponse:
-        """Send upstream; the response once its headers arrived (the caller closes it)."""
+        """Send upstream; the response once its headers arrived (the caller closes it).
+
+        From here the request is billable, unless the upstream certainly never got it (no
+        connection was ever made) or answers with an error (OpenAI bills no refused request)."""
         t0 = time.perf_counter()
-        resp = await self.upstream.send("POST", ex.route, raw, ex.request.headers)
+        ex.billable = True
+        try:
+            resp = await self.upstream.send("POST", ex.route, raw, ex.request.headers)
+        except UpstreamFailed as exc:
+            ex.billable = exc.reached
+            raise
         ttfb = time.perf_counter() - t0
         ex.record.upstream_status = resp.status
         ex.record.ttfb_ms = round(ttfb * 1000, 2)
         metrics.TTFB.labels(ex.route).observe(ttfb)
         return resp
 
-    async def _read_answer(self, resp: aiohttp.ClientResponse, limit: int) -> Answer:
-        """The whole upstream answer, its errors mapped to what the client may see."""
+    async def _read_answer(self, resp: aiohttp.ClientResponse, limit: int,
+                           ex: Exchange | None = None) -> Answer:
+        """The whole upstream answer, its errors mapped to what the client may see; with `ex`,
+        its usage (a 200) or its refusal (an error is not billed) is noted for settling."""
         body = await self.upstream.read_body(resp, limit)
         status, ctype = resp.status, resp.content_type or JSON
         if status >= 400:
@@ -425,6 +514,10 @@ class Proxy:
             metrics.UPSTREAM_ERRORS.labels(f"status_{status}" if status in (401, 403, 429)
                                            else f"status_{status // 100}xx").inc()
             status, ctype, body = upstream_error(status, ctype, body)
+            if ex is not None:
+                ex.billable = False
+        elif ex is not None and status == 200:
+            ex.usage = usage_from_answer(body)  # None: the reservation is charged
         return Answer(status, ctype, body,
                       {h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
 
@@ -434,9 +527,7 @@ class Proxy:
         try:
             if resp.status != 200 or resp.content_type != "text/event-stream":
                 # An error (or an upstream that ignored stream=true): pass it on as an answer.
-                answer = await self._read_answer(resp, self.max_response)
-                if answer.status == 200:
-                    ex.usage, ex.charge_reserved = usage_from_answer(answer.body), True
+                answer = await self._read_answer(resp, self.max_response, ex)
                 ex.headers.update(answer.headers)
                 return await self._send(ex, answer)
             ex.headers.update({h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
@@ -453,7 +544,7 @@ class Proxy:
 
     async def _relay(self, ex: Exchange, resp: aiohttp.ClientResponse,
                      strip: bool) -> web.StreamResponse:
-        outcome = ex.outcome = StreamOutcome()
+        outcome = StreamOutcome(output=OutputCounter(ex.route))
         metrics.ACTIVE_STREAMS.inc()
         try:
             out = await relay(ex.request, resp, ex.headers, outcome,
@@ -469,13 +560,17 @@ class Proxy:
             await self.cache.set(ex.cache_key, Entry(True, b"".join(outcome.recorded)))
         return out
 
-    @staticmethod
-    def _stream_usage(ex: Exchange, outcome: StreamOutcome) -> None:
-        """What a stream used: the upstream's count, or, when it was cut before its usage
-        chunk, the prompt estimate plus one token per event the client received."""
+    def _stream_usage(self, ex: Exchange, outcome: StreamOutcome) -> None:
+        """What a stream can cost: the upstream's count; or, for a stream its client stopped
+        after an event while the gateway kept up with the upstream, the prompt, the output
+        received and a margin for what was in flight -- except for models that reason before
+        they write (hidden tokens, billed): those, like every other cut stream, keep the
+        reservation."""
         ex.usage = outcome.usage
-        if ex.usage is None and outcome.sent_bytes:
-            ex.usage = Usage(input=prompt_estimate(ex.valid.input_chars), output=outcome.events)
+        if (ex.usage is None and outcome.stopped_by_client and outcome.sent_bytes
+                and ex.price is not None and not ex.price.reasoning):
+            ex.stopped = Usage(input=ex.reserved_input,
+                               output=outcome.output.tokens + STOP_MARGIN_TOKENS)
 
     @staticmethod
     def _models_for(client: Client) -> frozenset[str] | None:

@@ -210,6 +210,9 @@ class PriceSettings:
     input: float
     cached_input: float
     output: float
+    #: The model reasons before it writes (hidden output tokens): a stream stopped early is
+    #: charged its whole reservation. Unset: as the shipped table says of the model, else false.
+    reasoning: bool | None = None
 
     @staticmethod
     def prepare(table: dict) -> dict:

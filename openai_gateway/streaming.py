@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from .errors import error_body
-from .policy.usage import Usage, usage_from_event
+from .policy.usage import OutputCounter, Usage, usage_from_event
 
 #: Headers every SSE answer carries. no-cache: never stored by a browser or CDN;
 #: X-Accel-Buffering: tells nginx not to buffer even where proxy_buffering is on.
@@ -41,6 +41,10 @@ INTERRUPTED = b"data: " + error_body(
 #: A complete answer is written in pieces of this size, each within the write timeout: a
 #: client that reads slowly but steadily keeps its connection.
 PIECE = 64 * 1024
+#: A client that leaves while a write to it has waited this long was holding the relay back:
+#: the upstream kept generating into buffers the gateway never read, so what was received says
+#: nothing of what was generated. A write to a client that keeps up never waits this long.
+STALL_SECONDS = 0.02
 
 
 @dataclass(slots=True)
@@ -50,8 +54,13 @@ class StreamOutcome:
     usage: Usage | None = None
     complete: bool = False
     upstream_failed: bool = False
-    #: Events the client was sent (a stream cut before its usage is charged one token each).
+    #: Events received from the upstream.
     events: int = 0
+    #: An upper bound on the output tokens of every event received from the upstream.
+    output: OutputCounter = field(default_factory=lambda: OutputCounter(""))
+    #: The client left (closed the connection) while the relay kept up with the upstream: no
+    #: write to it was waiting, so everything the upstream sent had been received.
+    stopped_by_client: bool = False
     #: What the client was sent, kept only when recording for the cache.
     recorded: list[bytes] | None = None
     sent_bytes: int = 0
@@ -76,11 +85,14 @@ class _Inspector:
             # Too large to be the usage chunk: pass it on unparsed. When stripping, the held
             # bytes were not sent yet, so they go out now with the chunk.
             self.held = b""
+            self.outcome.output.tokens += len(data)  # unread, so counted whole
             return data if self.strip_usage_chunk else chunk
         cut = ends[-1].end()
         tail = data[cut:]
         overflow = len(tail) > MAX_HELD
         self.held = b"" if overflow else tail
+        if overflow:
+            self.outcome.output.tokens += len(tail)
         events, start, keep = data[:cut], 0, []
         for m in ends:
             event = events[start:m.end()]
@@ -94,8 +106,9 @@ class _Inspector:
         return out + tail if overflow else out
 
     def _inspect(self, event: bytes) -> bool:
-        """Record usage and completion; True if this is a usage-only chunk."""
+        """Record usage, output and completion; True if this is a usage-only chunk."""
         self.outcome.events += 1
+        self.outcome.output.feed(event)
         if (DONE in event or any(e in event for e in RESPONSES_DONE)) and _ends_stream(event):
             self.outcome.complete = True
         if b'"usage"' not in event or (b'"usage":null' in event and b'"usage":{' not in event
@@ -156,9 +169,22 @@ async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
     try:
         if not await _pump(request, upstream, out, inspector, idle_timeout, write_timeout):
             await _finish(request, out, inspector, write_timeout)
-    except ConnectionResetError:
+    except (ConnectionResetError, _ClientGone):
         pass  # normal: the upstream request is closed by our caller
     return out
+
+
+class _ClientGone(Exception):
+    """A write to the client failed: it left, or read nothing within the write timeout. Not a
+    ConnectionError, so no handler of upstream failures can take it for one (aiohttp's
+    ClientConnectionResetError is both an upstream and a client error type)."""
+
+
+def _left(inspector: _Inspector, waited: float) -> None:
+    """The client left; `waited`: how long the write in progress had been waiting (0: none)."""
+    outcome = inspector.outcome
+    outcome.stopped_by_client = waited < STALL_SECONDS
+    outcome.output.tokens += len(inspector.held)  # received, not yet a whole event
 
 
 async def _pump(request: web.Request, upstream: aiohttp.ClientResponse,
@@ -175,6 +201,7 @@ async def _pump(request: web.Request, upstream: aiohttp.ClientResponse,
     outcome = inspector.outcome
     loop = asyncio.get_running_loop()
     ended = False
+    since: float | None = None  # when the write in progress started
     try:
         async with asyncio.timeout(idle_timeout) as idle:
             async for chunk in upstream.content.iter_any():
@@ -183,12 +210,21 @@ async def _pump(request: web.Request, upstream: aiohttp.ClientResponse,
                 if not data or ended:
                     continue
                 ended = outcome.complete and not inspector.held
-                await write_within(request, out, data, write_timeout, last=ended)
+                since = loop.time()
+                try:
+                    await write_within(request, out, data, write_timeout, last=ended)
+                except ConnectionResetError:
+                    _left(inspector, loop.time() - since)
+                    raise _ClientGone from None
+                since = None
                 outcome.sent_bytes += len(data)
                 if outcome.recorded is not None:
                     outcome.recorded.append(data)
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
         outcome.upstream_failed = not ended
+    except asyncio.CancelledError:  # the client closed its connection
+        _left(inspector, 0.0 if since is None else loop.time() - since)
+        raise
     return ended
 
 

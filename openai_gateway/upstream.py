@@ -105,8 +105,12 @@ class Upstream:
             resp.close() if not resp.closed else None
 
     async def send(self, method, route, body, client_headers) -> aiohttp.ClientResponse:
-        """The response once its headers arrived; the caller must `close()` it (see `open`)."""
+        """The response once its headers arrived; the caller must `close()` it (see `open`).
+
+        A failure says whether any attempt may have reached the upstream (`reached`): only a
+        connection that was never made (refused, connect timeout) certainly sent nothing."""
         session, attempts = self.client_session(), self.attempts
+        reached = False
         for attempt in range(attempts):
             last = attempt == attempts - 1
             base, auth = self.endpoints[attempt % len(self.endpoints)]
@@ -118,22 +122,27 @@ class Upstream:
                 async with asyncio.timeout(self.s.first_byte_timeout):
                     resp = await session.request(method, url, data=body, headers=headers,
                                                  allow_redirects=False)
-            except aiohttp.ConnectionTimeoutError:
-                # Nothing was sent yet: as safe to retry (or fail over) as a refused connection.
-                log.warning("upstream connect timeout on %s (attempt %d/%d)", route,
-                            attempt + 1, attempts)
+            except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
+                # Nothing was sent yet: as safe to retry (or fail over) as it is free.
+                log.warning("upstream unreachable on %s (attempt %d/%d): %s", route,
+                            attempt + 1, attempts, type(exc).__name__)
                 if last:
-                    UPSTREAM_ERRORS.labels("timeout").inc()
-                    raise UpstreamTimeout("The upstream could not be reached in time.") from None
+                    timeout = isinstance(exc, aiohttp.ConnectionTimeoutError)
+                    UPSTREAM_ERRORS.labels("timeout" if timeout else "unavailable").inc()
+                    error = UpstreamTimeout if timeout else UpstreamUnavailable
+                    raise error("The upstream could not be reached" + (
+                        " in time." if timeout else "."), reached=reached) from None
                 await self._pause(attempt, None)
                 continue
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                # A slow first byte is not retried: the upstream may still be generating.
+                # A slow first byte is not retried: the upstream may still be generating (and
+                # billing), so the request counts as received.
                 log.warning("upstream timeout on %s: %s", route, type(exc).__name__)
                 UPSTREAM_ERRORS.labels("timeout").inc()
                 raise UpstreamTimeout("The upstream did not answer in time.") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
                     aiohttp.ClientResponseError) as exc:  # the last: a malformed answer
+                reached = True  # the connection broke after the request may have gone out
                 log.warning("upstream unreachable on %s (attempt %d/%d): %s", route,
                             attempt + 1, attempts, type(exc).__name__)
                 if last:

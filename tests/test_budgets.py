@@ -203,6 +203,33 @@ async def test_the_gateway_ceiling_is_shared_and_says_budget_exceeded(url):
         await reserve(lim, second, micro_usd=200_000)
 
 
+async def test_a_budget_smaller_than_one_request_says_so_not_used_up(url):
+    """Nothing spent, and a request whose worst case is more than the whole budget: the
+    refusal says it can never fit and what to change (it used to say "Spending limit reached,
+    $0.002 left" with a day's Retry-After)."""
+    lim = make(url, spend=["0.002/day"], daily=0.001, tokens=["100/day"])
+    who = caller()
+    async with lim.running():
+        with pytest.raises(TokensRateLimited) as tokens:
+            await lim.reserve(who, CHAT, MINI, tokens=150, micro_usd=None)
+        assert "more than the whole token budget of 100 per day: it can never fit" in \
+            tokens.value.message
+        with pytest.raises(SpendLimited) as spend:
+            await reserve(lim, who, micro_usd=2_500)
+        err = spend.value
+        assert err.code == "spend_limit_exceeded"
+        assert err.message.startswith("This request may cost up to $0.0025 (its input and its "
+                                      "output cap at the model's prices), more than the whole "
+                                      "spending limit of $0.002 per day: it can never fit.")
+        assert "max_tokens" in err.message and "left" not in err.message
+    lim = make(url, daily=0.001)
+    async with lim.running():
+        with pytest.raises(BudgetExceeded) as gateway:
+            await reserve(lim, caller(), micro_usd=1_500)
+        assert "more than the gateway's whole budget for all clients of $0.001 per day" in \
+            gateway.value.message
+
+
 async def test_gateway_spend_reports_each_configured_ceiling(url):
     lim = make(url, daily=21.0, monthly=300.0)
     async with lim.running():

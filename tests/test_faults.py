@@ -141,25 +141,29 @@ async def test_failover_on_5xx(aiohttp_server, make_gateway, fake, upstream_url)
     assert fake.posts[0].headers["Authorization"] == f"Bearer {KEY}"
 
 
-async def test_failed_answers_are_not_charged_to_token_budgets(make_gateway, fake):
+async def test_refused_answers_are_free_cut_ones_cost_their_reservation(make_gateway, fake):
     gw = await make_gateway({"rate_limit": {"tokens": ["1000/minute"]}, "upstream": {"retries": 0},
                              "validation": {"max_tokens": 100}})
-    fake.script = [{"status": 500}]
+    fake.script = [{"status": 500}]  # an error answer: OpenAI bills nothing for it
     await status_of(gw)
-    fake.script = [{"drop_after": 0}]
-    r = await gw.post("/v1/chat/completions", json=dict(STREAM, seed=1))
-    await r.read()
     st, r, _ = await status_of(gw, dict(CHAT, seed=2))
     # Only this probe's own answer (6 tokens, settled before its headers) was charged.
     assert st == 200 and r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 6)
+    fake.script = [{"drop_after": 0}]  # cut before its first event: usage unknown
+    r = await gw.post("/v1/chat/completions", json=dict(STREAM, seed=1))
+    await r.read()
+    st, r, _ = await status_of(gw, dict(CHAT, seed=3))
+    # The cut stream's whole reservation (its prompt and the 100-token cap) is kept.
+    assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 6 - 101 - 6)
 
 
 # --- the client misbehaves ------------------------------------------------------------------
 
-async def test_disconnect_while_waiting_for_first_byte_aborts_upstream(gw, fake):
+async def test_disconnect_while_waiting_for_a_stream_aborts_upstream(gw, fake):
+    """A stream's client that leaves before the first byte closes the upstream request at
+    once (a non-stream answer is read to its end instead: tests/test_proxy.py)."""
     fake.script = [{"delay": 3}]
-    body = {k: v for k, v in CHAT.items() if k != "temperature"}  # not coalesced
-    task = asyncio.ensure_future(gw.post("/v1/chat/completions", json=body))
+    task = asyncio.ensure_future(gw.post("/v1/chat/completions", json=dict(STREAM, seed=9)))
     await asyncio.sleep(0.3)
     task.cancel()
     for _ in range(40):

@@ -218,8 +218,10 @@ async def test_reserve_refuses_an_estimate_above_the_remaining_budget():
             await reserve(lim, ANON, MINI, 101)
         err = info.value
         assert err.status == 429
-        assert err.message.startswith("Rate limit reached for tokens: 100 per minute, 100 left, "
-                                      "this request needs about 101.")
+        # More than the whole budget: told it can never fit, not that the limit was reached.
+        assert err.message.startswith("This request may use up to 101 tokens (its input and its "
+                                      "output cap), more than the whole token budget of 100 per "
+                                      "minute: it can never fit.")
         h = err.headers
         assert (h["x-ratelimit-limit-tokens"], h["x-ratelimit-remaining-tokens"]) == ("100", "100")
         assert int(h["Retry-After"]) == 60 and RESET.match(h["x-ratelimit-reset-tokens"])

@@ -842,7 +842,7 @@ def test_prices_are_overrides_by_model():
     ({"gpt-4o": {"input": "0.15", "output": 1}},
      "prices.gpt-4o.input: got '0.15', expected a number"),
     ({"gpt-4o": {"input": 1, "output": 1, "cache": 1}},
-     "prices.gpt-4o.cache: unknown key (known: cached_input, input, output)"),
+     "prices.gpt-4o.cache: unknown key (known: cached_input, input, output, reasoning)"),
     ({"gpt-4o": 0.15}, "prices.gpt-4o: got 0.15, expected a table"),
 ])
 def test_bad_prices(prices, line):
@@ -868,13 +868,15 @@ def test_redacted_prints_values_in_the_files_notation():
     assert red["tiers"] == {"free": {"requests": ["20/minute"], "tokens": None, "spend": None,
                                      "models": None}}
     assert red["clients"][0]["tokens"] == ["1/second"] and red["clients"][0]["requests"] is None
-    assert red["prices"] == {"m": {"input": 1.0, "cached_input": 1.0, "output": 2.0}}
+    assert red["prices"] == {"m": {"input": 1.0, "cached_input": 1.0, "output": 2.0,
+                                   "reasoning": None}}
     # Printed back, it loads to the same settings.
     again = json.loads(json.dumps(red))
     again["cache"].pop("storage_url")
     for c in again["clients"]:
         c.pop("requests"), c.pop("models"), c.pop("tier"), c.pop("spend")
     again["tiers"]["free"] = {"requests": ["20/minute"]}
+    again["prices"]["m"].pop("reasoning")  # unset (null): as the shipped table says
     assert parse(again, environ=ENV) == parse(doc, environ=ENV)
 
 

@@ -8,8 +8,16 @@
 from .forward import forward_body
 from .refusal import Refusal
 from .request import REQUIRED_INPUT, ParsedRequest, RequestPolicy
-from .usage import Usage, prompt_estimate, token_estimate, usage_from_answer, usage_from_event
+from .usage import (
+    STOP_MARGIN_TOKENS,
+    OutputCounter,
+    Usage,
+    prompt_estimate,
+    token_estimate,
+    usage_from_answer,
+    usage_from_event,
+)
 
-__all__ = ["REQUIRED_INPUT", "ParsedRequest", "Refusal", "RequestPolicy", "Usage",
-           "forward_body", "prompt_estimate", "token_estimate", "usage_from_answer",
-           "usage_from_event"]
+__all__ = ["REQUIRED_INPUT", "STOP_MARGIN_TOKENS", "OutputCounter", "ParsedRequest", "Refusal",
+           "RequestPolicy", "Usage", "forward_body", "prompt_estimate", "token_estimate",
+           "usage_from_answer", "usage_from_event"]
