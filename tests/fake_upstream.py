@@ -6,7 +6,13 @@ script every request gets a normal, well-formed answer. A step's keys:
 `status` (an error answer, with `headers`), `raw` + `ctype` (this body instead), `delay`
 (seconds before answering), `chunks` / `chunk_delay` (this request's words and pace),
 `drop_after` (close the connection before that streamed event), `pad` (an SSE comment of that
-many bytes after each event), `no_done` (no `data: [DONE]`).
+many bytes after each event), `no_done` (no `data: [DONE]`). `step` is the behaviour of requests
+beyond the script.
+
+`billed` is the fake's own ledger, one [model, prompt tokens, output tokens] per request it
+worked on, as an upstream would bill it: an answer is billed whole once started, also when the
+gateway gave up waiting for it; a stream the gateway closed is billed the events it wrote and
+the one it was writing when it noticed.
 """
 from __future__ import annotations
 
@@ -18,9 +24,11 @@ import orjson
 from aiohttp import web
 
 from openai_gateway.demo import fake_openai
-from openai_gateway.demo.formats import DONE
+from openai_gateway.demo.formats import DONE, count_tokens, text_of
 
 STEP = web.RequestKey("step", dict)
+BILL = web.RequestKey("bill", list)
+WRITTEN = web.RequestKey("written", list)
 
 
 @dataclass
@@ -55,6 +63,10 @@ class FakeOpenAI(fake_openai.FakeOpenAI):
     hold: asyncio.Event | None = None
     #: When set to an Event, every stream stays open after its [DONE] until it is set.
     hold_after_done: asyncio.Event | None = None
+    #: The behaviour of requests beyond the script.
+    step: dict = field(default_factory=dict)
+    #: [model, prompt tokens, output tokens] per request worked on (see the module docstring).
+    billed: list[list] = field(default_factory=list)
 
     @property
     def posts(self) -> list[Seen]:
@@ -75,12 +87,14 @@ class FakeOpenAI(fake_openai.FakeOpenAI):
         body = await request.read()
         self.seen.append(Seen(request.method, request.path, request.query_string,
                               dict(request.headers), body))
-        step = request[STEP] = self.script.pop(0) if self.script else {}
+        step = request[STEP] = self.script.pop(0) if self.script else dict(self.step)
+        request[WRITTEN] = [0]
         if step.get("delay"):
             try:
                 await asyncio.sleep(step["delay"])
             except asyncio.CancelledError:
                 self.aborted.append(time.monotonic())  # the gateway gave up waiting
+                self._bill_whole(request, body)  # it was working on the answer all along
                 raise
         status = step.get("status")
         if status and status != 200:
@@ -92,6 +106,28 @@ class FakeOpenAI(fake_openai.FakeOpenAI):
             return web.Response(body=step["raw"], content_type=step.get("ctype", "text/plain"))
         return await super().receive(request)
 
+    def answer(self, request, body, route, read, asked):
+        a = super().answer(request, body, route, read, asked)
+        request[BILL] = [body.get("model"), a.prompt_tokens,
+                         len(a.pieces) * a.choices + a.reasoning_tokens]
+        self.billed.append(request[BILL])
+        return a
+
+    def _bill_whole(self, request, raw: bytes) -> None:
+        """The bill of a chat answer that was never sent: its prompt and its whole output."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return
+        words = request[STEP].get("chunks", self.chunks)
+        cap = next((body[f] for f in fake_openai.CAPS["chat"]
+                    if isinstance(body.get(f), int)), words)
+        self.billed.append([body.get("model"), count_tokens("".join(map(text_of,
+                                                                         body["messages"]))),
+                            min(words, cap) * (body.get("n") or 1)])
+
     async def stream(self, request, events, tail):
         if request[STEP].get("no_done"):
             tail = [e for e in tail if e != DONE]
@@ -102,6 +138,9 @@ class FakeOpenAI(fake_openai.FakeOpenAI):
             return await super().stream(request, events, tail)
         except (asyncio.CancelledError, ConnectionResetError):
             self.aborted.append(time.monotonic())
+            bill = request.get(BILL)
+            if bill is not None:  # generation stopped when the close was noticed
+                bill[2] = min(bill[2], request[WRITTEN][0] + 1)
             raise
         finally:
             self.active -= 1
@@ -126,6 +165,7 @@ class FakeOpenAI(fake_openai.FakeOpenAI):
         pad = b": " + b"p" * step["pad"] + b"\n\n" if step.get("pad") else b""  # SSE comment
         await super().send(request, out, index, event + pad)
         self.written += 1
+        request[WRITTEN][0] += 1
         return True
 
     async def pause(self, request, index):
