@@ -21,11 +21,12 @@ from .errors import (
     from_http_exception,
     http_error_code,
 )
-from .identity import Client
+from .identity import Client, address_key
+from .limitheaders import limit_headers
 from .logs import RequestRecord, log_access, refusal_detail
 from .proxy import COST_HEADER, RECORD, Proxy
 from .ratelimit import RateLimiter
-from .settings import Settings
+from .settings import ClientSettings, Settings
 from .upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -272,8 +273,10 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
             cors.add(app.router.add_get(route, proxy.models, allow_head=False))
         else:
             cors.add(app.router.add_post(route, proxy.forward))
-    for path, handler in auth.routes(client_name=lambda a: _key_name(proxy, a),
-                                     address_of=proxy.identity.address,
+    # Lambdas, not bound methods: a reload replaces the proxy's identity and callers.
+    for path, handler in auth.routes(client_key=lambda a: proxy.identity.client_key(a),
+                                     count_mint=lambda r, key: _mint_rate(proxy, r, key),
+                                     address_of=lambda r: proxy.identity.address(r),
                                      check_rate=lambda ip: _session_rate(proxy, s, ip)):
         cors.add(app.router.add_post(path, handler))
     app.router.add_get("/healthz", healthz, allow_head=False)
@@ -301,15 +304,20 @@ def reconfigure(app: web.Application, new: Settings) -> list[str]:
     return [key for key in RESTART_ONLY if _get(old, key) != _get(new, key)]
 
 
-def _key_name(proxy: Proxy, authorization: str | None) -> str | None:
-    key = proxy.identity.client_key(authorization)
-    return key.name if key is not None else None
+async def _mint_rate(proxy: Proxy, request: web.Request, key: ClientSettings
+                     ) -> dict[str, str]:
+    """Minting counts as one of the key's requests (its own limit, else its tier's, else
+    [rate_limit]): the same counter as its API calls. The limit headers of the answer."""
+    client = proxy.callers.key_client(key, proxy.identity.address(request))
+    return limit_headers(await proxy.limiter.check_requests(client, "/gateway/tokens", None))
 
 
 async def _session_rate(proxy: Proxy, settings: Settings, address: str) -> None:
-    """Session creation counts per address against auth.sessions.requests."""
+    """Session creation counts per address against auth.sessions.requests; an IPv6 address
+    by its server.ipv6_prefix, as the API keys it (anyone holds a /64 of addresses)."""
     limits = Limits(requests=settings.auth.sessions.requests, tokens=(), spend=())
-    await proxy.limiter.check_requests(Client("session:" + address, address, limits=limits),
+    keyed = address_key(address, proxy.identity.ipv6_prefix)
+    await proxy.limiter.check_requests(Client("session:" + keyed, address, limits=limits),
                                        "/gateway/session", None)
 
 

@@ -79,13 +79,17 @@ class Callers:
             return DEFAULT
         return plan
 
+    def key_client(self, key: ClientSettings, ip: str) -> Client:
+        """The caller a client key is: "key:NAME", with its own values over its tier's."""
+        plan = self.keys[key.name]
+        return Client("key:" + key.name, ip, key, key.tier, plan.limits, plan.models)
+
     async def identify(self, request: web.Request) -> Client:
         ip = self.identity.address(request)
         authorization = request.headers.get("Authorization")
         key = self.identity.client_key(authorization)
         if key is not None:
-            plan = self.keys[key.name]
-            return Client("key:" + key.name, ip, key, key.tier, plan.limits, plan.models)
+            return self.key_client(key, ip)
         if self.bearer is not None and authorization:
             caller = await self.bearer.resolve(authorization)  # a bad JWT raises 401
             if caller is not None:

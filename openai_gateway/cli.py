@@ -18,9 +18,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from . import __version__, logs
-from .auth.minted import TokenMinter
+from .auth.minted import CLI, TokenMinter, choose_tier, key_minter
 from .demo import DemoUpstream, demo_settings
-from .errors import InvalidRequest, StorageUnavailable
+from .errors import GatewayError, StorageUnavailable
 from .identity import hash_key
 from .ratelimit import RateLimiter
 from .server import ConfigSource, run
@@ -158,13 +158,19 @@ def _settings(config: str) -> Settings | None:
 
 def mint_token(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
-        prog=f"{prog()} mint-token", usage="%(prog)s --user U [--tier T] [--ttl S] [--config PATH]",
+        prog=f"{prog()} mint-token",
+        usage="%(prog)s --user U [--tier T] [--ttl S] [--client NAME] [--config PATH]",
         description="Print a token signed with auth.tokens' secret, as POST /gateway/tokens "
-                    "would mint it (any gateway process holding the secret accepts it).")
+                    "would mint it (any gateway process holding the secret accepts it). A "
+                    "user is a user of its minter: without --client, the users of this "
+                    "command are their own, apart from every client key's.")
     add_config_option(p)
     p.add_argument("--user", required=True, help="the user the token is for (its subject)")
     p.add_argument("--tier", help="the user's tier: one of the config's [tiers.NAME]")
     p.add_argument("--ttl", type=int, help="seconds until it expires (at most auth.tokens.max_ttl)")
+    p.add_argument("--client", metavar="NAME",
+                   help="mint as the [[clients]] key NAME would: for that key's user U, with "
+                        "only the tiers the key may mint")
     args = p.parse_args(argv)
     settings = _settings(args.config)
     if settings is None:
@@ -175,16 +181,25 @@ def mint_token(argv: list[str]) -> int:
               "random secret (at least 32 bytes) and export that variable here",
               file=sys.stderr)
         return 2
+    key = next((c for c in settings.clients if c.name == args.client), None)
+    if args.client is not None and key is None:
+        print(f"error: {args.config}: no [[clients]] named {args.client!r} (known: "
+              f"{', '.join(c.name for c in settings.clients) or 'none'})", file=sys.stderr)
+        return 2
+    tier, minted_by, whose = args.tier, CLI, ""
     minter = TokenMinter(secret=settings.token_secret, max_ttl=settings.auth.tokens.max_ttl)
     try:
-        token, expires_at = minter.mint(args.user, args.tier, args.ttl,
+        if key is not None:  # as POST /gateway/tokens with this key would
+            tier = choose_tier(tier, own=key.tier, allowed=key.mintable_tiers)
+            minted_by, whose = key_minter(key.name), f" of client {key.name}"
+        token, expires_at = minter.mint(args.user, tier, args.ttl, minted_by=minted_by,
                                         tiers=tuple(settings.tiers) or None)
-    except InvalidRequest as exc:
+    except GatewayError as exc:  # a 400 or 403 of POST /gateway/tokens
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     print(token)
     when = datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    print(f"# user {args.user}, tier {args.tier or '(default limits)'}, expires at "
+    print(f"# user {args.user}{whose}, tier {tier or '(default limits)'}, expires at "
           f"{when} ({expires_at})", file=sys.stderr)
     return 0
 
@@ -235,8 +250,8 @@ async def _read_spend(limiter: RateLimiter) -> dict[str, dict]:
 #: options, so a subcommand owns everything after its name.
 COMMANDS: dict[str, tuple[str, str, Callable[[list[str]], int]]] = {
     "new-client-key": ("NAME", "print a new client key and its config block", new_client_key),
-    "mint-token": ("--user U [--tier T] [--ttl S]", "print a token for a user, signed with "
-                   "auth.tokens' secret", mint_token),
+    "mint-token": ("--user U [--tier T] [--ttl S] [--client NAME]", "print a token for a "
+                   "user, signed with auth.tokens' secret", mint_token),
     "spend": ("", "print today's and this month's gateway-wide spend and what is left", spend),
 }
 

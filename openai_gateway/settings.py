@@ -183,6 +183,7 @@ class Settings:
                    "memcached storage (limits implements moving window only on memory, redis "
                    "and mongodb)")
         _check_clients(self.clients, p)
+        _check_auth(self, p)
         _check_tiers(self, p)
 
 
@@ -198,12 +199,39 @@ def _check_workers(s: Settings, p: Problems) -> None:
 
 
 def _check_clients(clients: tuple[ClientSettings, ...], p: Problems) -> None:
-    seen = set()
+    seen, names = set(), set()
     for i, c in enumerate(clients):
         h = c.key_sha256.lower()
         if h and h in seen:
             p.note(f"clients[{i}].key_sha256", "duplicate of an earlier client")
         seen.add(h)
+        # Two keys of one name would be one caller ("key:NAME"): one set of limits and
+        # budgets, and one namespace of minted users.
+        p.expect(not c.name or c.name not in names, f"clients[{i}].name", c.name,
+                 "a name no earlier client has (limits, budgets and minted users are keyed "
+                 "by it)")
+        names.add(c.name)
+
+
+def _check_auth(s: Settings, p: Problems) -> None:
+    """[auth] settings that cannot work together, each named with the key it needs."""
+    a = s.auth
+    if a.sessions.captcha_verify_url and not a.tokens.secret_env:
+        p.note("auth.sessions.captcha_verify_url",
+               'set while auth.tokens.secret_env is "", expected auth.tokens.secret_env too '
+               "(sessions are tokens the gateway signs; without its secret there is no "
+               "/gateway/session)")
+    if not (s.clients or a.issuers or a.tokens.secret_env):
+        for key, value, on in (("anonymous", "false", not a.anonymous),
+                               ("require_client_key", "true", a.require_client_key)):
+            if on:
+                p.note(f"auth.{key}", f"{value} while no caller can be identified, expected "
+                       "[[clients]], [[auth.issuers]] or auth.tokens.secret_env (every "
+                       "request would be refused with 401)")
+    sessions, max_ttl = a.sessions, a.tokens.max_ttl
+    if sessions.captcha_verify_url and a.tokens.secret_env and 0 < max_ttl < sessions.ttl:
+        p.warnings.append(f"auth.sessions.ttl: {sessions.ttl} is above auth.tokens.max_ttl "
+                          f"({max_ttl}); sessions live {max_ttl} seconds")
 
 
 def _check_tiers(s: Settings, p: Problems) -> None:
@@ -214,11 +242,19 @@ def _check_tiers(s: Settings, p: Problems) -> None:
     uses = [(f"clients[{i}].tier", c.tier) for i, c in enumerate(s.clients)]
     if s.auth.sessions.captcha_verify_url:  # sessions on
         uses.insert(0, ("auth.sessions.tier", s.auth.sessions.tier))
+    known = ', '.join(s.tiers) or 'none'
     for key, tier in uses:
         if tier is not None and tier not in s.tiers:
             p.warnings.append(f"{key}: tier {tier!r} is not defined in [tiers] (known: "
-                              f"{', '.join(s.tiers) or 'none'}); its users get the general "
-                              "limits")
+                              f"{known}); its users get the general limits")
+    # A remark, not an error, like every unknown tier name: the entry fails closed, since
+    # POST /gateway/tokens refuses a tier [tiers] does not define (when it defines any).
+    outcome = "the key cannot mint it" if s.tiers else "its users get the general limits"
+    for i, c in enumerate(s.clients):
+        for j, tier in enumerate(c.mint_tiers or ()):
+            if tier not in s.tiers and TIER_NAME.fullmatch(tier):
+                p.warnings.append(f"clients[{i}].mint_tiers[{j}]: tier {tier!r} is not defined "
+                                  f"in [tiers] (known: {known}); {outcome}")
 
 
 def _plain(value):

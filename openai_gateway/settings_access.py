@@ -27,6 +27,8 @@ Algorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256
 MIN_HMAC_SECRET = 32
 TIER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 TIER_NAME_EXPECTED = "a name of letters, digits, _ . - (at most 64)"
+#: A host name as a captcha provider reports the page's (RFC 1123 labels; IDNs as punycode).
+HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 
 
 def _https_or_loopback(url: str) -> bool:
@@ -129,13 +131,18 @@ class SessionSettings:
     tier: str = "free"
     #: Seconds a session token lives.
     ttl: int = 900
-    #: Session creations allowed per client address.
+    #: Session creations allowed per client address (IPv6: per server.ipv6_prefix).
     requests: Limits = (RateLimitItemPerHour(10),)
+    #: The site host names whose captcha answers count ([] = not checked).
+    hostnames: tuple[str, ...] = ()
 
     def __post_init__(self):
         coerce(self, requests=as_limits)
 
     def check(self, at: str, p: Problems) -> None:
+        for i, host in enumerate(self.hostnames):
+            p.expect(bool(HOSTNAME.fullmatch(host)), f"{at}.hostnames[{i}]", host,
+                     "a host name such as app.example.com (no scheme, port or path)")
         if self.captcha_verify_url:
             p.expect(_https_or_loopback(self.captcha_verify_url), f"{at}.captcha_verify_url",
                      self.captcha_verify_url,
@@ -190,13 +197,26 @@ class ClientSettings:
     #: A [tiers.NAME] (None: none; an unknown name falls back at run time, with a warning).
     tier: str | None = None
     spend: Spend | None = None
+    #: The tiers this key's tokens may have (POST /gateway/tokens). None: its own tier only,
+    #: or any configured tier when it has none; []: it mints no tokens.
+    mint_tiers: tuple[str, ...] | None = None
 
     def __post_init__(self):
         coerce(self, requests=as_limits, tokens=as_limits, spend=as_spend)
 
+    @property
+    def mintable_tiers(self) -> tuple[str, ...] | None:
+        """The tiers this key may mint, with the default applied (None: any tier)."""
+        if self.mint_tiers is not None:
+            return self.mint_tiers
+        return (self.tier,) if self.tier else None
+
     def check(self, at: str, p: Problems) -> None:
         if not self.name:
             p.note(f"{at}.name", "expected a non-empty name")
+        for i, tier in enumerate(self.mint_tiers or ()):
+            p.expect(bool(TIER_NAME.fullmatch(tier)), f"{at}.mint_tiers[{i}]", tier,
+                     TIER_NAME_EXPECTED)
         h = self.key_sha256.lower()
         p.expect(len(h) == 64 and all(ch in "0123456789abcdef" for ch in h),
                  f"{at}.key_sha256", self.key_sha256,

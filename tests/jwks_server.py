@@ -112,7 +112,7 @@ class Siteverify:
     """mode: "ok", "fail", "error" (HTTP 500), "slow", "garbage", "bad-secret"."""
 
     mode: str = "ok"
-    hostname: str = "app.example.com"
+    hostname: str | None = "app.example.com"
     delay: float = 5.0
     seen: list[dict] = field(default_factory=list)
 

@@ -1,17 +1,24 @@
 """BearerResolver: an Authorization header -> a verified Caller, None (not a JWT), or 401."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import time
 from contextlib import AsyncExitStack
 
+import jwt
 import orjson
 import pytest
 
-from openai_gateway.auth.caller import MAX_TOKEN_BYTES, BearerResolver, looks_like_jwt
+from openai_gateway.auth.caller import (
+    MAX_TOKEN_BYTES,
+    BearerResolver,
+    caller_id,
+    looks_like_jwt,
+)
 from openai_gateway.auth.issuers import Issuer
-from openai_gateway.auth.minted import TokenMinter
+from openai_gateway.auth.minted import CLI, DEMO, ISSUER, SESSIONS, TokenMinter, key_minter
 from openai_gateway.errors import InvalidToken
 
 from .jwks_server import (  # noqa: F401
@@ -63,12 +70,35 @@ async def test_provider_user_is_identified_by_hashed_issuer_and_subject(resolver
 
 async def test_minted_tokens_and_sessions_resolve_too(resolver):
     minter = TokenMinter(secret=SECRET)  # another process with the same secret
-    user = await resolver.resolve(bearer(minter.mint("u-1", "free", 60)[0]))
+    user = await resolver.resolve(bearer(minter.mint("u-1", "free", 60,
+                                                     minted_by=key_minter("backend"))[0]))
     assert (user.kind, user.tier, user.label) == ("user", "free", "gateway")
     assert user.id.startswith("user:") and "u-1" not in user.id
     session = await resolver.resolve(bearer(minter.mint("session:abc", "free", 60,
-                                                        kind="session")[0]))
+                                                        kind="session", minted_by=SESSIONS)[0]))
     assert session.kind == "session" and session.id.startswith("session:")
+
+
+async def test_a_minted_user_is_a_user_of_its_minter(resolver):
+    minter = TokenMinter(secret=SECRET)
+    ids = {}
+    for by in (key_minter("a"), key_minter("b"), key_minter("a|42"), CLI, DEMO):
+        ids[by] = (await resolver.resolve(bearer(minter.mint("42", minted_by=by)[0]))).id
+    # A token from before the minted_by claim: a namespace of its own.
+    now = int(time.time())
+    legacy = jwt.encode({"iss": ISSUER, "aud": ISSUER, "sub": "42", "kind": "user",
+                         "iat": now, "exp": now + 60}, SECRET, algorithm="HS256")
+    ids["legacy"] = (await resolver.resolve(bearer(legacy))).id
+    assert len(set(ids.values())) == len(ids)
+    digest = hashlib.sha256(b'["openai-gateway","key:a","42"]').hexdigest()[:24]
+    assert ids["key:a"] == "user:" + digest
+    assert ids["legacy"] == "user:" + hashlib.sha256(b"openai-gateway|42").hexdigest()[:24]
+    # No minter and user spell another pair: "a|42" minting "x" is not "a" minting "42|x".
+    assert caller_id("user", ISSUER, "x", "key:a|42") != caller_id("user", ISSUER, "42|x",
+                                                                    "key:a")
+    # The same minter and user, minted again, is the same user.
+    again = await resolver.resolve(bearer(minter.mint("42", minted_by=key_minter("a"))[0]))
+    assert again.id == ids["key:a"]
 
 
 @pytest.mark.parametrize("value", [
@@ -98,7 +128,8 @@ REFUSED = {
     "unknown key": (lambda p: p.sign(Signer.rsa("rsa-9", n=9)), "signing key"),
     "oversized": (lambda p: p.sign(padding="x" * MAX_TOKEN_BYTES), "larger than 8192"),
     "minted with another secret": (
-        lambda p: TokenMinter(secret="another-secret-of-at-least-32-bytes!!").mint("u")[0],
+        lambda p: TokenMinter(secret="another-secret-of-at-least-32-bytes!!").mint(
+            "u", minted_by="cli")[0],
         "signature"),
 }
 
@@ -118,20 +149,49 @@ async def test_jwts_that_fail_are_401_never_anonymous(resolver, provider, logs, 
 
 async def test_a_verified_token_is_remembered_until_its_expiry(make_resolver, provider):
     now = [time.time()]
-    resolver = await make_resolver(clock=lambda: now[0], jwks_cooldown=0)
+    resolver = await make_resolver(clock=lambda: now[0])
     token = provider.sign(exp=int(now[0]) + 120)
     first = await resolver.resolve(bearer(token))
-    # The provider drops the key: a fresh token with it fails, the verified one is remembered.
-    provider.signers = [Signer.rsa("rsa-2", n=1)]
+    fetches = provider.fetches
+    assert await resolver.resolve(bearer(token)) is first  # remembered: no verification
+    # A refetch that still finds the key (nothing rotated) keeps what was verified with it.
     await resolver.issuers[provider.issuer].keys.fetch()
-    with pytest.raises(InvalidToken, match="signing key"):
-        await resolver.resolve(bearer(provider.sign(Signer.rsa("rsa-1"), sub="fresh")))
     assert await resolver.resolve(bearer(token)) is first
-    # Past its exp the cache forgets it; verification then refuses it.
+    assert provider.fetches == fetches + 1
+    # Past its exp the cache forgets it (PyJWT, on the real clock, would verify it again).
     now[0] += 121
-    with pytest.raises(InvalidToken):
-        await resolver.resolve(bearer(token))
+    assert resolver.cache.get(hashlib.sha256(token.encode()).digest()) is None
     assert len(resolver.cache) == 0
+
+
+@pytest.mark.parametrize("refetch", ["scheduled", "unknown kid"])
+async def test_a_remembered_token_ends_with_its_signing_key(make_resolver, provider, refetch):
+    resolver = await make_resolver(jwks_cooldown=0.01)
+    rsa, ec = provider.signers
+    token, kept = provider.sign(rsa, exp=int(time.time()) + 3600), provider.sign(ec)
+    await resolver.resolve(bearer(token))
+    await resolver.resolve(bearer(kept))
+    # The provider retires rsa-1 and publishes rsa-2 in its place.
+    provider.signers = [Signer.rsa("rsa-2", n=1), ec]
+    keys = resolver.issuers[provider.issuer].keys
+    if refetch == "scheduled":
+        assert await keys.fetch()
+    else:
+        await asyncio.sleep(0.02)  # past the cooldown
+        await resolver.resolve(bearer(provider.sign(provider.signers[0], sub="fresh")))
+    with pytest.raises(InvalidToken, match="signing key"):
+        await resolver.resolve(bearer(token))
+    assert (await resolver.resolve(bearer(kept))).kind == "user"
+    assert len(resolver.cache) == (1 if refetch == "scheduled" else 2)  # kept (and fresh)
+
+
+async def test_a_failed_refetch_keeps_every_remembered_token(make_resolver, provider):
+    resolver = await make_resolver()
+    token = provider.sign()
+    first = await resolver.resolve(bearer(token))
+    provider.failing = 503
+    assert not await resolver.issuers[provider.issuer].keys.fetch()
+    assert await resolver.resolve(bearer(token)) is first
 
 
 async def test_the_cache_is_bounded(make_resolver, provider):

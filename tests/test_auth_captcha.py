@@ -75,6 +75,11 @@ async def test_hostnames_restrict_where_the_widget_was_solved(siteverify_url, si
         await verifier.verify(WIDGET_ANSWER)
     siteverify.hostname = "chat.example.org"
     await verifier.verify(WIDGET_ANSWER)
+    siteverify.hostname = "Chat.Example.ORG."  # host names compare without case or root dot
+    await verifier.verify(WIDGET_ANSWER)
+    siteverify.hostname = None  # an answer that names no site is no answer for ours
+    with pytest.raises(CaptchaFailed, match="site"):
+        await verifier.verify(WIDGET_ANSWER)
 
 
 @pytest.mark.parametrize("url, secret", [

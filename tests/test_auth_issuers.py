@@ -43,9 +43,28 @@ async def issuer(make_issuer):
     return await make_issuer()
 
 
-async def verify(issuer: Issuer, token: str) -> dict:
+async def verify_with_key(issuer: Issuer, token: str):
     head = token.split(".")[0]
     return await issuer.verify(token, orjson.loads(base64.urlsafe_b64decode(head + "==")))
+
+
+async def verify(issuer: Issuer, token: str) -> dict:
+    return (await verify_with_key(issuer, token))[0]
+
+
+async def test_a_refetch_keeps_the_keys_still_published_and_lets_go_of_the_others(
+        issuer, provider):
+    _, rsa = await verify_with_key(issuer, provider.sign(provider.signers[0]))
+    _, ec = await verify_with_key(issuer, provider.sign(provider.signers[1]))
+    assert rsa.kid == "rsa-1" and rsa.held and ec.held
+    provider.signers = [provider.signers[1], Signer.rsa("rsa-2", n=1)]
+    assert await issuer.keys.fetch()
+    assert not rsa.held and ec.held  # rsa-1 left the set; ec-1 is still the same key
+    assert (await verify_with_key(issuer, provider.sign(provider.signers[0])))[1] is ec
+    provider.signers.append(Signer.rsa("rsa-1"))  # published again: a new key, held
+    assert await issuer.keys.fetch()
+    _, again = await verify_with_key(issuer, provider.sign(provider.signers[-1]))
+    assert again is not rsa and again.held and not rsa.held
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["RS256", "ES256"])

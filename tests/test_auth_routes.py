@@ -11,6 +11,8 @@ from openai_gateway.auth.captcha import CaptchaVerifier
 from openai_gateway.auth.minted import TokenMinter
 from openai_gateway.auth.routes import demo_token_handler, session_handler, tokens_handler
 from openai_gateway.errors import RateLimited
+from openai_gateway.identity import hash_key
+from openai_gateway.settings import ClientSettings
 
 from .jwks_server import (  # noqa: F401
     CAPTCHA_SECRET,
@@ -27,9 +29,17 @@ WIDGET_ANSWER = "XXXX.DUMMY.TOKEN.XXXX-widget-response-0123456789abcdef"
 SESSIONS_PER_ADDRESS = 3
 
 
-def client_name(authorization: str | None) -> str | None:
+BACKEND = ClientSettings(name="backend", key_sha256=hash_key(CLIENT_KEY))
+
+
+def client_key(authorization: str | None) -> ClientSettings | None:
     """Stands in for the gateway's client-key lookup."""
-    return "backend" if authorization == f"Bearer {CLIENT_KEY}" else None
+    return BACKEND if authorization == f"Bearer {CLIENT_KEY}" else None
+
+
+async def count(request: web.Request, key: ClientSettings) -> dict[str, str]:
+    """Stands in for the gateway's request limiter: every mint is allowed."""
+    return {"x-ratelimit-limit-requests": "600"}
 
 
 @pytest.fixture
@@ -53,7 +63,7 @@ async def api(aiohttp_client, siteverify_url, http):
     verifier = CaptchaVerifier(url=siteverify_url, secret=CAPTCHA_SECRET, session=lambda: http,
                                timeout=0.5)
     app.router.add_post("/gateway/tokens", tokens_handler(
-        minter=minter, client_name=client_name, tiers=("free", "pro")))
+        minter=minter, client_key=client_key, count=count, tiers=("free", "pro")))
     app.router.add_post("/gateway/session", session_handler(
         verifier=verifier, minter=minter, tier="free", ttl=900,
         address_of=lambda r: r.remote or "", check_rate=check_rate))
@@ -75,6 +85,7 @@ async def whoami(api, token):
 async def test_a_client_key_mints_a_token_the_gateway_accepts(api):
     r = await mint(api, {"user": "user-7", "tier": "pro", "ttl": 600})
     assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+    assert r.headers["x-ratelimit-limit-requests"] == "600"  # what counting the mint said
     doc = await r.json()
     assert set(doc) == {"token", "expires_at", "user", "tier"}
     assert (doc["user"], doc["tier"]) == ("user-7", "pro")
@@ -166,7 +177,7 @@ async def test_demo_token_signs_in_as_anyone_in_the_free_tier(api):
 
 
 async def test_a_bad_jwt_is_401_invalid_token_and_a_dummy_key_is_anonymous(api):
-    forged = TokenMinter(secret="x" * 40).mint("u")[0]
+    forged = TokenMinter(secret="x" * 40).mint("u", minted_by="key:backend")[0]
     r = await api.get("/whoami", headers={"Authorization": f"Bearer {forged}"})
     assert r.status == 401 and r.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
     assert (await r.json())["error"] == {

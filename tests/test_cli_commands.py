@@ -7,7 +7,10 @@ import re
 import sys
 import time
 
+import aiohttp
 import openai
+
+from openai_gateway.identity import hash_key
 
 from .conftest import KEY, ORIGIN, ROOT, toml_dumps
 
@@ -118,3 +121,57 @@ async def test_check_prints_the_settings_warnings(tmp_path):
     assert rc == 0, err
     assert re.search(r"^warning: .*tier 'platinum' is not defined", err, re.M), err
     assert KEY not in out + err
+
+
+async def test_mint_token_as_a_client_key_mints_that_keys_users(tmp_path, gateway_process,
+                                                                fake):
+    client_key = "gw-client-SECRET-cli-backend"
+    doc = {"auth": {"tokens": {"secret_env": "GW_TOKEN_SECRET", "max_ttl": 600}},
+           "tiers": TIERS, "clients": [{"name": "backend", "key_sha256": hash_key(client_key),
+                                        "tier": "free"}]}
+    env = {"GW_TOKEN_SECRET": SECRET}
+    gp = await gateway_process(doc, env=env)
+    rc, out, err = await gateway_cli("mint-token", "--user", "ana", "--client", "backend",
+                                     "--config", str(gp.config_path), env=env)
+    assert rc == 0, err
+    assert "user ana of client backend, tier free" in err  # the key's own tier by default
+    from_cli = out.strip()
+    async with aiohttp.ClientSession() as s, s.post(
+            gp.url + "/gateway/tokens", json={"user": "ana"},
+            headers={"Authorization": f"Bearer {client_key}", "Origin": ORIGIN}) as r:
+        assert r.status == 200
+        from_key = (await r.json())["token"]
+    # One user: the two tokens share the free tier's 4 requests a minute.
+    async with openai.AsyncOpenAI(base_url=gp.url + "/v1", api_key="-", max_retries=0,
+                                  default_headers={"Origin": ORIGIN}) as client:
+        left = []
+        for token in (from_key, from_cli):
+            raw = await client.with_options(api_key=token).chat.completions \
+                .with_raw_response.create(model="gpt-4o-mini",
+                                          messages=[{"role": "user", "content": "hi"}])
+            left.append(raw.headers["x-ratelimit-remaining-requests"])
+    assert left == ["3", "2"]
+    # As the key would: only the tiers it may mint, and only keys that exist.
+    rc, out, err = await gateway_cli("mint-token", "--user", "ana", "--client", "backend",
+                                     "--tier", "pro", "--config", str(gp.config_path), env=env)
+    assert rc == 2 and out == "" and "'pro'" in err and "free" in err
+    rc, out, err = await gateway_cli("mint-token", "--user", "ana", "--client", "nope",
+                                     "--config", str(gp.config_path), env=env)
+    assert rc == 2 and out == "" and "no [[clients]] named 'nope'" in err
+
+
+async def test_check_refuses_settings_that_cannot_work_together(tmp_path):
+    path = write(tmp_path, {"auth": {
+        "anonymous": False,
+        "sessions": {"captcha_verify_url": "https://challenges.example/siteverify",
+                     "captcha_secret_env": "GW_CAPTCHA"}}})
+    rc, out, err = await gateway_cli("--check", "--config", path,
+                                     env={"OPENAI_API_KEY": KEY, "GW_CAPTCHA": "0x-captcha"})
+    assert rc == 2 and out == ""
+    assert err.splitlines() == [
+        'config error: auth.sessions.captcha_verify_url: set while auth.tokens.secret_env is "", '
+        "expected auth.tokens.secret_env too (sessions are tokens the gateway signs; without "
+        "its secret there is no /gateway/session)",
+        "config error: auth.anonymous: false while no caller can be identified, expected "
+        "[[clients]], [[auth.issuers]] or auth.tokens.secret_env (every request would be "
+        "refused with 401)"]

@@ -542,8 +542,11 @@ def test_new_keys_default_and_take_a_good_value(key, default, value, parsed):
     for section in sections:
         table = table.setdefault(section, {})
     table[name] = value
-    if name == "captcha_verify_url":
+    if name == "captcha_verify_url":  # sessions need their secret and the tokens' secret
         table["captcha_secret_env"] = "CAPTCHA"
+        doc["auth"]["tokens"] = {"secret_env": "TOK"}
+    if name in ("anonymous", "require_client_key"):  # and a way to identify callers
+        doc["clients"] = [{"name": "app", "key_sha256": GOOD_HASH}]
     assert get(parse(doc, environ={**ENV, **SECRET_ENV}), key) == parsed
 
 
@@ -568,10 +571,11 @@ def test_new_keys_default_and_take_a_good_value(key, default, value, parsed):
     ({"auth": {"sessions": {"requests": ["10/hours"]}}},
      f"auth.sessions.requests[0]: got '10/hours', {LIMIT_HINT}"),
     ({"auth": {"sessions": {"captcha_verify_url": "http://captcha.example/siteverify",
-                            "captcha_secret_env": "CAPTCHA"}}},
+                            "captcha_secret_env": "CAPTCHA"}, "tokens": {"secret_env": "OLD"}}},
      "auth.sessions.captcha_verify_url: got 'http://captcha.example/siteverify', expected an "
      "https:// URL (http:// only to 127.0.0.0/8, ::1 or localhost)"),
-    ({"auth": {"sessions": {"captcha_verify_url": "https://captcha.example/siteverify"}}},
+    ({"auth": {"sessions": {"captcha_verify_url": "https://captcha.example/siteverify"},
+               "tokens": {"secret_env": "OLD"}}},
      "auth.sessions.captcha_secret_env: got '', expected the variable holding the captcha "
      "secret"),
     ({"budget": {"daily_usd": -1}}, "budget.daily_usd: got -1.0, expected >= 0 (0 = no ceiling)"),
@@ -673,6 +677,77 @@ def test_issuer_needs_its_iss_and_is_unique():
         "auth.issuers[2].issuer: duplicate of an earlier issuer"]
 
 
+SESSIONS = {"captcha_verify_url": "https://challenges.example/siteverify",
+            "captcha_secret_env": "CAPTCHA"}
+TOKENS = {"secret_env": "TOK"}
+PAIR_ENV = {**ENV, "CAPTCHA": "0x-captcha", "TOK": SECRET}
+
+
+def test_captcha_hostnames():
+    s = parse({"auth": {"tokens": TOKENS, "sessions": {
+        **SESSIONS, "hostnames": ["app.example.com", "www.example.com"]}}}, environ=PAIR_ENV)
+    assert s.auth.sessions.hostnames == ("app.example.com", "www.example.com")
+    assert parse({}, environ=ENV).auth.sessions.hostnames == ()  # not checked
+    assert problems({"auth": {"tokens": TOKENS, "sessions": {
+        **SESSIONS, "hostnames": ["https://app.example.com/", ""]}}}, environ=PAIR_ENV) == [
+        "auth.sessions.hostnames[0]: got 'https://app.example.com/', expected a host name "
+        "such as app.example.com (no scheme, port or path)",
+        "auth.sessions.hostnames[1]: got '', expected a host name such as app.example.com "
+        "(no scheme, port or path)"]
+
+
+@pytest.mark.parametrize("doc, line", [
+    # Sessions are tokens the gateway signs: without the secret /gateway/session does not exist.
+    ({"auth": {"sessions": SESSIONS}},
+     'auth.sessions.captcha_verify_url: set while auth.tokens.secret_env is "", expected '
+     "auth.tokens.secret_env too (sessions are tokens the gateway signs; without its secret "
+     "there is no /gateway/session)"),
+    # Nothing can identify a caller, yet an identity is required: every request is a 401.
+    ({"auth": {"anonymous": False}},
+     "auth.anonymous: false while no caller can be identified, expected [[clients]], "
+     "[[auth.issuers]] or auth.tokens.secret_env (every request would be refused with 401)"),
+    ({"auth": {"require_client_key": True}},
+     "auth.require_client_key: true while no caller can be identified, expected [[clients]], "
+     "[[auth.issuers]] or auth.tokens.secret_env (every request would be refused with 401)"),
+    # Two keys of one name would share one identity, its limits and its minted users.
+    ({"clients": [{"name": "app", "key_sha256": GOOD_HASH},
+                  {"name": "app", "key_sha256": "cd" * 32}]},
+     "clients[1].name: got 'app', expected a name no earlier client has (limits, budgets and "
+     "minted users are keyed by it)"),
+    ({"clients": [{"name": "app", "key_sha256": GOOD_HASH, "mint_tiers": ["pro plan"]}]},
+     "clients[0].mint_tiers[0]: got 'pro plan', expected a name of letters, digits, _ . - "
+     "(at most 64)"),
+    ({"clients": [{"name": "app", "key_sha256": GOOD_HASH, "mint_tiers": "pro"}]},
+     "clients[0].mint_tiers: got 'pro', expected a list of strings"),
+])
+def test_settings_that_cannot_work_together_name_both_keys(doc, line):
+    assert problems(doc, environ=PAIR_ENV) == [line]
+
+
+def test_settings_that_work_together_pass():
+    parse({"auth": {"tokens": TOKENS, "sessions": SESSIONS}}, environ=PAIR_ENV)
+    for auth in ({"anonymous": False}, {"require_client_key": True}):
+        for source in ({"clients": [{"name": "app", "key_sha256": GOOD_HASH}]},
+                       issuer(jwks_url=JWKS, algorithms=["RS256"]),
+                       {"auth": {"tokens": TOKENS}}):
+            doc = {**source, "auth": {**source.get("auth", {}), **auth}}
+            assert parse(doc, environ=PAIR_ENV).warnings == ()
+
+
+def test_mint_tiers_and_session_lifetimes_that_do_less_than_asked_are_warnings():
+    s = parse({"tiers": {"free": {}, "pro": {}},
+               "clients": [{"name": "a", "key_sha256": GOOD_HASH, "tier": "free",
+                            "mint_tiers": ["free", "gold"]}],
+               "auth": {"tokens": {**TOKENS, "max_ttl": 600},
+                        "sessions": {**SESSIONS, "tier": "pro", "ttl": 900}}},
+              environ=PAIR_ENV)
+    assert s.clients[0].mint_tiers == ("free", "gold")
+    assert s.warnings == (
+        "auth.sessions.ttl: 900 is above auth.tokens.max_ttl (600); sessions live 600 seconds",
+        "clients[0].mint_tiers[1]: tier 'gold' is not defined in [tiers] (known: free, pro); "
+        "the key cannot mint it")
+
+
 # --- secrets from the environment ----------------------------------------------------------------
 
 
@@ -689,8 +764,8 @@ SECRET_KEYS = {
         "the previous token signing secret"),
     "auth.sessions.captcha_secret_env": (
         {"auth": {"sessions": {"captcha_verify_url": "https://challenges.example/siteverify",
-                               "captcha_secret_env": "CAPTCHA"}}}, "CAPTCHA",
-        "the captcha secret"),
+                               "captcha_secret_env": "CAPTCHA"},
+                  "tokens": {"secret_env": "TOK"}}}, "CAPTCHA", "the captcha secret"),
     "storage.password_env": (
         {"storage": {"url": "redis://127.0.0.1:6379", "password_env": "REDIS_PW"}}, "REDIS_PW",
         "the storage password"),
@@ -796,8 +871,9 @@ def test_unknown_tier_references_are_warnings_not_errors():
     s = parse({"tiers": {"pro": {}},
                "clients": [{"name": "a", "key_sha256": GOOD_HASH, "tier": "gold"}],
                "auth": {"sessions": {"captcha_verify_url": "https://c.example/siteverify",
-                                     "captcha_secret_env": "CAPTCHA"}}},
-              environ={**ENV, "CAPTCHA": "x"})
+                                     "captcha_secret_env": "CAPTCHA"},
+                        "tokens": {"secret_env": "TOK"}}},
+              environ={**ENV, "CAPTCHA": "x", "TOK": SECRET})
     assert s.warnings == (
         "auth.sessions.tier: tier 'free' is not defined in [tiers] (known: pro); its users get "
         "the general limits",
@@ -874,7 +950,7 @@ def test_redacted_prints_values_in_the_files_notation():
     again = json.loads(json.dumps(red))
     again["cache"].pop("storage_url")
     for c in again["clients"]:
-        c.pop("requests"), c.pop("models"), c.pop("tier"), c.pop("spend")
+        c.pop("requests"), c.pop("models"), c.pop("tier"), c.pop("spend"), c.pop("mint_tiers")
     again["tiers"]["free"] = {"requests": ["20/minute"]}
     again["prices"]["m"].pop("reasoning")  # unset (null): as the shipped table says
     assert parse(again, environ=ENV) == parse(doc, environ=ENV)

@@ -83,7 +83,8 @@ async def test_the_free_tiers_dollar_budget_is_per_user(gateway_process, fake, p
 
 async def test_client_keys_and_minted_tokens_carry_tiers(gateway_process, fake):
     gp = await gateway_process(config(clients=[
-        {"name": "pro-backend", "key_sha256": hash_key(PRO_KEY), "tier": "pro"},
+        {"name": "pro-backend", "key_sha256": hash_key(PRO_KEY), "tier": "pro",
+         "mint_tiers": ["pro", "free"]},  # it may mint its users' free tokens too
         {"name": "own-limits", "key_sha256": hash_key(PRO_KEY + "-2"), "tier": "pro",
          "requests": ["7/minute"]}]), env=ENV)
     raw = await create(gp, PRO_KEY, model="gpt-4o")

@@ -21,8 +21,9 @@ import orjson
 
 from ..errors import InvalidToken
 from .issuers import Issuer
+from .jwks import SigningKey
 from .minted import ISSUER as MINTED_ISSUER
-from .minted import TokenMinter
+from .minted import MINTED_BY, TokenMinter
 
 #: Tokens above this are refused before any parsing: real ones are 0.5-2 KB, and a huge one
 #: is an attempt to make every request pay for decoding it.
@@ -38,8 +39,7 @@ class Caller:
     """A verified identity. `id` keys limits, budgets, cache scope and logs.
 
     kind: "user" (a provider's or a minted token) or "session" (a captcha-checked session).
-    id: "<kind>:" + the first 24 hex digits of SHA-256(iss "|" sub): the subject (often an
-        e-mail address) never leaves the process.
+    id: see `caller_id`: the subject (often an e-mail address) never leaves the process.
     tier: the token's tier, None when it names none.
     label: where the identity comes from, for logs: the issuer, "gateway" or "session".
     expires_at: the token's exp (Unix seconds).
@@ -52,8 +52,17 @@ class Caller:
     expires_at: int
 
 
-def caller_id(kind: str, iss: str, sub: str) -> str:
-    return f"{kind}:{hashlib.sha256(f'{iss}|{sub}'.encode()).hexdigest()[:24]}"
+def caller_id(kind: str, iss: str, sub: str, minted_by: str | None = None) -> str:
+    """"<kind>:" + the first 24 hex digits of a SHA-256: of `iss|sub` for a provider's token
+    (and a minted one from before `minted_by` existed), of the JSON array
+    `[iss, minted_by, sub]` for a minted token, so a user id is one user per minter.
+
+    JSON quotes each part, so no minter and subject (both may hold "|") spell another pair,
+    and its leading "[" keeps it apart from every `iss|sub` (issuers are URLs; the gateway's
+    own is "openai-gateway").
+    """
+    text = f"{iss}|{sub}".encode() if minted_by is None else orjson.dumps([iss, minted_by, sub])
+    return f"{kind}:{hashlib.sha256(text).hexdigest()[:24]}"
 
 
 def _segment(segment: str) -> dict | None:
@@ -80,28 +89,38 @@ def looks_like_jwt(token: str) -> bool:
 
 
 class VerifiedCache:
-    """SHA-256 of a token -> its Caller, until the token's exp; the oldest entry goes first."""
+    """SHA-256 of a token -> its Caller, until the token's exp or until the key that verified
+    it leaves its issuer's key set, whichever comes first; the oldest entry goes first.
+
+    A hit costs a dict lookup, the clock and one attribute of the key (`SigningKey.held`,
+    which a JWKS fetch clears when the key is gone): nothing is allocated.
+    """
 
     def __init__(self, size: int = DEFAULT_CACHE_SIZE, clock: Callable[[], float] = time.time):
         self.size, self._clock = size, clock
-        self._entries: dict[bytes, Caller] = {}
+        self._entries: dict[bytes, tuple[Caller, SigningKey | None]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, digest: bytes) -> Caller | None:
-        caller = self._entries.get(digest)
-        if caller is not None and caller.expires_at <= self._clock():
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        caller, key = entry
+        if caller.expires_at <= self._clock() or (key is not None and not key.held):
             del self._entries[digest]
             return None
         return caller
 
-    def put(self, digest: bytes, caller: Caller) -> None:
+    def put(self, digest: bytes, caller: Caller, key: SigningKey | None = None) -> None:
+        """`key`: the key set's key that verified the token (None: a secret, which lasts as
+        long as the process)."""
         if self.size <= 0:
             return
         while len(self._entries) >= self.size:
             del self._entries[next(iter(self._entries))]  # dicts keep insertion order
-        self._entries[digest] = caller
+        self._entries[digest] = (caller, key)
 
 
 class BearerResolver:
@@ -158,11 +177,12 @@ class BearerResolver:
         header = jwt_header(token)
         if header is None:
             return None
-        caller = await self._verify(token, header)
-        self.cache.put(digest, caller)
+        caller, key = await self._verify(token, header)
+        self.cache.put(digest, caller, key)
         return caller
 
-    async def _verify(self, token: str, header: dict) -> Caller:
+    async def _verify(self, token: str, header: dict) -> tuple[Caller, SigningKey | None]:
+        """The caller and the key set's key that verified the token (None: a secret)."""
         # The header and iss are read unverified only to pick the verifier and its key (PyJWT
         # parses each token three times over if asked for them: a third of a verification).
         # jwt.decode then checks alg, iss and every claim again, against the key.
@@ -177,14 +197,15 @@ class BearerResolver:
             raise InvalidToken("The token has no issuer (iss).")
         if iss == MINTED_ISSUER and self.minter is not None:
             claims = self.minter.verify(token)
-            return Caller(kind=claims["kind"], id=caller_id(claims["kind"], iss, claims["sub"]),
-                          tier=claims.get("tier"), label="gateway" if claims["kind"] == "user"
-                          else "session", expires_at=int(claims["exp"]))
+            kind = claims["kind"]
+            return Caller(kind=kind, id=caller_id(kind, iss, claims["sub"], claims.get(MINTED_BY)),
+                          tier=claims.get("tier"), label="gateway" if kind == "user"
+                          else "session", expires_at=int(claims["exp"])), None
         issuer = self.issuers.get(iss)
         if issuer is None:
             raise InvalidToken("The token's issuer (iss) is not one this gateway accepts.")
-        claims = await issuer.verify(token, header)
+        claims, key = await issuer.verify(token, header)
         return Caller(kind="user", id=caller_id("user", iss, claims["sub"]),
                       tier=issuer.tier(claims, self.known_tiers), label=issuer.issuer,
-                      expires_at=int(claims["exp"]))
+                      expires_at=int(claims["exp"])), key
 

@@ -42,7 +42,9 @@ class CaptchaVerifier:
     """Built once from `[auth.sessions]`; `verify(response, remoteip)` per session request.
 
     `session` returns the gateway's ClientSession; `hostnames`, when given, are the only site
-    host names whose widgets count (the provider reports the page's host name).
+    host names whose widgets count (the provider reports the page's host name; compared
+    without case). Without them, an answer solved on any site that embeds the widget's public
+    site key buys a session here.
     """
 
     def __init__(self, *, url: str, secret: str,
@@ -54,7 +56,7 @@ class CaptchaVerifier:
             raise ValueError("auth.sessions.captcha_secret_env: the secret is empty")
         self.url, self._secret, self._session = url, secret, session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self.hostnames = frozenset(hostnames)
+        self.hostnames = frozenset(h.lower().rstrip(".") for h in hostnames)
 
     async def verify(self, response: str, remoteip: str | None = None) -> None:
         """Returns when the provider says yes; raises CaptchaFailed or CaptchaUnavailable."""
@@ -88,7 +90,9 @@ class CaptchaVerifier:
             raise CaptchaFailed("The captcha was not solved or has expired"
                                 + (f" ({', '.join(codes)})." if codes else ".")
                                 + " Solve it again for a new session.", param="captcha")
-        if self.hostnames and doc.get("hostname") not in self.hostnames:
+        host = doc.get("hostname")
+        if self.hostnames and not (isinstance(host, str)
+                                   and host.lower().rstrip(".") in self.hostnames):
             raise CaptchaFailed("The captcha was solved on a site this gateway does not "
                                 "serve.", param="captcha")
 

@@ -1,8 +1,8 @@
 """Verifying the JWTs an app's login provider issues (`[[auth.issuers]]`), with PyJWT.
 
 One `Issuer` per configured provider: its `iss`, audience, algorithm allowlist and keys (a
-JWKS URL or file, or an HS secret). `verify(token, header, claims)` returns the verified
-claims or raises `InvalidToken` saying why - never repeating the token.
+JWKS URL or file, or an HS secret). `verify(token, header)` returns the verified claims and
+the key that verified them, or raises `InvalidToken` saying why - never repeating the token.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from jwt.algorithms import has_crypto
 from jwt.exceptions import InvalidSubjectError
 
 from ..errors import InvalidToken
-from .jwks import KeySet
+from .jwks import KeySet, SigningKey
 from .remote import url_problem
 
 log = logging.getLogger("gateway.auth")
@@ -130,14 +130,17 @@ class Issuer:
                             "key set loads", self.issuer)
             yield self
 
-    async def verify(self, token: str, header: dict[str, Any]) -> dict[str, Any]:
-        """The token's verified claims; raises InvalidToken."""
+    async def verify(self, token: str, header: dict[str, Any]
+                     ) -> tuple[dict[str, Any], SigningKey | None]:
+        """The token's verified claims and the key set's key that verified them (None for a
+        secret_env issuer, whose secret lasts as long as the process); raises InvalidToken."""
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
             named = f" ({alg})" if alg in ASYMMETRIC | SYMMETRIC else ""
             raise InvalidToken(f"The token's algorithm{named} is not allowed for its issuer "
                                f"(allowed: {', '.join(sorted(self.algorithms))}).")
         key: PyJWK | str
+        signing: SigningKey | None = None
         if self._secret is not None:
             key = self._secret
         else:
@@ -147,12 +150,13 @@ class Issuer:
             if found is None:
                 raise InvalidToken("The token's signing key (kid) is not one of its issuer's "
                                    "current keys.")
-            key = found
+            signing, key = found
         try:
-            return jwt.decode(token, key, algorithms=[alg], audience=self.audience or None,
-                              issuer=self.issuer, leeway=self.leeway, options=self._options)
+            claims = jwt.decode(token, key, algorithms=[alg], audience=self.audience or None,
+                                issuer=self.issuer, leeway=self.leeway, options=self._options)
         except jwt.PyJWTError as exc:
             raise refusal(exc) from None
+        return claims, signing
 
     def tier(self, claims: dict[str, Any], known: Collection[str] = ()) -> str | None:
         """The tier a verified token names through `tier_claim`, or None.

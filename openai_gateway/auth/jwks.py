@@ -4,6 +4,9 @@ Keys come from a URL (fetched with the gateway's own aiohttp session, never bloc
 loop) or a file. A token naming a key id we do not hold triggers at most one refetch per
 `cooldown`: an attacker's random `kid`s cost the provider one request per cooldown, not one
 each. A fetch that fails keeps the keys already held in service; `ready` says whether any are.
+
+A key the provider stops publishing is dropped at the next fetch and marked no longer `held`;
+tokens remembered as verified with it (`caller.VerifiedCache`) end with it.
 """
 from __future__ import annotations
 
@@ -37,14 +40,19 @@ class JwksError(Exception):
     """The key set could not be fetched or parsed; the keys already held stay in service."""
 
 
-class _Key:
-    """One JWK and the verifiers built from it, one per algorithm (PyJWK binds one)."""
+class SigningKey:
+    """One JWK and the verifiers built from it, one per algorithm (PyJWK binds one).
 
-    __slots__ = ("kid", "data", "alg", "_bound")
+    `held` is True while the key is in its issuer's key set; a fetch that no longer finds it
+    sets it False, for good (a key published again is a new SigningKey).
+    """
+
+    __slots__ = ("kid", "data", "alg", "held", "_bound")
 
     def __init__(self, data: dict, first: PyJWK):
         self.kid: str | None = first.key_id
         self.data = data
+        self.held = True
         #: The algorithm the JWK itself names (RFC 7517 section 4.4); None = any its type can do.
         self.alg: str | None = data.get("alg") if isinstance(data.get("alg"), str) else None
         self._bound: dict[str, PyJWK | None] = {first.algorithm_name: first}
@@ -65,7 +73,7 @@ class _Key:
         return self._bound[alg]
 
 
-def parse_jwks(raw: bytes) -> list[_Key]:
+def parse_jwks(raw: bytes) -> list[SigningKey]:
     """The usable signing keys of a JWKS document; raises JwksError when there are none."""
     try:
         doc = orjson.loads(raw)
@@ -81,7 +89,7 @@ def parse_jwks(raw: bytes) -> list[_Key]:
         if entry.get("use", "sig") != "sig":
             continue  # an encryption key (RFC 7517 section 4.2) never verifies a signature
         try:
-            keys.append(_Key(entry, PyJWK(entry)))
+            keys.append(SigningKey(entry, PyJWK(entry)))
         except PyJWTError:
             continue  # one malformed or unsupported key must not hide the others
     if not keys:
@@ -105,7 +113,7 @@ class KeySet:
         self.url, self.file = url, file
         self._session = session
         self.cooldown, self.refresh, self.timeout = cooldown, refresh, timeout
-        self._keys: list[_Key] = []
+        self._keys: list[SigningKey] = []
         self._lock = asyncio.Lock()
         #: When an unknown kid last caused a fetch (scheduled refreshes do not count: a key
         #: rotated in just after one is still picked up at once).
@@ -125,17 +133,19 @@ class KeySet:
         """True once at least one key is held."""
         return bool(self._keys)
 
-    def key(self, kid: str | None, alg: str) -> PyJWK | None:
-        """The key for a token's header, bound to `alg`; None when no held key fits.
+    def key(self, kid: str | None, alg: str) -> tuple[SigningKey, PyJWK] | None:
+        """The key for a token's header and its verifier for `alg`; None when no held key
+        fits.
 
         Without a `kid` the token gets a key only when exactly one held key fits: with
         several we would be guessing, and trying each would multiply the cost of a forgery.
         """
-        fits = [b for k in self._keys if kid is None or k.kid == kid
+        fits = [(k, b) for k in self._keys if kid is None or k.kid == kid
                 if (b := k.bound(alg)) is not None]
         return fits[0] if len(fits) == 1 or (fits and kid is not None) else None
 
-    async def key_or_refetch(self, kid: str | None, alg: str) -> PyJWK | None:
+    async def key_or_refetch(self, kid: str | None, alg: str
+                             ) -> tuple[SigningKey, PyJWK] | None:
         """`key()`, refetching the set once per cooldown when the key is unknown (rotation)."""
         found = self.key(kid, alg)
         if found is not None or not self.url:
@@ -161,7 +171,7 @@ class KeySet:
                     raise JwksError(f"HTTP {resp.status}")
                 raw = await read_limited(resp, MAX_JWKS_BYTES)
                 max_age = _max_age(resp.headers.get("Cache-Control", ""))
-            self._keys = parse_jwks(raw)
+            self._hold(parse_jwks(raw))
         except Exception as exc:  # any failure at all: keep serving the held keys
             held = f"keeping {len(self._keys)} held key(s)" if self._keys else "no keys held"
             log.warning("JWKS fetch from %s failed (%s); %s", self.url, _describe(exc), held)
@@ -169,6 +179,17 @@ class KeySet:
         self.max_age = max_age
         log.info("JWKS from %s: %d key(s)", self.url, len(self._keys))
         return True
+
+    def _hold(self, fetched: list[SigningKey]) -> None:
+        """Hold `fetched` instead of the current keys. A key still published stays the same
+        object (its verified tokens stay remembered, its verifiers stay built); a key gone
+        from the set is no longer `held`."""
+        kept = [next((old for old in self._keys if old.data == new.data), new)
+                for new in fetched]
+        for old in self._keys:
+            if all(old is not k for k in kept):
+                old.held = False
+        self._keys = kept
 
     @asynccontextmanager
     async def running(self):

@@ -3,6 +3,10 @@
 HS256 with the operator's secret: every process and VM holding the secret accepts every token,
 with nothing stored. During a rotation `previous_secret` still verifies (never signs), so
 tokens minted before the switch live out their short TTL.
+
+Every token names who minted it (the `minted_by` claim), and a user is a user of that minter:
+"42" minted by two client keys is two users, with two sets of limits and budgets. A key mints
+only the tiers it may (`choose_tier`).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Any
 
 import jwt
 
-from ..errors import InvalidRequest, InvalidToken
+from ..errors import GatewayError, InvalidRequest, InvalidToken
 from .issuers import MIN_SECRET_BYTES, refusal
 
 #: The `iss` (and `aud`) of every minted token: the resolver routes tokens by it.
@@ -29,6 +33,26 @@ DEFAULT_TTL = 900
 USER_PATTERN = re.compile(r"[A-Za-z0-9._@+|:-]{1,128}")
 TIER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+#: The claim naming a token's minter, the namespace of its user: "key:NAME" for the client
+#: key NAME (POST /gateway/tokens, `mint-token --client NAME`), and the fixed names below for
+#: the gateway's other minters. Tokens minted before the claim existed have none: theirs is
+#: a namespace of its own (see `caller.caller_id`).
+MINTED_BY = "minted_by"
+#: `mint-token` without --client; the playground's "sign in as" (--demo); captcha sessions.
+CLI, DEMO, SESSIONS = "cli", "demo", "session"
+#: Longest minted_by accepted from a token ("key:" and a client's name).
+MAX_MINTED_BY_CHARS = 200
+
+
+class MintingNotAllowed(GatewayError):
+    """The client key may mint no token at all (its mint_tiers is empty)."""
+
+    status, type, code = 403, "invalid_request_error", "minting_not_allowed"
+
+
+def key_minter(name: str) -> str:
+    """The minted_by of tokens a client key mints: its users live in their own namespace."""
+    return "key:" + name
 
 
 def new_secret() -> str:
@@ -57,6 +81,30 @@ def check_request(user: Any, tier: Any, ttl: Any, *, max_ttl: int,
     return user, tier, ttl
 
 
+def choose_tier(asked: Any, *, own: str | None, allowed: Collection[str] | None) -> Any:
+    """The tier a client key's token gets: the one `asked` for, else the key's `own` tier.
+
+    `allowed` is what the key may mint (its mint_tiers in effect; None: any tier). A tier it
+    may not mint is a 400 naming `tier` (the request can ask for another); a key that may mint
+    none is a 403 (no request of it can succeed). A value that is not a tier name is returned
+    as it is, for `check_request` to refuse with the usual message.
+    """
+    if allowed is None:
+        return asked
+    if not allowed:
+        raise MintingNotAllowed("This client key may not mint tokens (its mint_tiers is empty).")
+    may = ", ".join(sorted(allowed))
+    if asked is None:
+        if own in allowed:
+            return own
+        raise InvalidRequest(f"Name the token's 'tier': this client key mints only {may}.",
+                             param="tier", code="tier_not_allowed")
+    if isinstance(asked, str) and asked not in allowed:
+        raise InvalidRequest(f"This client key may not mint tokens of tier '{asked[:64]}' (it "
+                             f"mints only {may}).", param="tier", code="tier_not_allowed")
+    return asked
+
+
 class TokenMinter:
     """Signs and verifies the gateway's own tokens. Built once from `[auth.tokens]`."""
 
@@ -71,25 +119,29 @@ class TokenMinter:
         self.max_ttl, self.leeway = max_ttl, leeway
         self._clock = clock
 
-    def mint(self, user: Any, tier: Any = None, ttl: Any = None, *, kind: str = "user",
-             tiers: Collection[str] | None = None) -> tuple[str, int]:
+    def mint(self, user: Any, tier: Any = None, ttl: Any = None, *, minted_by: str,
+             kind: str = "user", tiers: Collection[str] | None = None) -> tuple[str, int]:
         """(token, expires_at as Unix seconds); InvalidRequest for a bad user, tier or ttl.
 
-        `ttl` None is DEFAULT_TTL (at most max_ttl); `tiers`, when given, are the only tier
-        names accepted (the configured ones, so a typo is a 400, not a silent default).
+        `minted_by` is the minter (`key_minter(name)`, CLI, DEMO, SESSIONS): the user's
+        namespace. `ttl` None is DEFAULT_TTL (at most max_ttl); `tiers`, when given, are the
+        only tier names accepted (the configured ones, so a typo is a 400, not a silent default).
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
+        if not 0 < len(minted_by) <= MAX_MINTED_BY_CHARS:
+            raise ValueError(f"minted_by must be 1-{MAX_MINTED_BY_CHARS} characters")
         user, tier, ttl = check_request(user, tier, ttl, max_ttl=self.max_ttl, tiers=tiers)
         now = int(self._clock())
         claims: dict[str, Any] = {"iss": ISSUER, "aud": ISSUER, "sub": user, "kind": kind,
-                                  "iat": now, "exp": now + ttl}
+                                  MINTED_BY: minted_by, "iat": now, "exp": now + ttl}
         if tier is not None:
             claims["tier"] = tier
         return jwt.encode(claims, self._secrets[0], algorithm=ALGORITHM), now + ttl
 
     def verify(self, token: str) -> dict[str, Any]:
-        """The claims of a token minted with the secret (or the previous one); InvalidToken."""
+        """The claims of a token minted with the secret (or the previous one); InvalidToken.
+        `minted_by` is absent from tokens minted before it existed."""
         for secret in self._secrets:
             try:
                 claims = jwt.decode(token, secret, algorithms=[ALGORITHM], audience=ISSUER,
@@ -104,6 +156,10 @@ class TokenMinter:
             raise refusal(last)
         if claims.get("kind") not in KINDS:
             raise InvalidToken("The token is not one this gateway minted (kind).")
+        minted_by = claims.get(MINTED_BY)
+        if minted_by is not None and not (isinstance(minted_by, str)
+                                          and 0 < len(minted_by) <= MAX_MINTED_BY_CHARS):
+            raise InvalidToken(f"The token's minter ({MINTED_BY}) is malformed.")
         tier = claims.get("tier")
         if tier is not None and not (isinstance(tier, str) and TIER_PATTERN.fullmatch(tier)):
             raise InvalidToken("The token's tier is malformed.")

@@ -5,7 +5,8 @@ app registers them (with CORS and the Origin check around them, like every route
 are GatewayErrors, rendered in OpenAI's shape by the app's outermost middleware.
 
 - POST /gateway/tokens   a client key in Authorization; {"user", "tier", "ttl"}
-                         -> {"token", "expires_at", "user", "tier"}
+                         -> {"token", "expires_at", "user", "tier"}; counted against the
+                         key's request limit, only the tiers the key may mint
 - POST /gateway/session  {"captcha"} -> {"token", "expires_at"}; limited per address
 - POST /gateway/demo-token (--demo only) {"user", "tier"} -> like /gateway/tokens
 """
@@ -14,15 +15,16 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from ..errors import BodyTooLarge, InvalidClientKey, InvalidRequest
+from ..settings import ClientSettings
 from .caller import caller_id
 from .captcha import MAX_RESPONSE_CHARS, CaptchaVerifier
-from .minted import ISSUER, TokenMinter
+from .minted import DEMO, ISSUER, SESSIONS, TokenMinter, choose_tier, key_minter
 
 log = logging.getLogger("gateway.auth")
 
@@ -63,28 +65,36 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _token_answer(token: str, expires_at: int, **extra: Any) -> web.Response:
+def _token_answer(token: str, expires_at: int, headers: Mapping[str, str] | None = None,
+                  **extra: Any) -> web.Response:
     return web.json_response({"token": token, "expires_at": expires_at, **extra},
-                             headers=NO_STORE)
+                             headers={**NO_STORE, **(headers or {})})
 
 
-def tokens_handler(*, minter: TokenMinter, client_name: Callable[[str | None], str | None],
+def tokens_handler(*, minter: TokenMinter,
+                   client_key: Callable[[str | None], ClientSettings | None],
+                   count: Callable[[web.Request, ClientSettings], Awaitable[Mapping[str, str]]],
                    tiers: Collection[str] | None = None) -> Handler:
-    """POST /gateway/tokens. `client_name(authorization)` is the name of the client key the
-    header carries, None when it carries none or an unknown one (401). `tiers`: the tier
-    names a token may name (None: any well-formed name)."""
+    """POST /gateway/tokens. `client_key(authorization)` is the client key the header
+    carries, None when it carries none or an unknown one (401). `count(request, key)` counts
+    the request against the key's own request limit, before the body is read, and returns
+    the limit headers (raises RateLimited). `tiers`: the tier names a token may name (None:
+    any well-formed name); the key narrows them with its mint_tiers."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        client = client_name(request.headers.get("Authorization"))
-        if client is None:
+        key = client_key(request.headers.get("Authorization"))
+        if key is None:
             raise InvalidClientKey("Minting a token needs a client key: send "
                                    "'Authorization: Bearer <client key>'.")
+        headers = await count(request, key)
         body = await read_object(request, ("user", "tier", "ttl"))
-        token, expires_at = minter.mint(body.get("user"), body.get("tier"), body.get("ttl"),
-                                        tiers=tiers)
-        log.info("client %s minted a token for %s (tier %s), expires at %d", client,
-                 caller_id("user", ISSUER, body["user"]), body.get("tier"), expires_at)
-        return _token_answer(token, expires_at, user=body["user"], tier=body.get("tier"))
+        tier = choose_tier(body.get("tier"), own=key.tier, allowed=key.mintable_tiers)
+        minted_by = key_minter(key.name)
+        token, expires_at = minter.mint(body.get("user"), tier, body.get("ttl"),
+                                        minted_by=minted_by, tiers=tiers)
+        log.info("client %s minted a token for %s (tier %s), expires at %d", key.name,
+                 caller_id("user", ISSUER, body["user"], minted_by), tier, expires_at)
+        return _token_answer(token, expires_at, headers, user=body["user"], tier=tier)
 
     return handler
 
@@ -110,7 +120,7 @@ def session_handler(*, verifier: CaptchaVerifier, minter: TokenMinter, tier: str
                                  f"{MAX_RESPONSE_CHARS} characters.", param="captcha")
         await verifier.verify(answer, address)
         subject = "session:" + secrets.token_urlsafe(12)
-        token, expires_at = minter.mint(subject, tier, ttl, kind="session")
+        token, expires_at = minter.mint(subject, tier, ttl, kind="session", minted_by=SESSIONS)
         return _token_answer(token, expires_at)
 
     return handler
@@ -124,7 +134,8 @@ def demo_token_handler(*, minter: TokenMinter, tier: str = "free",
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await read_object(request, ("user", "tier"))
         chosen = body.get("tier", tier)
-        token, expires_at = minter.mint(body.get("user"), chosen, None, tiers=tiers)
+        token, expires_at = minter.mint(body.get("user"), chosen, None, minted_by=DEMO,
+                                        tiers=tiers)
         return _token_answer(token, expires_at, user=body["user"], tier=chosen)
 
     return handler

@@ -6,13 +6,13 @@ gateway's own tokens), the minter and the captcha verifier, each None when its s
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import aiohttp
 from aiohttp import web
 
-from ..settings import Settings
+from ..settings import ClientSettings, Settings
 from .caller import BearerResolver
 from .captcha import CaptchaVerifier
 from .issuers import Issuer
@@ -42,7 +42,8 @@ class Auth:
                                      known_tiers=self.tiers)
         sessions = a.sessions
         self.captcha = CaptchaVerifier(url=sessions.captcha_verify_url,
-                                       secret=settings.captcha_secret, session=session) \
+                                       secret=settings.captcha_secret, session=session,
+                                       hostnames=sessions.hostnames) \
             if sessions.captcha_verify_url and self.minter is not None else None
         self.session_tier, self.session_ttl = sessions.tier, sessions.ttl
         self.demo = demo
@@ -52,14 +53,19 @@ class Auth:
         async with self.bearer.running():
             yield self
 
-    def routes(self, *, client_name: Callable[[str | None], str | None],
+    def routes(self, *, client_key: Callable[[str | None], ClientSettings | None],
+               count_mint: Callable[[web.Request, ClientSettings],
+                                    Awaitable[Mapping[str, str]]],
                address_of: Callable[[web.Request], str],
                check_rate: Callable[[str], Awaitable[None]]) -> list[tuple[str, Handler]]:
+        """The routes to register. `client_key` and `count_mint`: see `tokens_handler`;
+        `address_of` and `check_rate`: see `session_handler`."""
         out: list[tuple[str, Handler]] = []
         if self.minter is None:
             return out
         out.append(("/gateway/tokens", tokens_handler(
-            minter=self.minter, client_name=client_name, tiers=self.tiers or None)))
+            minter=self.minter, client_key=client_key, count=count_mint,
+            tiers=self.tiers or None)))
         if self.captcha is not None:
             out.append(("/gateway/session", session_handler(
                 verifier=self.captcha, minter=self.minter, tier=self.session_tier,
