@@ -108,7 +108,7 @@ def stored_state(route: str, body: dict) -> dict:
                           "conversations and prompts live in the gateway's account, shared by "
                           "every client (validation.stored_state = false). Send the whole "
                           "conversation in 'input' instead.", name)
-    if body.get("background") not in (None, False):
+    if body.get("background") is not None and body["background"] is not False:  # 0 == False
         raise Refusal("'background' responses are not available through this gateway: they are "
                       "stored and keep running after the client leaves "
                       "(validation.stored_state = false).", "background")
