@@ -357,6 +357,13 @@ def test_knobs_are_refused_by_default(route, body, param, message):
     check(route, body, OPEN)  # allowed once the operator says so
 
 
+@pytest.mark.parametrize("tier", [["auto"], {"auto": 1}, True, 1])
+def test_service_tier_must_be_a_string(tier):
+    err = refusal(CHAT, chat(service_tier=tier), OPEN)
+    assert (err.param, err.message) == ("service_tier",
+                                        "Invalid type for 'service_tier': expected a string.")
+
+
 @pytest.mark.parametrize("tools, param, message", [
     (["function"], "tools[0].type", "Invalid type for 'tools[0].type': expected a string."),
     ([{"type": None}], "tools[0].type", "Invalid type for 'tools[0].type': expected a string."),

@@ -67,6 +67,8 @@ def choices(route: str, body: dict, max_n: int) -> int:
 
 def service_tier(body: dict, allowed: tuple[str, ...]) -> None:
     tier = body.get("service_tier")
+    if tier is not None and not isinstance(tier, str):
+        raise Refusal("Invalid type for 'service_tier': expected a string.", "service_tier")
     if tier is not None and tier not in allowed:
         raise Refusal(f"'service_tier' {shown(tier)!r} is not available through this gateway "
                       f"(allowed: {_listed(allowed)}).", "service_tier")
