@@ -138,8 +138,8 @@ def replaced(doc, path: tuple, new):
 
 
 #: One value of each JSON type, and the awkward ones: put at every path by the sweep.
-EACH_TYPE = [None, True, False, 0, -1, 2**64, 10**30, 1.5, "", "x", [], ["x"], {}, {"x": 1},
-             "@@deep:300:a@@", "@@deep:3000:o@@"]
+EACH_TYPE = [None, True, False, 0, -1, 2**64, 10**30, 1.5, "", "x", "\ud800", [], ["x"], {},
+             {"x": 1}, "@@deep:300:a@@", "@@deep:3000:o@@"]
 
 
 def serialised(doc) -> bytes:
