@@ -202,15 +202,12 @@ def check(route: str, raw: bytes, status: int, ctype: str, body: bytes) -> None:
         assert isinstance(error["message"], str) and error["message"], (route, raw[:300])
 
 
-def sweep(url: str, route: str, valid: dict, headers: dict) -> int:
+def sweep(url: str, route: str, valid: dict, headers: dict) -> None:
     """Every path of the valid request, one at a time, set to each value of EACH_TYPE."""
-    sent = 0
     for path in paths(valid):
         for value in EACH_TYPE:
             raw = serialised(replaced(valid, path, value))
             check(route, raw, *post(url, route, raw, headers))
-            sent += 1
-    return sent
 
 
 def assert_clean(log: str) -> None:
@@ -244,7 +241,8 @@ async def test_no_body_makes_a_500(gateway):
     for route, valid in CASES:
         headers = {"Authorization": f"Bearer {CLIENT_KEY}"} if route == "/gateway/tokens" else {}
         statuses = await asyncio.to_thread(fuzz, gateway.url, route, valid, headers)
-        assert any(s >= 400 for s in statuses), (route, statuses)
+        # Refused and answered both: the fuzz reaches the upstream, not only the validator.
+        assert 400 in statuses and (route.startswith("/gateway/") or 200 in statuses), statuses
     gateway.stop()
     assert_clean(gateway.log())
 
@@ -257,7 +255,7 @@ async def test_no_demo_token_body_makes_a_500(tmp_path):
         route = "/gateway/demo-token"
         await asyncio.to_thread(sweep, gp.url, route, DEMO_VALID[route], {})
         statuses = await asyncio.to_thread(fuzz, gp.url, route, DEMO_VALID[route], {})
-        assert any(s >= 400 for s in statuses), statuses
+        assert 400 in statuses and 200 in statuses, statuses
     finally:
         gp.stop()
     assert_clean(gp.log())
