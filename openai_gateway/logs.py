@@ -7,7 +7,9 @@ is one object per line for machines; in text it is one line a person reads at a 
     403 POST /v1/chat/completions 0.3 ms error=origin_not_allowed origin=https://evil.example …
 
 As a last line of defence every formatted record, tracebacks included, has the upstream key
-replaced, so even a library's exception text cannot leak it.
+replaced, so even a library's exception text cannot leak it. That covers only the secrets the
+gateway knows: a request head aiohttp's parser refuses is logged without any of its bytes
+(`MalformedHeads`), since the line it quotes may hold a client's key or token.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 import orjson
+from aiohttp.http import HttpProcessingError
 
 from .errors import GatewayError, OriginNotAllowed, RateLimited, TokensRateLimited
 
@@ -30,6 +33,8 @@ ACCESS = logging.getLogger("gateway.access")
 REDACTED = "[REDACTED]"
 FORMATS = ("auto", "json", "text")
 LEVELS = ("debug", "info", "warning", "error")
+#: Malformed request heads logged each second, at most (per process); the rest are counted.
+MALFORMED_LINES_PER_SECOND = 5
 
 
 @dataclass(slots=True)
@@ -91,6 +96,68 @@ class RedactingFormatter(logging.Formatter):
         return text
 
 
+class MalformedHeads(logging.Filter):
+    """On aiohttp's server logger: a request head its parser refused becomes one line saying
+    what kind of error and from which peer, at warning at most, and nothing of the request.
+
+    aiohttp logs such a head at error with the parser's exception, whose text quotes the
+    offending header line: a client's `Authorization` (its key or token) lands in the log,
+    unauthenticated, about 650 bytes a request. Past `per_second` lines in a second the rest
+    are counted, and the count is logged once (when the second is over), so a flood of bad
+    heads costs a few lines a second.
+    """
+
+    def __init__(self, per_second: int = MALFORMED_LINES_PER_SECOND,
+                 clock=time.time) -> None:  # wall seconds: those the lines are stamped with
+        super().__init__()
+        self.per_second, self.clock = per_second, clock
+        self.second, self.logged, self.suppressed = 0, 0, 0
+        self.report_due: asyncio.TimerHandle | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        now = int(self.clock())
+        if now != self.second:
+            self.report()
+            self.second, self.logged = now, 0
+        if self.logged >= self.per_second:
+            self.suppressed += 1
+            self._report_later()
+            return False
+        self.logged += 1
+        # aiohttp's message is "Error handling request from %s" with the peer's address.
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        record.msg = "malformed request head from %s refused (%s)"
+        record.args = (safe(str(peer or "-"), 100), type(exc).__name__)
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        if record.levelno > logging.WARNING:  # a client's mistake, not the gateway's error
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+    def report(self) -> None:
+        """Log how many malformed heads were not logged (if any) and start counting again."""
+        if self.report_due is not None:
+            self.report_due.cancel()
+            self.report_due = None
+        if self.suppressed:
+            count, self.suppressed = self.suppressed, 0
+            logging.getLogger("aiohttp.server").warning(
+                "%d more malformed request heads were refused and not logged (at most %d "
+                "lines a second)", count, self.per_second)
+
+    def _report_later(self) -> None:
+        if self.report_due is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (not serving): the next line in a new second reports
+            return
+        self.report_due = loop.call_later(1.0, self.report)
+
+
+_heads = MalformedHeads()
 _second = (0, "")
 
 
@@ -238,6 +305,7 @@ def configure(level: str, fmt: str, secrets: tuple[str, ...], stream: TextIO | N
     _hasher = ClientHasher(hash_secret)
     # aiohttp's own access log is off (run_app(access_log=None)); ours replaces it.
     logging.getLogger("aiohttp.access").disabled = True
+    logging.getLogger("aiohttp.server").addFilter(_heads)  # the same filter once, on reload too
 
 
 def access_doc(rec: RequestRecord, client: str) -> dict:

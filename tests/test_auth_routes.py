@@ -111,6 +111,15 @@ async def test_minting_needs_a_client_key(api, key):
     ('{"user": "a", "user": "b"}', "user"),
     ("[1]", None),
     ("{not json", None),
+    # Wrong types anywhere, and nesting past what the API's parser accepts: 400s, not 500s.
+    ({"user": ["u"]}, "user"),
+    ({"user": "u", "tier": {}}, "tier"),
+    ({"user": "u", "ttl": True}, "ttl"),
+    ({"user": "u", "ttl": 60.0}, "ttl"),
+    ({"user": "u", "ttl": 2**64}, "ttl"),
+    ('{"user": ' + "[" * 5000 + "]" * 5000 + "}", "user"),
+    ('{"user": "u", "tier": ' + '{"a":' * 300 + "1" + "}" * 300 + "}", "tier"),
+    ("[" * 5000 + "]" * 5000, None),
 ])
 async def test_bad_bodies_are_openai_shaped_400s(api, body, param):
     headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
@@ -153,10 +162,14 @@ async def test_no_session_when_the_provider_says_no_or_is_unwell(api, siteverify
 
 
 @pytest.mark.parametrize("body", [{}, {"captcha": ""}, {"captcha": 5},
-                                  {"captcha": "x" * 5000}, {"captcha": "x", "user": "u"}])
+                                  {"captcha": "x" * 5000}, {"captcha": "x", "user": "u"},
+                                  {"captcha": ["x"]}, {"captcha": {"x": None}},
+                                  '{"captcha": ' + "[" * 5000 + "]" * 5000 + "}"])
 async def test_session_body_is_checked(api, siteverify, body):
-    r = await api.post("/gateway/session", json=body)
+    kw = {"data": body} if isinstance(body, str) else {"json": body}
+    r = await api.post("/gateway/session", **kw)
     assert r.status == 400
+    assert (await r.json())["error"]["param"] in ("captcha", "user")
     assert siteverify.seen == []
 
 

@@ -12,7 +12,8 @@ from openai_gateway.validation import REQUIRED_INPUT, Validator
 
 ROUTES = sorted(REQUIRED_INPUT)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.floats(allow_nan=False)
+    st.none() | st.booleans() | st.integers(-2**63, 2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)  # JSON holds neither (orjson: null)
     | st.text(max_size=30),
     lambda children: st.lists(children, max_size=5)
     | st.dictionaries(st.text(max_size=12), children, max_size=5),

@@ -10,12 +10,21 @@ import io
 import json
 import logging
 import re
+import sys
 
 import pytest
+from aiohttp.http import HttpProcessingError
 
 from openai_gateway import logs
 from openai_gateway.errors import InvalidRequest, OriginNotAllowed, RateLimited, TokensRateLimited
-from openai_gateway.logs import ClientHasher, RedactingFormatter, refusal_detail, safe, text_line
+from openai_gateway.logs import (
+    ClientHasher,
+    MalformedHeads,
+    RedactingFormatter,
+    refusal_detail,
+    safe,
+    text_line,
+)
 
 from .conftest import KEY, ORIGIN
 
@@ -110,6 +119,40 @@ def test_client_hash_is_keyed():
     assert ClientHasher()(ip) != ClientHasher()(ip)  # no key given: a random one per start
 
 
+def server_record(exc: BaseException, level: int = logging.ERROR) -> logging.LogRecord:
+    """A record as aiohttp's server logs a request it could not handle."""
+    try:
+        raise exc
+    except BaseException:
+        exc_info = sys.exc_info()
+    return logging.LogRecord("aiohttp.server", level, __file__, 1,
+                             "Error handling request from %s", ("203.0.113.7",), exc_info)
+
+
+def test_malformed_heads_are_told_without_the_request_a_few_lines_a_second(caplog):
+    now = [1000.5]
+    heads = MalformedHeads(per_second=3, clock=lambda: now[0])
+    head = HttpProcessingError(code=400, message="Invalid header value char:\n\n  "
+                                                 "b'Authorization: Bearer sk-client-abc\\x7f'")
+    kept = [r for r in (server_record(head) for _ in range(10)) if heads.filter(r)]
+    assert len(kept) == 3
+    for record in kept:
+        assert record.getMessage() == ("malformed request head from 203.0.113.7 refused "
+                                       "(HttpProcessingError)")
+        assert record.levelname == "WARNING" and record.exc_info is None
+    # aiohttp's debug line for a first request that is not HTTP at all stays at debug.
+    now[0] += 1
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        quiet = server_record(head, logging.DEBUG)
+        assert heads.filter(quiet) and quiet.levelname == "DEBUG"
+    told = [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"]
+    assert told == ["7 more malformed request heads were refused and not logged (at most 3 "
+                    "lines a second)"]
+    # Anything else aiohttp logs passes untouched.
+    other = server_record(ValueError("a handler bug"))
+    assert heads.filter(other) and other.exc_info and other.levelname == "ERROR"
+
+
 # --- lines from real requests (in-process gateway) ------------------------------------------
 
 
@@ -139,7 +182,8 @@ def lines_of(stream: io.StringIO) -> list[str]:
 
 
 TEXT_OK = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} 200 POST /v1/chat/completions "
-                     r"\d+\.\d ms gpt-4o-mini BYPASS in=\d+ out=5 cost=\$0\.\d{6} client=127\.0\.0\.1 "
+                     r"\d+\.\d ms gpt-4o-mini BYPASS in=\d+ out=5 cost=\$0\.\d{6} "
+                     r"client=127\.0\.0\.1 "
                      r"(req_[0-9a-f]{18})$")
 
 

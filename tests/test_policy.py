@@ -135,8 +135,9 @@ def test_nesting_that_cannot_be_written_again_is_refused(depth, ok):
     if ok:
         assert parse_object(raw)["m"] is not None
     else:
-        with pytest.raises(Refusal, match="nested too deeply"):
+        with pytest.raises(Refusal, match="nested too deeply") as info:
             parse_object(raw)
+        assert info.value.param == "m"
 
 
 # --- the output cap, choices and the reservation ---------------------------------------------
@@ -356,6 +357,13 @@ def test_knobs_are_refused_by_default(route, body, param, message):
     check(route, body, OPEN)  # allowed once the operator says so
 
 
+@pytest.mark.parametrize("tier", [["auto"], {"auto": 1}, True, 1])
+def test_service_tier_must_be_a_string(tier):
+    err = refusal(CHAT, chat(service_tier=tier), OPEN)
+    assert (err.param, err.message) == ("service_tier",
+                                        "Invalid type for 'service_tier': expected a string.")
+
+
 @pytest.mark.parametrize("tools, param, message", [
     (["function"], "tools[0].type", "Invalid type for 'tools[0].type': expected a string."),
     ([{"type": None}], "tools[0].type", "Invalid type for 'tools[0].type': expected a string."),
@@ -388,6 +396,7 @@ def test_functions_need_the_function_tool_type():
     (responses(prompt={"id": "pmpt_123", "version": "2"}), "prompt"),
     ({"model": "m", "prompt": {"id": "pmpt_123"}}, "prompt"),  # no input: still this refusal
     (responses(background=True), "background"),
+    (responses(background=0), "background"),  # 0 == False, but it is not false
     (responses(store=True), "store"),
     (responses(input=[{"type": "item_reference", "id": "msg_123"}]), "input[0]"),
     (responses(input=[{"role": "user", "content": [{"type": "input_file",

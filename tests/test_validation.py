@@ -162,6 +162,13 @@ ROLES = "expected one of assistant, developer, function, system, tool, user."
      f"Invalid value for 'messages[0].role': {ROLES}"),
     (MSG + [{"content": "x"}], "messages[1].role",
      f"Invalid value for 'messages[1].role': {ROLES}"),
+    # Unhashable or absent roles are refused like unknown ones (never a lookup that raises).
+    ([{"role": ["user"], "content": "x"}], "messages[0].role",
+     f"Invalid value for 'messages[0].role': {ROLES}"),
+    ([{"role": {}, "content": "x"}], "messages[0].role",
+     f"Invalid value for 'messages[0].role': {ROLES}"),
+    ([{"role": None, "content": "x"}], "messages[0].role",
+     f"Invalid value for 'messages[0].role': {ROLES}"),
     ([{"role": "user", "content": 5}], "messages[0].content",
      "Invalid type for 'messages[0].content': expected a string or an array."),
     ([{"role": "user", "content": {"text": "x"}}], "messages[0].content",
@@ -359,6 +366,22 @@ def test_stream_must_be_a_boolean(route, value):
         "type": "invalid_request_error", "param": "stream", "code": None}})
 
 
+@pytest.mark.parametrize("options, param, message", [
+    (True, "stream_options", "Invalid type for 'stream_options': expected an object."),
+    ([], "stream_options", "Invalid type for 'stream_options': expected an object."),
+    ("x", "stream_options", "Invalid type for 'stream_options': expected an object."),
+    ({"include_usage": 1}, "stream_options.include_usage",
+     "Invalid type for 'stream_options.include_usage': expected a boolean."),
+    ({"include_usage": []}, "stream_options.include_usage",
+     "Invalid type for 'stream_options.include_usage': expected a boolean."),
+])
+def test_stream_options_must_be_an_object_of_booleans(options, param, message):
+    """The gateway reads and extends `stream_options` (the usage chunk): it is checked."""
+    err = refused(CHAT, with_(CHAT, stream=True, stream_options=options))
+    assert rendered(err) == (400, {"error": {"message": message, "type": "invalid_request_error",
+                                             "param": param, "code": None}})
+
+
 @pytest.mark.parametrize("value, expected", [(True, True), (False, False), (None, False)])
 def test_stream_flag(value, expected):
     assert V.check(CHAT, raw(with_(CHAT, stream=value))).stream is expected
@@ -380,7 +403,22 @@ def test_nesting_that_cannot_be_serialised_again_is_refused(depth, ok):
         parsed = V.check(CHAT, body)
         orjson.dumps(parsed.body, option=orjson.OPT_SORT_KEYS)  # the cache key can be made
     else:
-        assert "nested too deeply" in str(refused(CHAT, body))
+        err = refused(CHAT, body)
+        assert "nested too deeply" in err.message and err.param == "metadata"
+
+
+@pytest.mark.parametrize("body, param", [
+    # Past 1024 levels orjson stops reading: still "too deep", naming the member.
+    (b'{"model":"gpt-4o-mini","messages":' + b"[" * 5000 + b"]" * 5000 + b"}", "messages"),
+    (b'{"model":"gpt-4o-mini","a\\"b":' + b'{"x":' * 5000 + b"1" + b"}" * 5000 + b"}",
+     'a"b'),
+    (b'{"a":"[[[[","b":' + b"[" * 300 + b"]" * 300 + b"}", "b"),  # brackets in strings: text
+    (b"[" * 5000 + b"]" * 5000, None),  # the body itself: nothing to name
+])
+def test_deep_nesting_is_a_400_naming_the_member(body, param):
+    err = refused(CHAT, body)
+    assert rendered(err)[0] == 400 and err.param == param
+    assert "nested too deeply" in err.message and "254 levels" in err.message
 
 
 def test_brackets_inside_strings_only_cost_the_exact_test():

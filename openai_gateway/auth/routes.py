@@ -12,7 +12,6 @@ are GatewayErrors, rendered in OpenAI's shape by the app's outermost middleware.
 """
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -21,6 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BodyTooLarge, InvalidClientKey, InvalidRequest
+from ..policy.jsonbody import parse_object
+from ..policy.refusal import Refusal, shown
 from ..settings import ClientSettings
 from .caller import caller_id
 from .captcha import MAX_RESPONSE_CHARS, CaptchaVerifier
@@ -37,32 +38,22 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def read_object(request: web.Request, fields: Collection[str]) -> dict[str, Any]:
-    """The JSON object body; 400 for bad JSON, a duplicate key or a field not in `fields`."""
+    """The JSON object body, read as strictly as the API's (policy.jsonbody: no duplicate key,
+    bounded nesting); 400 naming the param for that or for a field not in `fields`."""
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise BodyTooLarge("Request body is too large.")
     raw = await request.read()
     if len(raw) > MAX_BODY_BYTES:
         raise BodyTooLarge("Request body is too large.")
     try:
-        doc = json.loads(raw, object_pairs_hook=_unique)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise InvalidRequest("We could not parse the JSON body of your request. Send a JSON "
-                             "object.") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+        doc = parse_object(raw)
+    except Refusal as refusal:
+        raise InvalidRequest(refusal.message, param=refusal.param) from None
     for name in doc:
         if name not in fields:
-            raise InvalidRequest(f"Unknown parameter: '{name[:64]}'.", param=name[:64])
+            raise InvalidRequest(f"Unknown parameter: '{shown(name, 64)}'.",
+                                 param=shown(name, 64))
     return doc
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise InvalidRequest(f"Duplicate key '{key[:64]}' in the JSON body.", param=key[:64])
-        out[key] = value
-    return out
 
 
 def _token_answer(token: str, expires_at: int, headers: Mapping[str, str] | None = None,

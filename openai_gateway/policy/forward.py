@@ -26,8 +26,7 @@ def forward_body(parsed: ParsedRequest, raw: bytes, *, stream_usage: bool) -> tu
     additions = parsed.additions
     strip = False
     if stream_usage and parsed.stream and parsed.route in USAGE_OPT_IN:
-        options = parsed.body.get("stream_options")
-        options = options if isinstance(options, dict) else {}
+        options = parsed.body.get("stream_options") or {}  # an object: checked by the policy
         if options.get("include_usage") is not True:
             additions = {**additions, "stream_options": {**options, "include_usage": True}}
             strip = True

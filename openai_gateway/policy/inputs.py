@@ -59,7 +59,8 @@ CHAT_DEFINITIONS = ("tools", "functions", "response_format")
 def _message_chars(message, i: int, stored_state: bool) -> int:
     if not isinstance(message, dict):
         raise Refusal(f"'messages[{i}]' must be an object.", f"messages[{i}]")
-    if message.get("role") not in CHAT_ROLES:
+    role = message.get("role")
+    if not isinstance(role, str) or role not in CHAT_ROLES:  # a list or object is unhashable
         raise Refusal(f"Invalid value for 'messages[{i}].role': expected one of "
                       f"{', '.join(sorted(CHAT_ROLES))}.", f"messages[{i}].role")
     content = message.get("content")

@@ -67,6 +67,8 @@ def choices(route: str, body: dict, max_n: int) -> int:
 
 def service_tier(body: dict, allowed: tuple[str, ...]) -> None:
     tier = body.get("service_tier")
+    if tier is not None and not isinstance(tier, str):
+        raise Refusal("Invalid type for 'service_tier': expected a string.", "service_tier")
     if tier is not None and tier not in allowed:
         raise Refusal(f"'service_tier' {shown(tier)!r} is not available through this gateway "
                       f"(allowed: {_listed(allowed)}).", "service_tier")
@@ -108,7 +110,7 @@ def stored_state(route: str, body: dict) -> dict:
                           "conversations and prompts live in the gateway's account, shared by "
                           "every client (validation.stored_state = false). Send the whole "
                           "conversation in 'input' instead.", name)
-    if body.get("background") not in (None, False):
+    if body.get("background") is not None and body["background"] is not False:  # 0 == False
         raise Refusal("'background' responses are not available through this gateway: they are "
                       "stored and keep running after the client leaves "
                       "(validation.stored_state = false).", "background")

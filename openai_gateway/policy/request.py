@@ -62,6 +62,7 @@ class RequestPolicy:
         stream = body.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise Refusal("Invalid type for 'stream': expected a boolean.", "stream")
+        _check_stream_options(body.get("stream_options"))
         additions = {} if self.rules.stored_state else knobs.stored_state(route, body)
         field_ = REQUIRED_INPUT[route]
         if body.get(field_) is None and not (route == knobs.RESPONSES and self.rules.stored_state
@@ -105,6 +106,18 @@ class RequestPolicy:
         chars = inputs.prompt_chars(body[field_], field_)
         suffix = body.get("suffix")  # completions: text after the insertion point
         return chars + (len(suffix) if isinstance(suffix, str) else 0)
+
+
+def _check_stream_options(options) -> None:
+    """The gateway reads (and may add to) `stream_options`: it must be what it claims."""
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise Refusal("Invalid type for 'stream_options': expected an object.", "stream_options")
+    usage = options.get("include_usage")
+    if usage is not None and not isinstance(usage, bool):
+        raise Refusal("Invalid type for 'stream_options.include_usage': expected a boolean.",
+                      "stream_options.include_usage")
 
 
 def _refers_to_stored_input(body: dict) -> bool:
