@@ -136,9 +136,10 @@ class Proxy:
                                tiers=settings.tiers, clients=settings.clients,
                                anonymous=settings.auth.anonymous,
                                require_client_key=settings.auth.require_client_key)
-        self.prices = PriceTable({model: Price.from_usd(input=p.input, output=p.output,
-                                                        cached_input=p.cached_input)
-                                  for model, p in settings.prices.items()})
+        self.prices = PriceTable({model: Price.from_usd(
+            input=p.input, output=p.output, cached_input=p.cached_input,
+            audio_input=p.audio_input, image_input=p.image_input, audio_output=p.audio_output)
+            for model, p in settings.prices.items()})
         self.validator = Validator(settings.validation)
         self.server = settings.server
         self.max_response = settings.upstream.max_response_bytes
@@ -252,8 +253,10 @@ class Proxy:
                     f"The model '{(parsed.model or '')[:100]}' has no price in this gateway's "
                     "[prices] table, and a dollar budget applies to this request.",
                     param="model")
-            prompt = prompt_estimate(parsed.input_chars)
-            ex.reserved_micro = micro = estimate(price, prompt, tokens - prompt)
+            prompt = parsed.prompt_tokens
+            ex.reserved_micro = micro = estimate(price, prompt, tokens - prompt,
+                                                 image_tokens=parsed.image_tokens,
+                                                 audio_tokens=parsed.audio_tokens)
         found: dict[str, bytes] = {}
         try:
             if batch:
