@@ -7,6 +7,8 @@ import struct
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from openai_gateway.policy import Refusal, RequestPolicy, media, sniff
 from openai_gateway.settings import ValidationSettings
@@ -98,12 +100,11 @@ def test_detail_original_counts_the_largest_whatever_the_model():
     assert media.image_tokens("gpt-4o", "original", (64, 64)) == LARGEST
 
 
-def test_no_family_figure_is_below_85():
-    for rules in media.FAMILIES.values():
-        for detail in ("low", "auto"):
-            for size in ((1, 1), None):
-                assert max(rules.tokens(detail, size), 85) >= 85
-    assert all(media.image_tokens(m, "low", (1, 1)) >= 85 for m in media.FAMILIES)
+@pytest.mark.parametrize("model", [*media.FAMILIES, None])
+def test_no_image_counts_below_85(model):
+    for detail in ("low", "auto", "high", "original"):
+        for size in ((1, 1), (32, 32), None):
+            assert media.image_tokens(model, detail, size) >= 85
 
 
 # --- sizes read from data: URLs ---------------------------------------------------------------
@@ -135,6 +136,7 @@ def test_image_sizes_from_data_urls(url, size):
     "data:image/png;base64,iVBO!!!!" + "A" * 100,               # not clean base64
     data_url(b"\0" * 64),                                       # no known signature
     "data:image/png,rawbytes",                                  # not base64
+    "data:image/png;base64,ééééiVBORw0KGgo" + "A" * 100,        # not ASCII
 ])
 def test_unreadable_sizes_are_unknown(url):
     assert sniff.image_size(url) is None
@@ -171,6 +173,8 @@ def test_mp3_is_counted_at_its_lowest_bitrate():
 @pytest.mark.parametrize("part, param", [
     (audio(wav(tag=2), "wav"), "p.input_audio.data"),           # ADPCM: length not measurable
     (audio(b"not a wav file at all" * 4, "wav"), "p.input_audio.data"),
+    ({"type": "input_audio", "input_audio": {"data": "ééé", "format": "wav"}},
+     "p.input_audio.data"),
     (audio(b"\0" * 100, "flac"), "p.input_audio.format"),
     ({"type": "input_audio", "input_audio": {"format": "mp3"}}, "p.input_audio.data"),
     ({"type": "input_audio", "input_audio": "abc"}, "p.input_audio.data"),
@@ -273,3 +277,33 @@ def test_an_unknown_detail_is_refused(detail, param):
     with pytest.raises(Refusal) as info:
         check("/v1/chat/completions", body)
     assert info.value.param == param
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=20)
+    | st.sampled_from(["low", "auto", "original", "wav", "mp3", "data:image/png;base64,AAAA"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["url", "detail", "data", "format", "file_data", "file_url", "file_id",
+                         "image_url", "input_audio", "file", "type"]), inner, max_size=4),
+    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(sorted(media.TYPES)), fields=st.dictionaries(
+    st.sampled_from(["image_url", "detail", "input_audio", "file", "file_data", "file_url",
+                     "file_id"]), json_values, max_size=3))
+def test_any_shape_of_a_part_is_counted_or_refused(kind, fields):
+    """Never a 500: whatever a part holds, it is counted or refused naming a param."""
+    part = {**fields, "type": kind}
+    for route, body in (("/v1/chat/completions", {"model": "gpt-4o", "messages": [
+                            {"role": "user", "content": [part]}]}),
+                        ("/v1/responses", {"model": "gpt-4o", "input": [
+                            {"role": "user", "content": [part]},
+                            {"type": "function_call_output", "call_id": "c", "output": [part]}]}),
+                        ("/v1/moderations", {"input": [part]})):
+        try:
+            parsed = check(route, body, stored_state=True)
+        except Refusal as refusal:
+            assert refusal.param
+        else:
+            assert parsed.prompt_tokens >= 0

@@ -41,7 +41,7 @@ def head(payload: str, chars: int) -> bytes | None:
     cut = min(len(payload), chars) // 4 * 4
     try:
         return binascii.a2b_base64(payload[:cut], strict_mode=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a character that is not ASCII
         return None
 
 
