@@ -44,7 +44,7 @@ FILE_PAGES = 100
 STORED_FILE_TEXT = 1_050_000
 #: OpenAI counts input audio at 1 token per 100 ms.
 AUDIO_TOKENS_PER_SECOND = 10
-#: MP3's lowest standard bitrate (MPEG-2.5 layer III, 8 kbit/s): no MP3 plays longer a byte.
+#: MP3's lowest standard bitrate (MPEG-2.5 layer III, 8 kbit/s): no MP3 plays longer per byte.
 MP3_MIN_BYTES_PER_SECOND = 1000
 DETAILS = frozenset({"auto", "low", "high", "original"})
 IMAGE_PARTS = frozenset({"image_url", "input_image", "computer_screenshot"})
@@ -133,10 +133,11 @@ def image_tokens(model: str | None, detail: str, size: tuple[int, int] | None) -
     """Tokens one image may cost: never below MIN_IMAGE_TOKENS."""
     rules = family(model) if detail != "original" else None
     if rules is not None:
-        return max(rules.tokens(detail, size), MIN_IMAGE_TOKENS)
-    if detail == "original":
-        size = None  # its rules are not published: the largest of any family
-    return max(max(r.tokens(detail, size) for r in FAMILIES.values()), MIN_IMAGE_TOKENS)
+        figure = rules.tokens(detail, size)
+    else:  # an unknown model, or "original" (its rules are not published): the largest
+        figure = max(r.tokens(detail, None if detail == "original" else size)
+                     for r in FAMILIES.values())
+    return max(figure, MIN_IMAGE_TOKENS)
 
 
 def count(parts: list[tuple[dict, str]], model: str | None, *, max_images: int) -> MediaTokens:
