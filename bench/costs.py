@@ -37,7 +37,6 @@ from openai_gateway.auth.caller import BearerResolver  # noqa: E402
 from openai_gateway.identity import Client  # noqa: E402
 from openai_gateway.policy import Usage, forward_body  # noqa: E402
 from openai_gateway.policy.jsonbody import parse_object  # noqa: E402
-from openai_gateway.policy.usage import prompt_estimate  # noqa: E402
 from openai_gateway.prices import cost, estimate  # noqa: E402
 from openai_gateway.validation import Validator  # noqa: E402
 
@@ -120,7 +119,7 @@ async def _spend_case(tmp: Path, parsed, spend: list[str] | None, extra: str) ->
         price = prices.price_for("gpt-4o-mini")
         micro = None
         if limiter.spend_applies(client, CHAT, "gpt-4o-mini"):
-            prompt = prompt_estimate(parsed.input_chars)
+            prompt = parsed.prompt_tokens
             micro = estimate(price, prompt, parsed.estimate - prompt)
         res = await limiter.reserve(client, CHAT, "gpt-4o-mini", tokens=parsed.estimate,
                                     micro_usd=micro)

@@ -7,26 +7,28 @@ Then the cost of N tokens at price P is N * P / 1_000_000 µ$, computed exactly 
 once per answer: the gateway over-counts by less than 1 µ$ per answer and never under-counts, and
 an answer that used priced tokens never costs 0.
 
-How OpenAI bills an answer (its `usage`), and how `cost` follows it:
-- input tokens: `prompt_tokens` (chat, completions, embeddings) or `input_tokens` (responses);
-  the cached part (`prompt_tokens_details.cached_tokens` / `input_tokens_details.cached_tokens`)
-  is included in that count and billed at the cached-input price;
+How OpenAI bills an answer (its `usage`, read by policy.usage), and how `cost` follows it:
+- input tokens: `prompt_tokens` (chat, completions, embeddings) or `input_tokens` (responses,
+  images, realtime); the parts the details name are included in that count: cached tokens at
+  the cached-input price, audio tokens at `audio_input`, image tokens at `image_input`, the
+  rest at `input`;
 - output tokens: `completion_tokens` / `output_tokens`, reasoning tokens included (they are
-  billed as output although the client never sees them);
+  billed as output although the client never sees them), audio tokens at `audio_output`;
 - embeddings have input only.
-Not modelled: Batch/Flex/Priority tiers, regional-processing uplifts, audio and image tokens
-(billed here at the text rate), hosted-tool fees, cache writes, and the long-context rate some
-models charge above 272K input tokens (the default `validation.max_input_chars` keeps prompts far
-below that).
+A row without audio or image rates bills those tokens at its text rates: chat models bill the
+images they read as input tokens.
+Not modelled: Batch/Flex/Priority tiers, regional-processing uplifts, hosted-tool fees, cache
+writes, and the long-context rate some models charge above 272K input tokens (the default
+`validation.max_input_chars` keeps prompts far below that).
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from types import MappingProxyType
 
+from .policy.media import SNAPSHOT
 from .policy.usage import Usage  # the one definition of an answer's tokens
 
 #: Micro-dollars in one US dollar.
@@ -35,6 +37,8 @@ MICRO = 1_000_000
 PER_TOKENS = 1_000_000
 #: Label for spend on a model the price table does not know (keeps metric labels bounded).
 OTHER = "other"
+#: A dollar amount as `[prices]` or code gives it.
+Dollars = int | float | str | Decimal
 
 
 def micro_from_usd(dollars: int | float | str | Decimal) -> int:
@@ -65,12 +69,17 @@ def usd(micro: int) -> str:
     return f"{sign}{whole}.{frac:06d}"
 
 
+#: `audio_input`, `image_input` and `audio_output` left at this take the text rate.
+TEXT_RATE = -1
+
+
 @dataclass(frozen=True, slots=True)
 class Price:
     """One model's price, in integer micro-dollars per 1M tokens (see `from_usd`).
 
     `cached_input` is what a prompt-cache hit costs; it is never more than `input`. `as_of` is
     the date the figures were checked (YYYY-MM-DD), "" for the operator's own rows.
+    `audio_input` and `image_input` default to `input`, `audio_output` to `output`.
     `reasoning`: the model reasons before it writes, in tokens billed as output that a stream
     never shows, so a stream stopped early may have cost its whole output cap.
     """
@@ -79,10 +88,18 @@ class Price:
     cached_input: int
     output: int
     as_of: str = ""
+    audio_input: int = TEXT_RATE
+    image_input: int = TEXT_RATE
+    audio_output: int = TEXT_RATE
     reasoning: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("input", "cached_input", "output"):
+        for name, text in (("audio_input", self.input), ("image_input", self.input),
+                           ("audio_output", self.output)):
+            if getattr(self, name) == TEXT_RATE:
+                object.__setattr__(self, name, text)  # frozen: set once, while being built
+        for name in ("input", "cached_input", "output", "audio_input", "image_input",
+                     "audio_output"):
             value = getattr(self, name)
             # Ints only: a float here almost certainly means dollars passed where µ$ belong.
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -93,59 +110,26 @@ class Price:
                              f"({usd(self.input)}) dollars per 1M tokens")
 
     @classmethod
-    def from_usd(cls, *, input: int | float | str | Decimal, output: int | float | str | Decimal,
-                 cached_input: int | float | str | Decimal | None = None,
-                 as_of: str = "", reasoning: bool = False) -> Price:
+    def from_usd(cls, *, input: Dollars, output: Dollars, cached_input: Dollars | None = None,
+                 as_of: str = "", audio_input: Dollars | None = None,
+                 image_input: Dollars | None = None, audio_output: Dollars | None = None,
+                 reasoning: bool = False) -> Price:
         """Build from US dollars per 1M tokens, as `[prices]` writes them.
 
-        `cached_input` defaults to `input` (a model without a cache discount). Raises
-        `ValueError` naming the field for a negative or non-numeric value.
+        `cached_input`, `audio_input` and `image_input` default to `input` (a model without a
+        cache discount, or that bills audio and images as text), `audio_output` to `output`.
+        Raises `ValueError` naming the field for a negative or non-numeric value.
         """
         amounts = {}
         for name, value in (("input", input), ("output", output),
-                            ("cached_input", input if cached_input is None else cached_input)):
+                            ("cached_input", input if cached_input is None else cached_input),
+                            ("audio_input", audio_input), ("image_input", image_input),
+                            ("audio_output", audio_output)):
             try:
-                amounts[name] = micro_from_usd(value)
+                amounts[name] = TEXT_RATE if value is None else micro_from_usd(value)
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc} per 1M tokens") from None
-        return cls(amounts["input"], amounts["cached_input"], amounts["output"], as_of,
-                   reasoning)
-
-
-def _count(value: object) -> int | None:
-    # JSON gives int for a count; bools, floats, strings and negatives are not counts.
-    return value if type(value) is int and value >= 0 else None
-
-
-def usage_from_dict(usage: object) -> Usage:
-    """Read an upstream `usage` object of any route; missing or malformed fields count as 0.
-
-    chat/completions: prompt_tokens, completion_tokens, prompt_tokens_details.cached_tokens;
-    responses: input_tokens, output_tokens, input_tokens_details.cached_tokens;
-    embeddings: prompt_tokens (or only total_tokens), no output.
-    """
-    if not isinstance(usage, dict):
-        return Usage()
-    tin = _count(usage.get("prompt_tokens"))
-    if tin is None:
-        tin = _count(usage.get("input_tokens"))
-    tout = _count(usage.get("completion_tokens"))
-    if tout is None:
-        tout = _count(usage.get("output_tokens"))
-    total = _count(usage.get("total_tokens"))
-    if tin is None and total is not None:
-        # Some OpenAI-compatible servers report only a total for embeddings.
-        tin = max(total - (tout or 0), 0)
-    cached = None
-    for field in ("prompt_tokens_details", "input_tokens_details"):
-        details = usage.get(field)
-        if isinstance(details, dict):
-            cached = _count(details.get("cached_tokens"))
-            if cached is not None:
-                break
-    tin = tin or 0
-    # A cache hit is a part of the prompt: never more than it.
-    return Usage(input=tin, output=tout or 0, cached_input=min(cached or 0, tin))
+        return cls(as_of=as_of, reasoning=reasoning, **amounts)
 
 
 def _ceil_div(numerator: int, denominator: int) -> int:
@@ -153,40 +137,59 @@ def _ceil_div(numerator: int, denominator: int) -> int:
 
 
 def cost(price: Price, usage: Usage) -> int:
-    """Micro-dollars an answer cost: uncached input, cached input and output at their prices.
+    """Micro-dollars an answer cost: each part of its input and output at its own price.
 
-    Exact, rounded up to the next micro-dollar once per answer.
+    Cached tokens are billed at `cached_input` whatever they are (OpenAI prices cached audio
+    as cached text); the usage does not always say which part was cached, so the discount is
+    taken from the cheapest parts first: never less than OpenAI bills. Parts larger than
+    their totals are clamped. Exact, rounded up to the next micro-dollar once per answer.
     """
     tin = max(usage.input, 0)
+    audio = min(max(usage.audio_input, 0), tin)
+    image = min(max(usage.image_input, 0), tin - audio)
     cached = min(max(usage.cached_input, 0), tin)
-    total = ((tin - cached) * price.input + cached * price.cached_input
-             + max(usage.output, 0) * price.output)
+    total = cached * price.cached_input
+    for rate, tokens in sorted(((price.input, tin - audio - image), (price.image_input, image),
+                                (price.audio_input, audio))):
+        uncached = max(tokens - cached, 0)
+        cached -= tokens - uncached
+        total += uncached * rate
+    tout = max(usage.output, 0)
+    audio_out = min(max(usage.audio_output, 0), tout)
+    total += (tout - audio_out) * price.output + audio_out * price.audio_output
     return _ceil_div(total, PER_TOKENS)
 
 
-def estimate(price: Price, input_tokens: int, max_output_tokens: int) -> int:
+def estimate(price: Price, input_tokens: int, max_output_tokens: int, *, image_tokens: int = 0,
+             audio_tokens: int = 0) -> int:
     """Micro-dollars to reserve before forwarding: the most the answer can cost.
 
-    Every input token at the full input price (whether the prompt cache will hit is not known
-    yet) plus every allowed output token at the output price; rounded up.
+    `input_tokens` counts every input token, the `image_tokens` and `audio_tokens` among them
+    (as a usage reports them). Every input token at its full price (whether the prompt cache
+    will hit is not known yet), images at `image_input`, audio at `audio_input`, and every
+    allowed output token at the dearer of `output` and `audio_output` (an answer may be
+    spoken); rounded up.
     """
-    total = max(input_tokens, 0) * price.input + max(max_output_tokens, 0) * price.output
+    tin = max(input_tokens, 0)
+    audio = min(max(audio_tokens, 0), tin)
+    image = min(max(image_tokens, 0), tin - audio)
+    total = ((tin - audio - image) * price.input + image * price.image_input
+             + audio * price.audio_input
+             + max(max_output_tokens, 0) * max(price.output, price.audio_output))
     return _ceil_div(total, PER_TOKENS)
 
 
 def configured(model: str, *, input: float, cached_input: float, output: float,
-               reasoning: bool | None = None) -> Price:
+               audio_input: float | None = None, image_input: float | None = None,
+               audio_output: float | None = None, reasoning: bool | None = None) -> Price:
     """An operator's `[prices]` row (US dollars per 1M tokens). `reasoning` unset keeps what
     the shipped table says of the model (or of its family, for a dated snapshot), else False."""
     if reasoning is None:
         shipped = PriceTable(defaults=DEFAULT_PRICES).price_for(model)
         reasoning = shipped.reasoning if shipped is not None else False
     return Price.from_usd(input=input, cached_input=cached_input, output=output,
-                          reasoning=reasoning)
-
-
-#: OpenAI's snapshot suffixes: `-2024-07-18`, and the older `-0613` form.
-_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
+                          audio_input=audio_input, image_input=image_input,
+                          audio_output=audio_output, reasoning=reasoning)
 
 
 class PriceTable:
@@ -244,7 +247,7 @@ class PriceTable:
         return found
 
     def _lookup(self, model: str) -> tuple[str, Price] | None:
-        for name in (model, _SNAPSHOT.sub("", model)):
+        for name in (model, SNAPSHOT.sub("", model)):
             row = self._rows.get(name)
             if row is not None:
                 return name, row

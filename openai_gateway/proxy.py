@@ -46,7 +46,6 @@ from .policy import (
     OutputCounter,
     Usage,
     forward_body,
-    prompt_estimate,
     usage_from_answer,
 )
 from .prices import MICRO, Price, PriceTable, configured, cost, estimate
@@ -177,10 +176,10 @@ class Proxy:
                                tiers=settings.tiers, clients=settings.clients,
                                anonymous=settings.auth.anonymous,
                                require_client_key=settings.auth.require_client_key)
-        self.prices = PriceTable({model: configured(model, input=p.input, output=p.output,
-                                                    cached_input=p.cached_input,
-                                                    reasoning=p.reasoning)
-                                  for model, p in settings.prices.items()})
+        self.prices = PriceTable({model: configured(
+            model, input=p.input, output=p.output, cached_input=p.cached_input,
+            audio_input=p.audio_input, image_input=p.image_input, audio_output=p.audio_output,
+            reasoning=p.reasoning) for model, p in settings.prices.items()})
         self.validator = Validator(settings.validation)
         self.server = settings.server
         self.max_response = settings.upstream.max_response_bytes
@@ -286,10 +285,12 @@ class Proxy:
         and a read of the exchange's cache key, in one call; returns the values read."""
         parsed = ex.valid
         ex.reserved_tokens = tokens = parsed.estimate
-        ex.reserved_input = prompt = prompt_estimate(parsed.input_chars)
+        ex.reserved_input = prompt = parsed.prompt_tokens  # text, images, audio, files
         ex.price = price = self.prices.price_for(parsed.model) if parsed.model else None
         if price is not None:
-            ex.reserved_micro = estimate(price, prompt, tokens - prompt)
+            ex.reserved_micro = estimate(price, prompt, tokens - prompt,
+                                         image_tokens=parsed.image_tokens,
+                                         audio_tokens=parsed.audio_tokens)
         micro = None
         if self.limiter.spend_applies(ex.client, ex.route, parsed.model):
             if price is None:
@@ -341,8 +342,15 @@ class Proxy:
             if used.total < ex.reserved_tokens and micro <= ex.reserved_micro:
                 return used, micro, "stopped"
         # Usage unknown: the answer may have been generated whole. The reservation covers it.
-        return (Usage(input=ex.reserved_input, output=ex.reserved_tokens - ex.reserved_input),
+        return (self._read(ex, ex.reserved_tokens - ex.reserved_input),
                 ex.reserved_micro if price is not None else 0, "reservation")
+
+    @staticmethod
+    def _read(ex: Exchange, output: int) -> Usage:
+        """Everything the request's model reads, as reserved, and `output` tokens."""
+        parsed = ex.valid
+        return Usage(input=ex.reserved_input, image_input=parsed.image_tokens,
+                     audio_input=parsed.audio_tokens, output=output)
 
     async def _settle(self, ex: Exchange) -> dict[str, str]:
         """Bring the reservation to what the upstream can bill (`_charge`); once per exchange,
@@ -569,8 +577,7 @@ class Proxy:
         ex.usage = outcome.usage
         if (ex.usage is None and outcome.stopped_by_client and outcome.sent_bytes
                 and ex.price is not None and not ex.price.reasoning):
-            ex.stopped = Usage(input=ex.reserved_input,
-                               output=outcome.output.tokens + STOP_MARGIN_TOKENS)
+            ex.stopped = self._read(ex, outcome.output.tokens + STOP_MARGIN_TOKENS)
 
     @staticmethod
     def _models_for(client: Client) -> frozenset[str] | None:

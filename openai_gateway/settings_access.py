@@ -225,26 +225,42 @@ class ClientSettings:
 
 @dataclass(frozen=True)
 class PriceSettings:
-    """US dollars per 1M tokens for one model."""
+    """US dollars per 1M tokens for one model. Audio and image tokens have their own rates
+    where the model bills them apart (None: the text rate, `input` or `output`)."""
 
     input: float
     cached_input: float
     output: float
+    audio_input: float | None = None
+    image_input: float | None = None
+    audio_output: float | None = None
     #: The model reasons before it writes (hidden output tokens): a stream stopped early is
     #: charged its whole reservation. Unset: as the shipped table says of the model, else false.
     reasoning: bool | None = None
 
     @staticmethod
     def prepare(table: dict) -> dict:
-        """cached_input defaults to input (a provider with no cache discount)."""
+        """The effective rates: cached_input defaults to input (a provider with no cache
+        discount), output to audio_output (a model that only speaks), audio_input and
+        image_input to input, audio_output to output."""
+        table = dict(table)
         if "cached_input" not in table and "input" in table:
-            return {**table, "cached_input": table["input"]}
+            table["cached_input"] = table["input"]
+        if "output" not in table and "audio_output" in table:
+            table["output"] = table["audio_output"]
+        for name, text in (("audio_input", "input"), ("image_input", "input"),
+                           ("audio_output", "output")):
+            value = table.get(text)
+            if name not in table and type(value) in (int, float):  # a bad one is named once
+                table[name] = value
         return table
 
     def check(self, at: str, p: Problems) -> None:
-        for name in ("input", "cached_input", "output"):
+        for name in ("input", "cached_input", "output", "audio_input", "image_input",
+                     "audio_output"):
             value = getattr(self, name)
-            p.expect(value >= 0, f"{at}.{name}", value, ">= 0 (US dollars per 1M tokens)")
+            if value is not None:
+                p.expect(value >= 0, f"{at}.{name}", value, ">= 0 (US dollars per 1M tokens)")
         p.expect(self.cached_input <= self.input, f"{at}.cached_input", self.cached_input,
                  f"at most input ({self.input}): cached tokens are never dearer")
 

@@ -242,9 +242,12 @@ class ValidationSettings:
     allowed_service_tiers: tuple[str, ...] = ("auto", "default")
     #: False: /v1/responses goes upstream with store=false and stored-state features are refused.
     stored_state: bool = False
+    #: Image parts per request (0: none); each is reserved at up to the model's largest figure.
+    max_images: int = 10
 
     def check(self, at: str, p: Problems) -> None:
         p.positive(self, at, "max_input_chars", "max_tokens", "max_n", "max_messages")
+        p.expect(self.max_images >= 0, f"{at}.max_images", self.max_images, ">= 0 (0 = no images)")
         for name, known in (("allowed_tools", KNOWN_TOOLS),
                             ("allowed_service_tiers", KNOWN_SERVICE_TIERS)):
             for i, value in enumerate(getattr(self, name)):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from openai_gateway.policy import ParsedRequest, Refusal, RequestPolicy, forward_body
 from openai_gateway.policy.jsonbody import parse_object
-from openai_gateway.policy.usage import token_estimate
+from openai_gateway.policy.usage import prompt_estimate
 from openai_gateway.settings import ValidationSettings
 
 CHAT = "/v1/chat/completions"
@@ -159,14 +159,21 @@ def test_nesting_that_cannot_be_written_again_is_refused(depth, ok):
 def test_output_cap_and_choices(route, body, cap, choices, added):
     parsed = check(route, body)
     assert (parsed.max_tokens, parsed.choices, parsed.additions) == (cap, choices, added)
-    assert parsed.estimate == token_estimate(parsed.input_chars, cap, choices)
+    assert parsed.estimate == prompt_estimate(parsed.input_chars) + cap * choices
 
 
 @pytest.mark.parametrize("chars, cap, n, expected", [
     (0, 0, 1, 0), (1, 0, 1, 1), (4, 0, 1, 1), (5, 0, 1, 2), (8, 10, 1, 12), (8, 10, 4, 42),
 ])
-def test_token_estimate(chars, cap, n, expected):
-    assert token_estimate(chars, cap, n) == expected
+def test_the_estimate_is_the_prompt_and_every_choice_cap(chars, cap, n, expected):
+    assert ParsedRequest({}, "m", False, chars, cap, n).estimate == expected
+
+
+def test_the_estimate_adds_what_is_not_text():
+    parsed = ParsedRequest({}, "m", False, 8, 10, 2, image_tokens=1445, audio_tokens=50,
+                           file_tokens=7)
+    assert parsed.prompt_tokens == 2 + 1445 + 50 + 7
+    assert parsed.estimate == parsed.prompt_tokens + 20
 
 
 @pytest.mark.parametrize("name, value, message", [

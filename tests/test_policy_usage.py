@@ -48,6 +48,52 @@ def test_usage_of(usage, expected):
     assert usage_of(usage) == expected
 
 
+@pytest.mark.parametrize("raw", [
+    {"prompt_tokens": "12", "completion_tokens": 3.0},
+    {"prompt_tokens": True, "completion_tokens": False},
+    {"prompt_tokens": -5, "completion_tokens": -1},
+    {"prompt_tokens_details": {"cached_tokens": 50}},
+])
+def test_malformed_counts_are_no_usage(raw):
+    """The caller then charges the reservation, never nothing."""
+    assert usage_of(raw) is None
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ({"prompt_tokens": 10, "completion_tokens": 5}, Usage(input=10, output=5)),  # no details
+    ({"prompt_tokens_details": None, "prompt_tokens": 3}, Usage(input=3)),
+    # A field of the wrong type falls back to the other generation's name.
+    ({"prompt_tokens": "x", "input_tokens": 7, "completion_tokens": None, "output_tokens": 2},
+     Usage(input=7, output=2)),
+])
+def test_usage_of_odd_shapes(raw, expected):
+    assert usage_of(raw) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [
+    # chat with audio (gpt-4o-audio-preview): the audio parts inside the totals
+    ({"prompt_tokens": 179, "completion_tokens": 424, "total_tokens": 603,
+      "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 40, "text_tokens": 139,
+                                "image_tokens": 0},
+      "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 364,
+                                    "text_tokens": 60}},
+     Usage(input=179, output=424, audio_input=40, audio_output=364)),
+    # realtime response.done: input_token_details / output_token_details (singular "token")
+    ({"total_tokens": 821, "input_tokens": 789, "output_tokens": 32,
+      "input_token_details": {"text_tokens": 313, "audio_tokens": 476, "cached_tokens": 640,
+                              "cached_tokens_details": {"text_tokens": 256,
+                                                        "audio_tokens": 384}},
+      "output_token_details": {"text_tokens": 9, "audio_tokens": 23}},
+     Usage(input=789, output=32, cached_input=640, audio_input=476, audio_output=23)),
+    # the Images API (gpt-image-1): image tokens in the input
+    ({"total_tokens": 491, "input_tokens": 219, "output_tokens": 272,
+      "input_tokens_details": {"text_tokens": 25, "image_tokens": 194}},
+     Usage(input=219, output=272, image_input=194)),
+])
+def test_usage_of_reads_audio_and_image_parts(raw, expected):
+    assert usage_of(raw) == expected
+
+
 def test_usage_totals():
     assert Usage(input=19, output=10, cached_input=8).total == 29
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
 from openai_gateway import metrics
+from openai_gateway.policy.usage import usage_of
 from openai_gateway.prices import (
     DEFAULT_PRICES,
     MICRO,
@@ -21,7 +22,6 @@ from openai_gateway.prices import (
     cost,
     estimate,
     micro_from_usd,
-    usage_from_dict,
     usd,
 )
 
@@ -204,59 +204,20 @@ def test_items_are_sorted_for_display():
     assert names == sorted(DEFAULT_PRICES)
 
 
-# --- reading usage -------------------------------------------------------------------------
-
-@pytest.mark.parametrize("raw,expected", [
-    ({"prompt_tokens": 2000, "completion_tokens": 500, "total_tokens": 2500,
-      "prompt_tokens_details": {"cached_tokens": 1500, "audio_tokens": 0},
-      "completion_tokens_details": {"reasoning_tokens": 300}}, Usage(input=2000, cached_input=1500, output=500)),
-    ({"input_tokens": 120, "output_tokens": 900, "total_tokens": 1020,
-      "input_tokens_details": {"cached_tokens": 100},
-      "output_tokens_details": {"reasoning_tokens": 800}}, Usage(input=120, cached_input=100, output=900)),
-    ({"prompt_tokens": 8, "total_tokens": 8}, Usage(input=8, cached_input=0, output=0)),         # embeddings
-    ({"total_tokens": 11}, Usage(input=11, cached_input=0, output=0)),                          # a total only
-    ({"prompt_tokens": 10, "completion_tokens": 5}, Usage(input=10, cached_input=0, output=5)),  # no details
-    ({"prompt_tokens_details": None, "prompt_tokens": 3}, Usage(input=3, cached_input=0, output=0)),
-])
-def test_usage_shapes_of_every_route(raw, expected):
-    assert usage_from_dict(raw) == expected
-
-
-@pytest.mark.parametrize("raw", [
-    None, [], "usage", 12, {},
-    {"prompt_tokens": "12", "completion_tokens": 3.0},
-    {"prompt_tokens": True, "completion_tokens": False},
-    {"prompt_tokens": -5, "completion_tokens": -1},
-    {"prompt_tokens_details": {"cached_tokens": 50}},
-])
-def test_malformed_usage_counts_nothing(raw):
-    assert usage_from_dict(raw) == Usage(input=0, cached_input=0, output=0)
-
-
-def test_cached_tokens_never_exceed_the_prompt():
-    raw = {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 99}}
-    assert usage_from_dict(raw) == Usage(input=10, cached_input=10, output=0)
-
-
-def test_a_bad_field_falls_back_to_the_other_shape():
-    raw = {"prompt_tokens": "x", "input_tokens": 7, "completion_tokens": None, "output_tokens": 2}
-    assert usage_from_dict(raw) == Usage(input=7, cached_input=0, output=2)
-
-
 # --- the cost of an answer -----------------------------------------------------------------
 
 def test_cached_tokens_are_priced_at_the_cached_price():
     price = DEFAULT_PRICES["gpt-4o-mini"]
-    usage = usage_from_dict({"prompt_tokens": 2000, "completion_tokens": 500,
+    usage = usage_of({"prompt_tokens": 2000, "completion_tokens": 500,
                              "prompt_tokens_details": {"cached_tokens": 1500}})
     # 500 x $0.15 + 1500 x $0.075 + 500 x $0.60 per 1M = $0.0004875, rounded up to 488 µ$
     assert cost(price, usage) == 488
-    uncached = usage_from_dict({"prompt_tokens": 2000, "completion_tokens": 500})
+    uncached = usage_of({"prompt_tokens": 2000, "completion_tokens": 500})
     assert cost(price, uncached) == 600  # 2000 x 0.15 + 500 x 0.60 = 600 µ$ exactly
 
 
 def test_reasoning_tokens_are_output_and_not_counted_twice():
-    usage = usage_from_dict({"input_tokens": 100, "output_tokens": 1000,
+    usage = usage_of({"input_tokens": 100, "output_tokens": 1000,
                              "output_tokens_details": {"reasoning_tokens": 900}})
     # 100 x $2 + 1000 x $8 per 1M = $0.0082
     assert cost(DEFAULT_PRICES["o3"], usage) == 8200
@@ -264,7 +225,7 @@ def test_reasoning_tokens_are_output_and_not_counted_twice():
 
 def test_embeddings_cost_their_input_only():
     price = DEFAULT_PRICES["text-embedding-3-large"]
-    assert cost(price, usage_from_dict({"prompt_tokens": 1_000_000,
+    assert cost(price, usage_of({"prompt_tokens": 1_000_000,
                                         "total_tokens": 1_000_000})) == 130_000
 
 
@@ -311,6 +272,60 @@ def test_the_reservation_covers_any_answer_within_the_caps(model, usage, spare_i
     price = DEFAULT_PRICES[model]
     reserved = estimate(price, usage.input + spare_in, usage.output + spare_out)
     assert reserved >= cost(price, usage)
+
+
+REALTIME = Price.from_usd(input=4.0, cached_input=0.40, output=16.0, audio_input=32.0,
+                          audio_output=64.0)
+IMAGE_MODEL = Price.from_usd(input=5.0, cached_input=1.25, image_input=10.0, output=40.0)
+
+
+def test_audio_and_image_rates_default_to_the_text_rates():
+    price = Price.from_usd(input=0.6, audio_output=12.0, output=0.6)
+    assert (price.audio_input, price.image_input, price.audio_output) == (600_000, 600_000,
+                                                                          12_000_000)
+    row = DEFAULT_PRICES["gpt-4o-mini"]  # chat models bill the images they read as input
+    assert row.image_input == row.audio_input == row.input and row.audio_output == row.output
+
+
+@pytest.mark.parametrize("field", ["audio_input", "image_input", "audio_output"])
+def test_media_rates_are_checked_like_the_others(field):
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        Price.from_usd(input=1, output=1, **{field: -1})
+
+
+def test_each_part_of_a_usage_is_priced_at_its_rate():
+    # realtime: 313 text + 476 audio in, 640 of them cached; 9 text + 23 audio out
+    usage = Usage(input=789, output=32, cached_input=640, audio_input=476, audio_output=23)
+    # The cached discount comes off the cheapest part first (text: 313, then 327 of audio).
+    assert cost(REALTIME, usage) == 640 * 0.4 + (476 - 327) * 32 + 9 * 16 + 23 * 64  # µ$
+    # gpt-image-1: 25 text and 194 image tokens in, 272 out
+    usage = Usage(input=219, output=272, image_input=194)
+    assert cost(IMAGE_MODEL, usage) == (25 * 5 + 194 * 10 + 272 * 40)  # µ$: exact here
+
+
+def test_parts_larger_than_their_totals_are_clamped():
+    assert cost(REALTIME, Usage(input=10, audio_input=50, output=5, audio_output=50)) == cost(
+        REALTIME, Usage(input=10, audio_input=10, output=5, audio_output=5))
+
+
+@given(usage=st.builds(Usage, input=st.integers(0, 10**6), output=st.integers(0, 10**5),
+                       cached_input=st.integers(0, 10**6), audio_input=st.integers(0, 10**6),
+                       image_input=st.integers(0, 10**6), audio_output=st.integers(0, 10**5)),
+       price=st.sampled_from([REALTIME, IMAGE_MODEL, DEFAULT_PRICES["gpt-4o-mini"]]))
+def test_a_reservation_of_the_parts_covers_any_usage_of_them(usage, price):
+    tin = usage.input
+    reserved = estimate(price, tin, usage.output, image_tokens=usage.image_input,
+                        audio_tokens=usage.audio_input)
+    assert reserved >= cost(price, usage)
+
+
+def test_estimate_prices_reserved_images_and_audio_at_their_rates():
+    assert estimate(IMAGE_MODEL, 1000, 0, image_tokens=800) == 200 * 5 + 800 * 10
+    assert estimate(REALTIME, 1000, 0, audio_tokens=1000) == 1000 * 32
+    # An answer may be spoken: the output cap at the dearer of the two output rates.
+    assert estimate(REALTIME, 0, 1000) == 1000 * 64
+    chat = DEFAULT_PRICES["gpt-4o"]
+    assert estimate(chat, 1445, 1, image_tokens=1445) == estimate(chat, 1445, 1)
 
 
 def test_estimate_is_input_at_full_price_plus_the_output_cap():

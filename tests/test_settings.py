@@ -903,10 +903,26 @@ def test_bad_spend_limits(text):
 def test_prices_are_overrides_by_model():
     s = parse({"prices": {"gpt-4o-mini": {"input": 0.15, "cached_input": 0.075, "output": 0.6},
                           "gpt-4.1": {"input": 2, "output": 8}}}, environ=ENV)
-    assert s.prices == {"gpt-4o-mini": PriceSettings(input=0.15, cached_input=0.075, output=0.6),
-                        "gpt-4.1": PriceSettings(input=2.0, cached_input=2.0, output=8.0)}
+    assert s.prices == {"gpt-4o-mini": PriceSettings(0.15, 0.075, 0.6, 0.15, 0.15, 0.6),
+                        "gpt-4.1": PriceSettings(2.0, 2.0, 8.0, 2.0, 2.0, 8.0)}
     assert isinstance(s.prices, types.MappingProxyType)
     assert parse({}, environ=ENV).prices == {}
+
+
+def test_prices_take_audio_and_image_rates():
+    """The rows of the brief: audio and image tokens have their own rates; absent, the text
+    rate; a model that only speaks needs no text output rate."""
+    s = parse({"prices": {
+        "gpt-realtime": {"input": 4.0, "cached_input": 0.40, "output": 16.0,
+                         "audio_input": 32.0, "audio_output": 64.0},
+        "gpt-4o-mini-tts": {"input": 0.60, "audio_output": 12.0},
+        "gpt-4o-transcribe": {"input": 2.50, "audio_input": 6.00, "output": 10.0},
+        "gpt-image-1": {"input": 5.0, "cached_input": 1.25, "image_input": 10.0,
+                        "output": 40.0}}}, environ=ENV)
+    assert s.prices["gpt-realtime"] == PriceSettings(4.0, 0.4, 16.0, 32.0, 4.0, 64.0)
+    assert s.prices["gpt-4o-mini-tts"] == PriceSettings(0.6, 0.6, 12.0, 0.6, 0.6, 12.0)
+    assert s.prices["gpt-4o-transcribe"] == PriceSettings(2.5, 2.5, 10.0, 6.0, 2.5, 10.0)
+    assert s.prices["gpt-image-1"] == PriceSettings(5.0, 1.25, 40.0, 5.0, 10.0, 40.0)
 
 
 @pytest.mark.parametrize("prices, line", [
@@ -918,7 +934,12 @@ def test_prices_are_overrides_by_model():
     ({"gpt-4o": {"input": "0.15", "output": 1}},
      "prices.gpt-4o.input: got '0.15', expected a number"),
     ({"gpt-4o": {"input": 1, "output": 1, "cache": 1}},
-     "prices.gpt-4o.cache: unknown key (known: cached_input, input, output, reasoning)"),
+     "prices.gpt-4o.cache: unknown key (known: audio_input, audio_output, cached_input, "
+     "image_input, input, output, reasoning)"),
+    ({"gpt-4o": {"input": 1, "output": 1, "audio_input": -2}},
+     "prices.gpt-4o.audio_input: got -2.0, expected >= 0 (US dollars per 1M tokens)"),
+    ({"gpt-4o": {"input": 1, "output": 1, "image_input": "x"}},
+     "prices.gpt-4o.image_input: got 'x', expected a number"),
     ({"gpt-4o": 0.15}, "prices.gpt-4o: got 0.15, expected a table"),
 ])
 def test_bad_prices(prices, line):
@@ -945,6 +966,7 @@ def test_redacted_prints_values_in_the_files_notation():
                                      "models": None}}
     assert red["clients"][0]["tokens"] == ["1/second"] and red["clients"][0]["requests"] is None
     assert red["prices"] == {"m": {"input": 1.0, "cached_input": 1.0, "output": 2.0,
+                                   "audio_input": 1.0, "image_input": 1.0, "audio_output": 2.0,
                                    "reasoning": None}}
     # Printed back, it loads to the same settings.
     again = json.loads(json.dumps(red))

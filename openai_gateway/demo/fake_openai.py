@@ -9,7 +9,11 @@ completion tokens. `max_completion_tokens` / `max_tokens` (chat), `max_tokens` (
 `max_output_tokens` (responses) cut the answer: finish_reason "length", or a response with status
 "incomplete" whose stream ends with `response.incomplete`.
 
-Tokens are words: an answer costs one token a word; a prompt about one per four characters.
+Tokens are words: an answer costs one token a word; a prompt about one per four characters,
+plus its images (chat `image_url`, Responses `input_image`) by OpenAI's rules for the model and
+the `detail` (policy.media), at the size a data: URL's header gives, else REALISTIC_IMAGE.
+As OpenAI does for chat and Responses, image tokens are counted in the prompt tokens without
+a detail of their own.
 
 A subclass decides what is said and how: `text()` is the answer, `pace()` the pause after each
 streamed event. `receive()`, `send()` and `pause()` are where a test double records requests and
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
+from ..policy import media, sniff
 from .formats import (
     DONE,
     Answer,
@@ -49,6 +54,8 @@ CAPS = {"chat": ("max_completion_tokens", "max_tokens"), "completions": ("max_to
         "responses": ("max_output_tokens",)}
 #: OpenAI's embedding models are 1536-dimensional, except this one.
 DIMENSIONS = {"text-embedding-3-large": 3072}
+#: The size of an image the fake cannot see (a URL): a typical photo, 4 tiles on GPT-4o.
+REALISTIC_IMAGE = (1024, 1024)
 
 
 @dataclass
@@ -139,9 +146,10 @@ class FakeOpenAI:
                             content_type="application/json", headers=self.headers)
 
     def answer(self, request: web.Request, body: dict, route: str, read: str,
-               asked: str) -> Answer:
+               asked: str, seen=None) -> Answer:
         """The pieces to send, cut at the request's token cap; `read` is all the prompt text
-        the model reads (it sets the prompt tokens), `asked` what the user asked last."""
+        the model reads and `seen` what holds its images (they set the prompt tokens), `asked`
+        what the user asked last."""
         pieces = words(self.text(request, asked, bool(body.get("stream"))))
         cap = next((body[f] for f in CAPS[route] if isinstance(body.get(f), int)), None)
         finish = "stop"
@@ -149,8 +157,8 @@ class FakeOpenAI:
             pieces, finish = pieces[:cap], "length"
         n = body.get("n")
         n = n if isinstance(n, int) and 1 <= n <= 16 and route != "responses" else 1
-        return Answer(pieces, finish, n, count_tokens(read), self.cached_tokens,
-                      self.reasoning_tokens)
+        prompt = count_tokens(read) + image_tokens(body.get("model"), seen)
+        return Answer(pieces, finish, n, prompt, self.cached_tokens, self.reasoning_tokens)
 
     async def stream(self, request: web.Request, events: list[bytes],
                      tail: list[bytes]) -> web.StreamResponse:
@@ -176,7 +184,7 @@ class FakeOpenAI:
             return body
         messages = body.get("messages")
         read = "".join(map(text_of, messages)) if isinstance(messages, list) else ""
-        a = self.answer(request, body, "chat", read, last_user_text(messages))
+        a = self.answer(request, body, "chat", read, last_user_text(messages), messages)
         head = {"id": new_id("chatcmpl-"), "object": "chat.completion",
                 "created": int(time.time()), "model": body.get("model", self.models[0])}
         tags = {"service_tier": "default", "system_fingerprint": "fp_fake"}
@@ -235,7 +243,8 @@ class FakeOpenAI:
         if not isinstance(body, dict):
             return body
         read = text_of(body.get("instructions")) + text_of(body.get("input"))
-        a = self.answer(request, body, "responses", read, last_user_text(body.get("input")))
+        a = self.answer(request, body, "responses", read, last_user_text(body.get("input")),
+                        body.get("input"))
         done = a.finish == "stop"
         part = {"type": "output_text", "text": a.text, "annotations": [], "logprobs": []}
         item = {"id": new_id("msg_"), "type": "message",
@@ -286,3 +295,19 @@ class FakeOpenAI:
         return self.error(404, f"Invalid URL ({request.method} {request.path})")
 
 
+def image_tokens(model, value) -> int:
+    """The tokens of every image part in `value` (messages, Responses input, content)."""
+    if isinstance(value, list):
+        return sum(image_tokens(model, v) for v in value)
+    if not isinstance(value, dict):
+        return 0
+    kind = value.get("type")
+    if kind == "image_url" and isinstance(value.get("image_url"), dict):
+        url, detail = value["image_url"].get("url"), value["image_url"].get("detail")
+    elif kind == "input_image":
+        url, detail = value.get("image_url"), value.get("detail")
+    else:
+        return image_tokens(model, value.get("content"))
+    size = sniff.image_size(url) if isinstance(url, str) else None
+    return media.image_tokens(model if isinstance(model, str) else None, detail or "auto",
+                              size or REALISTIC_IMAGE)

@@ -3,7 +3,8 @@
 - `request`: `RequestPolicy.check(route, raw)` -> `ParsedRequest`, or a `Refusal` naming its
   param (strict JSON, model, knobs, input size);
 - `forward`: `forward_body`, the exact bytes that go upstream;
-- `usage`: `Usage`, the usage of an answer or a stream event, and `token_estimate`.
+- `media`: the tokens of image, audio and file parts, reserved before a request is sent;
+- `usage`: `Usage`, the usage of an answer or a stream event, and `prompt_estimate`.
 """
 from .forward import forward_body
 from .refusal import Refusal
@@ -13,11 +14,10 @@ from .usage import (
     OutputCounter,
     Usage,
     prompt_estimate,
-    token_estimate,
     usage_from_answer,
     usage_from_event,
 )
 
 __all__ = ["REQUIRED_INPUT", "STOP_MARGIN_TOKENS", "OutputCounter", "ParsedRequest", "Refusal",
-           "RequestPolicy", "Usage", "forward_body", "prompt_estimate", "token_estimate",
-           "usage_from_answer", "usage_from_event"]
+           "RequestPolicy", "Usage", "forward_body", "prompt_estimate", "usage_from_answer",
+           "usage_from_event"]

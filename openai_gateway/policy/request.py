@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..settings import ValidationSettings
-from . import inputs, knobs
+from . import inputs, knobs, media
 from .jsonbody import parse_object
 from .refusal import Refusal, shown
-from .usage import token_estimate
+from .usage import prompt_estimate
 
 #: The field each route requires besides `model` (moderations has no required model).
 REQUIRED_INPUT = {
@@ -40,11 +40,22 @@ class ParsedRequest:
     #: Fields the gateway adds to the body it forwards ({}: the raw bytes go as they came).
     additions: dict = field(default_factory=dict)
     route: str = ""
+    #: Tokens reserved for what the model reads besides text (policy.media), by how they are
+    #: billed: images (image parts and file pages), audio, the text of file parts.
+    image_tokens: int = 0
+    audio_tokens: int = 0
+    file_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Every input token reserved: text (characters / 4), files, images and audio."""
+        return (prompt_estimate(self.input_chars) + self.file_tokens + self.image_tokens
+                + self.audio_tokens)
 
     @property
     def estimate(self) -> int:
         """Tokens to reserve before forwarding: input plus every choice's full output cap."""
-        return token_estimate(self.input_chars, self.max_tokens, self.choices)
+        return self.prompt_tokens + self.max_tokens * self.choices
 
 
 class RequestPolicy:
@@ -72,12 +83,17 @@ class RequestPolicy:
         knobs.tools(route, body, self.rules.allowed_tools)
         choices = knobs.choices(route, body, self.rules.max_n)
         max_tokens, cap_field = knobs.output_cap(route, body, self.rules.max_tokens)
-        chars = self._input_chars(route, body)
+        reading = inputs.Reading(self.rules.stored_state)
+        chars = self._input_chars(route, body, reading)
         if chars > self.rules.max_input_chars:
             raise Refusal(f"The input is too long: {chars} characters, this gateway allows "
                           f"{self.rules.max_input_chars}.", field_, "context_length_exceeded")
+        found = media.NO_MEDIA if not reading.media else media.count(
+            reading.media, model or media.DEFAULT_MODERATION_MODEL,
+            max_images=self.rules.max_images)
         return ParsedRequest(body, model, bool(stream), chars, max_tokens, choices,
-                             {**cap_field, **additions}, route)
+                             {**cap_field, **additions}, route, found.image, found.audio,
+                             found.file)
 
     @staticmethod
     def _model(route: str, body: dict, allowed: frozenset[str]) -> str | None:
@@ -93,15 +109,14 @@ class RequestPolicy:
                           "model", "model_not_found")
         return model
 
-    def _input_chars(self, route: str, body: dict) -> int:
-        stored = self.rules.stored_state
+    def _input_chars(self, route: str, body: dict, reading: inputs.Reading) -> int:
         if route == "/v1/chat/completions":
             return inputs.chat_chars(body, max_messages=self.rules.max_messages,
-                                     stored_state=stored)
+                                     reading=reading)
         if route == knobs.RESPONSES:
-            return inputs.responses_chars(body, stored_state=stored)
+            return inputs.responses_chars(body, reading=reading)
         if route == "/v1/moderations":
-            return inputs.moderation_chars(body["input"], stored_state=stored)
+            return inputs.moderation_chars(body["input"], reading=reading)
         field_ = REQUIRED_INPUT[route]
         chars = inputs.prompt_chars(body[field_], field_)
         suffix = body.get("suffix")  # completions: text after the insertion point

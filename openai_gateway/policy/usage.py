@@ -4,8 +4,8 @@ Only the answer's top-level `usage` (a stream: a chunk's top-level `usage`, or t
 the response in the Responses API's final event) is believed. Fields the client controls are
 echoed in answers (`metadata`, `user`, tool schemas on /v1/responses), so the last `"usage"`
 in the bytes may well be the client's: `{"metadata": {"k": "usage"}}` must not make an answer
-free. An answer without a readable usage gives None, and the caller charges the reservation
-(`token_estimate`), never nothing.
+free. An answer without a readable usage gives None, and the caller charges the reservation,
+never nothing.
 """
 from __future__ import annotations
 
@@ -27,15 +27,26 @@ WHOLE_PARSE_BYTES = 256 * 1024
 FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
+#: Where each API generation reports the parts of its input and output: chat, completions
+#: and embeddings (`prompt_tokens_details`), Responses and the Images API
+#: (`input_tokens_details`), realtime and transcriptions (`input_token_details`).
+INPUT_DETAILS = ("prompt_tokens_details", "input_tokens_details", "input_token_details")
+OUTPUT_DETAILS = ("completion_tokens_details", "output_tokens_details", "output_token_details")
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens of one answer. `cached_input` is part of `input` (billed at the cached price),
-    `reasoning` part of `output`, as the upstream reports them."""
+    """Tokens of one answer, as the upstream reports them: `cached_input`, `audio_input` and
+    `image_input` are parts of `input`; `reasoning` and `audio_output` parts of `output`.
+    Each part is billed at its own price (prices.cost)."""
 
     input: int = 0
     output: int = 0
     cached_input: int = 0
     reasoning: int = 0
+    audio_input: int = 0
+    image_input: int = 0
+    audio_output: int = 0
 
     @property
     def total(self) -> int:
@@ -84,13 +95,8 @@ class OutputCounter:
             self.tokens += m.end(1) - m.start(1)
 
 
-def token_estimate(input_chars: int, max_tokens: int, choices: int = 1) -> int:
-    """The tokens a request may spend, reserved before it is sent: its input at about four
-    characters per token (rounded up) plus every choice's full output cap."""
-    return prompt_estimate(input_chars) + max_tokens * choices
-
-
 def prompt_estimate(input_chars: int) -> int:
+    """Tokens of `input_chars` characters of text: about four characters a token, rounded up."""
     return (input_chars + 3) // 4
 
 
@@ -105,10 +111,11 @@ def usage_of(doc) -> Usage | None:
         if total is None:
             return None
         tin = total  # embeddings report prompt_tokens and total_tokens; some servers only total
-    cached = _detail(doc, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens")
-    reasoning = _detail(doc, ("completion_tokens_details", "output_tokens_details"),
-                        "reasoning_tokens")
-    return Usage(tin or 0, tout or 0, cached, reasoning)
+    return Usage(tin or 0, tout or 0, _detail(doc, INPUT_DETAILS, "cached_tokens"),
+                 _detail(doc, OUTPUT_DETAILS, "reasoning_tokens"),
+                 _detail(doc, INPUT_DETAILS, "audio_tokens"),
+                 _detail(doc, INPUT_DETAILS, "image_tokens"),
+                 _detail(doc, OUTPUT_DETAILS, "audio_tokens"))
 
 
 def usage_from_event(event) -> Usage | None:
