@@ -106,8 +106,8 @@ class FakeOpenAI(fake_openai.FakeOpenAI):
             return web.Response(body=step["raw"], content_type=step.get("ctype", "text/plain"))
         return await super().receive(request)
 
-    def answer(self, request, body, route, read, asked):
-        a = super().answer(request, body, route, read, asked)
+    def answer(self, request, body, route, read, asked, seen=None):
+        a = super().answer(request, body, route, read, asked, seen)
         request[BILL] = [body.get("model"), a.prompt_tokens,
                          len(a.pieces) * a.choices + a.reasoning_tokens]
         self.billed.append(request[BILL])
