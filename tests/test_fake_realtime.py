@@ -12,14 +12,20 @@ import time
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 from websockets.exceptions import ConnectionClosed
 
 from openai_gateway.demo.fake_openai import FakeOpenAI
 from openai_gateway.demo.fake_realtime import FakeRealtime
 from openai_gateway.demo.formats import count_tokens
 from openai_gateway.demo.realtime_formats import AUDIO_TOKENS_PER_WORD
+
+from .test_browser import CHROME_ARGS, CHROMEDRIVER, CHROMIUM, Browser
+from .webrtc_peer import OpenAIPeer
 
 #: Not the gateway's key: these tests talk to the fake directly, and the websockets library
 #: logs handshake headers (the autouse leak scan would take that for a leak).
@@ -221,3 +227,95 @@ async def test_an_upstream_that_dies_mid_response(rt, rt_url):
     billed = rt.ledger.responses[0]
     assert billed.status == "dropped"
     assert billed.usage["output_tokens"] == 2 * (1 + AUDIO_TOKENS_PER_WORD)
+
+
+# --- a real browser calls the fake through an aiortc peer -----------------------------------
+
+#: The browser's side of OpenAI's WebRTC guide, on the page's own origin: a (fake) microphone,
+#: the "oai-events" data channel, the offer posted as application/sdp with the ephemeral key.
+CALL_PAGE = """<!doctype html><title>call</title><script>
+window.call = {events: [], status: null, location: null, state: 'new', channel: 'none'};
+async function start(key) {
+  const pc = new RTCPeerConnection();
+  pc.onconnectionstatechange = () => { call.state = pc.connectionState; };
+  pc.ontrack = (e) => { call.track = e.track.kind; };
+  const mic = await navigator.mediaDevices.getUserMedia({audio: true});
+  pc.addTrack(mic.getTracks()[0]);
+  const dc = pc.createDataChannel('oai-events');
+  window.dc = dc;
+  dc.onopen = () => { call.channel = 'open'; };
+  dc.onclose = () => { call.channel = 'closed'; };
+  dc.onmessage = (e) => call.events.push(JSON.parse(e.data));
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  const r = await fetch('/v1/realtime/calls', {method: 'POST', body: offer.sdp,
+    headers: {'Authorization': 'Bearer ' + key, 'Content-Type': 'application/sdp'}});
+  call.status = r.status;
+  call.location = r.headers.get('Location');
+  await pc.setRemoteDescription({type: 'answer', sdp: await r.text()});
+}
+</script>"""
+#: Chromium's fake microphone, granted without a prompt. With the microphone granted, Chromium
+#: gathers its host candidates as real addresses rather than mDNS names (which the aiortc peer
+#: would have to resolve by multicast), so no flag about mDNS is needed; the page posts its
+#: offer before gathering anyway, as OpenAI's guide does, and ICE finds the peer from the
+#: answer's candidates and the browser's own checks.
+WEBRTC_ARGS = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+
+
+@pytest.fixture
+def call_browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in CHROME_ARGS + WEBRTC_ARGS:
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    yield Browser(driver)
+    driver.quit()
+
+
+async def test_chromium_calls_through_an_aiortc_peer(rt, aiohttp_server, call_browser):
+    peer = OpenAIPeer()
+    rt.answerer = peer.answer
+    app = web.Application()
+    app.router.add_get("/", lambda request: web.Response(text=CALL_PAGE,
+                                                         content_type="text/html"))
+    rt.add_to(app)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("/"))
+    try:
+        secret = await client(url + "v1").realtime.client_secrets.create(
+            session={"type": "realtime", "model": "gpt-realtime"})
+        started = time.monotonic()
+        await call_browser.get(url)
+        await call_browser.js("start(arguments[0])", secret.value)
+        first = await call_browser.wait(
+            "return call.events.length && call.channel === 'open' && call.events[0]")
+        took = time.monotonic() - started
+        assert first["type"] == "session.created"
+        assert first["session"]["model"] == "gpt-realtime"
+        call_id = (await call_browser.js("return call.location")).rsplit("/", 1)[1]
+        assert await call_browser.js("return call.status") == 201
+        # The call's session is one: what the page asks on its channel, a sideband sees.
+        async with client(url + "v1").realtime.connect(call_id=call_id) as side:
+            await until(side, "session.created")
+            await call_browser.js("dc.send(JSON.stringify({type: 'response.create'}))")
+            done = (await until(side, "response.done"))["response"]
+            await call_browser.wait(
+                "return call.events.some(e => e.type === 'response.done')")
+            assert done["usage"]["output_token_details"]["audio_tokens"] == 5 * (
+                AUDIO_TOKENS_PER_WORD)
+            # Audio flows both ways: the page gets the peer's track, the peer the fake mic.
+            assert await call_browser.wait("return call.track") == "audio"
+            deadline = time.monotonic() + 10
+            while peer.frames == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert peer.frames > 0
+            await client(url + "v1").realtime.calls.hangup(call_id)
+            await call_browser.wait("return call.channel === 'closed'")
+        assert [r.via for r in rt.ledger.received] == ["datachannel"]
+        print(f"browser call: session.created on the data channel {took:.2f}s after load")
+    finally:
+        await peer.close()
