@@ -17,7 +17,7 @@ import contextlib
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 
-from openai_gateway.demo.fake_realtime import Call
+from openai_gateway.demo.realtime_session import Call
 
 CHANNEL = "oai-events"
 
