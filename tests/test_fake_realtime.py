@@ -215,9 +215,11 @@ async def test_calls_by_sdp_with_a_secret_and_sockets_by_browser_subprotocol(rt,
         assert refused.value.status == 401
 
 
-async def test_an_upstream_that_dies_mid_response(rt, rt_url):
-    rt.close_after = 2
+async def test_a_slow_upstream_that_dies_mid_response(rt, rt_url):
+    rt.close_after, rt.delay = 2, 0.2
+    started = time.monotonic()
     async with client(rt_url).realtime.connect(model="gpt-realtime") as conn:
+        assert time.monotonic() - started >= 0.2  # the handshake waited
         await conn.response.create()
         seen: list[dict] = []
         with pytest.raises(ConnectionClosed) as closed:
