@@ -31,6 +31,7 @@ import orjson
 from aiohttp import web
 
 from ..policy import media, sniff
+from .fake_realtime import FakeRealtime
 from .formats import (
     DONE,
     Answer,
@@ -74,6 +75,8 @@ class FakeOpenAI:
     #: carries finish_reason. Off: one chunk per word, the first with the role and the last with
     #: finish_reason (as some compatible servers send it).
     framed_chat_stream: bool = True
+    #: The realtime routes (fake_realtime.FakeRealtime), served when given.
+    realtime: FakeRealtime | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -83,6 +86,8 @@ class FakeOpenAI:
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_post("/v1/moderations", self.moderations)
         app.router.add_get("/v1/models", self.list_models)
+        if self.realtime is not None:
+            self.realtime.add_to(app)
         app.router.add_route("*", "/{tail:.*}", self.unknown)
         return app
 
