@@ -31,14 +31,14 @@ sys.path.insert(0, str(ROOT))
 import jwt_tokens  # noqa: E402
 import phases  # noqa: E402
 
-from openai_gateway import settings as settings_mod  # noqa: E402
 from openai_gateway.app import build  # noqa: E402
-from openai_gateway.auth.caller import BearerResolver  # noqa: E402
-from openai_gateway.identity import Client  # noqa: E402
+from openai_gateway.config import settings as settings_mod  # noqa: E402
+from openai_gateway.identity.addresses import Client  # noqa: E402
+from openai_gateway.identity.bearer import BearerResolver  # noqa: E402
+from openai_gateway.metering.prices import cost, estimate  # noqa: E402
+from openai_gateway.pipeline.validation import Validator  # noqa: E402
 from openai_gateway.policy import Usage, forward_body  # noqa: E402
 from openai_gateway.policy.jsonbody import parse_object  # noqa: E402
-from openai_gateway.prices import cost, estimate  # noqa: E402
-from openai_gateway.validation import Validator  # noqa: E402
 
 CHAT = "/v1/chat/completions"
 

@@ -37,7 +37,18 @@ from pathlib import Path
 
 import procs
 import wrk_driver
-from phases import API_KEY, BENCH, CACHE_MAX_BYTES, CHAT, CLIENTS, ROOT, Bench, gateway_toml, jwt_tokens_count, log
+from phases import (
+    API_KEY,
+    BENCH,
+    CACHE_MAX_BYTES,
+    CHAT,
+    CLIENTS,
+    ROOT,
+    Bench,
+    gateway_toml,
+    jwt_tokens_count,
+    log,
+)
 
 # scenario -> (configuration, wrk mode, token set)
 SCENARIOS = {

@@ -27,8 +27,8 @@ import uuid
 import zlib
 from pathlib import Path
 
-import procs
 import phases as bench_run
+import procs
 import wrk_driver
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")

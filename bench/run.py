@@ -39,6 +39,7 @@ import report
 import wrk_driver
 from phases import BENCH, CONFIGS, FULL, JSON_ONLY, PHASES, QUICK, ROOT, Bench, log
 
+
 def gateway_present() -> str | None:
     """None when gateway.py exists, else why the gateway configurations are skipped."""
     if not (ROOT / "gateway.py").is_file():

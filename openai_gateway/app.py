@@ -10,10 +10,8 @@ from dataclasses import dataclass
 import aiohttp_cors
 from aiohttp import web
 
-from . import metrics, playground
-from .auth.setup import Auth
-from .budgets import Limits
-from .cache import PromptCache
+from .cache.prompts import PromptCache
+from .config.settings import ClientSettings, Settings
 from .errors import (
     GatewayError,
     OriginNotAllowed,
@@ -21,13 +19,16 @@ from .errors import (
     from_http_exception,
     http_error_code,
 )
-from .identity import Client, address_key
-from .limitheaders import limit_headers
-from .logs import RequestRecord, log_access, refusal_detail
-from .proxy import COST_HEADER, RECORD, Proxy
-from .ratelimit import RateLimiter
-from .settings import ClientSettings, Settings
-from .upstream import Upstream
+from .http import playground
+from .identity.addresses import Client, address_key
+from .identity.auth import Auth
+from .metering.budgets import Limits
+from .metering.headers import limit_headers
+from .metering.limiter import RateLimiter
+from .observability import metrics
+from .observability.logs import RequestRecord, log_access, refusal_detail
+from .pipeline.proxy import COST_HEADER, RECORD, Proxy
+from .upstream.client import Upstream
 
 log = logging.getLogger("gateway")
 

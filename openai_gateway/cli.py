@@ -17,14 +17,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from . import __version__, logs
-from .auth.minted import CLI, TokenMinter, choose_tier, key_minter
+from . import __version__
+from .config.settings import ConfigError, Settings, load
 from .demo import DemoUpstream, demo_settings
 from .errors import GatewayError, StorageUnavailable
-from .identity import hash_key
-from .ratelimit import RateLimiter
-from .server import ConfigSource, run
-from .settings import ConfigError, Settings, load
+from .identity.addresses import hash_key
+from .identity.minted import CLI, TokenMinter, choose_tier, key_minter
+from .metering.limiter import RateLimiter
+from .observability import logs
+from .server.process import ConfigSource, run
 
 
 def prog() -> str:

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from openai_gateway.app import create_app
-from openai_gateway.settings import parse
+from openai_gateway.config.settings import parse
 
 from .fake_upstream import FakeOpenAI
 
@@ -254,7 +254,7 @@ class GatewayProcess:
         self.args = list(args)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "GatewayProcess":
+    def start(self) -> GatewayProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "gateway.py"), "--config", str(self.config_path),

@@ -261,7 +261,7 @@ async def test_upstream_slow_first_byte_is_504(make_gateway, fake):
 
 
 async def test_unexpected_exception_is_500_with_request_id(gw, monkeypatch, leak_scan):
-    from openai_gateway.validation import Validator
+    from openai_gateway.pipeline.validation import Validator
 
     def boom(self, *a, **k):
         raise RuntimeError(f"internal detail {KEY}")
@@ -282,7 +282,7 @@ async def test_logged_exception_is_redacted_by_the_formatter(monkeypatch):
     import io
     import logging
 
-    from openai_gateway import logs
+    from openai_gateway.observability import logs
     buf = io.StringIO()
     logs.configure("info", "json", (KEY,), stream=buf)
     try:

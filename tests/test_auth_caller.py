@@ -11,15 +11,15 @@ import jwt
 import orjson
 import pytest
 
-from openai_gateway.auth.caller import (
+from openai_gateway.errors import InvalidToken
+from openai_gateway.identity.bearer import (
     MAX_TOKEN_BYTES,
     BearerResolver,
     caller_id,
     looks_like_jwt,
 )
-from openai_gateway.auth.issuers import Issuer
-from openai_gateway.auth.minted import CLI, DEMO, ISSUER, SESSIONS, TokenMinter, key_minter
-from openai_gateway.errors import InvalidToken
+from openai_gateway.identity.issuers import Issuer
+from openai_gateway.identity.minted import CLI, DEMO, ISSUER, SESSIONS, TokenMinter, key_minter
 
 from .jwks_server import (  # noqa: F401
     Signer,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from openai_gateway.auth.captcha import CaptchaFailed, CaptchaUnavailable, CaptchaVerifier
 from openai_gateway.errors import GatewayError
+from openai_gateway.identity.captcha import CaptchaFailed, CaptchaUnavailable, CaptchaVerifier
 
 from .conftest import free_port
 from .jwks_server import (  # noqa: F401

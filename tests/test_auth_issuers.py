@@ -10,9 +10,9 @@ import jwt
 import orjson
 import pytest
 
-from openai_gateway.auth.issuers import Issuer, issuer_problems
-from openai_gateway.auth.jwks import KeySet
 from openai_gateway.errors import InvalidToken
+from openai_gateway.identity.issuers import Issuer, issuer_problems
+from openai_gateway.identity.jwks import KeySet
 
 from .jwks_server import (  # noqa: F401
     Signer,

@@ -6,7 +6,8 @@ import time
 import jwt
 import pytest
 
-from openai_gateway.auth.minted import (
+from openai_gateway.errors import InvalidRequest, InvalidToken
+from openai_gateway.identity.minted import (
     ISSUER,
     MINTED_BY,
     MintingNotAllowed,
@@ -15,7 +16,6 @@ from openai_gateway.auth.minted import (
     key_minter,
     new_secret,
 )
-from openai_gateway.errors import InvalidRequest, InvalidToken
 
 SECRET = "gw-token-SECRET-a1b2c3d4e5f6a7b8c9d0-do-not-leak"
 NEXT_SECRET = "gw-token-SECRET-NEXT-0f1e2d3c4b5a69788796-do-not-leak"

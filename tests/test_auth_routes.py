@@ -6,13 +6,13 @@ import pytest
 from aiohttp import web
 
 from openai_gateway.app import render_errors
-from openai_gateway.auth.caller import BearerResolver
-from openai_gateway.auth.captcha import CaptchaVerifier
-from openai_gateway.auth.minted import TokenMinter
-from openai_gateway.auth.routes import demo_token_handler, session_handler, tokens_handler
+from openai_gateway.config.settings import ClientSettings
 from openai_gateway.errors import RateLimited
-from openai_gateway.identity import hash_key
-from openai_gateway.settings import ClientSettings
+from openai_gateway.http.tokens import demo_token_handler, session_handler, tokens_handler
+from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.bearer import BearerResolver
+from openai_gateway.identity.captcha import CaptchaVerifier
+from openai_gateway.identity.minted import TokenMinter
 
 from .jwks_server import (  # noqa: F401
     CAPTCHA_SECRET,

@@ -20,7 +20,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from openai_gateway.app import create_app
-from openai_gateway.settings import parse
+from openai_gateway.config.settings import parse
 
 from .conftest import KEY, ROOT, base_config, free_port, merge
 from .test_demo import demo_process  # noqa: F401  (a fixture)

@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 from limits import parse
 
-from openai_gateway.budgets import Limit, Limits, Reservation, spend_item, wait_for
+from openai_gateway.config.storage import parse_storage_url
 from openai_gateway.errors import (
     BudgetExceeded,
     RateLimited,
@@ -17,13 +17,12 @@ from openai_gateway.errors import (
     StorageUnavailable,
     TokensRateLimited,
 )
-from openai_gateway.limitheaders import format_usd
-from openai_gateway.ratelimit import RateLimiter
-from openai_gateway.storage import parse_storage_url
-
-from .store_fixtures import redis_factory  # noqa: F401  (fixture)
+from openai_gateway.metering.budgets import Limit, Limits, Reservation, spend_item, wait_for
+from openai_gateway.metering.headers import format_usd
+from openai_gateway.metering.limiter import RateLimiter
 
 from .conftest import free_port
+from .store_fixtures import redis_factory  # noqa: F401  (fixture)
 
 CHAT, MINI, BIG = "/v1/chat/completions", "gpt-4o-mini", "gpt-4o"
 DAY, MONTH = 86_400, 2_592_000  # limits' granularities: a month is 30 days

@@ -7,7 +7,7 @@ import socket
 import aiohttp
 import pytest
 
-from openai_gateway.identity import hash_key
+from openai_gateway.identity.addresses import hash_key
 
 CHAT = {"model": "gpt-4o-mini", "temperature": 0,
         "messages": [{"role": "user", "content": "hi"}]}
@@ -247,7 +247,7 @@ async def test_memcached_killed_mid_run_still_serves(make_gateway, memcached_fac
 
 @pytest.mark.parametrize("poison", [b"garbage", b"Jnot json", b"J[1,2]", b"Sdata: x\n\n", b""])
 async def test_poisoned_memcached_value_is_a_miss(make_gateway, memcached_url, fake, poison):
-    from openai_gateway.cache import cache_key
+    from openai_gateway.cache.prompts import cache_key
     body = dict(CHAT, seed=4242)
     headers = {"Accept": "application/json"}  # the client's default would be */*
     key = cache_key("/v1/chat/completions", "shared", body, headers)

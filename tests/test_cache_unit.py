@@ -12,12 +12,12 @@ from aiocache.lock import OptimisticLock, OptimisticLockError, RedLock
 from aiocache.serializers import JsonSerializer
 from multidict import CIMultiDict
 
-from openai_gateway.cache import VARY_HEADERS, Entry, PromptCache, cache_key
-from openai_gateway.memory_cache import BoundedMemoryCache
-from openai_gateway.settings import CacheSettings
-from openai_gateway.storage import parse_storage_url
-from openai_gateway.upstream import FORWARDED_HEADERS
-from openai_gateway.validation import ParsedRequest
+from openai_gateway.cache.prompts import VARY_HEADERS, Entry, PromptCache, cache_key
+from openai_gateway.config.settings import CacheSettings
+from openai_gateway.config.storage import parse_storage_url
+from openai_gateway.pipeline.validation import ParsedRequest
+from openai_gateway.store.memory_cache import BoundedMemoryCache
+from openai_gateway.upstream.client import FORWARDED_HEADERS
 
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"

@@ -26,9 +26,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from openai_gateway.config.settings import Settings, as_limits, parse
 from openai_gateway.demo import DEMO_KEY, DEMO_MODELS, DemoUpstream, demo_settings, reply_text
 from openai_gateway.demo.fake_openai import FakeOpenAI
-from openai_gateway.settings import Settings, as_limits, parse
 
 from . import fake_upstream
 from .conftest import ROOT, GatewayProcess, free_port

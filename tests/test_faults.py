@@ -117,7 +117,7 @@ async def test_enormous_response_is_refused(make_gateway, fake):
 async def test_failover_to_the_next_upstream_with_its_own_key(aiohttp_client, upstream_url,
                                                               fake):
     from openai_gateway.app import create_app
-    from openai_gateway.settings import parse
+    from openai_gateway.config.settings import parse
 
     from .conftest import base_config, merge, trace_config
     cfg = merge(base_config(f"http://127.0.0.1:{free_port()}/v1"), {"upstream": {

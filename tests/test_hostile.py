@@ -5,10 +5,10 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from openai_gateway.config.settings import ValidationSettings
 from openai_gateway.errors import GatewayError
+from openai_gateway.pipeline.validation import REQUIRED_INPUT, Validator
 from openai_gateway.policy import forward_body
-from openai_gateway.settings import ValidationSettings
-from openai_gateway.validation import REQUIRED_INPUT, Validator
 
 ROUTES = sorted(REQUIRED_INPUT)
 json_values = st.recursive(

@@ -9,8 +9,9 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from openai_gateway.config.settings import ClientSettings
 from openai_gateway.errors import InvalidClientKey
-from openai_gateway.identity import (
+from openai_gateway.identity.addresses import (
     Client,
     IdentityResolver,
     TrustedProxies,
@@ -19,7 +20,6 @@ from openai_gateway.identity import (
     forwarded_for,
     hash_key,
 )
-from openai_gateway.settings import ClientSettings
 
 TRUSTED = TrustedProxies(("127.0.0.1", "::1", "10.0.0.0/8", "fd00::/8"))
 
@@ -184,7 +184,7 @@ def _reference(address: str) -> bool | None:
                  st.text(alphabet="0123456789abcdef.:x% ", max_size=24)))
 @settings(max_examples=400, deadline=None)
 def test_trusted_proxies_match_ipaddress_semantics(address):
-    from openai_gateway.identity import TrustedProxies, _ip
+    from openai_gateway.identity.addresses import TrustedProxies, _ip
     if "%" in address:
         return  # scoped IPv6 literals: ipaddress accepts them, a hop never carries one
     expected = _reference(address)

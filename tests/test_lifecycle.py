@@ -13,8 +13,8 @@ import time
 import aiohttp
 import pytest
 
-from openai_gateway.server import EXIT_CANNOT_LISTEN, Supervisor
-from openai_gateway.settings import Settings
+from openai_gateway.config.settings import Settings
+from openai_gateway.server.process import EXIT_CANNOT_LISTEN, Supervisor
 
 from .conftest import KEY, ORIGIN, ROOT, base_config, merge, toml_dumps
 

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from limits import RateLimitItemPerMinute, parse
 
-from openai_gateway.limitspec import PERIODS, as_limits, as_spend, limit_text, parse_limit
+from openai_gateway.config.limits import PERIODS, as_limits, as_spend, limit_text, parse_limit
 
 
 @given(amount=st.integers(1, 10**9), multiple=st.integers(1, 1000),

@@ -15,9 +15,9 @@ import sys
 import pytest
 from aiohttp.http import HttpProcessingError
 
-from openai_gateway import logs
 from openai_gateway.errors import InvalidRequest, OriginNotAllowed, RateLimited, TokensRateLimited
-from openai_gateway.logs import (
+from openai_gateway.observability import logs
+from openai_gateway.observability.logs import (
     ClientHasher,
     MalformedHeads,
     RedactingFormatter,

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from openai_gateway.logs import MALFORMED_LINES_PER_SECOND
+from openai_gateway.observability.logs import MALFORMED_LINES_PER_SECOND
 
 #: A client's own secret: the gateway never knows it, so its redaction cannot catch it.
 CLIENT_SECRET = "sk-client-secret-7d41c0ffee9b2a6e5f38-do-not-log"

@@ -6,7 +6,6 @@ leaves, and let the gateway (not nginx) answer bodies just over its size limit.
 """
 
 import asyncio
-import json
 import shutil
 import subprocess
 import time

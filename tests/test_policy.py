@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from openai_gateway.config.settings import ValidationSettings
 from openai_gateway.policy import ParsedRequest, Refusal, RequestPolicy, forward_body
 from openai_gateway.policy.jsonbody import parse_object
 from openai_gateway.policy.usage import prompt_estimate
-from openai_gateway.settings import ValidationSettings
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

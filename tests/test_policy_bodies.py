@@ -9,8 +9,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from openai_gateway.bodies import body_coding, read_body
 from openai_gateway.errors import GatewayError, UnsupportedEncoding
+from openai_gateway.pipeline.bodies import body_coding, read_body
 
 LIMIT = 10_000
 JSON_BODY = orjson.dumps({"model": "gpt-4o-mini", "input": "x" * 2000})

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from openai_gateway.errors import LOGGED_CHARS, UPSTREAM_MESSAGES, upstream_error
-from openai_gateway.upstream import RETURNED_HEADERS
+from openai_gateway.upstream.client import RETURNED_HEADERS
 
 #: OpenAI's own 429 text: it names the account's organization and its usage.
 OPENAI_429 = {"error": {

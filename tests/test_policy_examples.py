@@ -10,8 +10,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from openai_gateway.config.settings import ValidationSettings
 from openai_gateway.policy import Refusal, RequestPolicy, forward_body
-from openai_gateway.settings import ValidationSettings
 
 WEATHER = {
     "name": "get_current_weather",

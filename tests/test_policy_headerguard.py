@@ -12,7 +12,7 @@ import itertools
 
 import pytest
 
-from openai_gateway.headerguard import BODY, HEAD, LOST, MAX_HEAD, HeaderGuard
+from openai_gateway.server.headguard import BODY, HEAD, LOST, MAX_HEAD, HeaderGuard
 
 
 class Transport:

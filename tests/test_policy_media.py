@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from openai_gateway.config.settings import ValidationSettings
 from openai_gateway.policy import Refusal, RequestPolicy, media, sniff
-from openai_gateway.settings import ValidationSettings
 
 LARGEST = 2833 + 8 * 5667  # gpt-4o-mini at 8 tiles: the largest figure of any family
 

@@ -7,7 +7,7 @@ import socket
 
 from aiohttp import web
 
-from openai_gateway.streaming import PIECE, send_answer
+from openai_gateway.upstream.sse import PIECE, send_answer
 
 BIG = bytes(range(256)) * (8 * 1024 * 1024 // 256)  # 8 MiB: far more than socket buffers hold
 

@@ -10,9 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from openai_gateway import metrics
-from openai_gateway.policy.usage import usage_of
-from openai_gateway.prices import (
+from openai_gateway.metering.prices import (
     DEFAULT_PRICES,
     MICRO,
     OTHER,
@@ -24,6 +22,8 @@ from openai_gateway.prices import (
     micro_from_usd,
     usd,
 )
+from openai_gateway.observability import metrics
+from openai_gateway.policy.usage import usage_of
 
 REQUIRED = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o1", "o3",
             "o3-mini", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5-nano", "text-embedding-3-small",

@@ -6,7 +6,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from openai_gateway.identity import hash_key
+from openai_gateway.identity.addresses import hash_key
 
 from .conftest import ORIGIN, free_port
 
@@ -195,7 +195,7 @@ async def test_storage_down_at_start_and_mid_run(make_gateway, memcached_factory
 
 
 def test_moving_window_on_memcached_is_a_config_error():
-    from openai_gateway.settings import ConfigError, parse
+    from openai_gateway.config.settings import ConfigError, parse
     with pytest.raises(ConfigError) as exc:
         parse({"storage": {"url": "memcached://127.0.0.1:11211"},
                "rate_limit": {"strategy": "moving-window"}}, environ={"OPENAI_API_KEY": "x"})
@@ -206,10 +206,10 @@ def test_moving_window_on_memcached_is_a_config_error():
 async def test_memory_storage_stays_bounded_and_forgets_idle_clients():
     import threading
 
-    from openai_gateway.identity import Client
-    from openai_gateway.ratelimit import RateLimiter
-    from openai_gateway.settings import RateLimitSettings
-    from openai_gateway.storage import parse_storage_url
+    from openai_gateway.config.settings import RateLimitSettings
+    from openai_gateway.config.storage import parse_storage_url
+    from openai_gateway.identity.addresses import Client
+    from openai_gateway.metering.limiter import RateLimiter
 
     limiter = RateLimiter(RateLimitSettings(requests=("5/second",)),
                           parse_storage_url("memory://"), on_error="open", timeout=0.5)

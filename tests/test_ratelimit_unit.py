@@ -15,14 +15,14 @@ from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
-from openai_gateway.budgets import Limits
-from openai_gateway.callers import _plan
+from openai_gateway.config.settings import ClientSettings, RateLimitSettings, RuleSettings
+from openai_gateway.config.storage import parse_storage_url
 from openai_gateway.errors import RateLimited
-from openai_gateway.identity import Client, hash_key
-from openai_gateway.memstore import MemoryStore
-from openai_gateway.ratelimit import LimitState, RateLimiter, format_reset, limit_headers
-from openai_gateway.settings import ClientSettings, RateLimitSettings, RuleSettings
-from openai_gateway.storage import parse_storage_url
+from openai_gateway.identity.addresses import Client, hash_key
+from openai_gateway.identity.callers import _plan
+from openai_gateway.metering.budgets import Limits
+from openai_gateway.metering.limiter import LimitState, RateLimiter, format_reset, limit_headers
+from openai_gateway.store.memory import MemoryStore
 
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
 MINI = "gpt-4o-mini"

@@ -13,10 +13,10 @@ import aiohttp
 import orjson
 import pytest
 
+from openai_gateway.config.settings import ValidationSettings
 from openai_gateway.demo.fake_openai import FakeOpenAI
+from openai_gateway.metering.prices import DEFAULT_PRICES, MICRO, Usage, cost
 from openai_gateway.policy import RequestPolicy, media
-from openai_gateway.prices import DEFAULT_PRICES, MICRO, Usage, cost
-from openai_gateway.settings import ValidationSettings
 
 from .conftest import ORIGIN
 

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from openai_gateway import sdnotify
+from openai_gateway.server import sdnotify
 
 
 @pytest.fixture(params=["path", "abstract"])

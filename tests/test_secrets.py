@@ -7,7 +7,7 @@ import sys
 
 import aiohttp
 
-from openai_gateway.identity import hash_key
+from openai_gateway.identity.addresses import hash_key
 
 from .conftest import KEY, ROOT, free_port
 

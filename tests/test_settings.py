@@ -18,9 +18,9 @@ from limits import (
     RateLimitItemPerSecond,
 )
 
-from openai_gateway.limitspec import LIMIT_EXPECTED, SPEND_EXPECTED, SpendLimit
-from openai_gateway.loader import Problems, build
-from openai_gateway.settings import (
+from openai_gateway.config.limits import LIMIT_EXPECTED, SPEND_EXPECTED, SpendLimit
+from openai_gateway.config.loader import Problems, build
+from openai_gateway.config.settings import (
     CacheSettings,
     ClientSettings,
     ConfigError,
@@ -35,7 +35,7 @@ from openai_gateway.settings import (
     parse,
     read_api_key,
 )
-from openai_gateway.storage import StorageURL
+from openai_gateway.config.storage import StorageURL
 
 from .conftest import KEY, ROOT, toml_dumps
 

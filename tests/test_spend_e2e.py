@@ -14,8 +14,8 @@ import aiohttp
 import openai
 import pytest
 
+from openai_gateway.metering.prices import MICRO, Price, Usage, cost, estimate
 from openai_gateway.policy import prompt_estimate
-from openai_gateway.prices import MICRO, Price, Usage, cost, estimate
 
 from .conftest import ORIGIN, SEEN_RESPONSES
 

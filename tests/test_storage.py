@@ -5,7 +5,7 @@ import pytest
 from limits.aio.storage import MemcachedStorage, MemoryStorage
 from limits.storage import storage_from_string
 
-from openai_gateway.storage import StorageError, StorageURL, parse_storage_url
+from openai_gateway.config.storage import StorageError, StorageURL, parse_storage_url
 
 
 @pytest.mark.parametrize("url, text, uri", [

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from openai_gateway.policy.usage import Usage
-from openai_gateway.streaming import MAX_HELD, _Inspector
+from openai_gateway.upstream.sse import MAX_HELD, _Inspector
 
 USAGE = Usage(input=9, output=3)
 

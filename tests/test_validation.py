@@ -4,9 +4,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from openai_gateway.config.settings import ValidationSettings
 from openai_gateway.errors import GatewayError, InvalidRequest, ModelNotAllowed
-from openai_gateway.settings import ValidationSettings
-from openai_gateway.validation import ParsedRequest, Validator
+from openai_gateway.pipeline.validation import ParsedRequest, Validator
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

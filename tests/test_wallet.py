@@ -19,8 +19,8 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
+from openai_gateway.metering.prices import DEFAULT_PRICES, cost
 from openai_gateway.policy import Usage
-from openai_gateway.prices import DEFAULT_PRICES, cost
 
 from .conftest import ORIGIN
 from .store_fixtures import redis_factory  # noqa: F401  (fixture)

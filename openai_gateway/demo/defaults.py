@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..playground import own_origins
-from ..settings import Settings
+from ..config.settings import Settings
+from ..http.playground import own_origins
 
 DEMO_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "omni-moderation-latest")
 #: Sent upstream instead of a real key: the demo upstream ignores it, and it is not a secret.

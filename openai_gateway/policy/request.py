@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..settings import ValidationSettings
+from ..config.settings import ValidationSettings
 from . import inputs, knobs, media
 from .jsonbody import parse_object
 from .refusal import Refusal, shown

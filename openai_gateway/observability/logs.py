@@ -27,7 +27,7 @@ from typing import TextIO
 import orjson
 from aiohttp.http import HttpProcessingError
 
-from .errors import GatewayError, OriginNotAllowed, RateLimited, TokensRateLimited
+from ..errors import GatewayError, OriginNotAllowed, RateLimited, TokensRateLimited
 
 ACCESS = logging.getLogger("gateway.access")
 REDACTED = "[REDACTED]"

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from limits import RateLimitItemPerHour
 
-from .limitspec import Limits, Spend, as_limits, as_spend
+from .limits import Limits, Spend, as_limits, as_spend
 from .loader import Problems, coerce
 
 #: JWS algorithms a JWT issuer may be allowed (RFC 7518 section 3.1); "none" is not one of them.

@@ -16,7 +16,7 @@ import zlib
 
 from aiohttp import web
 
-from .errors import BodyTooLarge, InvalidRequest, RequestTimeout, UnsupportedEncoding
+from ..errors import BodyTooLarge, InvalidRequest, RequestTimeout, UnsupportedEncoding
 
 #: Codings "inflate" accepts (zlib is always there; brotli and zstd need extra packages).
 INFLATABLE = frozenset({"gzip", "x-gzip", "deflate"})

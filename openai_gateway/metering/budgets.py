@@ -27,11 +27,11 @@ from decimal import Decimal, InvalidOperation
 
 from limits import RateLimitItem, parse, parse_many
 
-from .errors import BudgetExceeded, RateLimited, SpendLimited, TokensRateLimited
-from .limitheaders import MICRO, LimitState, format_reset, format_usd, limit_headers, retry_after
-from .memstore import MemoryStore, Window
-from .store import BatchStore, sliding
-from .store import Window as SWindow
+from ..errors import BudgetExceeded, RateLimited, SpendLimited, TokensRateLimited
+from ..store import BatchStore, sliding
+from ..store import Window as SWindow
+from ..store.memory import MemoryStore, Window
+from .headers import MICRO, LimitState, format_reset, format_usd, limit_headers, retry_after
 
 TOKENS, SPEND = "tok", "usd"  # the counters' kinds (part of their keys)
 GATEWAY = "gateway"  # the scope of the gateway-wide ceilings, budget.daily_usd / monthly_usd

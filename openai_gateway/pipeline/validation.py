@@ -7,9 +7,9 @@ knobs, the output cap, everything the model reads); this module turns a `Refusal
 """
 from __future__ import annotations
 
-from .errors import InvalidRequest, ModelNotAllowed
-from .policy import REQUIRED_INPUT, ParsedRequest, Refusal, RequestPolicy
-from .settings import ValidationSettings
+from ..config.settings import ValidationSettings
+from ..errors import InvalidRequest, ModelNotAllowed
+from ..policy import REQUIRED_INPUT, ParsedRequest, Refusal, RequestPolicy
 
 __all__ = ["REQUIRED_INPUT", "ParsedRequest", "Validator"]
 

@@ -23,12 +23,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from . import metrics
-from .auth.caller import BearerResolver
-from .bodies import read_body
-from .cache import Entry, PromptCache, cache_key
-from .callers import Callers
-from .errors import (
+from ..cache.prompts import Entry, PromptCache, cache_key
+from ..config.settings import Settings
+from ..errors import (
     BudgetExceeded,
     GatewayError,
     ModelNotPriced,
@@ -38,21 +35,24 @@ from .errors import (
     UpstreamFailed,
     upstream_error,
 )
-from .identity import Client, IdentityResolver
-from .limitheaders import limit_headers
-from .logs import RequestRecord
-from .policy import (
+from ..identity.addresses import Client, IdentityResolver
+from ..identity.bearer import BearerResolver
+from ..identity.callers import Callers
+from ..metering.headers import limit_headers
+from ..metering.limiter import RateLimiter, Reservation
+from ..metering.prices import MICRO, Price, PriceTable, configured, cost, estimate
+from ..observability import metrics
+from ..observability.logs import RequestRecord
+from ..policy import (
     STOP_MARGIN_TOKENS,
     OutputCounter,
     Usage,
     forward_body,
     usage_from_answer,
 )
-from .prices import MICRO, Price, PriceTable, configured, cost, estimate
-from .ratelimit import RateLimiter, Reservation
-from .settings import Settings
-from .streaming import StreamOutcome, relay, replay, send_answer
-from .upstream import RETURNED_HEADERS, Upstream
+from ..upstream.client import RETURNED_HEADERS, Upstream
+from ..upstream.sse import StreamOutcome, relay, replay, send_answer
+from .bodies import read_body
 from .validation import ParsedRequest, Validator
 
 log = logging.getLogger("gateway.proxy")

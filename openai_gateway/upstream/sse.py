@@ -19,8 +19,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .errors import error_body
-from .policy.usage import OutputCounter, Usage, usage_from_event
+from ..errors import error_body
+from ..policy.usage import OutputCounter, Usage, usage_from_event
 
 #: Headers every SSE answer carries. no-cache: never stored by a browser or CDN;
 #: X-Accel-Buffering: tells nginx not to buffer even where proxy_buffering is on.

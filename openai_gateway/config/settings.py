@@ -30,18 +30,7 @@ from pathlib import Path
 
 from limits import RateLimitItem
 
-from .limitspec import (
-    LIMIT_EXPECTED,
-    SPEND_EXPECTED,
-    SpendLimit,
-    as_limits,
-    as_spend,
-    limit_text,
-    parse_limit,
-    parse_spend,
-)
-from .loader import CONVERTERS, Problems, build, subkey
-from .settings_access import (
+from .access import (
     MIN_HMAC_SECRET,
     TIER_NAME,
     TIER_NAME_EXPECTED,
@@ -54,7 +43,18 @@ from .settings_access import (
     TierSettings,
     TokenSettings,
 )
-from .settings_serving import (
+from .limits import (
+    LIMIT_EXPECTED,
+    SPEND_EXPECTED,
+    SpendLimit,
+    as_limits,
+    as_spend,
+    limit_text,
+    parse_limit,
+    parse_spend,
+)
+from .loader import CONVERTERS, Problems, build, subkey
+from .serving import (
     DEFAULT_ROUTES,
     CacheSettings,
     CorsSettings,

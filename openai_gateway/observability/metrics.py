@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .errors import error_response
+from ..errors import error_response
 
 
 class _Count:
@@ -153,7 +153,7 @@ REGISTRY.register(_GatewayCollector([REQUESTS, LATENCY, TTFB, UPSTREAM_ERRORS, C
 
 def metrics_handler(get_trusted):
     """Serve the registry to trusted peers only; behind a proxy the real client must be one."""
-    from .identity import client_address, forwarded_for
+    from ..identity.addresses import client_address, forwarded_for
 
     async def handle(request: web.Request) -> web.Response:
         trusted = get_trusted()

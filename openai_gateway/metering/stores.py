@@ -6,10 +6,10 @@ servers are down (for /readyz and the `gateway_storage_server_up` gauge).
 """
 from __future__ import annotations
 
-from . import metrics
-from .storage import StorageURL
-from .store import MemcachedCluster
-from .store.redis import RedisStore, RedisURL
+from ..config.storage import StorageURL
+from ..observability import metrics
+from ..store import MemcachedCluster
+from ..store.redis import RedisStore, RedisURL
 
 SharedStore = MemcachedCluster | RedisStore
 

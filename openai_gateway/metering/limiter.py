@@ -34,7 +34,13 @@ from limits import RateLimitItemPerDay, RateLimitItemPerMonth
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
-from . import metrics
+from ..config.storage import StorageURL
+from ..errors import RateLimited, StorageUnavailable
+from ..observability import metrics
+from ..store import ServerDown, sliding
+from ..store import Window as SWindow
+from ..store.memory import MemoryStore
+from ..store.redis import RedisStore
 from .budgets import (
     EVERYONE,
     GATEWAY,
@@ -52,14 +58,8 @@ from .budgets import (
     tightest,
     window_of,
 )
-from .errors import RateLimited, StorageUnavailable
-from .limitheaders import MICRO, LimitState, format_reset, limit_headers, retry_after
-from .mcstore import SharedStore, shared_store
-from .memstore import MemoryStore
-from .storage import StorageURL
-from .store import ServerDown, sliding
-from .store import Window as SWindow
-from .store.redis import RedisStore
+from .headers import MICRO, LimitState, format_reset, limit_headers, retry_after
+from .stores import SharedStore, shared_store
 
 __all__ = ["LimitState", "Limits", "RateLimiter", "Reservation", "format_reset",
            "limit_headers"]

@@ -15,7 +15,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from .settings import ServerSettings, Settings
+from ..config.settings import ServerSettings, Settings
 
 log = logging.getLogger("gateway")
 

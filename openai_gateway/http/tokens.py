@@ -19,13 +19,13 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config.settings import ClientSettings
 from ..errors import BodyTooLarge, InvalidClientKey, InvalidRequest
+from ..identity.bearer import caller_id
+from ..identity.captcha import MAX_RESPONSE_CHARS, CaptchaVerifier
+from ..identity.minted import DEMO, ISSUER, SESSIONS, TokenMinter, choose_tier, key_minter
 from ..policy.jsonbody import parse_object
 from ..policy.refusal import Refusal, shown
-from ..settings import ClientSettings
-from .caller import caller_id
-from .captcha import MAX_RESPONSE_CHARS, CaptchaVerifier
-from .minted import DEMO, ISSUER, SESSIONS, TokenMinter, choose_tier, key_minter
 
 log = logging.getLogger("gateway.auth")
 

@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 
-from .errors import UpstreamTimeout, UpstreamUnavailable
-from .metrics import UPSTREAM_ERRORS
-from .settings import UpstreamSettings
+from ..config.settings import UpstreamSettings
+from ..errors import UpstreamTimeout, UpstreamUnavailable
+from ..observability.metrics import UPSTREAM_ERRORS
 
 log = logging.getLogger("gateway.upstream")
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from limits import RateLimitItemPerDay, RateLimitItemPerMinute
 
-from .limitspec import Limits, Spend, as_limits, as_spend
+from .limits import Limits, Spend, as_limits, as_spend
 from .loader import Problems, coerce
 from .storage import StorageURL, parse_storage_url
 

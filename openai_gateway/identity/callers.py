@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .auth.caller import BearerResolver
-from .budgets import Limits
-from .errors import InvalidClientKey, Unauthenticated
-from .identity import Client, IdentityResolver
-from .settings import ClientSettings, TierSettings
+from ..config.settings import ClientSettings, TierSettings
+from ..errors import InvalidClientKey, Unauthenticated
+from ..metering.budgets import Limits
+from .addresses import Client, IdentityResolver
+from .bearer import BearerResolver
 
 log = logging.getLogger("gateway.callers")
 

@@ -9,9 +9,9 @@ from functools import lru_cache
 
 from aiohttp import web
 
-from .budgets import Limits
-from .errors import InvalidClientKey
-from .settings import ClientSettings
+from ..config.settings import ClientSettings
+from ..errors import InvalidClientKey
+from ..metering.budgets import Limits
 
 
 @dataclass(frozen=True, slots=True)

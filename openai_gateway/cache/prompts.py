@@ -25,15 +25,15 @@ from aiocache import RedisCache
 from aiocache.serializers import NullSerializer
 from multidict import istr
 
-from .memory_cache import BoundedMemoryCache
-from .settings import CacheSettings
-from .storage import StorageURL
-from .store import MemcachedCluster
-from .store.cache_backend import RingCache
-from .store.redis import RedisStore
-from .streaming import DONE, RESPONSES_DONE
-from .upstream import FORWARDED_HEADERS
-from .validation import ParsedRequest
+from ..config.settings import CacheSettings
+from ..config.storage import StorageURL
+from ..pipeline.validation import ParsedRequest
+from ..store import MemcachedCluster
+from ..store.cache_backend import RingCache
+from ..store.memory_cache import BoundedMemoryCache
+from ..store.redis import RedisStore
+from ..upstream.client import FORWARDED_HEADERS
+from ..upstream.sse import DONE, RESPONSES_DONE
 
 log = logging.getLogger("gateway.cache")
 
@@ -141,14 +141,14 @@ class PromptCache:
         if self.storage.kind == "memcached":
             cluster = self.store
             if not isinstance(cluster, MemcachedCluster):
-                from .mcstore import server_name
+                from ..metering.stores import server_name
                 cluster = self._own_store = MemcachedCluster(
                     [server_name(h, p) for h, p in self.storage.servers], timeout=self.timeout)
                 self.store = cluster
             self._backends = [RingCache(cluster)]
         elif self.storage.kind == "redis":
             [(host, port)] = self.storage.servers
-            from .store.redis import RedisURL
+            from ..store.redis import RedisURL
             url = RedisURL(self.storage.tls, host, port, self.storage.db,
                            self.storage.username or None)
             # No default ttl on the object (aiocache 0.12.3); timeout=None: `_shared` bounds
@@ -227,7 +227,7 @@ class PromptCache:
         return await call
 
     def _failed(self, op: str, exc: Exception) -> None:
-        from .metrics import STORAGE_ERRORS
+        from ..observability.metrics import STORAGE_ERRORS
         STORAGE_ERRORS.labels("cache").inc()
         log.warning("cache %s failed (%s); bypassing the cache", op, type(exc).__name__)
 

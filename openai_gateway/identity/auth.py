@@ -12,12 +12,12 @@ from contextlib import asynccontextmanager
 import aiohttp
 from aiohttp import web
 
-from ..settings import ClientSettings, Settings
-from .caller import BearerResolver
+from ..config.settings import ClientSettings, Settings
+from ..http.tokens import demo_token_handler, session_handler, tokens_handler
+from .bearer import BearerResolver
 from .captcha import CaptchaVerifier
 from .issuers import Issuer
 from .minted import TokenMinter, new_secret
-from .routes import demo_token_handler, session_handler, tokens_handler
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

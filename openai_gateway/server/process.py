@@ -20,12 +20,13 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from . import logs, sdnotify
-from .app import create_app, mark_draining, reconfigure
-from .demo import DemoUpstream
-from .headerguard import HeaderGuard
-from .playground import own_origins
-from .settings import ConfigError, ServerSettings, Settings, load, resolve_workers
+from ..app import create_app, mark_draining, reconfigure
+from ..config.settings import ConfigError, ServerSettings, Settings, load, resolve_workers
+from ..demo import DemoUpstream
+from ..http.playground import own_origins
+from ..observability import logs
+from . import sdnotify
+from .headguard import HeaderGuard
 
 log = logging.getLogger("gateway")
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from types import MappingProxyType
 
-from .policy.media import SNAPSHOT
-from .policy.usage import Usage  # the one definition of an answer's tokens
+from ..policy.media import SNAPSHOT
+from ..policy.usage import Usage  # the one definition of an answer's tokens
 
 #: Micro-dollars in one US dollar.
 MICRO = 1_000_000

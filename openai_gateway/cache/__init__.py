@@ -1,0 +1,1 @@
+"""The prompt cache: canonical keys, policy, single flight."""

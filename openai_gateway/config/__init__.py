@@ -1,0 +1,1 @@
+"""The configuration: sections, the loader, limit grammar, storage URLs, secrets; parsed once."""

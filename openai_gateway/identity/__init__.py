@@ -1,0 +1,1 @@
+"""Who is calling: addresses, client keys, verified tokens (JWKS, minted, captcha)."""

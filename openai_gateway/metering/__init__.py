@@ -1,0 +1,1 @@
+"""Request limits, token and dollar budgets, prices and money, limit headers."""

@@ -1,0 +1,1 @@
+"""The process: bind, serve, reload, drain, workers, the head guard, systemd notifications."""

@@ -1,0 +1,1 @@
+"""The upstream: the pooled client and the relays of its answers."""
