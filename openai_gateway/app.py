@@ -20,8 +20,9 @@ from .errors import (
     http_error_code,
 )
 from .http import playground
-from .identity.addresses import Client, address_key
+from .identity.addresses import address_key
 from .identity.auth import Auth
+from .identity.callers import Caller
 from .metering.budgets import Limits
 from .metering.headers import limit_headers
 from .metering.limiter import RateLimiter
@@ -318,7 +319,7 @@ async def _session_rate(proxy: Proxy, settings: Settings, address: str) -> None:
     by its server.ipv6_prefix, as the API keys it (anyone holds a /64 of addresses)."""
     limits = Limits(requests=settings.auth.sessions.requests, tokens=(), spend=())
     keyed = address_key(address, proxy.identity.ipv6_prefix)
-    await proxy.limiter.check_requests(Client("session:" + keyed, address, limits=limits),
+    await proxy.limiter.check_requests(Caller("session:" + keyed, address, limits=limits),
                                        "/gateway/session", None)
 
 

@@ -1,4 +1,4 @@
-"""BearerResolver: an Authorization header -> a verified Caller, None (not a JWT), or 401."""
+"""BearerResolver: an Authorization header -> a verified Verified, None (not a JWT), or 401."""
 from __future__ import annotations
 
 import asyncio

@@ -1,6 +1,7 @@
 """Who is calling: X-Forwarded-For from trusted proxies only, and gateway-issued client keys."""
 from __future__ import annotations
 
+import asyncio
 from unittest import mock
 
 import orjson
@@ -12,7 +13,6 @@ from hypothesis import strategies as st
 from openai_gateway.config.settings import ClientSettings
 from openai_gateway.errors import InvalidClientKey
 from openai_gateway.identity.addresses import (
-    Client,
     IdentityResolver,
     TrustedProxies,
     address_key,
@@ -20,6 +20,7 @@ from openai_gateway.identity.addresses import (
     forwarded_for,
     hash_key,
 )
+from openai_gateway.identity.callers import Caller, Callers
 
 TRUSTED = TrustedProxies(("127.0.0.1", "::1", "10.0.0.0/8", "fd00::/8"))
 
@@ -94,9 +95,19 @@ def request(peer: str | None = "198.51.100.9", **headers: str):
                                transport=transport)
 
 
-def resolver(clients=(BACKEND, BATCH), require=False) -> IdentityResolver:
-    return IdentityResolver(trusted_proxies=("127.0.0.1",), clients=clients,
-                            require_client_key=require)
+class resolver:
+    """Who `Callers.identify` says is calling: its id, address and client key (not what its
+    plan allows)."""
+
+    def __init__(self, clients=(BACKEND, BATCH), require=False, ipv6_prefix=64):
+        identity = IdentityResolver(trusted_proxies=("127.0.0.1",), clients=clients,
+                                    require_client_key=require, ipv6_prefix=ipv6_prefix)
+        self.callers = Callers(identity=identity, bearer=None, tiers={}, clients=clients,
+                               anonymous=True, require_client_key=require)
+
+    def resolve(self, req) -> Caller:
+        who = asyncio.run(self.callers.identify(req))
+        return Caller(who.id, who.ip, who.settings)
 
 
 def test_hash_key_is_hex_sha256():
@@ -108,7 +119,7 @@ def test_hash_key_is_hex_sha256():
 def test_without_client_keys_authorization_is_ignored(authorization):
     headers = {"Authorization": authorization} if authorization else {}
     client = resolver(clients=()).resolve(request(**headers))
-    assert client == Client(id="ip:198.51.100.9", ip="198.51.100.9", settings=None)
+    assert client == Caller(id="ip:198.51.100.9", ip="198.51.100.9", settings=None)
 
 
 @pytest.mark.parametrize("authorization, expected", [
@@ -119,7 +130,7 @@ def test_without_client_keys_authorization_is_ignored(authorization):
 ])
 def test_known_client_key(authorization, expected):
     client = resolver().resolve(request(Authorization=authorization))
-    assert client == Client(id=f"key:{expected.name}", ip="198.51.100.9", settings=expected)
+    assert client == Caller(id=f"key:{expected.name}", ip="198.51.100.9", settings=expected)
     assert client.settings.name == expected.name
 
 
@@ -128,7 +139,7 @@ def test_known_client_key(authorization, expected):
     {"Authorization": KEY_A}, {"Authorization": "Bearer "}, {"Authorization": f"Bearer {KEY_A}x"},
 ])
 def test_unknown_client_key_is_anonymous(headers):
-    assert resolver().resolve(request(**headers)) == Client(id="ip:198.51.100.9",
+    assert resolver().resolve(request(**headers)) == Caller(id="ip:198.51.100.9",
                                                             ip="198.51.100.9")
 
 
@@ -157,7 +168,7 @@ def test_required_client_key_accepts_a_known_key():
 ])
 def test_resolver_uses_the_forwarded_address(peer, xff, ip):
     client = resolver().resolve(request(peer, **{"X-Forwarded-For": xff}))
-    assert client == Client(id=f"ip:{ip}", ip=ip)
+    assert client == Caller(id=f"ip:{ip}", ip=ip)
     keyed = resolver().resolve(request(peer, **{"X-Forwarded-For": xff,
                                                 "Authorization": f"Bearer {KEY_A}"}))
     assert (keyed.id, keyed.ip) == ("key:backend", ip)
@@ -219,7 +230,7 @@ def test_forwarded_for_reads_every_line(lines, joined):
 def test_a_proxy_that_appends_its_own_line_is_believed():
     """HAProxy's `option forwardfor` adds a line; the client's own line comes first."""
     req = request_with_lines("127.0.0.1", "1.1.1.1", "203.0.113.7")
-    assert resolver().resolve(req) == Client(id="ip:203.0.113.7", ip="203.0.113.7")
+    assert resolver().resolve(req) == Caller(id="ip:203.0.113.7", ip="203.0.113.7")
 
 
 @pytest.mark.parametrize("address, prefix, key", [
@@ -246,7 +257,5 @@ def test_address_key(address, prefix, key):
     ("198.51.100.9", 64, "ip:198.51.100.9"),
 ])
 def test_ipv6_clients_are_keyed_by_their_network(peer, prefix, cid):
-    r = IdentityResolver(trusted_proxies=("127.0.0.1",), clients=(), require_client_key=False,
-                         ipv6_prefix=prefix)
-    client = r.resolve(request(peer))
+    client = resolver(clients=(), ipv6_prefix=prefix).resolve(request(peer))
     assert (client.id, client.ip) == (cid, peer)  # the log still shows the full address

@@ -18,16 +18,16 @@ from limits.storage import storage_from_string
 from openai_gateway.config.settings import ClientSettings, RateLimitSettings, RuleSettings
 from openai_gateway.config.storage import parse_storage_url
 from openai_gateway.errors import RateLimited
-from openai_gateway.identity.addresses import Client, hash_key
-from openai_gateway.identity.callers import _plan
+from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.callers import Caller, _plan
 from openai_gateway.metering.budgets import Limits
 from openai_gateway.metering.limiter import LimitState, RateLimiter, format_reset, limit_headers
 from openai_gateway.store.memory import MemoryStore
 
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
 MINI = "gpt-4o-mini"
-ANON = Client(id="ip:198.51.100.1", ip="198.51.100.1")
-OTHER = Client(id="ip:198.51.100.2", ip="198.51.100.2")
+ANON = Caller(id="ip:198.51.100.1", ip="198.51.100.1")
+OTHER = Caller(id="ip:198.51.100.2", ip="198.51.100.2")
 BACKEND = ClientSettings(name="backend", key_sha256=hash_key("k1"), requests=("5/minute",),
                          tokens=("1000/minute",))
 PLAIN = ClientSettings(name="plain", key_sha256=hash_key("k2"))
@@ -35,10 +35,10 @@ UNLIMITED = ClientSettings(name="unlimited", key_sha256=hash_key("k3"), requests
 RESET = re.compile(r"^(\d+ms|(\d+h)?(\d+m)?\d+s)$")
 
 
-def client(settings: ClientSettings) -> Client:
+def client(settings: ClientSettings) -> Caller:
     """A client key's caller as callers.py builds it: its own limits, None where unset."""
     plan = _plan(None, settings)
-    return Client(id="key:" + settings.name, ip="198.51.100.1", settings=settings,
+    return Caller(id="key:" + settings.name, ip="198.51.100.1", settings=settings,
                   limits=plan.limits)
 
 
@@ -49,11 +49,11 @@ def limiter(requests=(), tokens=(), rules=(), clients=(), strategy="auto",
                        parse_storage_url(url), on_error="closed", timeout=0.5)
 
 
-async def allowed(lim: RateLimiter, who: Client = ANON, route=CHAT, model=MINI, times=1) -> list:
+async def allowed(lim: RateLimiter, who: Caller = ANON, route=CHAT, model=MINI, times=1) -> list:
     return [await lim.check_requests(who, route, model) for _ in range(times)]
 
 
-async def refused(lim: RateLimiter, who: Client = ANON, route=CHAT, model=MINI) -> RateLimited:
+async def refused(lim: RateLimiter, who: Caller = ANON, route=CHAT, model=MINI) -> RateLimited:
     with pytest.raises(RateLimited) as info:
         await lim.check_requests(who, route, model)
     return info.value

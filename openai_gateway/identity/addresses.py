@@ -4,33 +4,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import socket
-from dataclasses import dataclass
 from functools import lru_cache
 
 from aiohttp import web
 
 from ..config.settings import ClientSettings
-from ..errors import InvalidClientKey
-from ..metering.budgets import Limits
-
-
-@dataclass(frozen=True, slots=True)
-class Client:
-    """The caller as policy sees it (see callers.py for how it is found).
-
-    id: keys limits, budgets, the cache scope and logs ("ip:...", "key:NAME", "user:<hash>",
-        "session:<hash>"); ip: its address, for logs; settings: its client key's (None
-        otherwise); tier: its tier's name, if any; limits and models: what its client key or
-        tier chose (None: the gateway's defaults).
-    """
-
-    id: str
-    ip: str
-    settings: ClientSettings | None = None
-    tier: str | None = None
-    limits: Limits | None = None
-    models: frozenset[str] | None = None
-
 
 _MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d, an IPv4 peer on a dual-stack socket
 
@@ -135,7 +113,8 @@ def hash_key(key: str) -> str:
 
 
 class IdentityResolver:
-    """Built once from settings; `resolve(request)` is the per-request path."""
+    """Built once from settings: the client's address (`address`) and its client key
+    (`client_key`), per request."""
 
     def __init__(self, *, trusted_proxies: tuple[str, ...], clients: tuple[ClientSettings, ...],
                  require_client_key: bool, ipv6_prefix: int = 64):
@@ -144,27 +123,11 @@ class IdentityResolver:
         self._keys = {c.key_sha256.lower(): c for c in clients}
         self._require = require_client_key
 
-    def resolve(self, request: web.Request) -> Client:
-        ip = self.address(request)
-        if self._keys or self._require:
-            key = self.client_key(request.headers.get("Authorization"))
-            if key is not None:
-                return Client(id="key:" + key.name, ip=ip, settings=key)
-            if self._require:
-                raise InvalidClientKey(
-                    "Missing or unknown client key. Send a gateway-issued key as "
-                    "'Authorization: Bearer <key>'.")
-        return Client(id="ip:" + address_key(ip, self.ipv6_prefix), ip=ip)
-
     def address(self, request: web.Request) -> str:
         """The client's address: the peer, or what trusted proxies say it is."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
         return client_address(peer[0] if peer else "unknown", forwarded_for(request.headers),
                               self.trusted)
-
-    def anonymous(self, ip: str) -> Client:
-        """An anonymous caller, keyed by its address (IPv6 by its prefix)."""
-        return Client(id="ip:" + address_key(ip, self.ipv6_prefix), ip=ip)
 
     def client_key(self, authorization: str | None) -> ClientSettings | None:
         """The client key's settings when `authorization` carries a known one."""

@@ -35,7 +35,7 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
 
 @dataclass(frozen=True, slots=True)
-class Caller:
+class Verified:
     """A verified identity. `id` keys limits, budgets, cache scope and logs.
 
     kind: "user" (a provider's or a minted token) or "session" (a captcha-checked session).
@@ -89,7 +89,7 @@ def looks_like_jwt(token: str) -> bool:
 
 
 class VerifiedCache:
-    """SHA-256 of a token -> its Caller, until the token's exp or until the key that verified
+    """SHA-256 of a token -> its Verified, until the token's exp or until the key that verified
     it leaves its issuer's key set, whichever comes first; the oldest entry goes first.
 
     A hit costs a dict lookup, the clock and one attribute of the key (`SigningKey.held`,
@@ -98,12 +98,12 @@ class VerifiedCache:
 
     def __init__(self, size: int = DEFAULT_CACHE_SIZE, clock: Callable[[], float] = time.time):
         self.size, self._clock = size, clock
-        self._entries: dict[bytes, tuple[Caller, SigningKey | None]] = {}
+        self._entries: dict[bytes, tuple[Verified, SigningKey | None]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, digest: bytes) -> Caller | None:
+    def get(self, digest: bytes) -> Verified | None:
         entry = self._entries.get(digest)
         if entry is None:
             return None
@@ -113,7 +113,7 @@ class VerifiedCache:
             return None
         return caller
 
-    def put(self, digest: bytes, caller: Caller, key: SigningKey | None = None) -> None:
+    def put(self, digest: bytes, caller: Verified, key: SigningKey | None = None) -> None:
         """`key`: the key set's key that verified the token (None: a secret, which lasts as
         long as the process)."""
         if self.size <= 0:
@@ -158,7 +158,7 @@ class BearerResolver:
                 await stack.enter_async_context(issuer.running())
             yield self
 
-    async def resolve(self, authorization: str | None) -> Caller | None:
+    async def resolve(self, authorization: str | None) -> Verified | None:
         """The verified caller; None when the bearer is not a JWT; raises InvalidToken."""
         # The scheme is case-insensitive (RFC 9110 section 11.1).
         if not self.enabled or not authorization or authorization[:7].lower() != "bearer ":
@@ -181,7 +181,7 @@ class BearerResolver:
         self.cache.put(digest, caller, key)
         return caller
 
-    async def _verify(self, token: str, header: dict) -> tuple[Caller, SigningKey | None]:
+    async def _verify(self, token: str, header: dict) -> tuple[Verified, SigningKey | None]:
         """The caller and the key set's key that verified the token (None: a secret)."""
         # The header and iss are read unverified only to pick the verifier and its key (PyJWT
         # parses each token three times over if asked for them: a third of a verification).
@@ -198,14 +198,15 @@ class BearerResolver:
         if iss == MINTED_ISSUER and self.minter is not None:
             claims = self.minter.verify(token)
             kind = claims["kind"]
-            return Caller(kind=kind, id=caller_id(kind, iss, claims["sub"], claims.get(MINTED_BY)),
-                          tier=claims.get("tier"), label="gateway" if kind == "user"
-                          else "session", expires_at=int(claims["exp"])), None
+            return Verified(kind=kind, id=caller_id(kind, iss, claims["sub"],
+                                                    claims.get(MINTED_BY)),
+                            tier=claims.get("tier"), label="gateway" if kind == "user"
+                            else "session", expires_at=int(claims["exp"])), None
         issuer = self.issuers.get(iss)
         if issuer is None:
             raise InvalidToken("The token's issuer (iss) is not one this gateway accepts.")
         claims, key = await issuer.verify(token, header)
-        return Caller(kind="user", id=caller_id("user", iss, claims["sub"]),
+        return Verified(kind="user", id=caller_id("user", iss, claims["sub"]),
                       tier=issuer.tier(claims, self.known_tiers), label=issuer.issuer,
                       expires_at=int(claims["exp"])), key
 

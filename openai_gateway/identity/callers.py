@@ -23,10 +23,29 @@ from aiohttp import web
 from ..config.settings import ClientSettings, TierSettings
 from ..errors import InvalidClientKey, Unauthenticated
 from ..metering.budgets import Limits
-from .addresses import Client, IdentityResolver
+from .addresses import IdentityResolver, address_key
 from .bearer import BearerResolver
 
 log = logging.getLogger("gateway.callers")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling, as policy sees it (found by `Callers.identify`).
+
+    id: keys limits, budgets, the cache scope and logs ("ip:...", "key:NAME", "user:<hash>",
+        "session:<hash>"); ip: its address, for logs; settings: its client key's (None
+        otherwise); tier: its tier's name, if any; limits and models: what its client key or
+        tier chose (None: the gateway's defaults).
+    """
+
+    id: str
+    ip: str
+    settings: ClientSettings | None = None
+    tier: str | None = None
+    limits: Limits | None = None
+    models: frozenset[str] | None = None
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +98,12 @@ class Callers:
             return DEFAULT
         return plan
 
-    def key_client(self, key: ClientSettings, ip: str) -> Client:
+    def key_client(self, key: ClientSettings, ip: str) -> Caller:
         """The caller a client key is: "key:NAME", with its own values over its tier's."""
         plan = self.keys[key.name]
-        return Client("key:" + key.name, ip, key, key.tier, plan.limits, plan.models)
+        return Caller("key:" + key.name, ip, key, key.tier, plan.limits, plan.models)
 
-    async def identify(self, request: web.Request) -> Client:
+    async def identify(self, request: web.Request) -> Caller:
         ip = self.identity.address(request)
         authorization = request.headers.get("Authorization")
         key = self.identity.client_key(authorization)
@@ -94,7 +113,7 @@ class Callers:
             caller = await self.bearer.resolve(authorization)  # a bad JWT raises 401
             if caller is not None:
                 plan = self.plan_for_tier(caller.tier)
-                return Client(caller.id, ip, None, caller.tier, plan.limits, plan.models)
+                return Caller(caller.id, ip, None, caller.tier, plan.limits, plan.models)
         if self.require_client_key:
             raise InvalidClientKey(
                 "Missing or unknown client key. Send a gateway-issued key as "
@@ -103,7 +122,7 @@ class Callers:
             raise Unauthenticated(
                 "This gateway serves signed-in users only: send your login token or a "
                 "gateway-issued key as 'Authorization: Bearer <token>'.")
-        return self.identity.anonymous(ip)
+        return Caller("ip:" + address_key(ip, self.identity.ipv6_prefix), ip)
 
 
 DEFAULT = Plan()

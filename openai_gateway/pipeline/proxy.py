@@ -35,9 +35,9 @@ from ..errors import (
     UpstreamFailed,
     upstream_error,
 )
-from ..identity.addresses import Client, IdentityResolver
+from ..identity.addresses import IdentityResolver
 from ..identity.bearer import BearerResolver
-from ..identity.callers import Callers
+from ..identity.callers import Caller, Callers
 from ..metering.headers import limit_headers
 from ..metering.limiter import RateLimiter, Reservation
 from ..metering.prices import MICRO, Price, PriceTable, configured, cost, estimate
@@ -94,7 +94,7 @@ class Exchange:
     request: web.Request
     record: RequestRecord
     route: str
-    client: Client
+    client: Caller
     raw: bytes = b""
     parsed: ParsedRequest | None = None
     cache_key: str | None = None
@@ -580,7 +580,7 @@ class Proxy:
             ex.stopped = self._read(ex, outcome.output.tokens + STOP_MARGIN_TOKENS)
 
     @staticmethod
-    def _models_for(client: Client) -> frozenset[str] | None:
+    def _models_for(client: Caller) -> frozenset[str] | None:
         """The client's own allowlist (its key's or tier's); None: validation.allowed_models."""
         return client.models
 
