@@ -20,15 +20,22 @@ from .errors import (
     http_error_code,
 )
 from .http import playground
-from .identity.addresses import address_key
+from .identity.addresses import IdentityResolver, address_key
 from .identity.auth import Auth
-from .identity.callers import Caller
-from .metering.budgets import Limits
+from .identity.callers import Caller, Callers
+from .metering.budgets import Budgets
 from .metering.headers import limit_headers
-from .metering.limiter import RateLimiter
+from .metering.limiter import RateLimiter, StoragePolicy
+from .metering.prices import PriceTable, configured
+from .metering.rules import Limits, Rules
 from .observability import metrics
 from .observability.logs import RequestRecord, log_access, refusal_detail
-from .pipeline.proxy import COST_HEADER, RECORD, Proxy
+from .pipeline.admission import Admission
+from .pipeline.exchange import COST_HEADER, RECORD
+from .pipeline.proxy import Policy, Proxy
+from .pipeline.settlement import Settlement
+from .pipeline.validation import Validator
+from .store import Store, open_store
 from .upstream.client import Upstream
 
 log = logging.getLogger("gateway")
@@ -98,7 +105,7 @@ def request_context(hash_client: bool):
             raise
         finally:
             if rec.client == "-":  # refused before the proxy resolved who it was
-                rec.client = request.app[PROXY].identity.address(request)
+                rec.client = request.app[PROXY].p.identity.address(request)
             if rec.route is not None:
                 metrics.REQUESTS.labels(rec.route, str(rec.status)).inc()
                 metrics.LATENCY.labels(rec.route).observe(time.perf_counter() - rec.started)
@@ -133,7 +140,7 @@ class OriginPolicy:
             proxy = request.app[PROXY]
             rec = request.get(RECORD)
             if rec is not None:
-                rec.client = proxy.identity.address(request)
+                rec.client = proxy.p.identity.address(request)
             raise OriginNotAllowed(f"Origin {origin[:100]!r} is not allowed to use this gateway.")
         return await handler(request)
 
@@ -186,13 +193,12 @@ async def readyz(request: web.Request) -> web.Response:
     app = request.app
     if app[STATE].draining:
         return web.json_response({"status": "draining"}, status=503)
-    proxy = app[PROXY]
     s = app[SETTINGS]
     checks, down_servers = {}, []
-    for name, store in (("rate_limit", proxy.limiter.store), ("cache", proxy.cache.store)):
+    for name, store in app[STORES]:
         # A server marked down is not asked again (its probe runs in the background); the
-        # others answer `version` within storage.timeout or are marked down now.
-        down_here = await store.ping() if store is not None else []
+        # others answer within storage.timeout or are marked down now.
+        down_here = await store.ping()
         checks[name] = "down" if down_here else "ok"
         down_servers += [d for d in down_here if d not in down_servers]
     down = bool(down_servers)
@@ -213,39 +219,86 @@ def cors_defaults(s: Settings) -> dict:
         max_age=s.cors.max_age)}
 
 
-def build(settings: Settings, demo: bool = False) -> tuple[Proxy, Auth, OriginPolicy]:
-    """The components a process keeps for its lifetime (storage, pooled connections); their
-    policy comes from `apply`, here and on every reload."""
+@dataclass
+class Components:
+    """What a process keeps for its lifetime (stores, pooled connections, counters); their
+    policy comes from `apply`, at start and on every reload."""
+
+    #: ("rate_limit", the limiter's store), ("cache", the cache's): often one store.
+    stores: tuple[tuple[str, Store], ...]
+    upstream: Upstream
+    limiter: RateLimiter
+    budgets: Budgets
+    cache: PromptCache
+    admission: Admission
+    settlement: Settlement
+    proxy: Proxy
+    auth: Auth
+    origins: OriginPolicy
+
+
+COMPONENTS = web.AppKey("components", Components)
+STORES = web.AppKey("stores", tuple)
+
+
+def _server_gauge(server: str, up: bool) -> None:
+    metrics.STORAGE_SERVER_UP.labels(server).value = 1 if up else 0
+
+
+def build(settings: Settings, demo: bool = False) -> Components:
     s = settings
-    # One shared store per process: the limiter builds (and closes) it; the cache uses it too
-    # when both name the same URL, so one ring places every key and one table knows its health.
-    limiter = RateLimiter(s.rate_limit, s.rate_limit_storage, budget=s.budget,
-                          on_error=s.storage.on_error, timeout=s.storage.timeout,
-                          password=s.storage_password)
-    shared = limiter.store if s.cache_storage == s.rate_limit_storage else None
-    cache = PromptCache(s.cache, s.cache_storage, timeout=s.storage.timeout, store=shared,
-                        password=s.storage_password)
+    # One store per process, chosen once: the limiter, the budgets and the cache share it when
+    # they name the same URL, so one ring places every key and one table knows its health.
+    def opened(url):
+        return open_store(url, timeout=s.storage.timeout, password=s.storage_password,
+                          cache_bytes=s.cache.max_bytes, on_change=_server_gauge)
+
+    store = opened(s.rate_limit_storage)
+    cache_store = store if s.cache_storage == s.rate_limit_storage else opened(s.cache_storage)
+    policy = StoragePolicy(s.storage.on_error)
+    limiter = RateLimiter(store, policy)
+    budgets = Budgets(store, policy, limiter.ident)
+    cache = PromptCache(s.cache, cache_store)
     upstream = Upstream(s.upstream, s.api_key, s.fallback_keys)
     auth = Auth(s, upstream.client_session, demo=demo)
-    proxy = Proxy(s, upstream=upstream, limiter=limiter, cache=cache, bearer=auth.bearer)
-    return proxy, auth, OriginPolicy(())
+    admission, settlement = Admission(limiter, budgets, cache), Settlement(budgets)
+    proxy = Proxy(upstream=upstream, admission=admission, settlement=settlement, cache=cache)
+    stores = (("rate_limit", store), ("cache", cache_store))
+    return Components(stores, upstream, limiter, budgets, cache, admission, settlement, proxy,
+                      auth, OriginPolicy(()))
 
 
 def apply(app: web.Application, settings: Settings) -> None:
     """Map settings onto the running components: the one place that knows which slice each
     component takes. Requests in flight finish under the policy they started with."""
-    proxy = app[PROXY]
-    proxy.configure(settings)
-    proxy.limiter.configure(settings.rate_limit, budget=settings.budget)
-    proxy.cache.configure(settings.cache)
-    proxy.upstream.configure(settings.upstream, settings.api_key, settings.fallback_keys)
-    app[ORIGINS].configure(settings.cors.allow_origins)
+    s, c = settings, app[COMPONENTS]
+    rules = Rules(s.rate_limit, s.budget)
+    c.limiter.configure(rules, s.rate_limit.strategy)
+    c.budgets.configure(rules)
+    prices = PriceTable({model: configured(
+        model, input=p.input, output=p.output, cached_input=p.cached_input,
+        audio_input=p.audio_input, image_input=p.image_input, audio_output=p.audio_output,
+        reasoning=p.reasoning) for model, p in s.prices.items()})
+    c.admission.configure(prices)
+    c.settlement.configure(prices, s.budget.warn_at)
+    c.cache.configure(s.cache)
+    c.upstream.configure(s.upstream, s.api_key, s.fallback_keys)
+    identity = IdentityResolver(trusted_proxies=s.server.trusted_proxies, clients=s.clients,
+                                require_client_key=s.auth.require_client_key,
+                                ipv6_prefix=s.server.ipv6_prefix)
+    callers = Callers(identity=identity, bearer=c.auth.bearer, tiers=s.tiers,
+                      clients=s.clients, anonymous=s.auth.anonymous,
+                      require_client_key=s.auth.require_client_key)
+    c.proxy.configure(Policy(identity, callers, Validator(s.validation), s.server, s.upstream,
+                             frozenset(s.validation.allowed_models)))
+    c.origins.configure(s.cors.allow_origins)
     app[SETTINGS] = settings
 
 
 def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
     s = settings
-    proxy, auth, origins = build(s, demo)
+    c = build(s, demo)
+    proxy, auth, origins = c.proxy, c.auth, c.origins
     app = web.Application(
         middlewares=[
             render_errors,                                   # outermost: errors in OpenAI's shape
@@ -258,14 +311,18 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
         handler_args={"max_field_size": 16384, "auto_decompress": False},
     )
     app[STATE] = AppState()
+    app[COMPONENTS] = c
     app[PROXY] = proxy
     app[ORIGINS] = origins
+    app[STORES] = c.stores
     apply(app, s)
     # Each resource is opened before serving and closed after the last request, in order.
     # The issuers fetch their keys with the upstream's session: it opens first.
     # The proxy last: at shutdown it first finishes the answers it still reads for clients
     # that left, while the store, the cache and the upstream session are still open.
-    for component in (proxy.upstream, proxy.limiter, proxy.cache, auth, proxy):
+    app.cleanup_ctx.append(_running(c.upstream))
+    app.cleanup_ctx.append(_stores(c))
+    for component in (c.cache, auth, proxy):
         app.cleanup_ctx.append(_running(component))
     app[AUTH] = auth
 
@@ -276,15 +333,15 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
         else:
             cors.add(app.router.add_post(route, proxy.forward))
     # Lambdas, not bound methods: a reload replaces the proxy's identity and callers.
-    for path, handler in auth.routes(client_key=lambda a: proxy.identity.client_key(a),
-                                     count_mint=lambda r, key: _mint_rate(proxy, r, key),
-                                     address_of=lambda r: proxy.identity.address(r),
-                                     check_rate=lambda ip: _session_rate(proxy, s, ip)):
+    for path, handler in auth.routes(client_key=lambda a: proxy.p.identity.client_key(a),
+                                     count_mint=lambda r, key: _mint_rate(c, r, key),
+                                     address_of=lambda r: proxy.p.identity.address(r),
+                                     check_rate=lambda ip: _session_rate(c, s, ip)):
         cors.add(app.router.add_post(path, handler))
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     if s.metrics.enabled:
-        app.router.add_get("/metrics", metrics.metrics_handler(lambda: proxy.identity.trusted),
+        app.router.add_get("/metrics", metrics.metrics_handler(lambda: proxy.p.identity.trusted),
                            allow_head=False)
     if s.playground.enabled:
         playground.register(app, s)                          # GET /: the reference front-end
@@ -306,21 +363,22 @@ def reconfigure(app: web.Application, new: Settings) -> list[str]:
     return [key for key in RESTART_ONLY if _get(old, key) != _get(new, key)]
 
 
-async def _mint_rate(proxy: Proxy, request: web.Request, key: ClientSettings
+async def _mint_rate(c: Components, request: web.Request, key: ClientSettings
                      ) -> dict[str, str]:
     """Minting counts as one of the key's requests (its own limit, else its tier's, else
     [rate_limit]): the same counter as its API calls. The limit headers of the answer."""
-    client = proxy.callers.key_client(key, proxy.identity.address(request))
-    return limit_headers(await proxy.limiter.check_requests(client, "/gateway/tokens", None))
+    p = c.proxy.p
+    caller = p.callers.key_client(key, p.identity.address(request))
+    return limit_headers(await c.limiter.check(caller, "/gateway/tokens"))
 
 
-async def _session_rate(proxy: Proxy, settings: Settings, address: str) -> None:
+async def _session_rate(c: Components, settings: Settings, address: str) -> None:
     """Session creation counts per address against auth.sessions.requests; an IPv6 address
     by its server.ipv6_prefix, as the API keys it (anyone holds a /64 of addresses)."""
     limits = Limits(requests=settings.auth.sessions.requests, tokens=(), spend=())
-    keyed = address_key(address, proxy.identity.ipv6_prefix)
-    await proxy.limiter.check_requests(Caller("session:" + keyed, address, limits=limits),
-                                       "/gateway/session", None)
+    keyed = address_key(address, c.proxy.p.identity.ipv6_prefix)
+    await c.limiter.check(Caller("session:" + keyed, address, limits=limits),
+                          "/gateway/session")
 
 
 def _get(settings: Settings, dotted: str):
@@ -328,6 +386,20 @@ def _get(settings: Settings, dotted: str):
     for part in dotted.split("."):
         value = getattr(value, part)
     return value
+
+
+def _stores(c: Components):
+    """The stores open while the app runs; the strategy of the request limits said once."""
+    async def ctx(app: web.Application):
+        strategy = c.limiter.strategy
+        log.info("request limits: %s (%s on %s); budgets: sliding-window-counter", strategy,
+                 strategy.replace("-", " "), c.stores[0][1].kind)
+        try:
+            yield
+        finally:
+            for store in {id(s): s for _, s in c.stores}.values():
+                await store.close()
+    return ctx
 
 
 def _running(component):

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from limits import RateLimitItemPerHour
 
-from .limits import Limits, Spend, as_limits, as_spend
+from .limits import LimitItems, Spend, as_limits, as_spend
 from .loader import Problems, coerce
 
 #: JWS algorithms a JWT issuer may be allowed (RFC 7518 section 3.1); "none" is not one of them.
@@ -132,7 +132,7 @@ class SessionSettings:
     #: Seconds a session token lives.
     ttl: int = 900
     #: Session creations allowed per client address (IPv6: per server.ipv6_prefix).
-    requests: Limits = (RateLimitItemPerHour(10),)
+    requests: LimitItems = (RateLimitItemPerHour(10),)
     #: The site host names whose captcha answers count ([] = not checked).
     hostnames: tuple[str, ...] = ()
 
@@ -174,8 +174,8 @@ class TierSettings:
     """A tier's values replace the [rate_limit] / [validation] ones for its users (None: not
     set, the general value applies)."""
 
-    requests: Limits | None = None
-    tokens: Limits | None = None
+    requests: LimitItems | None = None
+    tokens: LimitItems | None = None
     spend: Spend | None = None
     models: tuple[str, ...] | None = None
 
@@ -189,8 +189,8 @@ class ClientSettings:
 
     name: str = ""
     key_sha256: str = ""
-    requests: Limits | None = None
-    tokens: Limits | None = None
+    requests: LimitItems | None = None
+    tokens: LimitItems | None = None
     models: tuple[str, ...] | None = None
     #: "client": cache entries are private to this key; "shared": shared with everyone.
     cache_scope: Literal["client", "shared"] = "client"

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from ..config.settings import ClientSettings, TierSettings
 from ..errors import InvalidClientKey, Unauthenticated
-from ..metering.budgets import Limits
+from ..metering.rules import Limits
 from .addresses import IdentityResolver, address_key
 from .bearer import BearerResolver
 

@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from types import MappingProxyType
 
+from ..config.limits import MICRO  # micro-dollars in a dollar, defined once
 from ..policy.media import SNAPSHOT
 from ..policy.usage import Usage  # the one definition of an answer's tokens
 
-#: Micro-dollars in one US dollar.
-MICRO = 1_000_000
 #: Prices are per this many tokens, as OpenAI publishes them.
 PER_TOKENS = 1_000_000
 #: Label for spend on a model the price table does not know (keeps metric labels bounded).
