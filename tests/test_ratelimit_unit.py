@@ -18,8 +18,8 @@ from limits.storage import storage_from_string
 from openai_gateway.config.settings import ClientSettings, RateLimitSettings, RuleSettings
 from openai_gateway.config.storage import parse_storage_url
 from openai_gateway.errors import RateLimited
-from openai_gateway.identity.addresses import hash_key
 from openai_gateway.identity.callers import Caller, _plan
+from openai_gateway.identity.keys import hash_key
 from openai_gateway.metering.budgets import Limits
 from openai_gateway.metering.limiter import LimitState, RateLimiter, format_reset, limit_headers
 from openai_gateway.store.memory import MemoryStore

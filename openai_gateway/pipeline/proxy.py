@@ -35,7 +35,7 @@ from ..errors import (
     UpstreamFailed,
     upstream_error,
 )
-from ..identity.addresses import IdentityResolver
+from ..identity.addresses import Addresses
 from ..identity.bearer import BearerResolver
 from ..identity.callers import Caller, Callers
 from ..metering.headers import limit_headers
@@ -168,11 +168,9 @@ class Proxy:
     def configure(self, settings: Settings) -> None:
         """(Re)build the request policy; called at start and on SIGHUP."""
         self.settings = settings
-        self.identity = IdentityResolver(trusted_proxies=settings.server.trusted_proxies,
-                                         clients=settings.clients,
-                                         require_client_key=settings.auth.require_client_key,
-                                         ipv6_prefix=settings.server.ipv6_prefix)
-        self.callers = Callers(identity=self.identity, bearer=self.bearer,
+        addresses = Addresses(trusted_proxies=settings.server.trusted_proxies,
+                              ipv6_prefix=settings.server.ipv6_prefix)
+        self.callers = Callers(addresses=addresses, bearer=self.bearer,
                                tiers=settings.tiers, clients=settings.clients,
                                anonymous=settings.auth.anonymous,
                                require_client_key=settings.auth.require_client_key)
@@ -192,7 +190,7 @@ class Proxy:
     async def _begin(self, request: web.Request, route: str) -> Exchange:
         rec: RequestRecord = request[RECORD]
         rec.route = route
-        rec.client = self.identity.address(request)  # known even when identification fails
+        rec.client = self.callers.addresses.of(request)  # known even if identification fails
         client = await self.callers.identify(request)
         if client.settings is not None or not client.id.startswith("ip:"):
             rec.client = client.id

@@ -17,9 +17,10 @@ from functools import partial
 
 from aiohttp import web
 
-from ..app import create_app, mark_draining, reconfigure
+from ..app import create_app, reconfigure
 from ..config.settings import ConfigError, ServerSettings, Settings, load, resolve_workers
 from ..demo import DemoUpstream
+from ..http.health import mark_draining
 from ..http.playground import own_origins
 from ..observability import logs
 from . import sdnotify
