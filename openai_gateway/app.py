@@ -14,7 +14,7 @@ import aiohttp_cors
 from aiohttp import web
 
 from .cache.prompts import PromptCache
-from .config.settings import ClientSettings, Settings
+from .config import ClientSettings, Settings
 from .http import playground
 from .http.health import READINESS, Readiness, healthz, readyz
 from .http.metrics import metrics_handler

@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from . import __version__
-from .config.settings import ConfigError, Settings, load
+from .config import ConfigError, Settings, load
 from .demo import DemoUpstream, demo_settings
 from .errors import GatewayError, StorageUnavailable
 from .identity.keys import hash_key

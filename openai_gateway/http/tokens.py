@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config.settings import ClientSettings
+from ..config import ClientSettings
 from ..errors import BodyTooLarge, InvalidClientKey, InvalidRequest
 from ..identity.auth import Auth
 from ..identity.bearer import caller_id

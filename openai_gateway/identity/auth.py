@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 
-from ..config.settings import Settings
+from ..config import Settings
 from .bearer import BearerResolver
 from .captcha import CaptchaVerifier
 from .issuers import Issuer

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..config.settings import ClientSettings, TierSettings
+from ..config import ClientSettings, TierSettings
 from ..errors import InvalidClientKey, Unauthenticated
 from ..metering.budgets import Limits
 from .addresses import Addresses

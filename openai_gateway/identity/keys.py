@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from ..config.settings import ClientSettings
+from ..config import ClientSettings
 
 
 def hash_key(key: str) -> str:

@@ -18,7 +18,7 @@ from functools import partial
 from aiohttp import web
 
 from ..app import create_app, reconfigure
-from ..config.settings import ConfigError, ServerSettings, Settings, load, resolve_workers
+from ..config import ConfigError, ServerSettings, Settings, load, resolve_workers
 from ..demo import DemoUpstream
 from ..http.health import mark_draining
 from ..http.playground import own_origins

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from ..config.settings import ConfigError, Settings
+from ..config import ConfigError, Settings
 from . import sdnotify
 
 log = logging.getLogger("gateway")
