@@ -18,10 +18,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from . import __version__
-from .config.settings import ConfigError, Settings, load
+from .config import ConfigError, Settings, load
 from .demo import DemoUpstream, demo_settings
 from .errors import GatewayError, StorageUnavailable
-from .identity.addresses import hash_key
+from .identity.keys import hash_key
 from .identity.minted import CLI, TokenMinter, choose_tier, key_minter
 from .metering.budgets import Budgets
 from .metering.limiter import StoragePolicy

@@ -7,7 +7,7 @@ import socket
 import aiohttp
 import pytest
 
-from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.keys import hash_key
 
 CHAT = {"model": "gpt-4o-mini", "temperature": 0,
         "messages": [{"role": "user", "content": "hi"}]}

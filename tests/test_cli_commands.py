@@ -10,7 +10,7 @@ import time
 import aiohttp
 import openai
 
-from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.keys import hash_key
 
 from .conftest import KEY, ORIGIN, ROOT, toml_dumps
 

@@ -6,7 +6,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.keys import hash_key
 
 from .conftest import ORIGIN, free_port
 

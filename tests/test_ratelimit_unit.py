@@ -17,8 +17,8 @@ from limits.storage import storage_from_string
 
 from openai_gateway.config.settings import ClientSettings, RateLimitSettings, RuleSettings
 from openai_gateway.errors import RateLimited
-from openai_gateway.identity.addresses import hash_key
 from openai_gateway.identity.callers import Caller, _plan
+from openai_gateway.identity.keys import hash_key
 from openai_gateway.metering.headers import LimitState, format_reset, limit_headers
 from openai_gateway.metering.rules import Limits
 from openai_gateway.store import Hit, Window

@@ -20,6 +20,7 @@ from limits import (
 
 from openai_gateway.config.limits import LIMIT_EXPECTED, SPEND_EXPECTED, SpendLimit
 from openai_gateway.config.loader import Problems, build
+from openai_gateway.config.secrets import read_secret
 from openai_gateway.config.settings import (
     CacheSettings,
     ClientSettings,
@@ -33,7 +34,6 @@ from openai_gateway.config.settings import (
     as_limits,
     load,
     parse,
-    read_api_key,
 )
 from openai_gateway.config.storage import StorageURL
 
@@ -392,11 +392,11 @@ def test_key_variable_name_is_configurable():
     ({}, {}, None),
     ({"OPENAI_API_KEY": " \n"}, {}, None),
 ])
-def test_read_api_key_prefers_the_systemd_credential(tmp_path, files, env, expected):
+def test_read_secret_prefers_the_systemd_credential(tmp_path, files, env, expected):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     environ = {"CREDENTIALS_DIRECTORY": str(tmp_path), **env}
-    assert read_api_key("OPENAI_API_KEY", environ) == expected
+    assert read_secret("OPENAI_API_KEY", environ) == expected
 
 
 def test_credential_directory_is_used_by_parse(tmp_path):

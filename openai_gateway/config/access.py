@@ -3,7 +3,7 @@
 
 Each is a frozen dataclass whose fields are the file's keys, with their defaults, and whose
 `check(key, problems)` validates its own values when the loader builds it. Only the names of
-the environment variables holding secrets are here; `settings.parse` reads the secrets.
+the environment variables holding secrets are here; `secrets.read_secrets` reads them.
 """
 from __future__ import annotations
 

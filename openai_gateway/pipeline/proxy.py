@@ -25,7 +25,6 @@ from ..cache.keys import Entry
 from ..cache.prompts import PromptCache
 from ..config.serving import ServerSettings, UpstreamSettings
 from ..errors import GatewayError, UpstreamFailed, upstream_error
-from ..identity.addresses import IdentityResolver
 from ..identity.callers import Callers
 from ..observability import metrics
 from ..observability.logs import RequestRecord
@@ -52,7 +51,6 @@ MODELS_MAX_BYTES = 16 * 1024 * 1024
 class Policy:
     """What the proxy reads from the settings of the moment (rebuilt by `app.apply`)."""
 
-    identity: IdentityResolver
     callers: Callers
     validator: Validator
     server: ServerSettings
@@ -123,7 +121,7 @@ class Proxy:
     async def _begin(self, request: web.Request, route: str) -> Exchange:
         rec: RequestRecord = request[RECORD]
         rec.route = route
-        rec.client = self.p.identity.address(request)  # known even when identification fails
+        rec.client = self.p.callers.addresses.of(request)  # known even if identifying fails
         caller = await self.p.callers.identify(request)
         if caller.settings is not None or not caller.id.startswith("ip:"):
             rec.client = caller.id
