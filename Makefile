@@ -13,7 +13,7 @@ TEST_PACKAGES := memcached nginx redis-server chromium chromium-driver
 SERVICES := memcached nginx redis-server
 PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar off
 
-.PHONY: run test lint lint-tests venv venv-dev system-deps bench bench-shared bench-peers soak dist clean
+.PHONY: run test lint lint-tests venv venv-dev system-deps bench bench-shared bench-peers bench-attacks soak dist clean
 
 # Under `sudo make ...` files created in the checkout go back to the invoking user, so a later
 # `make` without sudo can still use (and delete) the venv; as plain root nothing changes.
@@ -114,6 +114,12 @@ bench-peers: venv-dev
 	test -x bench/.peers/bin/python || $(PYTHON) -m venv bench/.peers
 	bench/.peers/bin/pip install -q -r bench/requirements-peers.txt
 	$(BIN)/python bench/peers.py $(ARGS)
+
+# The audit's attacks on money and identity, re-measured through real gateway processes against
+# the tests' fake upstream (it needs the test packages: the fake, the openai SDK); about 20 s.
+bench-attacks: venv-dev
+	@$(MAKE) --no-print-directory system-deps TEST_PACKAGES="memcached redis-server"
+	$(BIN)/python bench/attacks.py $(ARGS)
 
 # Ten minutes of mixed traffic against one gateway, RSS and fds sampled (not part of CI).
 soak: venv-dev
