@@ -78,10 +78,10 @@ __all__ = [
     "DEFAULT_ROUTES", "AuthSettings", "BudgetSettings", "CacheSettings", "ClientSettings",
     "ConfigError", "CorsSettings", "FallbackSettings", "IssuerSettings", "LogSettings",
     "MetricsSettings", "PlaygroundSettings", "PriceSettings", "RateLimitSettings",
-    "RealtimeSettings", "RuleSettings", "ServerSettings", "SessionSettings", "Settings", "SpendLimit",
-    "StorageSettings", "StorageURL", "TierSettings", "TokenSettings", "UpstreamSettings",
-    "ValidationSettings", "as_limits", "as_spend", "load", "parse", "read_api_key",
-    "resolve_workers",
+    "RealtimeSettings", "RuleSettings", "ServerSettings", "SessionSettings", "Settings",
+    "SpendLimit", "StorageSettings", "StorageURL", "TierSettings", "TokenSettings",
+    "UpstreamSettings", "ValidationSettings", "as_limits", "as_spend", "load", "parse",
+    "read_api_key", "resolve_workers",
 ]
 
 
