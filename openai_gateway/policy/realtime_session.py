@@ -247,7 +247,8 @@ def merge(base: dict, update: dict) -> dict:
     merged = {**base, **{k: v for k, v in update.items() if k != "audio"}}
     audio = update.get("audio")
     if isinstance(audio, dict):
-        old = base.get("audio") if isinstance(base.get("audio"), dict) else {}
+        before = base.get("audio")
+        old: dict = before if isinstance(before, dict) else {}
         merged["audio"] = {**old, **{side: {**(old.get(side) or {}), **value}
                                      if isinstance(value, dict) else value
                                      for side, value in audio.items()}}
