@@ -56,13 +56,15 @@ class EventRefused(Refusal):
         self.event_id = event_id
 
 
-def error_event(refusal: Refusal, event_id: str | None = None) -> dict:
-    """OpenAI's `error` server event for a refusal (or a stop: a 429 code and its message).
-    `error.event_id` names the client event refused (None when it had none or was no JSON)."""
+def error_event(refusal: Refusal, event_id: str | None = None, *,
+                kind: str = "invalid_request_error") -> dict:
+    """OpenAI's `error` server event for a refusal (or a stop: a 429 code, its message and
+    error type as `kind`). `error.event_id` names the client event refused (None when it had
+    none or was no JSON)."""
     if event_id is None and isinstance(refusal, EventRefused):
         event_id = refusal.event_id
     return {"type": "error", "event_id": "event_gw_" + secrets.token_hex(8),
-            "error": {"type": "invalid_request_error", "code": refusal.code,
+            "error": {"type": kind, "code": refusal.code,
                       "message": refusal.message, "param": refusal.param,
                       "event_id": event_id}}
 
