@@ -318,8 +318,9 @@ OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 def test_a_call_takes_its_session_from_the_part_the_query_or_the_secret(policy):
     assert policy.call(OFFER.encode(), model="gpt-realtime") == (OFFER, {
         "type": "realtime", "model": "gpt-realtime", "max_output_tokens": 1000})
-    part = b'{"type": "realtime", "model": "gpt-realtime-mini", "instructions": "Hi"}'
-    assert policy.call(OFFER, session=part) == (OFFER, {
+    part = bytearray(b'{"type": "realtime", "model": "gpt-realtime-mini", "instructions": '
+                     b'"Hi"}')  # as aiohttp reads a multipart part
+    assert policy.call(bytearray(OFFER.encode()), session=part) == (OFFER, {
         "type": "realtime", "model": "gpt-realtime-mini", "instructions": "Hi",
         "max_output_tokens": 1000})
     granted = {"type": "realtime", "model": "gpt-realtime", "instructions": "Be brief.",

@@ -189,7 +189,8 @@ class RealtimePolicy:
         session = self.rules.new_session(body["session"], models)
         return SecretRequest(min(ttl, self.settings.max_ttl), session)
 
-    def call(self, sdp: object, *, session: bytes | None = None, model: str | None = None,
+    def call(self, sdp: object, *, session: bytes | bytearray | None = None,
+             model: str | None = None,
              granted: dict | None = None, models: frozenset[str] | None = None
              ) -> tuple[str, dict]:
         """(the SDP offer, the bounded session) of a `POST /v1/realtime/calls`.
@@ -202,7 +203,7 @@ class RealtimePolicy:
         offer = _offer(sdp)
         update = None
         if session is not None:
-            update = parse_object(session)
+            update = parse_object(bytes(session))
         if granted is not None:
             if update is None:
                 return offer, granted
@@ -239,7 +240,7 @@ def _ttl(expires_after: object) -> int:
 
 
 def _offer(sdp: object) -> str:
-    if isinstance(sdp, bytes):
+    if isinstance(sdp, bytes | bytearray):
         if len(sdp) > MAX_SDP_BYTES:
             raise Refusal(f"The SDP offer is too large: at most {MAX_SDP_BYTES} bytes.", "sdp",
                           "invalid_value")
