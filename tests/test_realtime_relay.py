@@ -19,7 +19,9 @@ from websockets.exceptions import ConnectionClosed
 from openai_gateway.config.realtime import RealtimeSettings
 from openai_gateway.demo.fake_openai import FakeOpenAI
 from openai_gateway.demo.fake_realtime import FakeRealtime
+from openai_gateway.errors import BudgetExceeded, TokensRateLimited
 from openai_gateway.policy.usage import usage_of
+from openai_gateway.upstream.realtime import Stop
 
 from .conftest import KEY
 from .realtime_app import CLIENT_TOKEN, MODELS, Harness, build_app, event
@@ -172,6 +174,28 @@ async def test_a_response_the_budget_cannot_reserve_is_never_asked_for(rt, harne
     await ended(harness)
     assert rt.ledger.events("response.create") == [] and rt.ledger.responses == []
     assert harness.meters[0].order == ["reserve", "end"]
+
+
+async def test_a_response_the_server_starts_by_itself_is_reserved_too(rt, harness, gateway):
+    """Server VAD starts responses no client event asked for: the relay reserves one when it
+    sees `response.created`, and refuses none it already reserved for a client's create."""
+    url = await gateway()
+    async with sdk(url).realtime.connect(model="gpt-realtime") as conn:
+        await until(conn, "session.updated")
+        session = next(iter(rt.sessions.values()))
+        await session.on_response_create({"type": "response.create"}, None)  # as VAD does
+        await until(conn, "response.done")
+        await conn.response.create()
+        await until(conn, "response.done")
+    await ended(harness)
+    assert harness.meters[0].order == ["reserve", "response", "reserve", "response", "end"]
+
+
+async def test_a_stop_carries_the_limiters_refusal():
+    assert Stop.of(BudgetExceeded("The gateway's daily budget is spent.")) == Stop(
+        "budget_exceeded", "The gateway's daily budget is spent.", "insufficient_quota")
+    assert Stop.of(TokensRateLimited("Slow down.")) == Stop("rate_limit_exceeded",
+                                                            "Slow down.", "tokens")
 
 
 async def test_a_client_that_vanishes_closes_the_upstream_at_once(rt, harness, gateway):
