@@ -36,11 +36,13 @@ UPSTREAM = web.AppKey("upstream", RealtimeUpstream)
 
 @dataclass
 class CountingMeter:
-    """Counts reservations and charges; stops when `budget` output tokens are used up, or
-    refuses every reservation past `responses`."""
+    """Counts reservations and charges; stops when `budget` output tokens are used up,
+    refuses every reservation past `responses`, or fails when `broken`."""
 
     budget: int | None = None
     responses: int | None = None
+    #: Raise on every charge (storage down, say).
+    broken: bool = False
     reserved: int = 0
     charges: list[Charge] = field(default_factory=list)
     outcome: Outcome | None = None  # what on_end was told
@@ -59,6 +61,8 @@ class CountingMeter:
 
     async def on_usage(self, charge: Charge) -> Stop | None:
         self.order.append(charge.kind)
+        if self.broken:
+            raise ConnectionError("the store is down")
         self.charges.append(charge)
         if self.budget is not None and self.output_tokens >= self.budget:
             return Stop("tokens_limit_exceeded", "The token budget is used up.", "tokens")

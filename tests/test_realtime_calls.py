@@ -259,6 +259,16 @@ async def test_a_call_whose_sideband_cannot_open_is_hung_up(rt, harness, gateway
     assert rt.ledger.hangups == [call_id]  # a call the gateway cannot meter must not go on
 
 
+async def test_a_meter_that_fails_hangs_the_call_up(rt, harness, gateway, leak_scan):
+    harness.meter = {"broken": True}
+    url = await gateway()
+    call_id, channel = await call(rt, url)
+    await channel.send("response.create")
+    meter = await eventually(lambda: harness.meters[0].outcome and harness.meters[0])
+    assert meter.outcome.reason == "stopped" and rt.ledger.hangups == [call_id]
+    assert not any("Traceback" in t for t in leak_scan.texts)
+
+
 async def test_shutdown_hangs_up_every_supervised_call(rt, harness, gateway):
     url = await gateway()
     first, _ = await call(rt, url)

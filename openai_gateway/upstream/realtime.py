@@ -201,8 +201,9 @@ class RealtimeRelay:
         try:
             if start:
                 update = {k: v for k, v in start.items() if k != "model"}
-                await upstream.send_str(orjson.dumps({"type": "session.update",
-                                                      "session": update}).decode())
+                with contextlib.suppress(ConnectionError):  # gone: from_upstream ends it
+                    await upstream.send_str(orjson.dumps({"type": "session.update",
+                                                          "session": update}).decode())
             tasks = [asyncio.create_task(s.from_upstream()),
                      asyncio.create_task(s.expire(self.max_session_seconds))]
             await s.from_client()

@@ -131,6 +131,10 @@ class RealtimeCalls:
         except GatewayError as exc:  # the sideband could not be opened
             log.warning("realtime sideband of %s: %s", call_id, exc.message)
             await sideband.end("upstream_closed", None)
+        except Exception as exc:  # the meter failed: a call nobody meters must not go on
+            log.warning("realtime call %s: supervision failed (%s), hung up", call_id,
+                        type(exc).__name__)
+            await sideband.end("stopped", None)
         finally:
             if not sideband.outcome.reason:  # cancelled (shutdown)
                 await asyncio.shield(sideband.end("stopped", None))
