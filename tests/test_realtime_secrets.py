@@ -12,6 +12,7 @@ import pytest
 from openai_gateway.app import create_app
 from openai_gateway.config.settings import parse
 from openai_gateway.errors import InvalidRequest, InvalidToken
+from openai_gateway.identity.bearer import BearerResolver
 from openai_gateway.identity.minted import CLI, TokenMinter
 from openai_gateway.identity.realtime_secrets import (
     MAX_SECRET_BYTES,
@@ -122,6 +123,15 @@ async def test_every_other_route_refuses_a_realtime_secret(aiohttp_client, upstr
         r = await client.request(method, path, json=body,
                                  headers={"Authorization": f"Bearer {user}"})
         assert r.status == 200, path
+
+
+async def test_without_a_token_secret_the_resolver_still_refuses_a_realtime_secret():
+    """No auth.tokens secret: the per-process signer is the resolver's minter, so a realtime
+    secret is a 401 on other routes, not an anonymous request."""
+    secrets = RealtimeSecrets()
+    token, _ = issue(secrets)
+    with pytest.raises(InvalidToken, match="realtime client secret"):
+        await BearerResolver(minter=secrets.minter).resolve(f"Bearer {token}")
 
 
 def test_rotation_keeps_secrets_of_the_previous_key():

@@ -74,9 +74,12 @@ class RealtimeSecrets:
         #: True when no secret is configured: a random key of this process signs.
         self.per_process = not secret
         self.max_ttl = max_ttl
-        self._minter = TokenMinter(secret=secret or new_secret(),
-                                   previous_secret=previous_secret if secret else "",
-                                   max_ttl=max_ttl, clock=clock)
+        #: The signer. Without a configured secret it is this process's own: give it to the
+        #: BearerResolver all the same, so that other routes refuse a realtime secret (saying
+        #: why) instead of serving it as an anonymous request; no other token carries its key.
+        self.minter = TokenMinter(secret=secret or new_secret(),
+                                  previous_secret=previous_secret if secret else "",
+                                  max_ttl=max_ttl, clock=clock)
 
     def issue(self, *, caller: str, tier: str | None, models: Collection[str] | None,
               session: Mapping[str, Any], ttl: int) -> tuple[str, int]:
@@ -91,7 +94,7 @@ class RealtimeSecrets:
             claims["tier"] = tier
         if models is not None:
             claims["models"] = sorted(models)
-        token, expires_at = self._minter.sign(claims, max(1, min(ttl, self.max_ttl)))
+        token, expires_at = self.minter.sign(claims, max(1, min(ttl, self.max_ttl)))
         if len(token) > MAX_SECRET_BYTES:
             raise InvalidRequest(
                 f"The session configuration is too large for a client secret ({len(token)} "
@@ -104,7 +107,7 @@ class RealtimeSecrets:
         a general API token included."""
         if len(token) > MAX_SECRET_BYTES:
             raise InvalidToken("The token is not a realtime client secret of this gateway.")
-        claims = self._minter.decode(token, REALTIME_AUDIENCE)
+        claims = self.minter.decode(token, REALTIME_AUDIENCE)
         if claims.get("kind") != KIND:
             raise InvalidToken("The token is not a realtime client secret of this gateway.")
         caller, tier, models = claims.get("sub"), claims.get("tier"), claims.get("models")
