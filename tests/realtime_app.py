@@ -25,8 +25,10 @@ from openai_gateway.identity.realtime_secrets import (
 from openai_gateway.policy.realtime import RealtimePolicy
 from openai_gateway.policy.realtime_usage import Charge
 from openai_gateway.policy.refusal import Refusal
-from openai_gateway.upstream.realtime import Outcome, RealtimeRelay, RealtimeUpstream, Stop
+from openai_gateway.upstream.realtime import RealtimeRelay
 from openai_gateway.upstream.realtime_calls import RealtimeCalls
+from openai_gateway.upstream.realtime_meter import Outcome, Stop
+from openai_gateway.upstream.realtime_upstream import RealtimeUpstream
 
 #: The one client credential the test app knows (besides its realtime secrets).
 CLIENT_TOKEN = "client-token"

@@ -21,7 +21,7 @@ from openai_gateway.demo.fake_openai import FakeOpenAI
 from openai_gateway.demo.fake_realtime import FakeRealtime
 from openai_gateway.errors import BudgetExceeded, TokensRateLimited
 from openai_gateway.policy.usage import usage_of
-from openai_gateway.upstream.realtime import Stop
+from openai_gateway.upstream.realtime_meter import Stop
 
 from .conftest import KEY
 from .realtime_app import CLIENT_TOKEN, MODELS, Harness, build_app, event

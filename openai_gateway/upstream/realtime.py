@@ -1,20 +1,20 @@
 """The realtime WebSocket relay: a client's socket and OpenAI's, frames both ways, metered.
 
-`RealtimeUpstream.connect(model=...)` opens OpenAI's socket with the real key (a refused
-handshake is an OpenAI-shaped HTTP error, raised before the client's handshake is answered);
-`RealtimeRelay.accept(request)` answers the client's handshake, selecting the `realtime`
-subprotocol (browsers drop a socket whose answer selects none of the offered ones; the
-`openai-insecure-api-key.<token>` one is never echoed); `RealtimeRelay.run(...)` relays until
-one side ends, and returns an `Outcome`.
+`RealtimeUpstream.connect(model=...)` (upstream.realtime_upstream) opens OpenAI's socket with
+the real key (a refused handshake is an OpenAI-shaped HTTP error, raised before the client's
+handshake is answered); `RealtimeRelay.accept(request)` answers the client's handshake,
+selecting the `realtime` subprotocol (browsers drop a socket whose answer selects none of the
+offered ones; the `openai-insecure-api-key.<token>` one is never echoed);
+`RealtimeRelay.run(...)` relays until one side ends, and returns an `Outcome`.
 
 While it runs:
 - every frame is passed on as it comes, nothing buffered (compression off on both sockets:
   base64 audio barely compresses and deflate would cost time on every frame);
 - each client event passes the `EventChecker` (policy.realtime): a refused one is answered
   with an OpenAI `error` event and not forwarded;
-- the meter (`RealtimeMeter`) is asked before each response: before a client's
-  `response.create` is forwarded, and on a `response.created` nobody asked for through the
-  relay (server VAD starts responses by itself). Every `response.done` and input
+- the meter (`RealtimeMeter`, upstream.realtime_meter) is asked before each response: before
+  a client's `response.create` is forwarded, and on a `response.created` nobody asked for
+  through the relay (server VAD starts responses by itself). Every `response.done` and input
   transcription is charged as it arrives. A `Stop` from the meter sends an `error` event with
   its code and closes both sockets;
 - a client that goes away closes the upstream socket at once (OpenAI ends the session, and
@@ -28,140 +28,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
-from urllib.parse import urlencode
 
 import aiohttp
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..errors import GatewayError, UpstreamTimeout, UpstreamUnavailable, upstream_error
 from ..policy.realtime import EventChecker, EventRefused, error_event
 from ..policy.realtime_usage import (
     RESPONSE_CREATED,
     RESPONSE_DONE,
     SESSION_EVENTS,
     TRANSCRIBED,
-    Charge,
     response_charge,
     session_models,
     transcription_charge,
     watched,
 )
 from ..policy.refusal import Refusal
-
-log = logging.getLogger("gateway.realtime")
+from .realtime_meter import Outcome, RealtimeMeter, Stop
+from .realtime_upstream import HEARTBEAT
 
 #: The one subprotocol the handshake selects (OpenAI's browser client offers it).
 SUBPROTOCOL = "realtime"
-#: Seconds between pings on both sockets: a peer that vanished without a FIN is found.
-HEARTBEAT = 30.0
 #: Close codes a peer's close may be passed on with; others become 1011.
 PASSED_CLOSE_CODES = frozenset({1000, 1001, 1008, 1011, 1013})
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """Why the meter ends a session: an OpenAI error `code` (`spend_limit_exceeded`,
-    `budget_exceeded`, `tokens_limit_exceeded` ...), its message and error type."""
-
-    code: str
-    message: str
-    type: str = "insufficient_quota"
-
-    @classmethod
-    def of(cls, error: GatewayError) -> Stop:
-        """The stop a refusal of the limiter or the budgets (a 429 `GatewayError`) means."""
-        return cls(error.code or "rate_limit_exceeded", error.message, error.type)
-
-
-class RealtimeMeter(Protocol):
-    """How a realtime session is charged (phase of the request pipeline that owns budgets).
-
-    The relay and the sideband call these in order, from one task at a time; each may return a
-    `Stop`, which ends the session.
-    """
-
-    async def before_response(self) -> Stop | None:
-        """A response is about to start: reserve one response at the output cap."""
-
-    async def on_usage(self, charge: Charge) -> Stop | None:
-        """Charge usage as it arrives. A `kind == "response"` charge settles one reserved
-        response (`usage` None: charge what was reserved); a transcription is charged as it is.
-        A Stop: the budget cannot cover another response."""
-
-    async def on_end(self, outcome: Outcome) -> None:
-        """The session is over. `outcome.in_flight` responses started and never reported
-        usage (charge them at their reservation); release every other reservation."""
-
-
-@dataclass(slots=True)
-class Outcome:
-    """How a relayed session ended.
-
-    reason: "client_closed", "upstream_closed", "stopped" (the meter) or "expired";
-    stop: the meter's or the clock's Stop; responses: `response.done` seen; in_flight:
-    responses started and not done at the end; upstream_code: the upstream's close code.
-    """
-
-    reason: str = ""
-    stop: Stop | None = None
-    responses: int = 0
-    in_flight: int = 0
-    upstream_code: int | None = None
-
-
-class UpstreamRefused(GatewayError):
-    """The upstream answered a realtime request with an error: its status and error type are
-    kept, its words are not (errors.upstream_error)."""
-
-    def __init__(self, status: int, content_type: str = "", body: bytes = b""):
-        self.status, _, self.body = upstream_error(status, content_type, body)
-        super().__init__("The upstream refused the realtime request.")
-
-    def response(self) -> web.Response:
-        return web.Response(status=self.status, body=self.body, content_type="application/json")
-
-
-@dataclass(frozen=True)
-class RealtimeUpstream:
-    """OpenAI's realtime endpoints with the real key. One socket is one session, so there is
-    no failover: the primary upstream (`upstream.base_url`) only."""
-
-    session: aiohttp.ClientSession
-    base_url: str
-    api_key: str = field(repr=False)
-    connect_timeout: float = 10.0
-    max_frame_bytes: int = 16 * 1024 * 1024
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": "Bearer " + self.api_key}
-
-    def url(self, path: str, query: Mapping[str, str] | None = None) -> str:
-        """base_url (".../v1") + path ("/realtime/calls"), with `query`."""
-        url = self.base_url.rstrip("/") + path
-        return url + ("?" + urlencode(query) if query else "")
-
-    async def connect(self, **query: str) -> aiohttp.ClientWebSocketResponse:
-        """OpenAI's socket for `?model=` (a new session) or `?call_id=` (a call's sideband).
-        UpstreamRefused for an error status, UpstreamUnavailable/Timeout when unreachable."""
-        url = self.url("/realtime", query)
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                return await self.session.ws_connect(
-                    url, headers=self.auth, compress=0, heartbeat=HEARTBEAT,
-                    max_msg_size=self.max_frame_bytes, autoclose=True)
-        except aiohttp.WSServerHandshakeError as exc:
-            raise UpstreamRefused(exc.status) from None
-        except TimeoutError:
-            raise UpstreamTimeout("The upstream did not answer in time.") from None
-        except aiohttp.ClientError as exc:
-            log.warning("realtime upstream unreachable: %s", type(exc).__name__)
-            raise UpstreamUnavailable("The upstream could not be reached.") from None
 
 
 class RealtimeRelay:

@@ -41,7 +41,8 @@ from ..policy.realtime_usage import (
     session_models,
     transcription_charge,
 )
-from .realtime import Outcome, RealtimeMeter, RealtimeUpstream, Stop, UpstreamRefused
+from .realtime_meter import Outcome, RealtimeMeter, Stop
+from .realtime_upstream import RealtimeUpstream, UpstreamRefused
 
 log = logging.getLogger("gateway.realtime")
 
