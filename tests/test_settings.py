@@ -934,8 +934,8 @@ def test_prices_take_audio_and_image_rates():
     ({"gpt-4o": {"input": "0.15", "output": 1}},
      "prices.gpt-4o.input: got '0.15', expected a number"),
     ({"gpt-4o": {"input": 1, "output": 1, "cache": 1}},
-     "prices.gpt-4o.cache: unknown key (known: audio_input, audio_output, cached_input, "
-     "image_input, input, output, reasoning)"),
+     "prices.gpt-4o.cache: unknown key (known: audio_input, audio_output, cached_audio_input, "
+     "cached_input, image_input, input, output, reasoning)"),
     ({"gpt-4o": {"input": 1, "output": 1, "audio_input": -2}},
      "prices.gpt-4o.audio_input: got -2.0, expected >= 0 (US dollars per 1M tokens)"),
     ({"gpt-4o": {"input": 1, "output": 1, "image_input": "x"}},
@@ -967,7 +967,7 @@ def test_redacted_prints_values_in_the_files_notation():
     assert red["clients"][0]["tokens"] == ["1/second"] and red["clients"][0]["requests"] is None
     assert red["prices"] == {"m": {"input": 1.0, "cached_input": 1.0, "output": 2.0,
                                    "audio_input": 1.0, "image_input": 1.0, "audio_output": 2.0,
-                                   "reasoning": None}}
+                                   "reasoning": None, "cached_audio_input": None}}
     # Printed back, it loads to the same settings.
     again = json.loads(json.dumps(red))
     again["cache"].pop("storage_url")
@@ -975,6 +975,7 @@ def test_redacted_prints_values_in_the_files_notation():
         c.pop("requests"), c.pop("models"), c.pop("tier"), c.pop("spend"), c.pop("mint_tiers")
     again["tiers"]["free"] = {"requests": ["20/minute"]}
     again["prices"]["m"].pop("reasoning")  # unset (null): as the shipped table says
+    again["prices"]["m"].pop("cached_audio_input")  # unset (null): the cached text rate
     assert parse(again, environ=ENV) == parse(doc, environ=ENV)
 
 

@@ -237,12 +237,15 @@ class PriceSettings:
     #: The model reasons before it writes (hidden output tokens): a stream stopped early is
     #: charged its whole reservation. Unset: as the shipped table says of the model, else false.
     reasoning: bool | None = None
+    #: Cached audio input, where the model prices it apart from cached text (realtime models);
+    #: unset (None): the lower of cached_input and audio_input (prices.Price).
+    cached_audio_input: float | None = None
 
     @staticmethod
     def prepare(table: dict) -> dict:
         """The effective rates: cached_input defaults to input (a provider with no cache
         discount), output to audio_output (a model that only speaks), audio_input and
-        image_input to input, audio_output to output."""
+        image_input to input, audio_output to output (cached_audio_input: see its field)."""
         table = dict(table)
         if "cached_input" not in table and "input" in table:
             table["cached_input"] = table["input"]
@@ -257,10 +260,14 @@ class PriceSettings:
 
     def check(self, at: str, p: Problems) -> None:
         for name in ("input", "cached_input", "output", "audio_input", "image_input",
-                     "audio_output"):
+                     "audio_output", "cached_audio_input"):
             value = getattr(self, name)
             if value is not None:
                 p.expect(value >= 0, f"{at}.{name}", value, ">= 0 (US dollars per 1M tokens)")
+        if self.cached_audio_input is not None and self.audio_input is not None:
+            p.expect(self.cached_audio_input <= self.audio_input, f"{at}.cached_audio_input",
+                     self.cached_audio_input,
+                     f"at most audio_input ({self.audio_input}): cached tokens are never dearer")
         p.expect(self.cached_input <= self.input, f"{at}.cached_input", self.cached_input,
                  f"at most input ({self.input}): cached tokens are never dearer")
 

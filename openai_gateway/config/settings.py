@@ -44,6 +44,7 @@ from .access import (
 from .limits import SpendLimit, as_limits, as_spend, limit_text
 from .loader import Problems, build, subkey
 from .secrets import read_secrets
+from .realtime import RealtimeSettings
 from .serving import (
     DEFAULT_ROUTES,
     CacheSettings,
@@ -66,9 +67,10 @@ __all__ = [
     "DEFAULT_ROUTES", "AuthSettings", "BudgetSettings", "CacheSettings", "ClientSettings",
     "ConfigError", "CorsSettings", "FallbackSettings", "IssuerSettings", "LogSettings",
     "MetricsSettings", "PlaygroundSettings", "PriceSettings", "RateLimitSettings",
-    "RuleSettings", "ServerSettings", "SessionSettings", "Settings", "SpendLimit",
-    "StorageSettings", "StorageURL", "TierSettings", "TokenSettings", "UpstreamSettings",
-    "ValidationSettings", "as_limits", "as_spend", "load", "parse", "resolve_workers",
+    "RealtimeSettings", "RuleSettings", "ServerSettings", "SessionSettings", "Settings",
+    "SpendLimit", "StorageSettings", "StorageURL", "TierSettings", "TokenSettings",
+    "UpstreamSettings", "ValidationSettings", "as_limits", "as_spend", "load", "parse",
+    "resolve_workers",
 ]
 
 
@@ -105,6 +107,7 @@ class Settings:
     prices: Mapping[str, PriceSettings] = field(
         default_factory=lambda: types.MappingProxyType({}))
     budget: BudgetSettings = field(default_factory=BudgetSettings)
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     playground: PlaygroundSettings = field(default_factory=PlaygroundSettings)
@@ -156,6 +159,7 @@ class Settings:
         _check_clients(self.clients, p)
         _check_auth(self, p)
         _check_tiers(self, p)
+        _check_realtime(self, p)
 
 
 def _check_workers(s: Settings, p: Problems) -> None:
@@ -226,6 +230,20 @@ def _check_tiers(s: Settings, p: Problems) -> None:
             if tier not in s.tiers and TIER_NAME.fullmatch(tier):
                 p.warnings.append(f"clients[{i}].mint_tiers[{j}]: tier {tier!r} is not defined "
                                   f"in [tiers] (known: {known}); {outcome}")
+
+
+def _check_realtime(s: Settings, p: Problems) -> None:
+    """Realtime client secrets are signed with auth.tokens' secret; without one each process
+    draws its own key, which only the process that signed a secret can verify (README:
+    Realtime). One process needs no secret; several on this port do."""
+    w = s.server.workers
+    if s.auth.tokens.secret_env or not (w == "auto" or 1 <= int(w) <= 256):
+        return
+    if resolve_workers(w) > 1:
+        p.warnings.append(
+            f"auth.tokens.secret_env: not set while server.workers is {w!r}: realtime client "
+            "secrets are then signed with a random key per process, and a secret minted by one "
+            "process is refused (401) by the others; set auth.tokens.secret_env")
 
 
 def _plain(value):
