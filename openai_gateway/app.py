@@ -35,7 +35,7 @@ from .identity.callers import Caller, Callers
 from .metering.budgets import Budgets
 from .metering.headers import limit_headers
 from .metering.limiter import RateLimiter, StoragePolicy
-from .metering.prices import PriceTable, configured
+from .metering.prices import table as price_table
 from .metering.rules import Limits, Rules
 from .observability import metrics
 from .pipeline.admission import Admission
@@ -112,10 +112,7 @@ def apply(app: web.Application, settings: Settings) -> None:
     rules = Rules(s.rate_limit, s.budget)
     c.limiter.configure(rules, s.rate_limit.strategy)
     c.budgets.configure(rules)
-    prices = PriceTable({model: configured(
-        model, input=p.input, output=p.output, cached_input=p.cached_input,
-        audio_input=p.audio_input, image_input=p.image_input, audio_output=p.audio_output,
-        reasoning=p.reasoning) for model, p in s.prices.items()})
+    prices = price_table(s.prices)
     c.admission.configure(prices)
     c.settlement.configure(prices, s.budget.warn_at)
     c.cache.configure(s.cache)

@@ -43,8 +43,8 @@ from .access import (
 )
 from .limits import SpendLimit, as_limits, as_spend, limit_text
 from .loader import Problems, build, subkey
-from .secrets import read_secrets
 from .realtime import RealtimeSettings
+from .secrets import read_secrets
 from .serving import (
     DEFAULT_ROUTES,
     CacheSettings,

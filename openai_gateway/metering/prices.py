@@ -25,7 +25,7 @@ writes, and the long-context rate some models charge above 272K input tokens (th
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from types import MappingProxyType
 
@@ -195,6 +195,14 @@ def estimate(price: Price, input_tokens: int, max_output_tokens: int, *, image_t
              + audio * price.audio_input
              + max(max_output_tokens, 0) * max(price.output, price.audio_output))
     return _ceil_div(total, PER_TOKENS)
+
+
+def table(rows: Mapping[str, object]) -> PriceTable:
+    """The shipped table with the operator's `[prices]` rows laid over it (each row's fields
+    are `configured`'s keyword arguments)."""
+    return PriceTable({model: configured(model, **{f.name: getattr(row, f.name)
+                                                  for f in fields(row)})  # type: ignore[arg-type]
+                       for model, row in rows.items()})
 
 
 def configured(model: str, *, input: float, cached_input: float, output: float,
