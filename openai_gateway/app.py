@@ -37,7 +37,7 @@ from .metering.headers import limit_headers
 from .metering.limiter import RateLimiter, StoragePolicy
 from .metering.prices import table as price_table
 from .metering.rules import Limits, Rules
-from .observability import metrics
+from .observability.metrics import Metrics
 from .pipeline.admission import Admission
 from .pipeline.proxy import Policy, Proxy
 from .pipeline.settlement import Settlement
@@ -63,6 +63,7 @@ class Components:
 
     #: ("rate_limit", the limiter's store), ("cache", the cache's): often one store.
     stores: tuple[tuple[str, Store], ...]
+    metrics: Metrics
     upstream: Upstream
     limiter: RateLimiter
     budgets: Budgets
@@ -77,32 +78,31 @@ class Components:
 COMPONENTS = web.AppKey("components", Components)
 
 
-def _server_gauge(server: str, up: bool) -> None:
-    metrics.STORAGE_SERVER_UP.labels(server).value = 1 if up else 0
-
-
 def build(settings: Settings, demo: bool = False) -> Components:
     s = settings
+    metrics = Metrics()
 
     def opened(url):
         return open_store(url, timeout=s.storage.timeout, password=s.storage_password,
-                          cache_bytes=s.cache.max_bytes, on_change=_server_gauge)
+                          cache_bytes=s.cache.max_bytes, on_change=metrics.storage_server)
 
     # One store per process, chosen once: the limiter, the budgets and the cache share it when
     # they name the same URL, so one ring places every key and one table knows its health.
     store = opened(s.rate_limit_storage)
     cache_store = store if s.cache_storage == s.rate_limit_storage else opened(s.cache_storage)
-    policy = StoragePolicy(s.storage.on_error)
+    policy = StoragePolicy(s.storage.on_error, metrics)
     limiter = RateLimiter(store, policy)
     budgets = Budgets(store, policy, limiter.ident)
-    cache = PromptCache(s.cache, cache_store)
-    upstream = Upstream(s.upstream, s.api_key, s.fallback_keys)
+    cache = PromptCache(s.cache, cache_store, metrics)
+    upstream = Upstream(s.upstream, s.api_key, s.fallback_keys, metrics=metrics)
     auth = Auth(s, upstream.client_session, demo=demo)
-    admission, settlement = Admission(limiter, budgets, cache), Settlement(budgets)
-    proxy = Proxy(upstream=upstream, admission=admission, settlement=settlement, cache=cache)
+    admission = Admission(limiter, budgets, cache, metrics)
+    settlement = Settlement(budgets, metrics)
+    proxy = Proxy(upstream=upstream, admission=admission, settlement=settlement, cache=cache,
+                  metrics=metrics)
     stores = (("rate_limit", store), ("cache", cache_store))
-    return Components(stores, upstream, limiter, budgets, cache, admission, settlement, proxy,
-                      auth, OriginPolicy((), address_of=_address_of(proxy)))
+    return Components(stores, metrics, upstream, limiter, budgets, cache, admission, settlement,
+                      proxy, auth, OriginPolicy((), address_of=_address_of(proxy)))
 
 
 def apply(app: web.Application, settings: Settings) -> None:
@@ -141,7 +141,7 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
             render_errors,
             # The id and record the later steps write to; the access log and the metrics
             # once the answer is done, with the status render_errors gives it.
-            request_context(s.log.hash_client, _address_of(proxy)),
+            request_context(s.log.hash_client, _address_of(proxy), c.metrics),
             # A refused Origin costs nothing: 403 before identity, the body or the upstream.
             origins.middleware,
         ],
@@ -182,7 +182,8 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     if s.metrics.enabled:
-        app.router.add_get("/metrics", metrics_handler(lambda: proxy.p.callers.addresses),
+        app.router.add_get("/metrics", metrics_handler(lambda: proxy.p.callers.addresses,
+                                                       c.metrics),
                            allow_head=False)
     if s.playground.enabled:
         playground.register(app, s)                          # GET /: the reference front-end

@@ -28,6 +28,7 @@ from .metering.limiter import StoragePolicy
 from .metering.prices import usd
 from .metering.rules import Rules
 from .observability import logs
+from .observability.metrics import Metrics
 from .server.process import ConfigSource, run
 from .store import open_store
 
@@ -250,7 +251,7 @@ async def _read_spend(settings: Settings, rules: Rules) -> dict[str, dict]:
     store = open_store(settings.rate_limit_storage, timeout=max(settings.storage.timeout, 2.0),
                        password=settings.storage_password)
     try:
-        budgets = Budgets(store, StoragePolicy("open"), ident=lambda caller: caller.id)
+        budgets = Budgets(store, StoragePolicy("open", Metrics()), ident=lambda caller: caller.id)
         budgets.configure(rules)
         return await budgets.gateway_spend()
     finally:

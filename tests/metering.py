@@ -11,6 +11,7 @@ from openai_gateway.metering.budgets import Budgets, Reservation
 from openai_gateway.metering.headers import LimitState
 from openai_gateway.metering.limiter import RateLimiter, StoragePolicy
 from openai_gateway.metering.rules import Rules
+from openai_gateway.observability.metrics import Metrics
 from openai_gateway.store import open_store
 
 
@@ -20,7 +21,7 @@ class Meter:
     def __init__(self, settings, url: str = "memory://", *, on_error: str = "closed",
                  budget=None, timeout: float = 0.5, password: str = ""):
         self.store = open_store(parse_storage_url(url), timeout=timeout, password=password)
-        policy = StoragePolicy(on_error)
+        policy = StoragePolicy(on_error, Metrics())
         self.limiter = RateLimiter(self.store, policy)
         self.budgets = Budgets(self.store, policy, self.limiter.ident)
         self.configure(settings, budget=budget)

@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 from openai_gateway.cache.keys import VARY_HEADERS, Entry, cache_key
 from openai_gateway.cache.prompts import PromptCache
 from openai_gateway.config.settings import CacheSettings
+from openai_gateway.observability.metrics import Metrics
 from openai_gateway.pipeline.validation import ParsedRequest
 from openai_gateway.store.memory import MemoryStore
 from openai_gateway.store.memory_cache import BoundedMemoryCache
@@ -187,7 +188,7 @@ def test_entry_decode_garbage_is_none(value):
 
 
 def cache(**settings) -> PromptCache:
-    return PromptCache(CacheSettings(**settings), MemoryStore())
+    return PromptCache(CacheSettings(**settings), MemoryStore(), Metrics())
 
 
 def parsed(**body) -> ParsedRequest:

@@ -8,7 +8,6 @@ from fractions import Fraction
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import generate_latest
 
 from openai_gateway.metering.prices import (
     DEFAULT_PRICES,
@@ -22,7 +21,7 @@ from openai_gateway.metering.prices import (
     micro_from_usd,
     usd,
 )
-from openai_gateway.observability import metrics
+from openai_gateway.observability.metrics import Metrics
 from openai_gateway.policy.usage import usage_of
 
 REQUIRED = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o1", "o3",
@@ -364,16 +363,28 @@ def test_micro_from_usd_refuses_what_is_not_an_amount(bad):
 # --- metrics -------------------------------------------------------------------------------
 
 def test_spend_and_budget_families_are_exported():
-    metrics.SPEND.labels("gpt-4o-mini", "free").inc(cost(DEFAULT_PRICES["gpt-4o-mini"],
-                                                         Usage(input=2000, cached_input=0, output=500)) / MICRO)
-    metrics.BUDGET_REMAINING.labels("day").value = micro_from_usd("0.25") / MICRO
-    metrics.BUDGET_WARN.labels("month").value = 1
-    text = generate_latest().decode()
+    metrics = Metrics()
+    metrics.spend.labels("gpt-4o-mini", "free").inc(cost(DEFAULT_PRICES["gpt-4o-mini"],
+                                                         Usage(input=2000, cached_input=0,
+                                                               output=500)))
+    metrics.budget_remaining.labels("day").value = micro_from_usd("0.25")
+    metrics.budget_warn.labels("month").value = 1
+    text = metrics.exposition().decode()
     assert "# TYPE gateway_spend_usd_total counter" in text
     assert 'gateway_spend_usd_total{model="gpt-4o-mini",tier="free"} 0.0006' in text
     assert "# TYPE gateway_budget_remaining_usd gauge" in text
     assert 'gateway_budget_remaining_usd{period="day"} 0.25' in text
     assert 'gateway_budget_warn{period="month"} 1' in text
+
+
+def test_money_is_shown_exactly_however_it_was_added():
+    """Counted in integer micro-dollars, shown divided once: 0.004746, never the float sum
+    0.004745999999999999 (issue 22)."""
+    metrics = Metrics()
+    for micro in (1_000, 3_746):
+        metrics.spend.labels("gpt-4o-mini", "free").inc(micro)
+    text = metrics.exposition().decode()
+    assert 'gateway_spend_usd_total{model="gpt-4o-mini",tier="free"} 0.004746' in text
 
 
 def test_spend_labels_stay_bounded_by_the_price_table():

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from contextlib import asynccontextmanager
 
 from ..config.serving import CacheSettings
-from ..observability import metrics
+from ..observability.metrics import Metrics
 from ..policy import ParsedRequest
 from ..store import Store
 from .keys import Entry, cache_key
@@ -31,8 +31,9 @@ DETERMINISTIC = frozenset({"/v1/embeddings", "/v1/moderations"})
 class PromptCache:
     """Built once per process on its store; `configure` on every settings (entries survive)."""
 
-    def __init__(self, settings: CacheSettings, store: Store):
+    def __init__(self, settings: CacheSettings, store: Store, metrics: Metrics):
         self.store = store
+        self.metrics = metrics
         self.backend = store.cache_backend()
         #: Values only this process writes (memory) need no full check when read back.
         self._trusted = store.kind == "memory"
@@ -100,9 +101,8 @@ class PromptCache:
             self._failed("set", exc)
             return False
 
-    @staticmethod
-    def _failed(op: str, exc: Exception) -> None:
-        metrics.STORAGE_ERRORS.labels("cache").inc()
+    def _failed(self, op: str, exc: Exception) -> None:
+        self.metrics.storage_errors.labels("cache").inc()
         log.warning("cache %s failed (%s); bypassing the cache", op, type(exc).__name__)
 
     # --- single flight --------------------------------------------------------------------

@@ -21,8 +21,8 @@ from ..errors import (
     from_http_exception,
     http_error_code,
 )
-from ..observability import metrics
 from ..observability.logs import RequestRecord, log_access, refusal_detail
+from ..observability.metrics import Metrics
 from ..pipeline.proxy import COST_HEADER, RECORD
 
 log = logging.getLogger("gateway")
@@ -59,7 +59,7 @@ async def render_errors(request: web.Request, handler):
                  f"{rec.request_id if rec else '-'}).", "server_error", None, "internal_error")
 
 
-def request_context(hash_client: bool, address_of: AddressOf):
+def request_context(hash_client: bool, address_of: AddressOf, metrics: Metrics):
     """Gives each request an id and a record, and logs the record once the answer is done.
 
     The status logged is the one the client gets: a GatewayError's, which `render_errors`
@@ -98,8 +98,8 @@ def request_context(hash_client: bool, address_of: AddressOf):
             if rec.client == "-":  # refused before the proxy resolved who it was
                 rec.client = address_of(request)
             if rec.route is not None:
-                metrics.REQUESTS.labels(rec.route, str(rec.status)).inc()
-                metrics.LATENCY.labels(rec.route).observe(time.perf_counter() - rec.started)
+                metrics.requests.labels(rec.route, str(rec.status)).inc()
+                metrics.latency.bucket(rec.route).observe(time.perf_counter() - rec.started)
             log_access(rec, hash_client)
 
     return middleware

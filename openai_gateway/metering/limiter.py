@@ -19,7 +19,7 @@ import time
 from typing import NoReturn
 
 from ..errors import RateLimited, StorageUnavailable
-from ..observability import metrics
+from ..observability.metrics import Metrics
 from ..store import Counted, Hit, ServerDown, Store, Window
 from .headers import LimitState, format_reset, limit_headers, retry_after
 from .rules import Limit, Limits, Rules
@@ -34,8 +34,9 @@ class StoragePolicy:
     """`storage.on_error`: what a failed store call means. "open": serve and log (the usage is
     not counted); "closed": refuse with 503 before anything is forwarded."""
 
-    def __init__(self, on_error: str):
+    def __init__(self, on_error: str, metrics: Metrics):
         self.on_error = on_error
+        self.metrics = metrics
 
     @property
     def fail_open(self) -> bool:
@@ -43,7 +44,7 @@ class StoragePolicy:
 
     def failed(self, exc: Exception, *, refuse: bool = True) -> None:
         """Count and log a failure; raise StorageUnavailable when it must refuse."""
-        metrics.STORAGE_ERRORS.labels("ratelimit").inc()
+        self.metrics.storage_errors.labels("ratelimit").inc()
         quiet = isinstance(exc, ServerDown)  # the store logged it once, when marking it down
         if refuse and not self.fail_open:
             if not quiet:

@@ -19,13 +19,15 @@ from ..metering.budgets import Budgets, Reservation
 from ..metering.headers import limit_headers
 from ..metering.limiter import RateLimiter
 from ..metering.prices import PriceTable, estimate
-from ..observability import metrics
+from ..observability.metrics import Metrics
 from .exchange import Exchange
 
 
 class Admission:
-    def __init__(self, limiter: RateLimiter, budgets: Budgets, cache: PromptCache):
+    def __init__(self, limiter: RateLimiter, budgets: Budgets, cache: PromptCache,
+                 metrics: Metrics):
         self.limiter = limiter
+        self.metrics = metrics
         self.budgets = budgets
         self.cache = cache
         #: Whether the cache's entries can be read in the limiter's batches (same store).
@@ -40,7 +42,7 @@ class Admission:
             state = await self.limiter.check(ex.caller, ex.route)
         except RateLimited:
             ex.record.rate_limit = "requests"
-            metrics.RATE_LIMITED.labels("requests").inc()
+            self.metrics.rate_limited.labels("requests").inc()
             raise
         ex.record.rate_limit = "ok"
         if state is not None:
@@ -88,7 +90,7 @@ class Admission:
             ex.headers.update(ex.reservation.headers)
         if rec.cache is None:
             rec.cache = "HIT" if entry is not None else "MISS"
-        metrics.CACHE.labels(rec.cache).inc()
+        self.metrics.cache.labels(rec.cache).inc()
         ex.headers["X-Cache"] = rec.cache
         return entry
 
@@ -111,10 +113,9 @@ class Admission:
                 "[prices] table, and a dollar budget applies to this request.", param="model")
         return ex.reserved_micro
 
-    @staticmethod
-    def _refused(ex: Exchange, exc: RateLimited) -> None:
+    def _refused(self, ex: Exchange, exc: RateLimited) -> None:
         kind = ("budget" if isinstance(exc, BudgetExceeded) else "spend"
                 if isinstance(exc, SpendLimited) else "tokens"
                 if isinstance(exc, TokensRateLimited) else "requests")
         ex.record.rate_limit = kind
-        metrics.RATE_LIMITED.labels(kind).inc()
+        self.metrics.rate_limited.labels(kind).inc()

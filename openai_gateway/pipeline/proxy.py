@@ -26,8 +26,8 @@ from ..cache.prompts import PromptCache
 from ..config.serving import ServerSettings, UpstreamSettings
 from ..errors import GatewayError, UpstreamFailed, upstream_error
 from ..identity.callers import Callers
-from ..observability import metrics
 from ..observability.logs import RequestRecord
+from ..observability.metrics import Metrics
 from ..policy import OutputCounter, forward_body, usage_from_answer
 from ..upstream.client import RETURNED_HEADERS, Upstream
 from ..upstream.sse import StreamOutcome, relay, replay, send_answer
@@ -61,8 +61,9 @@ class Policy:
 
 class Proxy:
     def __init__(self, *, upstream: Upstream, admission: Admission, settlement: Settlement,
-                 cache: PromptCache):
+                 cache: PromptCache, metrics: Metrics):
         self.upstream = upstream
+        self.metrics = metrics
         self.admission = admission
         self.settlement = settlement
         self.cache = cache
@@ -201,7 +202,7 @@ class Proxy:
         ttfb = time.perf_counter() - t0
         ex.record.upstream_status = resp.status
         ex.record.ttfb_ms = round(ttfb * 1000, 2)
-        metrics.TTFB.labels(ex.route).observe(ttfb)
+        self.metrics.ttfb.bucket(ex.route).observe(ttfb)
         return resp
 
     async def _read_answer(self, resp: aiohttp.ClientResponse, limit: int,
@@ -214,7 +215,7 @@ class Proxy:
             if status in (401, 403):
                 log.error("the upstream refused the gateway's key (status %d): check the key",
                           status)
-            metrics.UPSTREAM_ERRORS.labels(f"status_{status}" if status in (401, 403, 429)
+            self.metrics.upstream_errors.labels(f"status_{status}" if status in (401, 403, 429)
                                            else f"status_{status // 100}xx").inc()
             status, ctype, body = upstream_error(status, ctype, body)
             if ex is not None:
@@ -244,17 +245,17 @@ class Proxy:
     async def _relay(self, ex: Exchange, resp: aiohttp.ClientResponse,
                      strip: bool) -> web.StreamResponse:
         outcome = StreamOutcome(output=OutputCounter(ex.route))
-        metrics.ACTIVE_STREAMS.inc()
+        self.metrics.active_streams.inc()
         try:
             out = await relay(ex.request, resp, ex.headers, outcome,
                               idle_timeout=self.p.upstream.idle_timeout, strip_usage_chunk=strip,
                               record=ex.cache_key is not None,
                               write_timeout=self.p.server.write_timeout)
         finally:
-            metrics.ACTIVE_STREAMS.dec()
+            self.metrics.active_streams.dec()
             stream_usage(ex, outcome)
         if outcome.upstream_failed:
-            metrics.UPSTREAM_ERRORS.labels("interrupted").inc()
+            self.metrics.upstream_errors.labels("interrupted").inc()
         elif ex.cache_key is not None and outcome.complete and outcome.recorded is not None:
             await self.cache.set(ex.cache_key, Entry(True, b"".join(outcome.recorded)))
         return out

@@ -12,7 +12,7 @@ import logging
 from ..errors import GatewayError
 from ..metering.budgets import Budgets
 from ..metering.prices import MICRO, PriceTable, cost
-from ..observability import metrics
+from ..observability.metrics import Metrics
 from ..policy import STOP_MARGIN_TOKENS, Usage
 from ..upstream.sse import StreamOutcome
 from .exchange import Exchange
@@ -54,8 +54,9 @@ def stream_usage(ex: Exchange, outcome: StreamOutcome) -> None:
 
 
 class Settlement:
-    def __init__(self, budgets: Budgets):
+    def __init__(self, budgets: Budgets, metrics: Metrics):
         self.budgets = budgets
+        self.metrics = metrics
         #: Periods whose budget.warn_at warning was logged (once per process).
         self._warned: set[str] = set()
 
@@ -85,16 +86,17 @@ class Settlement:
         rec = ex.record
         rec.charged = how
         model = ex.valid.model or "none"
+        metrics = self.metrics
         if ex.usage is not None:  # tokens the upstream reported (not our bounds)
             rec.tokens_in, rec.tokens_out = used.input, used.output
             if used.input:
-                metrics.TOKENS.labels(model, "in").inc(used.input)
+                metrics.tokens.labels(model, "in").inc(used.input)
             if used.output:
-                metrics.TOKENS.labels(model, "out").inc(used.output)
+                metrics.tokens.labels(model, "out").inc(used.output)
         if ex.price is not None and (used.input or used.output):
             rec.cost_usd = micro / MICRO
-            metrics.SPEND.labels(self.prices.label_for(model), ex.caller.tier or "none").inc(
-                micro / MICRO)
+            metrics.spend.labels(self.prices.label_for(model), ex.caller.tier or "none").inc(
+                micro)
 
     async def _watch_budget(self) -> None:
         """The gateway-wide ceiling's gauges after a charge, and the warn_at warning (once per
@@ -105,9 +107,9 @@ class Settlement:
             return
         for name, row in report.items():
             period = PERIODS.get(name, name)
-            metrics.BUDGET_REMAINING.labels(period).value = row["remaining_micro"] / MICRO
+            self.metrics.budget_remaining.labels(period).value = row["remaining_micro"]
             crossed = row["spent_micro"] >= self.warn_at * row["limit_micro"]
-            metrics.BUDGET_WARN.labels(period).value = 1 if crossed else 0
+            self.metrics.budget_warn.labels(period).value = 1 if crossed else 0
             if not crossed:  # a new day or month: warn again when it is crossed again
                 self._warned.discard(period)
             elif period not in self._warned:

@@ -16,7 +16,7 @@ import aiohttp
 
 from ..config.settings import UpstreamSettings
 from ..errors import UpstreamTimeout, UpstreamUnavailable
-from ..observability.metrics import UPSTREAM_ERRORS
+from ..observability.metrics import Metrics
 
 log = logging.getLogger("gateway.upstream")
 
@@ -35,8 +35,9 @@ class Upstream:
     """Owns the session; open it with `async with Upstream(...).running()` (a cleanup_ctx)."""
 
     def __init__(self, settings: UpstreamSettings, api_key: str,
-                 fallback_keys: tuple[str, ...] = ()):
+                 fallback_keys: tuple[str, ...] = (), *, metrics: Metrics):
         self.session: aiohttp.ClientSession | None = None
+        self.metrics = metrics
         self.configure(settings, api_key, fallback_keys)
 
     def configure(self, settings: UpstreamSettings, api_key: str,
@@ -128,7 +129,8 @@ class Upstream:
                             attempt + 1, attempts, type(exc).__name__)
                 if last:
                     timeout = isinstance(exc, aiohttp.ConnectionTimeoutError)
-                    UPSTREAM_ERRORS.labels("timeout" if timeout else "unavailable").inc()
+                    kind = "timeout" if timeout else "unavailable"
+                    self.metrics.upstream_errors.labels(kind).inc()
                     error = UpstreamTimeout if timeout else UpstreamUnavailable
                     raise error("The upstream could not be reached" + (
                         " in time." if timeout else "."), reached=reached) from None
@@ -138,7 +140,7 @@ class Upstream:
                 # A slow first byte is not retried: the upstream may still be generating (and
                 # billing), so the request counts as received.
                 log.warning("upstream timeout on %s: %s", route, type(exc).__name__)
-                UPSTREAM_ERRORS.labels("timeout").inc()
+                self.metrics.upstream_errors.labels("timeout").inc()
                 raise UpstreamTimeout("The upstream did not answer in time.") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
                     aiohttp.ClientResponseError) as exc:  # the last: a malformed answer
@@ -146,7 +148,7 @@ class Upstream:
                 log.warning("upstream unreachable on %s (attempt %d/%d): %s", route,
                             attempt + 1, attempts, type(exc).__name__)
                 if last:
-                    UPSTREAM_ERRORS.labels("unavailable").inc()
+                    self.metrics.upstream_errors.labels("unavailable").inc()
                     raise UpstreamUnavailable("The upstream could not be reached.") from None
                 await self._pause(attempt, None)
                 continue
