@@ -142,6 +142,29 @@ def usage_from_answer(body: bytes) -> Usage | None:
     """
     if len(body) <= WHOLE_PARSE_BYTES:
         return _whole_usage(body)
+    found = _root_usage(body)
+    return _whole_usage(body) if found is _UNDECIDED else found
+
+
+def usage_near_end(tail: bytes) -> Usage | None:
+    """The root `usage` member of a JSON document of which only the last bytes are at hand
+    (`tail` must end where the document ends): how a stream event of megabytes, such as an
+    image stream's last event (the whole image, then its usage), is read without holding it.
+
+    Whether a key is the root's is decided from the key to the end alone, so the cut may fall
+    anywhere before it; a `"usage"` key whose object lies partly before the cut is not seen.
+    None also past MAX_CANDIDATES nested `"usage"` keys (there is no whole to parse).
+    """
+    found = _root_usage(tail)
+    return None if found is _UNDECIDED else found
+
+
+#: _root_usage's verdict when it gave up (too many nested `"usage"` keys).
+_UNDECIDED = object()
+
+
+def _root_usage(body: bytes):
+    """The root `usage` found from the end of `body` (a Usage or None), or _UNDECIDED."""
     end = len(body)
     for _ in range(MAX_CANDIDATES):
         at = body.rfind(_USAGE_KEY, 0, end)
@@ -153,7 +176,7 @@ def usage_from_answer(body: bytes) -> Usage | None:
         found, value = _root_member(body, at + len(_USAGE_KEY))
         if found:
             return _loaded_usage(value) if value is not None else None
-    return _whole_usage(body)
+    return _UNDECIDED
 
 
 def _whole_usage(body: bytes) -> Usage | None:
