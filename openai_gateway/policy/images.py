@@ -41,6 +41,11 @@ MAX_PROMPT_CHARS = 32_000
 MAX_N = 10
 MAX_INPUT_IMAGES = 16
 MAX_PARTIAL_IMAGES = 3
+#: Input tokens one image of an edit may cost, from above: gpt-image-1's rule (images and
+#: vision guide) at its largest: 65 + 129 per 512 px tile, at most 8 tiles once the image is
+#: fit in 2048 x 2048 and its short side in 768, plus 6,240 at high input fidelity.
+#: gpt-image-2 reads every image at high fidelity by a rule OpenAI does not publish.
+INPUT_IMAGE_TOKENS = 65 + 8 * 129 + 6240
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
@@ -135,7 +140,9 @@ def _common(fields: Fields, rules: ValidationSettings, *, input_images: int,
     partials = fields.integer("partial_images", 0, MAX_PARTIAL_IMAGES) or 0
     units = Units("image", characters=len(prompt), text_tokens=utf8_bytes(prompt), images=n,
                   size=size, quality=quality, partial_images=partials if stream else 0,
-                  input_images=input_images, upload_bytes=upload_bytes)
+                  input_images=input_images,
+                  image_input_tokens=input_images * INPUT_IMAGE_TOKENS,
+                  upload_bytes=upload_bytes)
     return Images(units, stream, len(prompt))
 
 

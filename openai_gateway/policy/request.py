@@ -150,7 +150,8 @@ class RequestPolicy:
                           f"{self.rules.max_input_chars}.", field_, "context_length_exceeded")
         output = units.audio_output_tokens or units.output_tokens
         return ParsedRequest(body, model, stream, chars, output, max(units.images, 1), {},
-                             route, audio_tokens=units.audio_input_tokens, units=units)
+                             route, image_tokens=units.image_input_tokens,
+                             audio_tokens=units.audio_input_tokens, units=units)
 
     @staticmethod
     def _model(route: str, body: dict, allowed: frozenset[str]) -> str | None:

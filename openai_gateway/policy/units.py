@@ -36,7 +36,9 @@ class Units:
     size: str = ""
     quality: str = ""
     partial_images: int = 0
-    #: Image edits: the images the model reads (each image and the mask).
+    #: Image edits: the images the model reads (each image, the mask, the markup), and an
+    #: upper bound of their input tokens.
     input_images: int = 0
+    image_input_tokens: int = 0
     #: A multipart request's body size (its upload).
     upload_bytes: int = 0

@@ -9,6 +9,7 @@ never nothing.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -38,7 +39,8 @@ OUTPUT_DETAILS = ("completion_tokens_details", "output_tokens_details", "output_
 class Usage:
     """Tokens of one answer, as the upstream reports them: `cached_input`, `audio_input` and
     `image_input` are parts of `input`; `reasoning` and `audio_output` parts of `output`.
-    Each part is billed at its own price (prices.cost)."""
+    Each part is billed at its own price (prices.cost). `seconds`: the audio a model billed
+    by the minute read (whisper-1 reports `{"type": "duration", "seconds": N}`, no tokens)."""
 
     input: int = 0
     output: int = 0
@@ -47,6 +49,7 @@ class Usage:
     audio_input: int = 0
     image_input: int = 0
     audio_output: int = 0
+    seconds: float = 0.0
 
     @property
     def total(self) -> int:
@@ -101,8 +104,15 @@ def prompt_estimate(input_chars: int) -> int:
 
 
 def usage_of(doc) -> Usage | None:
-    """A `usage` object of either API generation (chat/completions/embeddings or responses)."""
+    """A `usage` object of either API generation (chat/completions/embeddings or responses),
+    or the duration a transcription reports instead of tokens."""
     if not isinstance(doc, dict):
+        return None
+    if doc.get("type") == "duration":
+        seconds = doc.get("seconds")
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) \
+                and math.isfinite(seconds) and seconds >= 0:
+            return Usage(seconds=float(seconds))
         return None
     tin = _count(doc, "prompt_tokens", "input_tokens")
     tout = _count(doc, "completion_tokens", "output_tokens")
