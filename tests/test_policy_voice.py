@@ -180,10 +180,13 @@ def test_stream_and_arrays_as_the_sdk_writes_them():
 
 
 def test_known_speakers_add_their_samples_seconds():
+    sample = FormPart("known_speaker_references[]", None, None, 700_000, None)  # not read
     parsed = form(TRANSCRIBE, file("file", AUDIO), text("known_speaker_names[]", "agent"),
-                  text("known_speaker_references[]", "data:audio/wav;base64,AAAA"),
+                  sample, text("known_speaker_references[]", "data:audio/wav;base64,AAAA"),
                   model="gpt-4o-transcribe")
-    assert parsed.units.audio_seconds == 3 + 10 and parsed.input_chars == len("agent")
+    assert parsed.units.audio_seconds == 3 + 2 * 10 and parsed.input_chars == len("agent")
+    e = refused(form, TRANSCRIBE, file("file", AUDIO), *[sample] * 5)
+    assert e.param == "known_speaker_references[]"
 
 
 @pytest.mark.parametrize("parts, param", [

@@ -9,7 +9,9 @@ rules here are the same for every multipart route:
   refused like a duplicate JSON key, since the upstream may read the first and the gateway
   the last;
 - a file parameter is a file part (with a file name), every other parameter a text part: the
-  upstream refuses `image[]` sent as text, and a "text" part holding megabytes is no text.
+  upstream refuses `image[]` sent as text, and a "text" part holding megabytes is no text
+  (except the few text parameters that carry data, such as known speakers' audio samples as
+  data URLs: they are counted, not read).
 """
 from __future__ import annotations
 
@@ -46,29 +48,32 @@ class FormPart:
 @dataclass(frozen=True, slots=True)
 class Form:
     """The parts by name: `text` maps a name to its text (an array name to its list of texts),
-    `files` a file parameter's name to its parts."""
+    `files` a file parameter's name to its parts, `data` a data-carrying text parameter's name
+    to its parts (not read)."""
 
     text: dict[str, object]
     files: dict[str, list[FormPart]]
+    data: dict[str, list[FormPart]]
 
     def file_count(self, *names: str) -> int:
         return sum(len(self.files.get(name, ())) for name in names)
 
 
-def collect(parts: Iterable[FormPart], *, text: frozenset[str], files: frozenset[str]
-            ) -> Form:
-    """Check every part against the route's parameters (`text` and `files` names, arrays
-    ending in "[]") and sort them; raises `Refusal` naming the first part that breaks a rule
-    (see the module docstring)."""
+def collect(parts: Iterable[FormPart], *, text: frozenset[str], files: frozenset[str],
+            data: frozenset[str] = frozenset()) -> Form:
+    """Check every part against the route's parameters (`text`, `files` and `data` names,
+    arrays ending in "[]") and sort them; raises `Refusal` naming the first part that breaks a
+    rule (see the module docstring)."""
     values: dict[str, object] = {}
     found: dict[str, list[FormPart]] = {}
+    carried: dict[str, list[FormPart]] = {}
     seen: set[str] = set()
     for part in parts:
         name = part.name
         if not name:
             raise Refusal("A part of the multipart body has no name (Content-Disposition: "
                           "form-data; name=...).")
-        if name not in text and name not in files:
+        if name not in text and name not in files and name not in data:
             raise Refusal(f"Unknown parameter: '{shown(name)}'.", shown(name),
                           "unknown_parameter")
         array = name.endswith("[]")
@@ -84,6 +89,9 @@ def collect(parts: Iterable[FormPart], *, text: frozenset[str], files: frozenset
             continue
         if part.is_file:
             raise Refusal(f"'{name}' must be a text field, not a file.", name)
+        if name in data:
+            carried.setdefault(name, []).append(part)
+            continue
         if part.value is None:
             raise Refusal(f"'{name}' is not a short UTF-8 text field.", name)
         if array:
@@ -92,7 +100,7 @@ def collect(parts: Iterable[FormPart], *, text: frozenset[str], files: frozenset
             listed.append(part.value)
         else:
             values[name] = part.value
-    return Form(values, found)
+    return Form(values, found, carried)
 
 
 def one_of(form_names: Mapping[str, object], *names: str) -> None:

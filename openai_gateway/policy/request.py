@@ -32,10 +32,12 @@ MODEL_OPTIONAL = frozenset({"/v1/moderations"})
 MEDIA_JSON = frozenset({speech.ROUTE, images.GENERATIONS, images.EDITS})
 MEDIA_FORM = {
     transcription.TRANSCRIPTIONS: (transcription.TEXT[transcription.TRANSCRIPTIONS],
-                                   transcription.FILES),
+                                   transcription.FILES,
+                                   transcription.DATA[transcription.TRANSCRIPTIONS]),
     transcription.TRANSLATIONS: (transcription.TEXT[transcription.TRANSLATIONS],
-                                 transcription.FILES),
-    images.EDITS: (images.EDIT_FORM_TEXT, images.EDIT_FORM_FILES),
+                                 transcription.FILES,
+                                 transcription.DATA[transcription.TRANSLATIONS]),
+    images.EDITS: (images.EDIT_FORM_TEXT, images.EDIT_FORM_FILES, frozenset()),
 }
 
 
@@ -119,8 +121,8 @@ class RequestPolicy:
                    ) -> ParsedRequest:
         """A multipart request (transcriptions, translations, image edits), from its parts:
         policy.form's rules, then the route's. Its `body` is the text fields by name."""
-        text, files = MEDIA_FORM[route]
-        form = collect(parts, text=text, files=files)
+        text, files, data = MEDIA_FORM[route]
+        form = collect(parts, text=text, files=files, data=data)
         model = self._model(route, form.text, self.allowed if allowed_models is None
                             else allowed_models)
         if route == images.EDITS:

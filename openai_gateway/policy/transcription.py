@@ -43,9 +43,11 @@ TEXT = {
         "temperature", "include[]", "timestamp_granularities[]", "stream",
         "chunking_strategy", "chunking_strategy[type]", "chunking_strategy[prefix_padding_ms]",
         "chunking_strategy[silence_duration_ms]", "chunking_strategy[threshold]",
-        "known_speaker_names[]", "known_speaker_references[]"}),
+        "known_speaker_names[]"}),
     TRANSLATIONS: frozenset({"model", "prompt", "response_format", "temperature"}),
 }
+#: Text parameters that carry data (audio samples as data URLs): counted, not read.
+DATA = {TRANSCRIPTIONS: frozenset({"known_speaker_references[]"}), TRANSLATIONS: frozenset()}
 #: A translation's formats (no diarized_json).
 TRANSLATION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 INCLUDE = ("logprobs",)
@@ -78,8 +80,8 @@ class Audio:
 
 def check(route: str, form: Form, model: str | None, rules: ValidationSettings,
           upload_bytes: int) -> Audio:
-    """The rules above over a collected form (policy.form.collect with TEXT[route] and
-    FILES); raises `Refusal` naming the parameter."""
+    """The rules above over a collected form (policy.form.collect with TEXT[route], FILES
+    and DATA[route]); raises `Refusal` naming the parameter."""
     files = form.files.get("file")
     if not files:
         raise Refusal("Missing required parameter: 'file'.", "file")
@@ -91,7 +93,7 @@ def check(route: str, form: Form, model: str | None, rules: ValidationSettings,
     prompt = fields.string("prompt")
     stream = False
     words: list[str] = []
-    references: list[str] = []
+    references = form.data.get("known_speaker_references[]", [])
     if route == TRANSCRIPTIONS:
         stream = bool(fields.boolean("stream"))
         fields.string("language")
@@ -101,7 +103,6 @@ def check(route: str, form: Form, model: str | None, rules: ValidationSettings,
                        "timestamp_granularities")
         _chunking(fields)
         words = fields.strings("keywords[]") + fields.strings("known_speaker_names[]")
-        references = fields.strings("known_speaker_references[]")
         if len(references) > MAX_SPEAKERS:
             raise Refusal(f"'known_speaker_references[]' has {len(references)} samples; at "
                           f"most {MAX_SPEAKERS} are allowed.", "known_speaker_references[]")
