@@ -157,11 +157,19 @@ class FakeMedia:
     async def _stream(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
         out = web.StreamResponse(headers={**SSE_HEADERS, **self.headers})
         await out.prepare(request)
-        for event in events:
-            await out.write(event)
-            if self.pace:
-                await asyncio.sleep(self.pace)
-        await out.write_eof()
+        return await self._write(out, events)
+
+    async def _write(self, out: web.StreamResponse, pieces: list[bytes]) -> web.StreamResponse:
+        """Each piece, `pace` seconds apart; a client that left ends it (as it ends a real
+        generation)."""
+        try:
+            for piece in pieces:
+                await out.write(piece)
+                if self.pace:
+                    await asyncio.sleep(self.pace)
+            await out.write_eof()
+        except ConnectionResetError:
+            pass
         return out
 
     # --- speech --------------------------------------------------------------------------
@@ -198,12 +206,8 @@ class FakeMedia:
             "Content-Type": SPEECH_TYPES.get(fmt, "audio/wav"), **self.headers})
         out.enable_chunked_encoding()  # as OpenAI: Transfer-Encoding: chunked
         await out.prepare(request)
-        for i in range(0, len(audio), self.chunk_bytes):
-            await out.write(audio[i:i + self.chunk_bytes])
-            if self.pace:
-                await asyncio.sleep(self.pace)
-        await out.write_eof()
-        return out
+        step = self.chunk_bytes
+        return await self._write(out, [audio[i:i + step] for i in range(0, len(audio), step)])
 
     # --- transcriptions and translations -----------------------------------------------------
 
