@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from .formats import new_id, sse
 from .media_formats import (
@@ -150,7 +151,7 @@ class FakeMedia:
                     values.setdefault(part.name, []).append(text or "")
                 else:
                     files.setdefault(part.name, []).append((record, bytes(head[:HEAD_BYTES])))
-        except (ValueError, AssertionError, KeyError):
+        except (ValueError, AssertionError, KeyError, BadHttpMessage):
             raise _Refused("Could not parse multipart form.") from None
         return values, files
 
