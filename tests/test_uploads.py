@@ -292,6 +292,8 @@ async def test_100_mb_against_1_mb_is_refused_early_with_flat_memory(relay, upst
     finally:
         tracemalloc.stop()
     assert status == 413 and b"request_too_large" in body
+    print(f"\n100 MB against 1 MB ({'declared' if declared else 'chunked'}): 413 after "
+          f"{sent[0] / 1e6:.1f} MB sent, peak traced memory {peak / 1e6:.2f} MB")
     assert sent[0] < 20_000_000  # the answer came long before the body was all sent
     assert peak < 4_000_000, peak  # no more than the limit and a few reads were held
     assert upstream[0].ledger.requests == []
