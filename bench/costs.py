@@ -33,8 +33,8 @@ import phases  # noqa: E402
 
 from openai_gateway.app import build  # noqa: E402
 from openai_gateway.config import settings as settings_mod  # noqa: E402
-from openai_gateway.identity.addresses import Client  # noqa: E402
 from openai_gateway.identity.bearer import BearerResolver  # noqa: E402
+from openai_gateway.identity.callers import Caller  # noqa: E402
 from openai_gateway.metering.prices import cost, estimate  # noqa: E402
 from openai_gateway.pipeline.validation import Validator  # noqa: E402
 from openai_gateway.policy import Usage, forward_body  # noqa: E402
@@ -111,7 +111,7 @@ async def _spend_case(tmp: Path, parsed, spend: list[str] | None, extra: str) ->
     proxy, _, _ = build(load(tmp, phases.gateway_toml(1, "http://127.0.0.1:9", True, spend=spend,
                                                       extra=extra)))
     limiter, prices = proxy.limiter, proxy.prices
-    clients = [Client(id=f"ip:10.0.{i // 256}.{i % 256}", ip="x") for i in range(65536)]
+    clients = [Caller(id=f"ip:10.0.{i // 256}.{i % 256}", ip="x") for i in range(65536)]
     it = iter(range(10**9))
 
     async def one() -> None:
@@ -152,7 +152,8 @@ def policy_costs(tmp: Path, rows: list) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--miss-rps", type=float, default=4124.0,
                     help="gateway-on miss requests/s at c=64 on a quiet machine (README): its CPU "
                          "per request is 1/this, the denominator of the shares")
@@ -165,9 +166,10 @@ def main() -> None:
         uvloop.run(spend_costs(tmp, rows))
         uvloop.run(jwt_costs(tmp, rows))
     per_request = 1e6 / args.miss_rps
-    print(f"# CPU per request of what each step costs (best of 7 loops; python {sys.version.split()[0]}, "
-          f"pid {os.getpid()})\n")
-    print(f"Shares are of the miss path's {per_request:.0f} µs per request ({args.miss_rps:,.0f} req/s).\n")
+    print(f"# CPU per request of what each step costs (best of 7 loops; python "
+          f"{sys.version.split()[0]}, pid {os.getpid()})\n")
+    print(f"Shares are of the miss path's {per_request:.0f} µs per request "
+          f"({args.miss_rps:,.0f} req/s).\n")
     print("| step | µs per request | share of the miss path |")
     print("|---|---:|---:|")
     for label, us in rows:

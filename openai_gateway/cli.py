@@ -18,14 +18,18 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from . import __version__
-from .config.settings import ConfigError, Settings, load
+from .config import ConfigError, Settings, load
 from .demo import DemoUpstream, demo_settings
 from .errors import GatewayError, StorageUnavailable
-from .identity.addresses import hash_key
+from .identity.keys import hash_key
 from .identity.minted import CLI, TokenMinter, choose_tier, key_minter
-from .metering.limiter import RateLimiter
+from .metering.budgets import Budgets
+from .metering.limiter import StoragePolicy
+from .metering.prices import usd
+from .metering.rules import Rules
 from .observability import logs
 from .server.process import ConfigSource, run
+from .store import open_store
 
 
 def prog() -> str:
@@ -222,29 +226,35 @@ def spend(argv: list[str]) -> int:
               "(from a trusted address) and read gateway_budget_remaining_usd and "
               "gateway_spend_usd_total.", file=sys.stderr)
         return 1
-    limiter = RateLimiter(settings.rate_limit, url, budget=settings.budget,
-                          timeout=max(settings.storage.timeout, 2.0))
-    if not limiter.gateway:
+    rules = Rules(settings.rate_limit, settings.budget)
+    if not rules.gateway:
         print("no gateway-wide ceiling: [budget] daily_usd and monthly_usd are 0, so nothing "
               "counts the gateway's total (see gateway_spend_usd_total in /metrics)")
         return 0
     try:
-        report = asyncio.run(_read_spend(limiter))
+        report = asyncio.run(_read_spend(settings, rules))
     except StorageUnavailable:
         print(f"error: could not read the storage at {url.kind}; is it running?",
               file=sys.stderr)
         return 1
     period = {"daily": "today", "monthly": "this month"}
     for name, row in report.items():
-        print(f"{period.get(name, name)}: spent ${row['spent_usd']:.6f} of "
-              f"${row['limit_usd']:.2f}, ${row['remaining_usd']:.6f} left "
+        print(f"{period.get(name, name)}: spent ${usd(row['spent_micro'])} of "
+              f"${usd(row['limit_micro'])}, ${usd(row['remaining_micro'])} left "
               f"(all of it again in {row['reset_seconds'] / 3600:.1f} h at most)")
     return 0
 
 
-async def _read_spend(limiter: RateLimiter) -> dict[str, dict]:
-    async with limiter.running():
-        return await limiter.gateway_spend()
+async def _read_spend(settings: Settings, rules: Rules) -> dict[str, dict]:
+    """The gateway-wide ceilings as the shared store counts them (its password included)."""
+    store = open_store(settings.rate_limit_storage, timeout=max(settings.storage.timeout, 2.0),
+                       password=settings.storage_password)
+    try:
+        budgets = Budgets(store, StoragePolicy("open"), ident=lambda caller: caller.id)
+        budgets.configure(rules)
+        return await budgets.gateway_spend()
+    finally:
+        await store.close()
 
 
 #: name -> (usage, summary, function(argv) -> exit status). Checked before the serving

@@ -16,7 +16,7 @@ from openai_gateway.identity.bearer import (
     MAX_TOKEN_BYTES,
     BearerResolver,
     caller_id,
-    looks_like_jwt,
+    jwt_header,
 )
 from openai_gateway.identity.issuers import Issuer
 from openai_gateway.identity.minted import CLI, DEMO, ISSUER, SESSIONS, TokenMinter, key_minter
@@ -138,7 +138,7 @@ REFUSED = {
 async def test_jwts_that_fail_are_401_never_anonymous(resolver, provider, logs, case):
     make, reason = REFUSED[case]
     token = make(provider)
-    assert looks_like_jwt(token) or len(token) > MAX_TOKEN_BYTES
+    assert jwt_header(token) is not None or len(token) > MAX_TOKEN_BYTES
     with pytest.raises(InvalidToken) as err:
         await resolver.resolve(bearer(token))
     assert reason in err.value.message

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from openai_gateway.app import render_errors
 from openai_gateway.config.settings import ClientSettings
 from openai_gateway.errors import RateLimited
+from openai_gateway.http.middlewares import render_errors
 from openai_gateway.http.tokens import demo_token_handler, session_handler, tokens_handler
-from openai_gateway.identity.addresses import hash_key
 from openai_gateway.identity.bearer import BearerResolver
 from openai_gateway.identity.captcha import CaptchaVerifier
+from openai_gateway.identity.keys import hash_key
 from openai_gateway.identity.minted import TokenMinter
 
 from .jwks_server import (  # noqa: F401

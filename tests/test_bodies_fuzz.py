@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.keys import hash_key
 
 from .conftest import ORIGIN, GatewayProcess
 from .jwks_server import (  # noqa: F401  (fixtures)

@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 from limits import parse
 
-from openai_gateway.config.storage import parse_storage_url
+from openai_gateway.config.limits import parse_spend
 from openai_gateway.errors import (
     BudgetExceeded,
     RateLimited,
@@ -17,24 +17,31 @@ from openai_gateway.errors import (
     StorageUnavailable,
     TokensRateLimited,
 )
-from openai_gateway.metering.budgets import Limit, Limits, Reservation, spend_item, wait_for
+from openai_gateway.metering.budgets import Reservation
 from openai_gateway.metering.headers import format_usd
-from openai_gateway.metering.limiter import RateLimiter
+from openai_gateway.metering.rules import Limit, Limits
+from openai_gateway.store import Window, windows
 
 from .conftest import free_port
+from .metering import Meter
 from .store_fixtures import redis_factory  # noqa: F401  (fixture)
 
 CHAT, MINI, BIG = "/v1/chat/completions", "gpt-4o-mini", "gpt-4o"
 DAY, MONTH = 86_400, 2_592_000  # limits' granularities: a month is 30 days
 
 
+def spend_item(text: str):
+    """A dollar budget as the settings hand it over: a limit of micro-dollars."""
+    return parse_spend(text).item
+
+
 def make(url="memory://", *, tokens=(), spend=(), rules=(), daily=0.0, monthly=0.0,
-         on_error="closed") -> RateLimiter:
+         on_error="closed") -> Meter:
     settings = SimpleNamespace(requests=(), tokens=tuple(parse(t) for t in tokens),
                                spend=tuple(spend_item(s) for s in spend), rules=tuple(rules),
                                strategy="auto")
-    return RateLimiter(settings, parse_storage_url(url), on_error=on_error, timeout=0.5,
-                       budget=SimpleNamespace(daily_usd=daily, monthly_usd=monthly))
+    return Meter(settings, url, on_error=on_error,
+                 budget=SimpleNamespace(daily_usd=daily, monthly_usd=monthly))
 
 
 def rule(model: str, tokens=(), spend=()) -> SimpleNamespace:
@@ -60,11 +67,11 @@ def url(request) -> str:
     return request.getfixturevalue(f"{request.param}_url")
 
 
-async def reserve(lim: RateLimiter, who, tokens=1, micro_usd=0, model=MINI):
+async def reserve(lim: Meter, who, tokens=1, micro_usd=0, model=MINI):
     return await lim.reserve(who, CHAT, model, tokens=tokens, micro_usd=micro_usd)
 
 
-async def left(lim: RateLimiter, who, model=MINI) -> dict[str, str]:
+async def left(lim: Meter, who, model=MINI) -> dict[str, str]:
     """The settled headers of a request that used nothing: the budgets as they stand."""
     return await lim.settle(await reserve(lim, who, model=model), tokens=0, micro_usd=0)
 
@@ -158,7 +165,7 @@ async def test_no_budgets_no_work():
         held = await reserve(lim, caller(), tokens=10**9, micro_usd=10**9)
         assert held.holds == () and held.headers == {}
         assert await lim.settle(held, tokens=10**9, micro_usd=10**9) == {}
-        assert lim._storage.counters == {}
+        assert lim.store.counters == {}
 
 
 # --- dollars ------------------------------------------------------------------------------
@@ -187,9 +194,9 @@ async def test_the_callers_dollar_budget_refuses_with_insufficient_quota(url):
 async def test_the_gateway_ceiling_is_shared_and_says_budget_exceeded(url):
     lim = make(url, daily=20.0)
     async with lim.running():
-        before = (await lim.gateway_spend())["daily"]["spent_usd"]
+        before = (await lim.gateway_spend())["daily"]["spent_micro"]
         first, second = caller(), caller()
-        held = await reserve(lim, first, micro_usd=round(19.9e6 - before * 1e6))
+        held = await reserve(lim, first, micro_usd=19_900_000 - before)
         assert held.headers == {}  # the gateway's ceiling is no caller's business
         with pytest.raises(BudgetExceeded) as info:
             await reserve(lim, second, micro_usd=200_000)  # another caller, the same ceiling
@@ -238,10 +245,11 @@ async def test_gateway_spend_reports_each_configured_ceiling(url):
         now = await lim.gateway_spend()
         assert set(now) == {"daily", "monthly"}
         for name, limit, window in (("daily", 21.0, DAY), ("monthly", 300.0, MONTH)):
-            assert now[name]["limit_usd"] == limit and now[name]["window_seconds"] == window
-            assert now[name]["spent_usd"] == pytest.approx(before[name]["spent_usd"] + 0.25)
-            assert now[name]["remaining_usd"] == pytest.approx(limit - now[name]["spent_usd"])
-            assert 0 < now[name]["reset_seconds"] <= 2 * window
+            row = now[name]  # integer micro-dollars: exact
+            assert row["limit_micro"] == limit * 1_000_000 and row["window_seconds"] == window
+            assert row["spent_micro"] == before[name]["spent_micro"] + 250_000
+            assert row["remaining_micro"] == row["limit_micro"] - row["spent_micro"]
+            assert 0 < row["reset_seconds"] <= 2 * window
     assert await make(url).gateway_spend() == {}
 
 
@@ -328,7 +336,7 @@ async def test_storage_down(on_error):
             held = await reserve(lim, caller(), tokens=10, micro_usd=10)
             assert held.holds == () and held.headers == {}
         # Taken before the storage went down: settling fails quietly.
-        held = Reservation(tuple(lim._holds(caller(), CHAT, MINI, 10, 10)))
+        held = Reservation(tuple(lim.budgets.holds(caller(), CHAT, MINI, 10, 10)))
         assert await lim.settle(held, tokens=5, micro_usd=5) == {}
         assert held.settled
         with pytest.raises(StorageUnavailable):
@@ -384,7 +392,7 @@ def test_spend_item(text, amount, per):
 
 @pytest.mark.parametrize("text", ["0.0000001/day", "x/day", "1/fortnight", "-1/day", "1"])
 def test_spend_item_refuses(text):
-    with pytest.raises(ValueError, match="dollars per window"):
+    with pytest.raises(ValueError, match="a dollar budget like"):
         spend_item(text)
 
 
@@ -396,27 +404,26 @@ def test_format_usd(micro, text):
     assert format_usd(micro) == text
 
 
-LIMIT = Limit.of(parse("100/minute"))
+W = Window("k", 100, 60)
 
 
-@pytest.mark.parametrize("window, need, seconds", [
-    ((0, 0.0, 0, 120.0), 100, 0.0),  # empty: fits now
-    ((0, 0.0, 60, 90.0), 40, 0.0),  # exactly fits
-    ((0, 0.0, 60, 90.0), 41, 30.0 + 60 * (1 - 60 / 60)),  # the 60 must turn and decay a bit
-    ((100, 30.0, 0, 90.0), 50, 0.0),  # the previous window weighs 50 now: fits
-    ((100, 30.0, 0, 90.0), 60, 30.0 - 41 * 60 / 100),  # ... 41 after 5.4 s
-    ((100, 30.0, 10, 90.0), 60, 30.0 - 31 * 60 / 100),
-    ((100, 30.0, 0, 90.0), 101, 60.0),  # more than the budget: a full window
+@pytest.mark.parametrize("prev, cur, now, need, seconds", [
+    (0, 0, 600.0, 100, 0.0),  # empty: fits now
+    (0, 60, 630.0, 40, 0.0),  # exactly fits
+    (0, 60, 630.0, 41, 30.0 + 60 * (1 - 60 / 60)),  # the 60 must turn and decay a bit
+    (100, 0, 630.0, 50, 0.0),  # the previous window weighs 50 now: fits
+    (100, 0, 630.0, 60, 30.0 - 41 * 60 / 100),  # ... 41 after 5.4 s
+    (100, 10, 630.0, 60, 30.0 - 31 * 60 / 100),
+    (100, 0, 630.0, 101, 60.0),  # more than the budget: a full window
 ])
-def test_wait_for(window, need, seconds):
-    assert wait_for(LIMIT, window, need) == pytest.approx(max(seconds, 0.0))
+def test_wait_for(prev, cur, now, need, seconds):
+    assert windows.wait_for(W, prev, cur, now, need) == pytest.approx(max(seconds, 0.0))
 
 
 def test_spend_arrives_as_items_or_as_objects_carrying_one():
     item = spend_item("0.50/day")
     carried = SimpleNamespace(item=item, text="0.50/day")  # settings' SpendLimit
-    assert Limits(spend=(carried,)).spend == Limits(spend=(item,)).spend == Limits(
-        spend=("0.50/day",)).spend
+    assert Limits(spend=(carried,)).spend == Limits(spend=(item,)).spend
 
 
 def test_limit_keys_are_limits_own():

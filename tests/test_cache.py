@@ -7,7 +7,7 @@ import socket
 import aiohttp
 import pytest
 
-from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.keys import hash_key
 
 CHAT = {"model": "gpt-4o-mini", "temperature": 0,
         "messages": [{"role": "user", "content": "hi"}]}
@@ -181,7 +181,7 @@ async def test_memory_cache_is_bounded(make_gateway, fake):
     for i in range(20):
         await post(gw, dict(CHAT, seed=i))
     from openai_gateway.app import PROXY
-    backend = gw.app[PROXY].cache.memory
+    backend = gw.app[PROXY].cache.backend  # memory: the byte-bounded LRU
     assert 0 < backend.bytes <= 2000 and len(backend.items()) < 20
     r, _ = await post(gw, dict(CHAT, seed=0))
     assert r.headers["X-Cache"] == "MISS"  # the oldest was evicted
@@ -247,7 +247,7 @@ async def test_memcached_killed_mid_run_still_serves(make_gateway, memcached_fac
 
 @pytest.mark.parametrize("poison", [b"garbage", b"Jnot json", b"J[1,2]", b"Sdata: x\n\n", b""])
 async def test_poisoned_memcached_value_is_a_miss(make_gateway, memcached_url, fake, poison):
-    from openai_gateway.cache.prompts import cache_key
+    from openai_gateway.cache.keys import cache_key
     body = dict(CHAT, seed=4242)
     headers = {"Accept": "application/json"}  # the client's default would be */*
     key = cache_key("/v1/chat/completions", "shared", body, headers)

@@ -12,10 +12,11 @@ from aiocache.lock import OptimisticLock, OptimisticLockError, RedLock
 from aiocache.serializers import JsonSerializer
 from multidict import CIMultiDict
 
-from openai_gateway.cache.prompts import VARY_HEADERS, Entry, PromptCache, cache_key
+from openai_gateway.cache.keys import VARY_HEADERS, Entry, cache_key
+from openai_gateway.cache.prompts import PromptCache
 from openai_gateway.config.settings import CacheSettings
-from openai_gateway.config.storage import parse_storage_url
 from openai_gateway.pipeline.validation import ParsedRequest
+from openai_gateway.store.memory import MemoryStore
 from openai_gateway.store.memory_cache import BoundedMemoryCache
 from openai_gateway.upstream.client import FORWARDED_HEADERS
 
@@ -186,7 +187,7 @@ def test_entry_decode_garbage_is_none(value):
 
 
 def cache(**settings) -> PromptCache:
-    return PromptCache(CacheSettings(**settings), parse_storage_url("memory://"), timeout=0.5)
+    return PromptCache(CacheSettings(**settings), MemoryStore())
 
 
 def parsed(**body) -> ParsedRequest:
@@ -453,6 +454,6 @@ async def test_aiocache_locks_work_on_it():
 async def test_configure_changes_the_running_bound():
     c = cache(max_bytes=10_000)
     async with c.running():
-        assert c.memory is not None and c.memory.max_bytes == 10_000
+        assert c.backend.max_bytes == 10_000  # memory: the store's byte-bounded LRU
         c.configure(CacheSettings(max_bytes=500))
-        assert c.memory.max_bytes == 500
+        assert c.backend.max_bytes == 500

@@ -10,7 +10,7 @@ import time
 import aiohttp
 import openai
 
-from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.keys import hash_key
 
 from .conftest import KEY, ORIGIN, ROOT, toml_dumps
 
@@ -93,8 +93,8 @@ async def test_spend_reads_the_shared_ceiling_from_memcached(gateway_process, fa
                                 "prices": {"gpt-4o-mini": {"input": 1000.0, "output": 4000.0}}})
     rc, out, err = await gateway_cli("spend", "--config", str(gp.config_path))
     assert rc == 0, err
-    assert re.search(r"today: spent \$0\.000000 of \$2\.00, \$2\.000000 left", out), out
-    assert re.search(r"this month: spent \$0\.000000 of \$30\.00", out), out
+    assert re.search(r"today: spent \$0\.000000 of \$2\.000000, \$2\.000000 left", out), out
+    assert re.search(r"this month: spent \$0\.000000 of \$30\.000000", out), out
     async with openai.AsyncOpenAI(base_url=gp.url + "/v1", api_key="sk-dummy", max_retries=0,
                                   default_headers={"Origin": ORIGIN}) as client:
         raw = await client.chat.completions.with_raw_response.create(
@@ -102,7 +102,7 @@ async def test_spend_reads_the_shared_ceiling_from_memcached(gateway_process, fa
     cost = raw.headers["x-gateway-cost-usd"]
     rc, out, err = await gateway_cli("spend", "--config", str(gp.config_path))
     assert rc == 0, err
-    assert f"today: spent ${float(cost):.6f} of $2.00" in out, (cost, out)
+    assert f"today: spent ${cost} of $2.000000" in out, (cost, out)
     # The OPENAI_API_KEY is not needed to read the spend, and never printed.
     assert KEY not in out + err
 

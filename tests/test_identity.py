@@ -13,14 +13,14 @@ from hypothesis import strategies as st
 from openai_gateway.config.settings import ClientSettings
 from openai_gateway.errors import InvalidClientKey
 from openai_gateway.identity.addresses import (
-    IdentityResolver,
+    Addresses,
     TrustedProxies,
     address_key,
     client_address,
     forwarded_for,
-    hash_key,
 )
 from openai_gateway.identity.callers import Caller, Callers
+from openai_gateway.identity.keys import hash_key
 
 TRUSTED = TrustedProxies(("127.0.0.1", "::1", "10.0.0.0/8", "fd00::/8"))
 
@@ -80,7 +80,7 @@ def test_trusted_proxies_membership(address, trusted):
     assert TRUSTED.contains(address) is trusted
 
 
-# --- IdentityResolver -----------------------------------------------------------------------
+# --- Callers: addresses and client keys ---------------------------------------------------
 
 KEY_A, KEY_B = "gw-key-for-backend", "gw-key-for-batch"
 BACKEND = ClientSettings(name="backend", key_sha256=hash_key(KEY_A), requests=("600/minute",))
@@ -100,9 +100,8 @@ class resolver:
     plan allows)."""
 
     def __init__(self, clients=(BACKEND, BATCH), require=False, ipv6_prefix=64):
-        identity = IdentityResolver(trusted_proxies=("127.0.0.1",), clients=clients,
-                                    require_client_key=require, ipv6_prefix=ipv6_prefix)
-        self.callers = Callers(identity=identity, bearer=None, tiers={}, clients=clients,
+        addresses = Addresses(trusted_proxies=("127.0.0.1",), ipv6_prefix=ipv6_prefix)
+        self.callers = Callers(addresses=addresses, bearer=None, tiers={}, clients=clients,
                                anonymous=True, require_client_key=require)
 
     def resolve(self, req) -> Caller:
@@ -174,7 +173,7 @@ def test_resolver_uses_the_forwarded_address(peer, xff, ip):
     assert (keyed.id, keyed.ip) == ("key:backend", ip)
 
 
-# --- the fast address parser agrees with the ipaddress module ---------------------------------
+# --- the fast address parser agrees with the ipaddress module -----------------------------
 
 _TRUSTED = ("127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8", "192.0.2.128/25")
 
@@ -203,7 +202,7 @@ def test_trusted_proxies_match_ipaddress_semantics(address):
     assert TrustedProxies(_TRUSTED).contains(address) == bool(expected)
 
 
-# --- several X-Forwarded-For lines, IPv6 networks ------------------------------------------------
+# --- several X-Forwarded-For lines, IPv6 networks -----------------------------------------
 
 
 def request_with_lines(peer: str, *lines: str):

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from selenium.webdriver.common.by import By
 
-from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.keys import hash_key
 
 from .conftest import KEY, ORIGIN, SEEN_RESPONSES
 from .jwks_server import (  # noqa: F401

@@ -12,7 +12,7 @@ import jwt
 import openai
 import pytest
 
-from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.keys import hash_key
 
 from .conftest import ORIGIN, SEEN_RESPONSES
 from .jwks_server import (  # noqa: F401

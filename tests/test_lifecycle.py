@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from openai_gateway.config.settings import Settings
-from openai_gateway.server.process import EXIT_CANNOT_LISTEN, Supervisor
+from openai_gateway.server.workers import EXIT_CANNOT_LISTEN, Supervisor
 
 from .conftest import KEY, ORIGIN, ROOT, base_config, merge, toml_dumps
 
@@ -194,7 +194,7 @@ async def test_access_log_is_json_without_prompts_or_keys(gateway_process, fake)
 
 def test_a_dead_worker_is_restarted_later_without_blocking_the_supervisor(monkeypatch):
     """_reap only schedules the restart: a sleep there would hold back WATCHDOG=1."""
-    sup = Supervisor(Settings(), None, 2)
+    sup = Supervisor(Settings(), 2, worker=lambda settings, ready: 0)
     spawned: list[int] = []
     monkeypatch.setattr(sup, "_spawn", spawned.append)
     monkeypatch.setattr(time, "sleep", lambda s: pytest.fail("the supervisor slept"))
@@ -217,7 +217,7 @@ def test_a_dead_worker_is_restarted_later_without_blocking_the_supervisor(monkey
 
 
 def test_a_worker_that_cannot_listen_stops_the_supervisor(monkeypatch):
-    sup = Supervisor(Settings(), None, 2)
+    sup = Supervisor(Settings(), 2, worker=lambda settings, ready: 0)
     monkeypatch.setattr(sup, "_spawn", lambda index: pytest.fail("restarted"))
     monkeypatch.setattr(sup, "_signal_all", lambda sig: None)
     pid = os.fork()

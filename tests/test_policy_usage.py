@@ -84,7 +84,8 @@ def test_usage_of_odd_shapes(raw, expected):
                               "cached_tokens_details": {"text_tokens": 256,
                                                         "audio_tokens": 384}},
       "output_token_details": {"text_tokens": 9, "audio_tokens": 23}},
-     Usage(input=789, output=32, cached_input=640, audio_input=476, audio_output=23)),
+     Usage(input=789, output=32, cached_input=640, audio_input=476, audio_output=23,
+           cached_audio_input=384)),
     # the Images API (gpt-image-1): image tokens in the input
     ({"total_tokens": 491, "input_tokens": 219, "output_tokens": 272,
       "input_tokens_details": {"text_tokens": 25, "image_tokens": 194}},

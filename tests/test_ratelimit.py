@@ -6,7 +6,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.keys import hash_key
 
 from .conftest import ORIGIN, free_port
 
@@ -207,17 +207,16 @@ async def test_memory_storage_stays_bounded_and_forgets_idle_clients():
     import threading
 
     from openai_gateway.config.settings import RateLimitSettings
-    from openai_gateway.config.storage import parse_storage_url
     from openai_gateway.identity.callers import Caller
-    from openai_gateway.metering.limiter import RateLimiter
 
-    limiter = RateLimiter(RateLimitSettings(requests=("5/second",)),
-                          parse_storage_url("memory://"), on_error="open", timeout=0.5)
+    from .metering import Meter
+
+    limiter = Meter(RateLimitSettings(requests=("5/second",)), on_error="open")
     busy = Caller(id="ip:192.0.2.1", ip="192.0.2.1")
     idle = Caller(id="ip:192.0.2.2", ip="192.0.2.2")
     threads = threading.active_count()
     async with limiter.running():
-        storage = limiter._storage
+        storage = limiter.store
         await limiter.check_requests(idle, "/v1/chat/completions", None)
         for _ in range(4):  # several windows' worth of hits, each window full
             for _ in range(5):

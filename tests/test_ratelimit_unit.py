@@ -1,4 +1,4 @@
-"""RateLimiter on memory storage, and the x-ratelimit-* header values, without an app."""
+"""Request limits on the memory store, and the x-ratelimit-* header values, without an app."""
 from __future__ import annotations
 
 import asyncio
@@ -16,13 +16,15 @@ from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterR
 from limits.storage import storage_from_string
 
 from openai_gateway.config.settings import ClientSettings, RateLimitSettings, RuleSettings
-from openai_gateway.config.storage import parse_storage_url
 from openai_gateway.errors import RateLimited
-from openai_gateway.identity.addresses import hash_key
 from openai_gateway.identity.callers import Caller, _plan
-from openai_gateway.metering.budgets import Limits
-from openai_gateway.metering.limiter import LimitState, RateLimiter, format_reset, limit_headers
+from openai_gateway.identity.keys import hash_key
+from openai_gateway.metering.headers import LimitState, format_reset, limit_headers
+from openai_gateway.metering.rules import Limits
+from openai_gateway.store import Hit, Window
 from openai_gateway.store.memory import MemoryStore
+
+from .metering import Meter
 
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
 MINI = "gpt-4o-mini"
@@ -43,17 +45,16 @@ def client(settings: ClientSettings) -> Caller:
 
 
 def limiter(requests=(), tokens=(), rules=(), clients=(), strategy="auto",
-            url="memory://") -> RateLimiter:
-    return RateLimiter(RateLimitSettings(requests=tuple(requests), tokens=tuple(tokens),
-                                         rules=tuple(rules), strategy=strategy),
-                       parse_storage_url(url), on_error="closed", timeout=0.5)
+            url="memory://") -> Meter:
+    return Meter(RateLimitSettings(requests=tuple(requests), tokens=tuple(tokens),
+                                   rules=tuple(rules), strategy=strategy), url)
 
 
-async def allowed(lim: RateLimiter, who: Caller = ANON, route=CHAT, model=MINI, times=1) -> list:
+async def allowed(lim: Meter, who: Caller = ANON, route=CHAT, model=MINI, times=1) -> list:
     return [await lim.check_requests(who, route, model) for _ in range(times)]
 
 
-async def refused(lim: RateLimiter, who: Caller = ANON, route=CHAT, model=MINI) -> RateLimited:
+async def refused(lim: Meter, who: Caller = ANON, route=CHAT, model=MINI) -> RateLimited:
     with pytest.raises(RateLimited) as info:
         await lim.check_requests(who, route, model)
     return info.value
@@ -282,18 +283,6 @@ def test_strategy(strategy, url, expected):
     assert limiter(["1/minute"], strategy=strategy, url=url).strategy == expected
 
 
-@pytest.mark.parametrize("strategy, requests_class", [
-    ("auto", MovingWindowRateLimiter),
-    ("sliding-window-counter", SlidingWindowCounterRateLimiter),
-])
-async def test_running_builds_the_strategy(strategy, requests_class):
-    lim = limiter(["1/minute"], strategy=strategy)
-    async with lim.running():
-        assert type(lim._req) is requests_class
-        await allowed(lim)
-        await refused(lim)
-
-
 @pytest.mark.parametrize("uri, cls", [
     ("async+gateway-memory://", MemoryStore),
 ])
@@ -315,8 +304,8 @@ async def test_reconfigure_keeps_the_counters():
 @pytest.mark.parametrize("strategy", ["moving-window", "sliding-window-counter"])
 async def test_a_zero_limit_refuses_and_never_fails(strategy):
     # Settings refuse "0/minute"; the limiter must not fail on one either (it used to 500).
-    lim = RateLimiter(SimpleNamespace(requests=(RateLimitItemPerMinute(0),), tokens=(),
-                                      rules=(), strategy=strategy))
+    lim = Meter(SimpleNamespace(requests=(RateLimitItemPerMinute(0),), tokens=(), rules=(),
+                                strategy=strategy))
     async with lim.running():
         for _ in range(2):
             err = await refused(lim)
@@ -327,8 +316,8 @@ async def test_a_zero_limit_refuses_and_never_fails(strategy):
 async def test_limits_given_as_items_and_carried_by_the_caller():
     """The settings hand over parsed RateLimitItems; a caller may carry its own Limits (its
     client key's or tier's), which replace the defaults kind by kind."""
-    lim = RateLimiter(SimpleNamespace(requests=(parse("1/minute"),), tokens=(), rules=(),
-                                      strategy="auto"))
+    lim = Meter(SimpleNamespace(requests=(parse("1/minute"),), tokens=(), rules=(),
+                                strategy="auto"))
     tier = SimpleNamespace(id="user:ada", limits=Limits(requests=(parse("3/minute"),)))
     async with lim.running():
         assert [s.remaining for s in await allowed(lim, tier, times=3)] == [2, 1, 0]
@@ -351,7 +340,7 @@ def _run_against_reference(steps, item, strategy, compare):
                 ok = await a.hit(item, who, cost=cost)
                 assert ok == await b.hit(item, who, cost=cost)
                 await compare(ours, ref, a, b, who, clock[0], ok)
-        ours.close()
+        await ours.close()
         if ref.timer:
             ref.timer.cancel()
 
@@ -387,14 +376,28 @@ def test_memory_moving_window_matches_limits_reference(steps):
                                 st.floats(0, 9, allow_nan=False)), max_size=60))
 @settings(max_examples=60, deadline=None)
 def test_memory_sliding_window_counter_matches_limits_reference(steps):
+    """The store's sliding-window counters (sliding.count over the memory store's counters)
+    decide and report exactly as limits' SlidingWindowCounterRateLimiter on its own
+    MemoryStorage."""
     item = parse("6/10 seconds")
 
-    async def compare(ours, ref, a, b, who, now, ok):
-        key = item.key_for(who)
-        assert await ours.get_sliding_window(key, 10) == await ref.get_sliding_window(key, 10)
-        assert await a.get_window_stats(item, who) == await b.get_window_stats(item, who)
+    async def run():
+        clock = [1_000_000.0]
+        ours, ref = MemoryStore(), LimitsMemoryStorage()
+        theirs = SlidingWindowCounterRateLimiter(ref)
+        with mock.patch("time.time", lambda: clock[0]):
+            for who, cost, wait in steps:
+                clock[0] += wait
+                w = Window(item.key_for(who), item.amount, item.get_expiry())
+                counted = await ours.count([Hit(w, cost)], now=clock[0])
+                assert counted.allowed == await theirs.hit(item, who, cost=cost)
+                stats = await theirs.get_window_stats(item, who)
+                assert counted.stats[w].remaining == stats.remaining
+        await ours.close()
+        if ref.timer:
+            ref.timer.cancel()
 
-    _run_against_reference(steps, item, SlidingWindowCounterRateLimiter, compare)
+    asyncio.run(run())
 
 
 def test_a_client_under_its_limit_keeps_one_window_of_entries():
@@ -414,7 +417,7 @@ def test_a_client_under_its_limit_keeps_one_window_of_entries():
             assert 6 <= len(entries) <= 7  # the last minute's hits, not 120
             remaining = (await limiter.get_window_stats(item, "returning")).remaining
             assert 120 - 7 <= remaining <= 120 - 6
-        storage.close()
+        await storage.close()
 
     asyncio.run(run())
 
@@ -449,24 +452,23 @@ def test_the_sweep_yields_to_the_loop_and_keeps_keys_hit_meanwhile():
 
 
 def test_the_sweep_forgets_counters_once_both_their_windows_passed():
-    item = parse("5/10 seconds")
+    w = Window("{k}", 5, 10)
 
     async def run():
         clock = [1_000_000.0]
         storage = MemoryStore()
         storage._next_sweep = float("inf")
-        counter = SlidingWindowCounterRateLimiter(storage)
         with mock.patch("time.time", lambda: clock[0]):
-            await counter.hit(item, "old")
-            await storage.incr("plain", 10)
-            clock[0] += 10  # "old" is the previous window now: it still counts
-            await counter.hit(item, "new")
+            await storage.count([Hit(w, 1)], now=clock[0])
+            clock[0] += 10  # the previous window now: it still counts, and lives 2 windows
+            await storage.count([Hit(w, 1)], now=clock[0])
             await storage._sweep()
-            assert len(storage.counters) == 2 and await storage.get("plain") == 0
-            assert not storage.plain  # the fixed-window counter expired
+            assert len(storage.counters) == 2
             clock[0] += 10
             await storage._sweep()
-            assert list(storage.counters) == [item.key_for("new")]
-            assert (await counter.get_window_stats(item, "new")).remaining == 4
+            assert len(storage.counters) == 1  # the first window's counter has expired
+            counted = await storage.count([Hit(w, 0)], now=clock[0])
+            assert counted.stats[w].remaining == 4
+        await storage.close()
 
     asyncio.run(run())

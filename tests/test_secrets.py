@@ -1,4 +1,5 @@
-"""Secret hygiene: the key never appears in a response, a log line (any level), metrics or --check."""
+"""Secret hygiene: the key never appears in a response, a log line (any level), metrics or
+--check."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,7 @@ import sys
 
 import aiohttp
 
-from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.keys import hash_key
 
 from .conftest import KEY, ROOT, free_port
 

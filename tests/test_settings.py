@@ -20,6 +20,7 @@ from limits import (
 
 from openai_gateway.config.limits import LIMIT_EXPECTED, SPEND_EXPECTED, SpendLimit
 from openai_gateway.config.loader import Problems, build
+from openai_gateway.config.secrets import read_secret
 from openai_gateway.config.settings import (
     CacheSettings,
     ClientSettings,
@@ -33,7 +34,6 @@ from openai_gateway.config.settings import (
     as_limits,
     load,
     parse,
-    read_api_key,
 )
 from openai_gateway.config.storage import StorageURL
 
@@ -392,11 +392,11 @@ def test_key_variable_name_is_configurable():
     ({}, {}, None),
     ({"OPENAI_API_KEY": " \n"}, {}, None),
 ])
-def test_read_api_key_prefers_the_systemd_credential(tmp_path, files, env, expected):
+def test_read_secret_prefers_the_systemd_credential(tmp_path, files, env, expected):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     environ = {"CREDENTIALS_DIRECTORY": str(tmp_path), **env}
-    assert read_api_key("OPENAI_API_KEY", environ) == expected
+    assert read_secret("OPENAI_API_KEY", environ) == expected
 
 
 def test_credential_directory_is_used_by_parse(tmp_path):
@@ -949,9 +949,9 @@ def test_prices_take_unit_rates():
     ({"gpt-4o": {"input": "0.15", "output": 1}},
      "prices.gpt-4o.input: got '0.15', expected a number"),
     ({"gpt-4o": {"input": 1, "output": 1, "cache": 1}},
-     "prices.gpt-4o.cache: unknown key (known: audio_input, audio_output, cached_input, "
-     "image_input, image_tokens, input, output, per_image, per_million_chars, per_minute, "
-     "reasoning)"),
+     "prices.gpt-4o.cache: unknown key (known: audio_input, audio_output, cached_audio_input, "
+     "cached_input, image_input, image_tokens, input, output, per_image, per_million_chars, "
+     "per_minute, reasoning)"),
     ({"whisper-1": {"per_minute": -0.006}},
      "prices.whisper-1.per_minute: got -0.006, expected >= 0 (US dollars a minute)"),
     ({"dall-e-3": {"per_image": {"1024x1024": 0.04}}},
@@ -990,16 +990,18 @@ def test_redacted_prints_values_in_the_files_notation():
     assert red["clients"][0]["tokens"] == ["1/second"] and red["clients"][0]["requests"] is None
     assert red["prices"] == {"m": {"input": 1.0, "cached_input": 1.0, "output": 2.0,
                                    "audio_input": 1.0, "image_input": 1.0, "audio_output": 2.0,
-                                   "reasoning": None, "per_minute": None,
-                                   "per_million_chars": None, "per_image": {},
-                                   "image_tokens": {}}}
+                                   "reasoning": None, "cached_audio_input": None,
+                                   "per_minute": None, "per_million_chars": None,
+                                   "per_image": {}, "image_tokens": {}}}
     # Printed back, it loads to the same settings.
     again = json.loads(json.dumps(red))
     again["cache"].pop("storage_url")
     for c in again["clients"]:
         c.pop("requests"), c.pop("models"), c.pop("tier"), c.pop("spend"), c.pop("mint_tiers")
     again["tiers"]["free"] = {"requests": ["20/minute"]}
-    for unset in ("reasoning", "per_minute", "per_million_chars"):  # null: not given
+    # Unset (null): reasoning as the shipped table says, cached audio at the cached text rate,
+    # no unit prices.
+    for unset in ("reasoning", "cached_audio_input", "per_minute", "per_million_chars"):
         again["prices"]["m"].pop(unset)
     assert parse(again, environ=ENV) == parse(doc, environ=ENV)
 

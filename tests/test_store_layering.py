@@ -1,4 +1,4 @@
-"""The store is the bottom layer: it imports nothing from the rest of the gateway."""
+"""The store sits right above the config: it imports nothing else of the gateway."""
 from __future__ import annotations
 
 import ast
@@ -11,7 +11,9 @@ def test_store_imports_nothing_above_it():
     offenders = []
     for path in sorted(STORE.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.level > 1 or (
+            below = node.level == 2 and (node.module or "").startswith("config") \
+                if isinstance(node, ast.ImportFrom) else False
+            if isinstance(node, ast.ImportFrom) and not below and (node.level > 1 or (
                     node.level == 0 and (node.module or "").startswith("openai_gateway"))):
                 offenders.append(f"{path.name}: from {'.' * node.level}{node.module or ''}")
             if isinstance(node, ast.Import):

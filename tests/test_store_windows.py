@@ -1,5 +1,6 @@
-"""The sliding-window arithmetic and the two-round-trip acquire decide exactly as limits' own
-SlidingWindowCounterRateLimiter over its MemoryStorage, hit for hit, on a controlled clock."""
+"""The sliding-window arithmetic, and the store's counting over a real memcached, decide exactly
+as limits' own SlidingWindowCounterRateLimiter over its MemoryStorage, hit for hit, on a
+controlled clock."""
 from __future__ import annotations
 
 import asyncio
@@ -13,9 +14,8 @@ from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
-from openai_gateway.store import windows
+from openai_gateway.store import Hit, windows
 from openai_gateway.store.memcached import MemcachedCluster
-from openai_gateway.store.sliding import acquire, charges, count
 from openai_gateway.store.windows import Window
 
 
@@ -49,11 +49,6 @@ def test_stats_of_an_untouched_window():
     assert windows.stats(Window("k", 10, 60), 0, 0, 500.0) == windows.Stats(500.0, 10)
 
 
-def test_charges_target_the_current_window_with_twice_its_length():
-    w = Window("usd", 100, 86400)
-    assert charges([w], 7, 86400 * 3 + 5) == [("{usd}/3", 7, 172800)]
-
-
 # --- against limits ------------------------------------------------------------------------
 
 limit_sets = st.lists(st.tuples(st.integers(1, 6), st.sampled_from([3, 10, 60])),
@@ -62,7 +57,7 @@ hit_runs = st.lists(st.tuples(st.floats(0, 25, allow_nan=False), st.integers(1, 
                     min_size=1, max_size=30)
 
 
-async def _compare(server: str, spec, hits, start: float, one_trip: bool = False) -> None:
+async def _compare(server: str, spec, hits, start: float) -> None:
     clock = Clock(start)
     run = uuid.uuid4().hex
     items = [RateLimitItemPerSecond(amount, seconds) for amount, seconds in spec]
@@ -79,10 +74,8 @@ async def _compare(server: str, spec, hits, start: float, one_trip: bool = False
                 if expected:
                     assert all([await limiter.hit(i, run, str(n), cost=cost)
                                 for n, i in enumerate(items)])
-                if one_trip:  # the gateway's path: count first, decide after
-                    got = (await count(cluster, wins, now=clock.now, cost=cost)).acquired
-                else:
-                    got = await acquire(cluster, wins, now=clock.now, cost=cost)
+                # The gateway's path: count first, decide after, in one round trip.
+                got = await cluster.count([Hit(w, cost) for w in wins], now=clock.now)
                 assert got.allowed == expected and not got.failed
                 for n, (item, w) in enumerate(zip(items, wins, strict=True)):
                     reset_at, remaining = await limiter.get_window_stats(item, run, str(n))
@@ -104,7 +97,7 @@ async def test_concurrent_hits_from_two_processes_never_exceed_the_limit(memcach
     w = Window(f"race-{uuid.uuid4().hex}", 10, 60)
     now = 2e9 + 30
     try:
-        results = await asyncio.gather(*(acquire(c, [w], now=now) for c in [a, b] * 40))
+        results = await asyncio.gather(*(c.count([Hit(w)], now=now) for c in [a, b] * 40))
         allowed = sum(r.allowed for r in results)
         counted = windows.count(await a.get(windows.keys(w, now)[1]))
     finally:
@@ -114,12 +107,3 @@ async def test_concurrent_hits_from_two_processes_never_exceed_the_limit(memcach
     # Fewer than 10 may pass (a reader can see another's increment before its give-back:
     # limits documents the same), never more; every refused increment was given back.
     assert counted == allowed
-    assert any(r.lost_race for r in results)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=limit_sets, hits=hit_runs, start=st.floats(2e9, 2e9 + 600, allow_nan=False))
-def test_counting_first_decides_as_limits(memcached_url, spec, hits, start):
-    """`count` (one round trip: increment, then check) against limits' own strategy."""
-    asyncio.run(_compare(memcached_url.removeprefix("memcached://"), spec, hits, start,
-                         one_trip=True))

@@ -7,7 +7,7 @@ import aiohttp
 import openai
 import pytest
 
-from openai_gateway.identity.addresses import hash_key
+from openai_gateway.identity.keys import hash_key
 
 from .conftest import ORIGIN, SEEN_RESPONSES
 from .jwks_server import jwks_url_fixture, provider_fixture  # noqa: F401

@@ -3,7 +3,7 @@
 
 Each is a frozen dataclass whose fields are the file's keys, with their defaults, and whose
 `check(key, problems)` validates its own values when the loader builds it. Only the names of
-the environment variables holding secrets are here; `settings.parse` reads the secrets.
+the environment variables holding secrets are here; `secrets.read_secrets` reads them.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from limits import RateLimitItemPerHour
 
-from .limits import Limits, Spend, as_limits, as_spend
+from .limits import LimitItems, Spend, as_limits, as_spend
 from .loader import Problems, coerce, subkey
 
 #: JWS algorithms a JWT issuer may be allowed (RFC 7518 section 3.1); "none" is not one of them.
@@ -134,7 +134,7 @@ class SessionSettings:
     #: Seconds a session token lives.
     ttl: int = 900
     #: Session creations allowed per client address (IPv6: per server.ipv6_prefix).
-    requests: Limits = (RateLimitItemPerHour(10),)
+    requests: LimitItems = (RateLimitItemPerHour(10),)
     #: The site host names whose captcha answers count ([] = not checked).
     hostnames: tuple[str, ...] = ()
 
@@ -176,8 +176,8 @@ class TierSettings:
     """A tier's values replace the [rate_limit] / [validation] ones for its users (None: not
     set, the general value applies)."""
 
-    requests: Limits | None = None
-    tokens: Limits | None = None
+    requests: LimitItems | None = None
+    tokens: LimitItems | None = None
     spend: Spend | None = None
     models: tuple[str, ...] | None = None
 
@@ -191,8 +191,8 @@ class ClientSettings:
 
     name: str = ""
     key_sha256: str = ""
-    requests: Limits | None = None
-    tokens: Limits | None = None
+    requests: LimitItems | None = None
+    tokens: LimitItems | None = None
     models: tuple[str, ...] | None = None
     #: "client": cache entries are private to this key; "shared": shared with everyone.
     cache_scope: Literal["client", "shared"] = "client"
@@ -242,6 +242,9 @@ class PriceSettings:
     #: The model reasons before it writes (hidden output tokens): a stream stopped early is
     #: charged its whole reservation. Unset: as the shipped table says of the model, else false.
     reasoning: bool | None = None
+    #: Cached audio input, where the model prices it apart from cached text (realtime models);
+    #: unset (None): the lower of cached_input and audio_input (prices.Price).
+    cached_audio_input: float | None = None
     per_minute: float | None = None
     per_million_chars: float | None = None
     per_image: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
@@ -252,9 +255,9 @@ class PriceSettings:
     def prepare(table: dict) -> dict:
         """The effective rates: cached_input defaults to input (a provider with no cache
         discount), output to audio_output (a model that only speaks), audio_input and
-        image_input to input, audio_output to output. A row with no token rate but a unit
-        rate (whisper-1 by the minute, tts-1 by the character, DALL-E by the image) bills no
-        tokens."""
+        image_input to input, audio_output to output (cached_audio_input: see its field).
+        A row with no token rate but a unit rate (whisper-1 by the minute, tts-1 by the
+        character, DALL-E by the image) bills no tokens."""
         table = dict(table)
         if not TOKEN_RATES & table.keys() and UNIT_RATES & table.keys():
             table.update(input=0.0, output=0.0)
@@ -271,10 +274,14 @@ class PriceSettings:
 
     def check(self, at: str, p: Problems) -> None:
         for name in ("input", "cached_input", "output", "audio_input", "image_input",
-                     "audio_output"):
+                     "audio_output", "cached_audio_input"):
             value = getattr(self, name)
             if value is not None:
                 p.expect(value >= 0, f"{at}.{name}", value, ">= 0 (US dollars per 1M tokens)")
+        if self.cached_audio_input is not None and self.audio_input is not None:
+            p.expect(self.cached_audio_input <= self.audio_input, f"{at}.cached_audio_input",
+                     self.cached_audio_input,
+                     f"at most audio_input ({self.audio_input}): cached tokens are never dearer")
         p.expect(self.cached_input <= self.input, f"{at}.cached_input", self.cached_input,
                  f"at most input ({self.input}): cached tokens are never dearer")
         for name, unit in (("per_minute", "a minute"), ("per_million_chars", "per 1M characters")):
@@ -292,7 +299,7 @@ class PriceSettings:
 
 #: The keys of a price row that are token rates, and those that are other units.
 TOKEN_RATES = frozenset({"input", "cached_input", "output", "audio_input", "image_input",
-                         "audio_output"})
+                         "audio_output", "cached_audio_input"})
 UNIT_RATES = frozenset({"per_minute", "per_million_chars", "per_image"})
 #: A per-image key: quality and size.
 IMAGE_KEY = re.compile(r"[a-z]+/[1-9][0-9]*x[1-9][0-9]*")

@@ -43,10 +43,12 @@ LIMIT_EXPECTED = ('a limit like "60/minute", "10 per hour" or "100/5 minutes" (a
                   "least 1 per second, minute, hour, day, month or year)")
 SPEND_EXPECTED = ('a dollar budget like "0.50/day", "10/month" or "5/7 days" (an amount above 0 '
                   "with at most 6 decimals per second, minute, hour, day, month or year)")
-#: Budgets are counted in integer micro-dollars: counters in every storage are integers.
+#: Micro-dollars in a US dollar: money is counted in integers (counters in every storage are
+#: integers), and this is its one definition.
 MICRO = 1_000_000
 
-Limits = tuple[RateLimitItem, ...]
+#: A kind of limit as the config gives it: items, shortest window first.
+LimitItems = tuple[RateLimitItem, ...]
 
 
 def _item(m: re.Match, amount: int) -> RateLimitItem | None:
@@ -73,7 +75,7 @@ def limit_text(item: RateLimitItem) -> str:
     return f"{item.amount}/{item.multiples} {name}s"
 
 
-def as_limits(values) -> Limits:
+def as_limits(values) -> LimitItems:
     """Limits (items, or text parsed by parse_limit), shortest window first: a request refused
     by the minute never touches the day's count."""
     items = (parse_limit(v) if isinstance(v, str) else v for v in values)

@@ -3,9 +3,10 @@
 `build(cls, table, key, problems)` converts each entry to its declared type: str, int, float,
 bool, `Literal[...]` (a choice), `X | None`, `A | B`, `tuple[X, ...]` (a TOML array),
 `Mapping[str, X]` (a table of named entries, stored read-only), a nested dataclass (a table),
-or a value type with a registered converter (`CONVERTERS`: limits, dollar budgets, storage
-URLs). After a dataclass is built its `check(key, problems)` method, if any, validates values
-and relations between them, so each section validates itself with the same key names.
+or one of the value types in `CONVERTERS` (limits, dollar budgets, storage URLs), each parsed
+by its own module's strict parser. After a dataclass is built its `check(key, problems)`
+method, if any, validates values and relations between them, so each section validates itself
+with the same key names.
 
 A value of the wrong type is reported and the field keeps its default, so the semantic checks
 still run (and report the file's other problems in the same run); a semantic complaint about a
@@ -24,9 +25,19 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+from limits import RateLimitItem
+
+from .limits import LIMIT_EXPECTED, SPEND_EXPECTED, SpendLimit, parse_limit, parse_spend
+from .storage import EXPECTED as STORAGE_EXPECTED
+from .storage import StorageURL, parse_storage_url
+
 #: Value types built from a TOML string: type -> (converter raising ValueError("expected ..."),
 #: what one is called in a type error, plural).
-CONVERTERS: dict[type, tuple[Callable[[Any], Any], str, str]] = {}
+CONVERTERS: Mapping[type, tuple[Callable[[Any], Any], str, str]] = {
+    RateLimitItem: (parse_limit, LIMIT_EXPECTED, "limits"),
+    SpendLimit: (parse_spend, SPEND_EXPECTED, "dollar budgets"),
+    StorageURL: (parse_storage_url, STORAGE_EXPECTED, "storage URLs"),
+}
 #: Returned by `convert` for a refused value: the field keeps its default.
 FAIL: Any = object()
 

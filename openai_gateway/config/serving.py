@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from limits import RateLimitItemPerDay, RateLimitItemPerMinute
 
-from .limits import Limits, Spend, as_limits, as_spend
+from .limits import LimitItems, Spend, as_limits, as_spend
 from .loader import Problems, coerce
 from .storage import StorageURL, parse_storage_url
 
@@ -187,8 +187,8 @@ class RuleSettings:
 
     route: str = ""
     model: str = ""
-    requests: Limits = ()
-    tokens: Limits = ()
+    requests: LimitItems = ()
+    tokens: LimitItems = ()
 
     def __post_init__(self):
         coerce(self, requests=as_limits, tokens=as_limits)
@@ -200,8 +200,8 @@ class RuleSettings:
 
 @dataclass(frozen=True)
 class RateLimitSettings:
-    requests: Limits = (RateLimitItemPerMinute(60), RateLimitItemPerDay(1000))
-    tokens: Limits = ()
+    requests: LimitItems = (RateLimitItemPerMinute(60), RateLimitItemPerDay(1000))
+    tokens: LimitItems = ()
     #: Per-client dollar budgets (cost of each answer, from its usage and [prices]).
     spend: Spend = ()
     #: "auto": moving-window on memory and redis, sliding-window-counter on memcached.

@@ -11,12 +11,12 @@ Values are parsed here, once, into what components use: limits into `limits.Rate
 Secrets come from the environment or systemd credentials, never from the file: they live in
 `repr=False` fields, are left out of `redacted()`, and are all in `secrets` (log redaction).
 
-The sections live in `settings_serving.py` and `settings_access.py` (re-exported here). The
-loader is our own (`loader.py`, about 200 lines), not pydantic v2: pydantic would replace
-just that file, but it would add a compiled dependency (pydantic-core) that `make dist`'s
-single-file zipapp cannot carry to a bare python3, about 200 ms of imports at every start, and
-a translation layer to keep our messages (key, bad value, expectation); limits, budgets and
-storage URLs would still need their own converters.
+The sections live in `serving.py` and `access.py` (re-exported here), the reading of secrets
+in `secrets.py`. The loader is our own (`loader.py`, about 200 lines), not pydantic v2:
+pydantic would replace just that file, but it would add a compiled dependency (pydantic-core)
+that `make dist`'s single-file zipapp cannot carry to a bare python3, about 200 ms of imports
+at every start, and a translation layer to keep our messages (key, bad value, expectation);
+limits, budgets and storage URLs would still need their own converters.
 """
 from __future__ import annotations
 
@@ -26,12 +26,10 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from pathlib import Path
 
 from limits import RateLimitItem
 
 from .access import (
-    MIN_HMAC_SECRET,
     TIER_NAME,
     TIER_NAME_EXPECTED,
     AuthSettings,
@@ -43,17 +41,10 @@ from .access import (
     TierSettings,
     TokenSettings,
 )
-from .limits import (
-    LIMIT_EXPECTED,
-    SPEND_EXPECTED,
-    SpendLimit,
-    as_limits,
-    as_spend,
-    limit_text,
-    parse_limit,
-    parse_spend,
-)
-from .loader import CONVERTERS, Problems, build, subkey
+from .limits import SpendLimit, as_limits, as_spend, limit_text
+from .loader import Problems, build, subkey
+from .realtime import RealtimeSettings
+from .secrets import read_secrets
 from .serving import (
     DEFAULT_ROUTES,
     CacheSettings,
@@ -69,36 +60,18 @@ from .serving import (
     UpstreamSettings,
     ValidationSettings,
 )
-from .storage import EXPECTED as STORAGE_EXPECTED
-from .storage import StorageError, StorageURL, parse_storage_url
+from .storage import StorageURL
 
 #: What `from .settings import ...` offers: every section, the value parsers, the entry points.
 __all__ = [
     "DEFAULT_ROUTES", "AuthSettings", "BudgetSettings", "CacheSettings", "ClientSettings",
     "ConfigError", "CorsSettings", "FallbackSettings", "IssuerSettings", "LogSettings",
     "MetricsSettings", "PlaygroundSettings", "PriceSettings", "RateLimitSettings",
-    "RuleSettings", "ServerSettings", "SessionSettings", "Settings", "SpendLimit",
-    "StorageSettings", "StorageURL", "TierSettings", "TokenSettings", "UpstreamSettings",
-    "ValidationSettings", "as_limits", "as_spend", "load", "parse", "read_api_key",
+    "RealtimeSettings", "RuleSettings", "ServerSettings", "SessionSettings", "Settings",
+    "SpendLimit", "StorageSettings", "StorageURL", "TierSettings", "TokenSettings",
+    "UpstreamSettings", "ValidationSettings", "as_limits", "as_spend", "load", "parse",
     "resolve_workers",
 ]
-
-
-def _storage(text: str) -> StorageURL:
-    if not isinstance(text, str):
-        raise ValueError(STORAGE_EXPECTED)
-    try:
-        return parse_storage_url(text)
-    except StorageError as exc:
-        raise ValueError(str(exc)) from None
-
-
-# The value types the sections declare, registered before anything is built (see loader.py).
-CONVERTERS.update({
-    RateLimitItem: (parse_limit, LIMIT_EXPECTED, "limits"),
-    SpendLimit: (parse_spend, SPEND_EXPECTED, "dollar budgets"),
-    StorageURL: (_storage, STORAGE_EXPECTED, "storage URLs"),
-})
 
 
 class ConfigError(Exception):
@@ -134,6 +107,7 @@ class Settings:
     prices: Mapping[str, PriceSettings] = field(
         default_factory=lambda: types.MappingProxyType({}))
     budget: BudgetSettings = field(default_factory=BudgetSettings)
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     playground: PlaygroundSettings = field(default_factory=PlaygroundSettings)
@@ -185,6 +159,7 @@ class Settings:
         _check_clients(self.clients, p)
         _check_auth(self, p)
         _check_tiers(self, p)
+        _check_realtime(self, p)
 
 
 def _check_workers(s: Settings, p: Problems) -> None:
@@ -257,6 +232,20 @@ def _check_tiers(s: Settings, p: Problems) -> None:
                                   f"in [tiers] (known: {known}); {outcome}")
 
 
+def _check_realtime(s: Settings, p: Problems) -> None:
+    """Realtime client secrets are signed with auth.tokens' secret; without one each process
+    draws its own key, which only the process that signed a secret can verify (README:
+    Realtime). One process needs no secret; several on this port do."""
+    w = s.server.workers
+    if s.auth.tokens.secret_env or not (w == "auto" or 1 <= int(w) <= 256):
+        return
+    if resolve_workers(w) > 1:
+        p.warnings.append(
+            f"auth.tokens.secret_env: not set while server.workers is {w!r}: realtime client "
+            "secrets are then signed with a random key per process, and a secret minted by one "
+            "process is refused (401) by the others; set auth.tokens.secret_env")
+
+
 def _plain(value):
     """Settings as JSON-ready data: limits, budgets and URLs as text, secrets left out."""
     if isinstance(value, RateLimitItem):
@@ -274,68 +263,9 @@ def _plain(value):
     return value
 
 
-# --- the environment -----------------------------------------------------------------------
-
-
 def resolve_workers(workers: int | str) -> int:
+    """server.workers as a number of processes: "auto" is one per CPU."""
     return (os.cpu_count() or 1) if workers == "auto" else int(workers)
-
-
-def read_api_key(env_name: str, environ: typing.Mapping[str, str]) -> str | None:
-    """The key from `$CREDENTIALS_DIRECTORY/<env_name>` (systemd LoadCredential) or the env."""
-    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        path = Path(cred_dir) / env_name
-        if path.is_file():
-            return path.read_text().strip() or None
-    return (environ.get(env_name) or "").strip() or None
-
-
-class _Environment:
-    """Reads the secrets the settings name, reporting each missing one under its key."""
-
-    def __init__(self, environ: typing.Mapping[str, str], p: Problems):
-        self.environ, self.p = environ, p
-
-    def secret(self, key: str, env_name: str, what: str, *, min_length: int = 0) -> str:
-        if not env_name:
-            return ""
-        value = read_api_key(env_name, self.environ)
-        if value is None:
-            self.p.note(key, f"environment variable {env_name} is not set (nor a systemd "
-                             f"credential of that name); expected {what}")
-            return ""
-        if len(value.encode()) < min_length:
-            self.p.note(key, f"the secret in {env_name} has {len(value.encode())} bytes, "
-                             f"expected at least {min_length} (RFC 7518 section 3.2)")
-        return value
-
-
-def _read_secrets(s: Settings, env: _Environment, demo: bool) -> dict:
-    out: dict = {}
-    # demo: the built-in demo upstream takes no key (`demo.demo_settings` sets its own).
-    if not demo:
-        out["api_key"] = key = env.secret("upstream.api_key_env", s.upstream.api_key_env,
-                                          "the upstream key")
-        out["fallback_keys"] = tuple(
-            env.secret(f"upstream.fallbacks[{i}].api_key_env", fb.api_key_env, "a key")
-            if fb.api_key_env else key for i, fb in enumerate(s.upstream.fallbacks))
-    out["issuer_secrets"] = tuple(
-        env.secret(f"auth.issuers[{i}].secret_env", issuer.secret_env, "the issuer's secret",
-                   min_length=MIN_HMAC_SECRET) for i, issuer in enumerate(s.auth.issuers))
-    tokens = s.auth.tokens
-    out["token_secret"] = env.secret("auth.tokens.secret_env", tokens.secret_env,
-                                     "the token signing secret", min_length=MIN_HMAC_SECRET)
-    out["token_previous_secret"] = env.secret(
-        "auth.tokens.previous_secret_env", tokens.previous_secret_env,
-        "the previous token signing secret", min_length=MIN_HMAC_SECRET)
-    out["captcha_secret"] = env.secret("auth.sessions.captcha_secret_env",
-                                       s.auth.sessions.captcha_secret_env, "the captcha secret")
-    out["storage_password"] = env.secret("storage.password_env", s.storage.password_env,
-                                         "the storage password")
-    out["log_hash_secret"] = env.secret("log.hash_secret_env", s.log.hash_secret_env,
-                                        "the log hash key")
-    return out
 
 
 # --- entry points --------------------------------------------------------------------------
@@ -349,7 +279,7 @@ def parse(data: dict, environ: typing.Mapping[str, str] | None = None, *,
     environ = os.environ if environ is None else environ
     p = Problems()
     settings = build(Settings, data, "", p)
-    secrets = _read_secrets(settings, _Environment(environ, p), demo)
+    secrets = read_secrets(settings, environ, p, demo=demo)
     if p.lines:
         raise ConfigError(p.lines)
     return replace(settings, **secrets, warnings=tuple(p.warnings))

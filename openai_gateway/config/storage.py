@@ -3,7 +3,7 @@
 `memory://` keeps everything in this process; `memcached://host:port[,host:port...]` (a
 cluster) and `redis://host:port[/db]` (`rediss://` with TLS) share rate limits and cache
 between processes and VMs. A Redis password never sits in the URL: it comes from the
-environment variable named by `storage.password_env` and is handed to `limits_uri`.
+environment variable named by `storage.password_env` and is handed to the store that connects.
 
 This module imports nothing from the package: settings and components import it.
 """
@@ -14,8 +14,9 @@ from typing import Literal
 from urllib.parse import quote, urlsplit
 
 
-class StorageError(Exception):
-    """A storage URL is malformed, or the storage could not be reached in time."""
+class StorageError(ValueError):
+    """A storage URL is malformed; the text says what was expected (the loader's converters
+    raise ValueError so)."""
 
 
 #: What a storage URL may look like (the tail of every parse error: "expected ...").
@@ -46,20 +47,6 @@ class StorageURL:
         user = f"{quote(self.username, safe='')}@" if self.username else ""
         return f"{'rediss' if self.tls else 'redis'}://{user}{hosts}/{self.db}"
 
-    def limits_uri(self, password: str = "") -> str:
-        """The URI the `limits` library's async storage factory understands."""
-        if self.kind == "memory":
-            return "async+memory://"
-        if self.kind == "memcached":
-            return "async+memcached://" + ",".join(f"{h}:{p}" for h, p in self.servers)
-        scheme = "async+rediss" if self.tls else "async+redis"
-        auth = ""
-        if self.username or password:
-            auth = quote(self.username, safe="") + (f":{quote(password, safe='')}"
-                                                    if password else "") + "@"
-        [(host, port)] = self.servers
-        return f"{scheme}://{auth}{_bracket(host)}:{port}/{self.db}"
-
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
@@ -67,6 +54,8 @@ def _bracket(host: str) -> str:
 
 def parse_storage_url(url: str) -> StorageURL:
     """Parse a storage URL; raises StorageError whose text says what was expected."""
+    if not isinstance(url, str):
+        raise StorageError(EXPECTED)
     if url == "memory://":
         return StorageURL("memory")
     scheme, sep, rest = url.partition("://")

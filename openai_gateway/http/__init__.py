@@ -1,1 +1,1 @@
-"""The HTTP edge: middlewares, health, the gateway's own token routes, the playground."""
+"""The HTTP edge: middlewares, health, GET /metrics, the token routes, the playground."""

@@ -15,7 +15,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from ..config.settings import ServerSettings, Settings
+from ..config import ServerSettings, Settings
 
 log = logging.getLogger("gateway")
 

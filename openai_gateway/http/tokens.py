@@ -1,7 +1,8 @@
 """The gateway's own token routes: minted tokens, captcha sessions and the demo's sign-in.
 
-Each factory takes its components as keyword arguments and returns an aiohttp handler; the
-app registers them (with CORS and the Origin check around them, like every route). Refusals
+Each factory takes its components as keyword arguments and returns an aiohttp handler;
+`token_routes` lists those `[auth]` turns on, and the app registers them (with CORS and the
+Origin check around them, like every route). Refusals
 are GatewayErrors, rendered in OpenAI's shape by the app's outermost middleware.
 
 - POST /gateway/tokens   a client key in Authorization; {"user", "tier", "ttl"}
@@ -19,8 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config.settings import ClientSettings
+from ..config import ClientSettings
 from ..errors import BodyTooLarge, InvalidClientKey, InvalidRequest
+from ..identity.auth import Auth
 from ..identity.bearer import caller_id
 from ..identity.captcha import MAX_RESPONSE_CHARS, CaptchaVerifier
 from ..identity.minted import DEMO, ISSUER, SESSIONS, TokenMinter, choose_tier, key_minter
@@ -130,3 +132,26 @@ def demo_token_handler(*, minter: TokenMinter, tier: str = "free",
         return _token_answer(token, expires_at, user=body["user"], tier=chosen)
 
     return handler
+
+
+def token_routes(auth: Auth, *, client_key: Callable[[str | None], ClientSettings | None],
+                 count_mint: Callable[[web.Request, ClientSettings],
+                                      Awaitable[Mapping[str, str]]],
+                 address_of: Callable[[web.Request], str],
+                 check_rate: Callable[[str], Awaitable[None]]) -> list[tuple[str, Handler]]:
+    """The POST routes `auth` serves, to register. `client_key` and `count_mint`: see
+    `tokens_handler`; `address_of` and `check_rate`: see `session_handler`."""
+    out: list[tuple[str, Handler]] = []
+    if auth.minter is None:
+        return out
+    out.append(("/gateway/tokens", tokens_handler(
+        minter=auth.minter, client_key=client_key, count=count_mint, tiers=auth.tiers or None)))
+    if auth.captcha is not None:
+        out.append(("/gateway/session", session_handler(
+            verifier=auth.captcha, minter=auth.minter, tier=auth.session_tier,
+            ttl=min(auth.session_ttl, auth.minter.max_ttl), address_of=address_of,
+            check_rate=check_rate)))
+    if auth.demo:
+        out.append(("/gateway/demo-token", demo_token_handler(
+            minter=auth.minter, tiers=auth.tiers or None)))
+    return out

@@ -1,14 +1,12 @@
-"""Who is calling: the client address (trusted proxies only) and gateway-issued client keys."""
+"""Where a request comes from: the client's address (believing trusted proxies only) and what
+limits key it by."""
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import socket
 from functools import lru_cache
 
 from aiohttp import web
-
-from ..config.settings import ClientSettings
 
 _MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d, an IPv4 peer on a dual-stack socket
 
@@ -108,30 +106,20 @@ def _network_key(address: str, prefix: int) -> str:
     return f"{ipaddress.IPv6Address(value >> drop << drop)}/{prefix}"
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+class Addresses:
+    """Built once per settings: the address of each request's client (`of`) and the key its
+    limits count under (`key`)."""
 
-
-class IdentityResolver:
-    """Built once from settings: the client's address (`address`) and its client key
-    (`client_key`), per request."""
-
-    def __init__(self, *, trusted_proxies: tuple[str, ...], clients: tuple[ClientSettings, ...],
-                 require_client_key: bool, ipv6_prefix: int = 64):
+    def __init__(self, *, trusted_proxies: tuple[str, ...], ipv6_prefix: int = 64):
         self.trusted = TrustedProxies(trusted_proxies)
         self.ipv6_prefix = ipv6_prefix
-        self._keys = {c.key_sha256.lower(): c for c in clients}
-        self._require = require_client_key
 
-    def address(self, request: web.Request) -> str:
+    def of(self, request: web.Request) -> str:
         """The client's address: the peer, or what trusted proxies say it is."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
         return client_address(peer[0] if peer else "unknown", forwarded_for(request.headers),
                               self.trusted)
 
-    def client_key(self, authorization: str | None) -> ClientSettings | None:
-        """The client key's settings when `authorization` carries a known one."""
-        # The scheme is case-insensitive (RFC 9110 section 11.1): "bearer KEY" is the same.
-        if not self._keys or not authorization or authorization[:7].lower() != "bearer ":
-            return None
-        return self._keys.get(hash_key(authorization[7:].strip()))
+    def key(self, address: str) -> str:
+        """`address_key` with this gateway's server.ipv6_prefix."""
+        return address_key(address, self.ipv6_prefix)

@@ -1,25 +1,21 @@
-"""Building the auth components from settings, and their routes.
+"""The auth components, built from settings once per process.
 
 `Auth(settings, session, demo=...)` holds the bearer resolver (login providers' JWTs and the
-gateway's own tokens), the minter and the captcha verifier, each None when its section is off.
-`routes()` lists the POST routes the app registers (under CORS and the Origin check).
+gateway's own tokens), the minter and the captcha verifier, the last two None when their
+section is off. The routes they serve are `http.tokens.token_routes(auth, ...)`.
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 import aiohttp
-from aiohttp import web
 
-from ..config.settings import ClientSettings, Settings
-from ..http.tokens import demo_token_handler, session_handler, tokens_handler
+from ..config import Settings
 from .bearer import BearerResolver
 from .captcha import CaptchaVerifier
 from .issuers import Issuer
 from .minted import TokenMinter, new_secret
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Auth:
@@ -52,26 +48,3 @@ class Auth:
     async def running(self):
         async with self.bearer.running():
             yield self
-
-    def routes(self, *, client_key: Callable[[str | None], ClientSettings | None],
-               count_mint: Callable[[web.Request, ClientSettings],
-                                    Awaitable[Mapping[str, str]]],
-               address_of: Callable[[web.Request], str],
-               check_rate: Callable[[str], Awaitable[None]]) -> list[tuple[str, Handler]]:
-        """The routes to register. `client_key` and `count_mint`: see `tokens_handler`;
-        `address_of` and `check_rate`: see `session_handler`."""
-        out: list[tuple[str, Handler]] = []
-        if self.minter is None:
-            return out
-        out.append(("/gateway/tokens", tokens_handler(
-            minter=self.minter, client_key=client_key, count=count_mint,
-            tiers=self.tiers or None)))
-        if self.captcha is not None:
-            out.append(("/gateway/session", session_handler(
-                verifier=self.captcha, minter=self.minter, tier=self.session_tier,
-                ttl=min(self.session_ttl, self.minter.max_ttl), address_of=address_of,
-                check_rate=check_rate)))
-        if self.demo:
-            out.append(("/gateway/demo-token", demo_token_handler(
-                minter=self.minter, tiers=self.tiers or None)))
-        return out

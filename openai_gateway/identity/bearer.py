@@ -84,10 +84,6 @@ def jwt_header(token: str) -> dict | None:
     return _segment(token[:token.index(".")])
 
 
-def looks_like_jwt(token: str) -> bool:
-    return jwt_header(token) is not None
-
-
 class VerifiedCache:
     """SHA-256 of a token -> its Verified, until the token's exp or until the key that verified
     it leaves its issuer's key set, whichever comes first; the oldest entry goes first.

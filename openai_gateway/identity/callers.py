@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..config.settings import ClientSettings, TierSettings
+from ..config import ClientSettings, TierSettings
 from ..errors import InvalidClientKey, Unauthenticated
-from ..metering.budgets import Limits
-from .addresses import IdentityResolver, address_key
+from ..metering.rules import Limits
+from .addresses import Addresses
 from .bearer import BearerResolver
+from .keys import ClientKeys
 
 log = logging.getLogger("gateway.callers")
 
@@ -45,7 +46,6 @@ class Caller:
     tier: str | None = None
     limits: Limits | None = None
     models: frozenset[str] | None = None
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,18 +69,21 @@ def _plan(tier: TierSettings | None, key: ClientSettings | None = None) -> Plan:
 
 
 class Callers:
-    """Built once per settings; `identify(request)` per request."""
+    """Built once per settings; `identify(request)` per request. `addresses` and `keys`
+    (found from `clients`) are there for the routes that need one of them alone."""
 
-    def __init__(self, *, identity: IdentityResolver, bearer: BearerResolver | None,
+    def __init__(self, *, addresses: Addresses, bearer: BearerResolver | None,
                  tiers: Mapping[str, TierSettings], clients: tuple[ClientSettings, ...],
                  anonymous: bool, require_client_key: bool):
-        self.identity = identity
+        self.addresses = addresses
+        self.keys = ClientKeys(clients)
         self.bearer = bearer
         self.anonymous = anonymous
         self.require_client_key = require_client_key
         self.tiers = {name: _plan(tier) for name, tier in tiers.items()}
         self._tier_names = dict(tiers)
-        self.keys = {c.name: _plan(self._tier_names.get(c.tier or ""), c) for c in clients}
+        self._key_plans = {c.name: _plan(self._tier_names.get(c.tier or ""), c)
+                           for c in clients}
         self._warned: set[str] = set()
         for c in clients:
             if c.tier:
@@ -100,13 +103,13 @@ class Callers:
 
     def key_client(self, key: ClientSettings, ip: str) -> Caller:
         """The caller a client key is: "key:NAME", with its own values over its tier's."""
-        plan = self.keys[key.name]
+        plan = self._key_plans[key.name]
         return Caller("key:" + key.name, ip, key, key.tier, plan.limits, plan.models)
 
     async def identify(self, request: web.Request) -> Caller:
-        ip = self.identity.address(request)
+        ip = self.addresses.of(request)
         authorization = request.headers.get("Authorization")
-        key = self.identity.client_key(authorization)
+        key = self.keys.find(authorization)
         if key is not None:
             return self.key_client(key, ip)
         if self.bearer is not None and authorization:
@@ -122,7 +125,7 @@ class Callers:
             raise Unauthenticated(
                 "This gateway serves signed-in users only: send your login token or a "
                 "gateway-issued key as 'Authorization: Bearer <token>'.")
-        return Caller("ip:" + address_key(ip, self.identity.ipv6_prefix), ip)
+        return Caller("ip:" + self.addresses.key(ip), ip)
 
 
 DEFAULT = Plan()

@@ -118,8 +118,6 @@ class KeySet:
         #: When an unknown kid last caused a fetch (scheduled refreshes do not count: a key
         #: rotated in just after one is still picked up at once).
         self._last_refetch = -float("inf")
-        #: Fetch attempts so far (tests count them; the log says why they failed).
-        self.fetches = 0
         #: The last successful answer's Cache-Control max-age, if it had one.
         self.max_age: float | None = None
         if file:
@@ -161,7 +159,6 @@ class KeySet:
     async def fetch(self) -> bool:
         """Fetch the set now; True when it replaced the held keys. A failure of any kind
         (down, slow, HTTP error, not a key set) keeps the held keys and is logged."""
-        self.fetches += 1
         assert self._session is not None
         try:
             timeout = aiohttp.ClientTimeout(total=self.timeout)

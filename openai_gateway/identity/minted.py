@@ -26,6 +26,9 @@ ISSUER = "openai-gateway"
 ALGORITHM = "HS256"
 #: `kind` claim values: a user an app's backend vouches for, or a captcha-checked session.
 KINDS = ("user", "session")
+#: The `aud` of realtime client secrets (realtime_secrets): `verify` refuses them, so such a
+#: secret opens realtime sessions and is no API token.
+REALTIME_AUDIENCE = ISSUER + "/realtime"
 #: The TTL a request that names none gets (capped by max_ttl): short, like OpenAI's
 #: ephemeral keys, since a token in a browser can be copied.
 DEFAULT_TTL = 900
@@ -132,28 +135,51 @@ class TokenMinter:
         if not 0 < len(minted_by) <= MAX_MINTED_BY_CHARS:
             raise ValueError(f"minted_by must be 1-{MAX_MINTED_BY_CHARS} characters")
         user, tier, ttl = check_request(user, tier, ttl, max_ttl=self.max_ttl, tiers=tiers)
-        now = int(self._clock())
-        claims: dict[str, Any] = {"iss": ISSUER, "aud": ISSUER, "sub": user, "kind": kind,
-                                  MINTED_BY: minted_by, "iat": now, "exp": now + ttl}
+        claims: dict[str, Any] = {"aud": ISSUER, "sub": user, "kind": kind,
+                                  MINTED_BY: minted_by}
         if tier is not None:
             claims["tier"] = tier
+        return self.sign(claims, ttl)
+
+    def sign(self, claims: dict[str, Any], ttl: int) -> tuple[str, int]:
+        """(token, expires_at): `claims` signed with the current secret, with `iss`, `iat` and
+        `exp` (now + ttl) set. For the gateway's other kinds of token, which name their own
+        `aud` and `kind`."""
+        now = int(self._clock())
+        claims = {"iss": ISSUER, **claims, "iat": now, "exp": now + ttl}
         return jwt.encode(claims, self._secrets[0], algorithm=ALGORITHM), now + ttl
 
-    def verify(self, token: str) -> dict[str, Any]:
-        """The claims of a token minted with the secret (or the previous one); InvalidToken.
-        `minted_by` is absent from tokens minted before it existed."""
+    def decode(self, token: str, audience: str) -> dict[str, Any]:
+        """The claims of a token signed with the secret (or the previous one) for `audience`;
+        InvalidToken saying why."""
         for secret in self._secrets:
             try:
-                claims = jwt.decode(token, secret, algorithms=[ALGORITHM], audience=ISSUER,
-                                    issuer=ISSUER, leeway=self.leeway,
-                                    options={"require": REQUIRED_CLAIMS})
-                break
+                return jwt.decode(token, secret, algorithms=[ALGORITHM], audience=audience,
+                                  issuer=ISSUER, leeway=self.leeway,
+                                  options={"require": REQUIRED_CLAIMS})
             except jwt.InvalidSignatureError as exc:
                 last: jwt.PyJWTError = exc  # maybe signed with the other secret
             except jwt.PyJWTError as exc:
+                if isinstance(exc, jwt.InvalidAudienceError) and audience == ISSUER \
+                        and self._is_realtime(token):
+                    raise InvalidToken("This is a realtime client secret: it opens realtime "
+                                       "sessions (GET /v1/realtime, POST /v1/realtime/calls) "
+                                       "and is not accepted by other routes.") from None
                 raise refusal(exc) from None
-        else:
-            raise refusal(last)
+        raise refusal(last)
+
+    def _is_realtime(self, token: str) -> bool:
+        try:
+            self.decode(token, REALTIME_AUDIENCE)
+        except InvalidToken:
+            return False
+        return True
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a token minted with the secret (or the previous one); InvalidToken.
+        `minted_by` is absent from tokens minted before it existed. A realtime client secret
+        is refused, saying so."""
+        claims = self.decode(token, ISSUER)
         if claims.get("kind") not in KINDS:
             raise InvalidToken("The token is not one this gateway minted (kind).")
         minted_by = claims.get(MINTED_BY)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-MICRO = 1_000_000  # micro-dollars in a dollar: budgets count integers (memcached's incr)
+from ..config.limits import MICRO  # budgets count integers (memcached's incr)
 
 
 @dataclass(slots=True)

@@ -11,7 +11,8 @@ How OpenAI bills an answer (its `usage`, read by policy.usage), and how `cost` f
 - input tokens: `prompt_tokens` (chat, completions, embeddings) or `input_tokens` (responses,
   images, realtime); the parts the details name are included in that count: cached tokens at
   the cached-input price, audio tokens at `audio_input`, image tokens at `image_input`, the
-  rest at `input`;
+  rest at `input`; cached audio at `cached_audio_input` where the usage says which cached
+  tokens were audio (realtime does);
 - output tokens: `completion_tokens` / `output_tokens`, reasoning tokens included (they are
   billed as output although the client never sees them), audio tokens at `audio_output`;
 - embeddings have input only.
@@ -26,16 +27,15 @@ rates in `units` (unit_prices.UnitRates), and units.py reserves and settles them
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from types import MappingProxyType
 
+from ..config.limits import MICRO  # micro-dollars in a dollar, defined once
 from ..policy.media import SNAPSHOT
 from ..policy.usage import Usage  # the one definition of an answer's tokens
 from .unit_prices import AS_OF, MEDIA_ROWS, NO_UNITS, UnitRates
 
-#: Micro-dollars in one US dollar.
-MICRO = 1_000_000
 #: Prices are per this many tokens, as OpenAI publishes them.
 PER_TOKENS = 1_000_000
 #: Label for spend on a model the price table does not know (keeps metric labels bounded).
@@ -72,7 +72,8 @@ def usd(micro: int) -> str:
     return f"{sign}{whole}.{frac:06d}"
 
 
-#: `audio_input`, `image_input` and `audio_output` left at this take the text rate.
+#: `audio_input`, `image_input`, `audio_output` and `cached_audio_input` left at this take
+#: the text rate.
 TEXT_RATE = -1
 
 
@@ -82,7 +83,9 @@ class Price:
 
     `cached_input` is what a prompt-cache hit costs; it is never more than `input`. `as_of` is
     the date the figures were checked (YYYY-MM-DD), "" for the operator's own rows.
-    `audio_input` and `image_input` default to `input`, `audio_output` to `output`.
+    `audio_input` and `image_input` default to `input`, `audio_output` to `output`,
+    `cached_audio_input` to `cached_input` (realtime models price cached audio apart: on
+    gpt-realtime-mini it is five times cached text).
     `reasoning`: the model reasons before it writes, in tokens billed as output that a stream
     never shows, so a stream stopped early may have cost its whole output cap.
     `units`: what the model bills besides tokens (minutes, characters, images), if anything.
@@ -96,6 +99,7 @@ class Price:
     image_input: int = TEXT_RATE
     audio_output: int = TEXT_RATE
     reasoning: bool = False
+    cached_audio_input: int = TEXT_RATE
     units: UnitRates = NO_UNITS
 
     def __post_init__(self) -> None:
@@ -103,8 +107,12 @@ class Price:
                            ("audio_output", self.output)):
             if getattr(self, name) == TEXT_RATE:
                 object.__setattr__(self, name, text)  # frozen: set once, while being built
+        if self.cached_audio_input == TEXT_RATE and type(self.cached_input) is type(
+                self.audio_input) is int:  # else the checks below name the bad one
+            object.__setattr__(self, "cached_audio_input",
+                               min(self.cached_input, self.audio_input))
         for name in ("input", "cached_input", "output", "audio_input", "image_input",
-                     "audio_output"):
+                     "audio_output", "cached_audio_input"):
             value = getattr(self, name)
             # Ints only: a float here almost certainly means dollars passed where µ$ belong.
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -113,6 +121,9 @@ class Price:
         if self.cached_input > self.input:
             raise ValueError(f"cached_input ({usd(self.cached_input)}) is more than input "
                              f"({usd(self.input)}) dollars per 1M tokens")
+        if self.cached_audio_input > self.audio_input:
+            raise ValueError(f"cached_audio_input ({usd(self.cached_audio_input)}) is more than "
+                             f"audio_input ({usd(self.audio_input)}) dollars per 1M tokens")
         u = self.units
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in (
                 u.per_minute, u.per_million_chars, *(v for _, v in u.per_image),
@@ -123,24 +134,25 @@ class Price:
     def from_usd(cls, *, input: Dollars, output: Dollars, cached_input: Dollars | None = None,
                  as_of: str = "", audio_input: Dollars | None = None,
                  image_input: Dollars | None = None, audio_output: Dollars | None = None,
-                 reasoning: bool = False, per_minute: Dollars | None = None,
-                 per_million_chars: Dollars | None = None,
+                 reasoning: bool = False, cached_audio_input: Dollars | None = None,
+                 per_minute: Dollars | None = None, per_million_chars: Dollars | None = None,
                  per_image: Mapping[str, Dollars] | None = None,
                  image_tokens: Mapping[str, int] | None = None) -> Price:
         """Build from US dollars per 1M tokens, as `[prices]` writes them.
 
         `cached_input`, `audio_input` and `image_input` default to `input` (a model without a
-        cache discount, or that bills audio and images as text), `audio_output` to `output`.
-        `per_minute`, `per_million_chars` and `per_image` (by "quality/size") are US dollars
-        per minute, per 1M characters and per image; `image_tokens` (by "quality/size") are
-        image output tokens (unit_prices). Raises `ValueError` naming the field for a negative
-        or non-numeric value.
+        cache discount, or that bills audio and images as text), `audio_output` to `output`,
+        `cached_audio_input` to `cached_input`. `per_minute`, `per_million_chars` and
+        `per_image` (by "quality/size") are US dollars per minute, per 1M characters and per
+        image; `image_tokens` (by "quality/size") are image output tokens (unit_prices).
+        Raises `ValueError` naming the field for a negative or non-numeric value.
         """
         amounts = {}
         for name, value in (("input", input), ("output", output),
                             ("cached_input", input if cached_input is None else cached_input),
                             ("audio_input", audio_input), ("image_input", image_input),
-                            ("audio_output", audio_output)):
+                            ("audio_output", audio_output),
+                            ("cached_audio_input", cached_audio_input)):
             try:
                 amounts[name] = TEXT_RATE if value is None else micro_from_usd(value)
             except ValueError as exc:
@@ -178,21 +190,26 @@ def _ceil_div(numerator: int, denominator: int) -> int:
 def cost(price: Price, usage: Usage) -> int:
     """Micro-dollars an answer cost: each part of its input and output at its own price.
 
-    Cached tokens are billed at `cached_input` whatever they are (OpenAI prices cached audio
-    as cached text); the usage does not always say which part was cached, so the discount is
-    taken from the cheapest parts first: never less than OpenAI bills. Parts larger than
-    their totals are clamped. Exact, rounded up to the next micro-dollar once per answer.
+    Cached audio the usage names (`cached_audio_input`) is billed at `cached_audio_input`;
+    the other cached tokens are not always said to be text, image or audio, so they are taken
+    from the parts whose cache discount is smallest first: never less than OpenAI bills. Parts
+    larger than their totals are clamped. Exact, rounded up to the next micro-dollar once per
+    answer.
     """
     tin = max(usage.input, 0)
     audio = min(max(usage.audio_input, 0), tin)
     image = min(max(usage.image_input, 0), tin - audio)
     cached = min(max(usage.cached_input, 0), tin)
-    total = cached * price.cached_input
-    for rate, tokens in sorted(((price.input, tin - audio - image), (price.image_input, image),
-                                (price.audio_input, audio))):
-        uncached = max(tokens - cached, 0)
-        cached -= tokens - uncached
-        total += uncached * rate
+    cached_audio = min(max(usage.cached_audio_input, 0), audio, cached)
+    total = cached_audio * price.cached_audio_input
+    cached -= cached_audio
+    parts = ((price.input, price.cached_input, tin - audio - image),
+             (price.image_input, price.cached_input, image),
+             (price.audio_input, price.cached_audio_input, audio - cached_audio))
+    for full, discounted, tokens in sorted(parts, key=lambda p: (p[0] - p[1], p[0])):
+        hit = min(cached, tokens)
+        cached -= hit
+        total += hit * discounted + (tokens - hit) * full
     tout = max(usage.output, 0)
     audio_out = min(max(usage.audio_output, 0), tout)
     total += (tout - audio_out) * price.output + audio_out * price.audio_output
@@ -218,10 +235,19 @@ def estimate(price: Price, input_tokens: int, max_output_tokens: int, *, image_t
     return _ceil_div(total, PER_TOKENS)
 
 
+def table(rows: Mapping[str, object]) -> PriceTable:
+    """The shipped table with the operator's `[prices]` rows laid over it (each row's fields
+    are `configured`'s keyword arguments)."""
+    return PriceTable({model: configured(model, **{f.name: getattr(row, f.name)
+                                                  for f in fields(row)})  # type: ignore[arg-type]
+                       for model, row in rows.items()})
+
+
 def configured(model: str, *, input: float, cached_input: float, output: float,
                audio_input: float | None = None, image_input: float | None = None,
                audio_output: float | None = None, reasoning: bool | None = None,
-               per_minute: float | None = None, per_million_chars: float | None = None,
+               cached_audio_input: float | None = None, per_minute: float | None = None,
+               per_million_chars: float | None = None,
                per_image: Mapping[str, float] | None = None,
                image_tokens: Mapping[str, int] | None = None) -> Price:
     """An operator's `[prices]` row (US dollars per 1M tokens, and per unit). `reasoning`
@@ -236,8 +262,9 @@ def configured(model: str, *, input: float, cached_input: float, output: float,
     return Price.from_usd(input=input, cached_input=cached_input, output=output,
                           audio_input=audio_input, image_input=image_input,
                           audio_output=audio_output, reasoning=reasoning,
-                          per_minute=per_minute, per_million_chars=per_million_chars,
-                          per_image=per_image, image_tokens=image_tokens)
+                          cached_audio_input=cached_audio_input, per_minute=per_minute,
+                          per_million_chars=per_million_chars, per_image=per_image,
+                          image_tokens=image_tokens)
 
 
 class PriceTable:
@@ -308,6 +335,15 @@ def _row(input: str, cached_input: str, output: str, as_of: str, *,
                           reasoning=reasoning)
 
 
+def _voice(text: tuple[str, str, str], audio: tuple[str, str, str], image: str | None,
+           as_of: str, *, reasoning: bool = False) -> Price:
+    """A realtime model: (input, cached input, output) for text and for audio, image input."""
+    return Price.from_usd(input=text[0], cached_input=text[1], output=text[2],
+                          audio_input=audio[0], cached_audio_input=audio[1],
+                          audio_output=audio[2], image_input=image, as_of=as_of,
+                          reasoning=reasoning)
+
+
 # OpenAI's standard-tier list prices, US dollars per 1M tokens: input, cached input, output,
 # and the date they were checked. Checked 2026-12-01 against (the gateway itself never reads a
 # pricing page): [O] OpenAI's model pages (developers.openai.com/api/docs/models/<id>) where a
@@ -354,6 +390,28 @@ DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType({
     # Moderation is free [L], as OpenAI's moderation guide says
     "omni-moderation-latest": _row("0", "0", "0", "2026-12-01"),
     "omni-moderation-2024-09-26": _row("0", "0", "0", "2026-12-01"),
+    # Realtime models, text and audio rates (input, cached input, output) and image input;
+    # dated names (gpt-realtime-2025-08-28, gpt-realtime-mini-2025-10-06 and -2025-12-15) find
+    # their family. [O] model pages of gpt-realtime (compare page: text), -1.5, -2, -2.1,
+    # -2.1-mini, gpt-4o-mini-realtime-preview; audio rates of gpt-realtime also in OpenAI's
+    # cookbook (realtime transcription notebook). gpt-realtime-mini: text input [O] (the
+    # 2.1-mini page's comparison row), cached text and output [L]; its audio and image rates
+    # as gpt-realtime-2.1-mini's, which [R] and other dated price tables repeat. Cached audio
+    # has its own rate: on the mini models it is five times cached text.
+    "gpt-realtime": _voice(("4.00", "0.40", "16.00"), ("32.00", "0.40", "64.00"), "5.00",
+                           "2026-12-06"),
+    "gpt-realtime-1.5": _voice(("4.00", "0.40", "16.00"), ("32.00", "0.40", "64.00"), "5.00",
+                               "2026-12-06"),
+    "gpt-realtime-2": _voice(("4.00", "0.40", "24.00"), ("32.00", "0.40", "64.00"), "5.00",
+                             "2026-12-06", reasoning=True),
+    "gpt-realtime-2.1": _voice(("4.00", "0.40", "24.00"), ("32.00", "0.40", "64.00"), "5.00",
+                               "2026-12-06", reasoning=True),
+    "gpt-realtime-mini": _voice(("0.60", "0.06", "2.40"), ("10.00", "0.30", "20.00"), "0.80",
+                                "2026-12-06"),
+    "gpt-realtime-2.1-mini": _voice(("0.60", "0.06", "2.40"), ("10.00", "0.30", "20.00"),
+                                    "0.80", "2026-12-06", reasoning=True),
+    "gpt-4o-mini-realtime-preview": _voice(("0.60", "0.30", "2.40"), ("10.00", "0.30", "20.00"),
+                                           None, "2026-12-06"),
     # Voice and pictures: per token and per unit, with their sources, in unit_prices
     **{model: Price.from_usd(**{"input": 0, "output": 0, "as_of": AS_OF, **row})
        for model, row in MEDIA_ROWS.items()},

@@ -1,4 +1,4 @@
-"""Prometheus metrics (prometheus-client) and the /metrics endpoint for trusted peers.
+"""Prometheus metrics (prometheus-client); GET /metrics serves them (http/metrics.py).
 
 Labels are bounded sets (route table, status codes, the model allowlist) so a client cannot
 grow the registry by sending random paths or model names.
@@ -13,8 +13,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from itertools import accumulate
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,8 +21,6 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-
-from ..errors import error_response
 
 
 class _Count:
@@ -149,18 +146,3 @@ STORAGE_SERVER_UP = _Family("gauge", "gateway_storage_server_up",
 REGISTRY.register(_GatewayCollector([REQUESTS, LATENCY, TTFB, UPSTREAM_ERRORS, CACHE,
                                      RATE_LIMITED, TOKENS, ACTIVE_STREAMS, STORAGE_ERRORS,
                                      SPEND, BUDGET_REMAINING, BUDGET_WARN, STORAGE_SERVER_UP]))
-
-
-def metrics_handler(get_trusted):
-    """Serve the registry to trusted peers only; behind a proxy the real client must be one."""
-    from ..identity.addresses import client_address, forwarded_for
-
-    async def handle(request: web.Request) -> web.Response:
-        trusted = get_trusted()
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        if not peer or not trusted.contains(
-                client_address(peer[0], forwarded_for(request.headers), trusted)):
-            return error_response(403, "Metrics are only served to trusted peers.",
-                                  "invalid_request_error", None, "forbidden")
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-    return handle

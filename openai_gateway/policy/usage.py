@@ -49,6 +49,9 @@ class Usage:
     audio_input: int = 0
     image_input: int = 0
     audio_output: int = 0
+    #: The audio tokens among `cached_input`, when the upstream says (realtime does, in
+    #: `cached_tokens_details`): cached audio has its own price on some models.
+    cached_audio_input: int = 0
     seconds: float = 0.0
 
     @property
@@ -125,7 +128,8 @@ def usage_of(doc) -> Usage | None:
                  _detail(doc, OUTPUT_DETAILS, "reasoning_tokens"),
                  _detail(doc, INPUT_DETAILS, "audio_tokens"),
                  _detail(doc, INPUT_DETAILS, "image_tokens"),
-                 _detail(doc, OUTPUT_DETAILS, "audio_tokens"))
+                 _detail(doc, OUTPUT_DETAILS, "audio_tokens"),
+                 _cached_detail(doc, "audio_tokens"))
 
 
 def usage_from_event(event) -> Usage | None:
@@ -246,6 +250,17 @@ def _count(doc: dict, *names: str) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
     return None
+
+
+def _cached_detail(doc: dict, name: str) -> int:
+    """A part of the cached input tokens (`<input details>.cached_tokens_details.<name>`)."""
+    for parent in INPUT_DETAILS:
+        details = doc.get(parent)
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens_details"), dict):
+            value = _count(details["cached_tokens_details"], name)
+            if value is not None:
+                return value
+    return 0
 
 
 def _detail(doc: dict, parents: tuple[str, ...], name: str) -> int:

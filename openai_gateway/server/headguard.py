@@ -1,4 +1,4 @@
-"""A listening site that closes connections whose request heads never complete (slowloris).
+"""The head guard: closes a connection whose request head never completes (slowloris).
 
 aiohttp bounds idle keep-alive connections but not a client that trickles a request line and
 headers forever; enough of those hold every file descriptor. nginx in front has
@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-
-from aiohttp import web
 
 END_OF_HEAD = b"\r\n\r\n"
 CRLF = b"\r\n"
@@ -174,40 +171,3 @@ class HeaderGuard(asyncio.Protocol):
             self.state, self.left = CHUNK_DATA, size + len(CRLF)
         else:
             self.state = TRAILERS
-
-
-class GuardedTCPSite(web.BaseSite):
-    """aiohttp's TCPSite with every connection wrapped in a HeaderGuard.
-
-    Built on `BaseSite`'s public contract only: `start()` registers the site with its runner
-    and `stop()` unregisters it; the listening server is this class's own.
-    """
-
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, header_timeout: float,
-                 reuse_port: bool = False, backlog: int = 1024):
-        super().__init__(runner, backlog=backlog)
-        server = runner.server
-        assert server is not None  # BaseSite refuses a runner that was not set up
-        self.factory = server
-        self.host, self.port = host, port
-        self.header_timeout = header_timeout
-        self.reuse_port = reuse_port
-        self.backlog = backlog
-        self.listener: asyncio.AbstractServer | None = None
-
-    @property
-    def name(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    async def start(self) -> None:
-        await super().start()
-        factory, timeout = self.factory, self.header_timeout
-        self.listener = await asyncio.get_running_loop().create_server(
-            lambda: HeaderGuard(factory(), timeout), self.host, self.port,
-            backlog=self.backlog, reuse_address=True, reuse_port=self.reuse_port or None,
-            family=socket.AF_UNSPEC)
-
-    async def stop(self) -> None:
-        if self.listener is not None:
-            self.listener.close()  # stop accepting; the runner drains the connections
-        await super().stop()

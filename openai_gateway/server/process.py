@@ -1,8 +1,7 @@
-"""Process lifecycle: bind, tell systemd, serve, reload on SIGHUP, drain on SIGTERM, workers.
+"""One serving process's life: bind, tell systemd, serve, reload on SIGHUP, drain on SIGTERM.
 
-One process by default. With `server.workers = N` the main process forks N workers that each
-bind the same port with SO_REUSEPORT (the kernel spreads connections), restarts a worker that
-dies, and forwards SIGHUP and SIGTERM to them.
+One process by default; with `server.workers = N`, `run` hands the port to a `Supervisor`
+(workers.py) whose N forked workers each serve as this module does.
 """
 from __future__ import annotations
 
@@ -10,23 +9,23 @@ import asyncio
 import errno
 import gc
 import logging
-import os
-import select
 import signal
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 from aiohttp import web
 
-from ..app import create_app, mark_draining, reconfigure
-from ..config.settings import ConfigError, ServerSettings, Settings, load, resolve_workers
+from ..app import create_app, reconfigure
+from ..config import ConfigError, ServerSettings, Settings, load, resolve_workers
 from ..demo import DemoUpstream
+from ..http.health import mark_draining
 from ..http.playground import own_origins
 from ..observability import logs
 from . import sdnotify
 from .headguard import HeaderGuard
+from .workers import EXIT_CANNOT_LISTEN, Supervisor
 
 log = logging.getLogger("gateway")
 
@@ -194,16 +193,13 @@ async def serve(settings: Settings, source: ConfigSource | None = None, *,
         log.info("stopped")
 
 
-#: A worker's exit status when it could not bind: restarting it would not help.
-EXIT_CANNOT_LISTEN = 3
-
-
 def run(settings: Settings, source: ConfigSource | None,
         demo: DemoUpstream | None = None) -> int:
     """Serve until stopped; returns the exit status (0, or 1 when the port was not bound)."""
     workers = resolve_workers(settings.server.workers)
     if workers > 1:
-        return Supervisor(settings, source, workers).run()
+        return Supervisor(settings, workers, worker=partial(serve_worker, source=source),
+                          reread=source.load if source is not None else None).run()
     try:
         asyncio.run(serve(settings, source, demo=demo))
     except CannotListen:
@@ -211,131 +207,12 @@ def run(settings: Settings, source: ConfigSource | None,
     return 0
 
 
-class Supervisor:
-    """The main process of `server.workers > 1`: forks, watches and signals the workers.
-
-    Its loop never sleeps longer than half a second or the watchdog interval: a dead worker's
-    restart is scheduled (RESTART_DELAY later), not waited for, so WATCHDOG=1 keeps going out.
-    """
-
-    RESTART_DELAY = 1.0
-
-    def __init__(self, settings: Settings, source: ConfigSource | None, workers: int):
-        self.settings = settings
-        self.source = source
-        self.n = workers
-        self.children: dict[int, int] = {}  # pid -> worker index
-        self.restarts: dict[int, float] = {}  # worker index -> when to start it (monotonic)
-        self.stopping = False
-        self.failed = False
-        self.ready_r, self.ready_w = os.pipe()
-
-    def _spawn(self, index: int) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker
-            os.close(self.ready_r)
-            # Only the main process speaks to systemd (NotifyAccess=main); readiness comes
-            # through the pipe instead.
-            os.environ.pop("NOTIFY_SOCKET", None)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            code = 0
-            try:
-                asyncio.run(serve(self.settings, self.source, reuse_port=True,
-                                  on_ready=lambda: os.write(self.ready_w, b"r")))
-            except CannotListen:
-                code = EXIT_CANNOT_LISTEN
-            except BaseException:
-                log.exception("worker %d failed", index)
-                code = 1
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        self.children[pid] = index
-
-    def _signal_all(self, sig: int) -> None:
-        for pid in self.children:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def run(self) -> int:
-        log.info("starting %d workers on port %d (SO_REUSEPORT)", self.n,
-                 self.settings.server.port)
-        signal.signal(signal.SIGTERM, lambda *_: self._stop())
-        signal.signal(signal.SIGINT, lambda *_: self._stop())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload())
-        for i in range(self.n):
-            self._spawn(i)
-        ready, interval = 0, sdnotify.watchdog_interval()
-        last_ping = 0.0
-        while self.children or (self.restarts and not self.stopping):
-            now = time.monotonic()
-            self._restart_due(now)
-            try:
-                readable, _, _ = select.select([self.ready_r], [], [], self._timeout(now, interval))
-            except InterruptedError:
-                readable = []
-            if readable:
-                ready += len(os.read(self.ready_r, 64))
-                if ready == self.n:
-                    sdnotify.ready(f"serving with {self.n} workers")
-            if interval and time.monotonic() - last_ping >= interval:
-                sdnotify.notify("WATCHDOG=1")
-                last_ping = time.monotonic()
-            self._reap()
-        log.info("all workers stopped")
-        return 1 if self.failed else 0
-
-    def _timeout(self, now: float, interval: float | None) -> float:
-        """How long select() may wait: until the next keep-alive or scheduled restart."""
-        timeout = min(interval or 0.5, 0.5)
-        if self.restarts:
-            timeout = min(timeout, max(min(self.restarts.values()) - now, 0.0))
-        return timeout
-
-    def _reap(self) -> None:
-        """Collect exited workers (never blocks); schedule a restart for each."""
-        while self.children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                self.children.clear()
-                return
-            if pid == 0:
-                return
-            index = self.children.pop(pid, None)
-            if index is None or self.stopping:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            if code == EXIT_CANNOT_LISTEN:  # the worker logged why; a restart would fail too
-                self.failed = True
-                self._stop()
-                continue
-            log.error("worker %d (pid %d) exited with status %d; restarting in %s s", index,
-                      pid, code, self.RESTART_DELAY)
-            self.restarts[index] = time.monotonic() + self.RESTART_DELAY
-
-    def _restart_due(self, now: float) -> None:
-        """Start the workers whose restart time has come."""
-        for index, due in list(self.restarts.items()):
-            if due <= now and not self.stopping:
-                del self.restarts[index]
-                self._spawn(index)
-
-    def _reload(self) -> None:
-        """Workers reload themselves; the supervisor keeps the new settings for respawns."""
-        if self.source is not None:
-            try:
-                self.settings = self.source.load()
-            except ConfigError:
-                pass  # each worker logs the reasons and keeps its configuration
-        self._signal_all(signal.SIGHUP)
-
-    def _stop(self) -> None:
-        if not self.stopping:
-            self.stopping = True
-            self.restarts.clear()
-            sdnotify.stopping()
-            self._signal_all(signal.SIGTERM)
+def serve_worker(settings: Settings, on_ready: Callable[[], None], *,
+                 source: ConfigSource | None) -> int:
+    """One worker of a Supervisor: serves on the shared port (SO_REUSEPORT) until stopped;
+    its exit status."""
+    try:
+        asyncio.run(serve(settings, source, reuse_port=True, on_ready=on_ready))
+    except CannotListen:
+        return EXIT_CANNOT_LISTEN
+    return 0

@@ -1,16 +1,16 @@
-"""What a batched call returns, and the interface both stores (memcached ring, Redis) offer.
+"""What the store's calls return: per-key batches, and what counting a request did.
 
-A batch touches several servers; one of them may be down while the others answer. The result
-keeps both, key by key, so a caller applies its fail-open/fail-closed policy only to the limits
+A batch touches several servers; one of them may be down while the others answer. The results
+keep both, key by key, so a caller applies its fail-open/fail-closed policy only to the windows
 whose keys failed and stays exact for the rest.
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from .errors import StoreError
+from .windows import Stats, Window
 
 T = TypeVar("T")
 
@@ -22,31 +22,43 @@ class Batch(Generic[T]):
     #: Keys whose server is down or failed during this call (`ServerDown` or `StoreError`).
     failed: dict[str, StoreError] = field(default_factory=dict)
 
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
     def raise_failed(self) -> None:
         """Raise the first failure, for callers that treat any failure as the whole call's."""
         for exc in self.failed.values():
             raise exc
 
 
-class BatchStore(Protocol):
-    """Counters and bytes with TTLs. Increments are atomic per key; a missing counter counts
-    from 0 and gets `ttl` (seconds) when created; decrements stop at 0. `existing` names keys
-    the caller just read (a hint: the store may skip creating them; correct either way)."""
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """`cost` units against `window`; `moving`: a moving window (request limits where the store
+    keeps one), else a sliding-window counter. A sliding hit of cost 0 is only read."""
 
-    async def get_many(self, keys: Iterable[str]) -> Batch[bytes]: ...
+    window: Window
+    cost: int = 1
+    moving: bool = False
 
-    async def incr_many(self, items: Iterable[tuple[str, int, int]],
-                        existing: Collection[str] = ()) -> Batch[int]: ...
 
-    async def decr_many(self, items: Iterable[tuple[str, int]]) -> Batch[int]: ...
+@dataclass
+class Counted:
+    """What `Store.count` did."""
 
-    async def get_and_incr(self, keys: Sequence[str], items: Sequence[tuple[str, int, int]]
-                           ) -> tuple[Batch[bytes], Batch[int]]:
-        """`get_many(keys)` and `incr_many(items)` sent together: one round trip."""
-        ...
+    #: True when every window that answered had room and was counted.
+    allowed: bool = True
+    #: The first window without room (None when allowed, or when only a failure refused).
+    refused_by: Window | None = None
+    #: Remaining and reset of each window that answered (after the hit when it was counted).
+    stats: dict[Window, Stats] = field(default_factory=dict)
+    #: (previous, current) of each sliding window that answered: after the hit when it was
+    #: counted, before it when it was refused or not counted.
+    counts: dict[Window, tuple[int, int]] = field(default_factory=dict)
+    #: Windows whose server failed: not decided, not counted.
+    failed: list[Window] = field(default_factory=list)
+    #: The first failure behind `failed` (names the server), for the log line or a re-raise.
+    error: StoreError | None = None
+    #: Values of the `reads` keys (missing keys absent).
+    extra: dict[str, bytes] = field(default_factory=dict)
 
-    def down_servers(self) -> list[str]: ...
+    def fail(self, w: Window, error: StoreError) -> None:
+        self.failed.append(w)
+        if self.error is None:
+            self.error = error

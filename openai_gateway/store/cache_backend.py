@@ -9,10 +9,13 @@ spaces); values must be bytes (use `NullSerializer(encoding=None)`). Failures ra
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiocache.base import BaseCache
 from aiocache.serializers import NullSerializer
 
-from .memcached import MemcachedCluster
+if TYPE_CHECKING:  # the ring builds its own backend: no import cycle at run time
+    from .memcached import MemcachedCluster
 
 
 class RingCache(BaseCache):

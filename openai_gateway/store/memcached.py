@@ -28,7 +28,9 @@ from memcachio.commands import Command, Request
 from memcachio.constants import Commands
 from memcachio.errors import MemcachedError, NotEnoughData
 
+from .base import Store
 from .batch import Batch
+from .cache_backend import RingCache
 from .errors import ServerDown, StoreError
 from .health import Health
 from .ring import Ring
@@ -114,9 +116,12 @@ def split_server(server: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class MemcachedCluster:
+class MemcachedCluster(Store):
     """Servers are "host:port" strings. `timeout` bounds each call (storage.timeout);
-    `max_backoff` caps the delay between probes of a down server."""
+    `max_backoff` caps the delay between probes of a down server. No moving windows: limits
+    implements none on memcached, so request limits use the sliding-window counter here."""
+
+    kind = "memcached"
 
     def __init__(self, servers: Sequence[str], *, timeout: float = 0.5,
                  max_connections: int = 2, max_backoff: float = 1.0,
@@ -135,6 +140,9 @@ class MemcachedCluster:
             for server in self.ring.servers}
         self.health = Health(self.ring.servers, self._probe, max_backoff=max_backoff,
                              on_change=on_change)
+
+    def cache_backend(self) -> RingCache:
+        return RingCache(self)
 
     # --- health ------------------------------------------------------------------------------
 

@@ -1,48 +1,56 @@
-"""The gateway's in-process storage for `limits`: moving windows and sliding-window counters.
+"""The in-process store (`memory://`): moving windows, counters and cached bytes of one process.
 
-A `limits.aio.storage.Storage` of our own, registered as "async+gateway-memory", so limits'
-public strategies (MovingWindowRateLimiter, SlidingWindowCounterRateLimiter) run on it. The
-limiter also calls a synchronous fast path (`acquire_now`, `window_now`, `add_now`,
-`give_back_now`): nothing here awaits, so no other coroutine can interleave and no lock is
-needed. Counting follows limits' own MemoryStorage exactly (tests compare the two).
+It is also a `limits.aio.storage.Storage` of our own (registered as "async+gateway-memory",
+with `MovingWindowSupport`), so its moving windows are limits' storage interface, the same door
+the Redis store reaches limits' own Redis storage through; its counting follows limits'
+`MemoryStorage` exactly (tests compare the two). Nothing here awaits anything: no other
+coroutine can interleave with a call, so counting is exact without a lock.
 
 Why it is cheap:
 - a moving window is a list of entry expiry times as floats, newest first: about 33 bytes an
   entry instead of 105 for limits' `Entry` object, and nothing for the garbage collector to
   traverse (a day limit keeps one entry per request for a day). An allowed hit trims the list
   to the entries still in the window, so it never holds more than `limit`.
-- a sliding-window counter is one list `[window number, current count, previous count,
-  expiry]` per limit, not two keys.
+- a counter is one list `[value, expires at]`; the sliding windows are two counters each.
 - idle keys are forgotten by a sweep every SWEEP_SECONDS, run in the event loop in batches of
   SWEEP_BATCH keys (one pass over a million keys held the loop for ~70 ms; threads, as limits
   uses, cost more than the work).
+- cached answers live in a byte-bounded LRU (`BoundedMemoryCache`), read in place.
 """
 from __future__ import annotations
 
 import asyncio
 import bisect
-import math
 import operator
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 
-from limits.aio.storage import MovingWindowSupport, SlidingWindowCounterSupport, Storage
+from aiocache.serializers import NullSerializer
+from limits.aio.storage import MovingWindowSupport, Storage
 
-#: (previous count, seconds the previous window still weighs, current count, its TTL):
-#: what limits' `get_sliding_window` returns.
-Window = tuple[int, float, int, float]
+from .base import Store
+from .batch import Batch
+from .memory_cache import BoundedMemoryCache
+
+#: What a cached entry costs besides its value (key string, dict slot, deadline), so that the
+#: cache's byte bound bounds the process's memory, not only the stored bodies.
+ENTRY_OVERHEAD = 400
 
 
-class MemoryStore(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
+class MemoryStore(Store, Storage, MovingWindowSupport):
     STORAGE_SCHEME = ["async+gateway-memory"]
+    kind = "memory"
     SWEEP_SECONDS = 5.0
     SWEEP_BATCH = 10_000  # keys per event-loop iteration: ~0.7 ms
 
-    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options):
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, *,
+                 cache_bytes: int = 64 * 1024 * 1024, **options):
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self.moving = self
         self.events: dict[str, list[float]] = {}  # moving windows: expiry times, newest first
-        self.counters: dict[str, list] = {}  # sliding-window counters: [window, cur, prev, expiry]
-        self.plain: dict[str, list] = {}  # fixed-window counters: [count, expires at]
+        self.counters: dict[str, list] = {}  # counters: [value, expires at]
+        self.cache = BoundedMemoryCache(cache_bytes, ENTRY_OVERHEAD, timeout=None,
+                                        serializer=NullSerializer(encoding=None))
         self._sweeper: asyncio.Task | None = None
         self._next_sweep = 0.0
 
@@ -50,12 +58,17 @@ class MemoryStore(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
     def base_exceptions(self) -> tuple[type[Exception], ...]:
         return ()  # nothing here does I/O: there is no storage error to translate
 
-    # --- moving window ---------------------------------------------------------------------
+    def cache_backend(self) -> BoundedMemoryCache:
+        return self.cache
+
+    def bound_cache(self, max_bytes: int) -> None:
+        self.cache.max_bytes = max_bytes
+
+    # --- moving windows (limits' MovingWindowSupport) ---------------------------------------
 
     def acquire_now(self, key: str, limit: int, expiry: int, amount: int = 1) -> list | None:
         """limits' moving-window hit: the `limit - amount`-th newest entry decides. Returns the
-        key's entries when allowed (newest first, all inside the window, so their count is the
-        window's count), None when refused."""
+        key's entries when allowed (newest first, all inside the window), None when refused."""
         if amount > limit:
             return None
         self._schedule_sweep()
@@ -74,11 +87,6 @@ class MemoryStore(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
             events.pop()
         return events
 
-    def frees_at(self, key: str, expiry: int) -> float:
-        """When a full moving window has room again: its oldest entry leaves."""
-        events = self.events.get(key)
-        return events[-1] if events else time.time() + expiry
-
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         return self.acquire_now(key, limit, expiry, amount) is not None
 
@@ -87,99 +95,86 @@ class MemoryStore(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         timestamp = time.time()
         if events := self.events.get(key):
             inside = bisect.bisect_left(events, -timestamp, key=operator.neg)  # newest first
-            return events[inside - 1] - expiry, inside
+            if inside:
+                return events[inside - 1] - expiry, inside
         return timestamp, 0
 
-    # --- sliding-window counter ------------------------------------------------------------
+    # --- counters: the batch primitives of the sliding windows ------------------------------
 
-    def window_now(self, key: str, expiry: int, now: float) -> Window:
-        """limits' `get_sliding_window` answer at `now`, without creating the key."""
-        counter = self.counters.get(key)
-        current = previous = 0
-        if counter is not None:
-            window = int(now / expiry)
-            if counter[0] == window:
-                current, previous = counter[1], counter[2]
-            elif counter[0] == window - 1:
-                previous = counter[1]
-        # limits' own arithmetic, kept as it is so decisions agree to the last bit.
-        previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry if previous else 0.0
-        current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
-        return previous, previous_ttl, current, current_ttl
+    def _live(self, key: str, now: float) -> list | None:
+        entry = self.counters.get(key)
+        return entry if entry is not None and entry[1] > now else None
 
-    def add_now(self, key: str, expiry: int, amount: int, now: float) -> None:
-        """Count `amount` in the current window (no check: the caller decided)."""
+    async def get_many(self, keys: Iterable[str]) -> Batch[bytes]:
+        now, values = time.time(), {}
+        for key in keys:
+            entry = self._live(key, now)
+            if entry is not None:
+                values[key] = entry[0]
+            else:
+                cached = self.cache.lookup(key)
+                if cached is not None:
+                    values[key] = cached
+        return Batch(values)
+
+    async def incr_many(self, items: Iterable[tuple[str, int, int]],
+                        existing: Collection[str] = ()) -> Batch[int]:
         self._schedule_sweep()
-        counter = self.counters.get(key)
-        if counter is None:
-            counter = self.counters[key] = [int(now / expiry), 0, 0, expiry]
-        self._rotate(counter, now)
-        counter[1] += amount
+        now, values = time.time(), {}
+        for key, amount, ttl in items:
+            entry = self._live(key, now)
+            if entry is None:  # created with its TTL, never pushed back by later hits
+                entry = self.counters[key] = [0, now + ttl]
+            entry[0] += amount
+            values[key] = entry[0]
+        return Batch(values)
 
-    def give_back_now(self, key: str, expiry: int, amount: int, at: float) -> None:
-        """Take `amount` back from the window that was current at `at` (never below zero; a
-        window that has left the sliding window has nothing to give back)."""
-        counter = self.counters.get(key)
-        if counter is None:
-            return
-        self._rotate(counter, time.time())
-        window = int(at / expiry)
-        slot = 1 if window == counter[0] else 2 if window == counter[0] - 1 else 0
-        if slot:
-            counter[slot] = max(counter[slot] - amount, 0)
+    async def decr_many(self, items: Iterable[tuple[str, int]]) -> Batch[int]:
+        now, values = time.time(), {}
+        for key, amount in items:
+            entry = self._live(key, now)
+            if entry is None:
+                values[key] = 0
+                continue
+            entry[0] = max(entry[0] - amount, 0)
+            values[key] = entry[0]
+        return Batch(values)
 
-    @staticmethod
-    def _rotate(counter: list, now: float) -> None:
-        """Make the counter's current window the one of `now` (in place: the sweep relies on
-        the stored list staying the same object)."""
-        window = int(now / counter[3])
-        if counter[0] != window:
-            counter[2] = counter[1] if counter[0] == window - 1 else 0
-            counter[0], counter[1] = window, 0
+    async def get_and_incr(self, keys: Sequence[str], items: Sequence[tuple[str, int, int]]
+                           ) -> tuple[Batch[bytes], Batch[int]]:
+        return await self.get_many(keys), await self.incr_many(items)
 
-    async def acquire_sliding_window_entry(self, key: str, limit: int, expiry: int,
-                                           amount: int = 1) -> bool:
-        if amount > limit:
-            return False
-        now = time.time()
-        previous, previous_ttl, current, _ = self.window_now(key, expiry, now)
-        if math.floor(previous * previous_ttl / expiry + current) + amount > limit:
-            return False
-        self.add_now(key, expiry, amount, now)
-        return True
-
-    async def get_sliding_window(self, key: str, expiry: int) -> Window:
-        return self.window_now(key, expiry, time.time())
-
-    async def clear_sliding_window(self, key: str, expiry: int) -> None:
-        self.counters.pop(key, None)
+    async def _adjust_batch(self, reads, refunds, charges):
+        # In order, with nothing to wait for: no task per call, as gather would make.
+        return (await self.get_many(reads), await self.decr_many(refunds),
+                await self.incr_many(charges))
 
     # --- fixed-window counters: the base Storage contract ----------------------------------
 
     async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         self._schedule_sweep()
         now = time.time()
-        entry = self.plain.get(key)
-        if entry is None or entry[1] <= now:
-            entry = self.plain[key] = [0, now + expiry]
+        entry = self._live(key, now)
+        if entry is None:
+            entry = self.counters[key] = [0, now + expiry]
         entry[0] += amount
         return entry[0]
 
     async def get(self, key: str) -> int:
-        entry = self.plain.get(key)
-        return entry[0] if entry is not None and entry[1] > time.time() else 0
+        entry = self._live(key, time.time())
+        return entry[0] if entry is not None else 0
 
     async def get_expiry(self, key: str) -> float:
-        entry = self.plain.get(key)
+        entry = self.counters.get(key)
         return entry[1] if entry is not None else time.time()
 
     async def clear(self, key: str) -> None:
-        for table in (self.events, self.counters, self.plain):
+        for table in (self.events, self.counters):
             table.pop(key, None)
 
     async def reset(self) -> int | None:
-        count = len(self.events) + len(self.counters) + len(self.plain)
-        for table in (self.events, self.counters, self.plain):
+        count = len(self.events) + len(self.counters)
+        for table in (self.events, self.counters):
             table.clear()
         return count
 
@@ -194,17 +189,17 @@ class MemoryStore(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
             self._next_sweep = now + self.SWEEP_SECONDS
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.cache.close()
 
     async def _sweep(self) -> None:
         """Forget keys with nothing left in their window. A key is re-checked as it is
         dropped, so one hit while the sweep let other coroutines run is kept (hits change
         the stored lists in place: the value checked is always the live one)."""
         await self._drop(self.events, lambda entries, now: not entries or entries[0] <= now)
-        await self._drop(self.counters, lambda c, now: (c[0] + 2) * c[3] <= now)
-        await self._drop(self.plain, lambda entry, now: entry[1] <= now)
+        await self._drop(self.counters, lambda entry, now: entry[1] <= now)
 
     async def _drop(self, table: dict, expired: Callable[[list, float], bool]) -> None:
         async for now, keys, values in self._batches(table):

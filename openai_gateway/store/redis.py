@@ -1,4 +1,4 @@
-"""Redis or Valkey: the URL, the options for `limits` and aiocache, and a batched counter store.
+"""Redis or Valkey: a store with counters, moving windows (limits' own Redis storage) and bytes.
 
 One client library for all three users: redis-py (`redis.asyncio`). limits 5.8 defaults to
 coredis for `async+redis://` but takes `implementation="redispy"`; aiocache 0.12.3's
@@ -18,14 +18,18 @@ import asyncio
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from aiocache import RedisCache
+from aiocache.serializers import NullSerializer
+from limits.aio.storage import MovingWindowSupport
 from limits.errors import StorageError as LimitsStorageError
+from limits.storage import storage_from_string
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .base import Store
 from .batch import Batch
 from .errors import ServerDown, StoreError
 from .health import Health
@@ -117,29 +121,12 @@ class RedisURL:
                 "connection_pool_kwargs": pool}
 
 
-def parse_redis_url(url: str) -> RedisURL:
-    """Raise ValueError naming what is wrong (never echoing a password)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError('expected "redis://host:port[/db]" or "rediss://host:port[/db]"')
-    if parts.password is not None:
-        raise ValueError("the password does not belong in the URL: name an environment "
-                         "variable that holds it (storage.password_env)")
-    if parts.query or parts.fragment:
-        raise ValueError("the redis URL takes no query or fragment")
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ValueError("the redis port must be a number from 1 to 65535") from None
-    path = parts.path.strip("/")
-    if not parts.hostname or not (path == "" or path.isdigit()):
-        raise ValueError('expected "redis://host:port[/db]" with a numeric db')
-    return RedisURL(parts.scheme == "rediss", parts.hostname, port, int(path or 0),
-                    parts.username or None)
+class RedisStore(Store):
+    """The store over one Redis (or Valkey) server: counters in batched scripts, moving windows
+    through limits' own Redis storage (its Lua scripts, exact across processes), the cache's
+    bytes through aiocache's RedisCache."""
 
-
-class RedisStore:
-    """The `BatchStore` interface over one Redis (or Valkey) server."""
+    kind = "redis"
 
     def __init__(self, url: RedisURL, *, password: str | None = None, timeout: float = 0.5,
                  ca_file: str | None = None, max_backoff: float = 1.0,
@@ -147,6 +134,11 @@ class RedisStore:
                  on_change: Callable[[str, bool], None] | None = None) -> None:
         self.url = url
         self.server = url.server
+        self._password, self._timeout, self._ca_file = password, timeout, ca_file
+        moving = storage_from_string(url.limits_uri(),
+                                     **url.limits_options(password, timeout, ca_file=ca_file))
+        assert isinstance(moving, MovingWindowSupport)  # limits' Redis storage has one
+        self.moving = moving
         # A bounded pool whose callers wait for a free connection (up to `timeout`): redis-py's
         # default pool opens a connection per concurrent command, and a burst of requests then
         # spends its time connecting (100 concurrent reservations timed out at 0.5 s).
@@ -161,6 +153,17 @@ class RedisStore:
         self._decr = self.client.register_script(_DECR_MANY)
         self.health = Health([self.server], self._probe, max_backoff=max_backoff,
                              on_change=on_change)
+
+    def cache_backend(self) -> RedisCache:
+        # No default ttl on the object (aiocache 0.12.3); timeout=None: every call is bounded
+        # by redis-py's socket timeouts (storage.timeout), with no task per call.
+        options = self.url.aiocache_options(self._password, self._timeout,
+                                            ca_file=self._ca_file)
+        options["timeout"] = None
+        return RedisCache(serializer=NullSerializer(encoding=None), **options)
+
+    async def _guard(self, call):
+        return await self.guarded(call)
 
     def down_servers(self) -> list[str]:
         return self.health.down()

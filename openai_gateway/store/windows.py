@@ -1,5 +1,6 @@
 """Sliding-window counters as pure arithmetic over two counts: `limits`' sliding window counter
-(`SlidingWindowCounterRateLimiter`), computed from counts fetched in a batch.
+(`SlidingWindowCounterRateLimiter`), computed from counts fetched in a batch. The one copy of
+this arithmetic: request limits, token and dollar budgets and their headers all read it.
 
 A window of `seconds` has a counter per window index (`int(now / seconds)`); the count that
 applies now is the previous window's count weighted by the share of it still inside the sliding
@@ -82,6 +83,32 @@ def stats(w: Window, previous: int, current: int, now: float) -> Stats:
     if current:
         current_reset_in = current_ttl(w, now) % w.seconds
     return Stats(now + min(previous_reset_in, current_reset_in), remaining)
+
+
+def remaining(w: Window, previous: int, current: int, now: float) -> int:
+    """What is left of the window's amount (limits' own test: floor(weighted) + n <= amount)."""
+    return max(w.amount - floor(weighted(w, previous, current, now)), 0)
+
+
+def full_reset(w: Window, previous: int, current: int, now: float) -> float:
+    """Seconds until nothing counts any more (OpenAI's x-ratelimit-reset-* meaning)."""
+    if current:
+        return current_ttl(w, now)
+    return previous_ttl(w, previous, now) if previous else 0.0
+
+
+def wait_for(w: Window, previous: int, current: int, now: float, need: int) -> float:
+    """Seconds until `need` units fit: the weighted count must fall below amount - need + 1."""
+    expiry, room = w.seconds, w.amount - need + 1
+    turn = current_ttl(w, now) - expiry  # until the current window becomes the previous one
+    if room <= 0:
+        return float(expiry)  # more than the whole amount: it never fits
+    if current < room:  # the previous window's weight has to shrink, linearly, to zero
+        if previous * turn / expiry + current < room:
+            return 0.0
+        return max(turn - (room - current) * expiry / previous, 0.0)
+    # The current count has to become the previous window's and lose enough weight.
+    return turn + expiry * (1 - room / current)
 
 
 def count(raw: bytes | None) -> int:

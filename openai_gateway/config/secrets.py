@@ -1,0 +1,80 @@
+"""Secrets, read from the environment or systemd credentials, never from the file.
+
+The settings name where each secret is (`upstream.api_key_env`, `auth.tokens.secret_env` ...);
+`read_secrets` reads them all once, at load, and reports each missing or short one under the
+key that names it, with the file's other problems.
+"""
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .access import MIN_HMAC_SECRET
+from .loader import Problems
+
+if TYPE_CHECKING:  # settings.py imports this module
+    from .settings import Settings
+
+
+def read_secret(env_name: str, environ: typing.Mapping[str, str]) -> str | None:
+    """The secret in `$CREDENTIALS_DIRECTORY/<env_name>` (systemd LoadCredential), else in
+    the environment variable `env_name`; None when neither holds one."""
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / env_name
+        if path.is_file():
+            return path.read_text().strip() or None
+    return (environ.get(env_name) or "").strip() or None
+
+
+class _Environment:
+    """Reads the secrets the settings name, reporting each missing one under its key."""
+
+    def __init__(self, environ: typing.Mapping[str, str], p: Problems):
+        self.environ, self.p = environ, p
+
+    def secret(self, key: str, env_name: str, what: str, *, min_length: int = 0) -> str:
+        if not env_name:
+            return ""
+        value = read_secret(env_name, self.environ)
+        if value is None:
+            self.p.note(key, f"environment variable {env_name} is not set (nor a systemd "
+                             f"credential of that name); expected {what}")
+            return ""
+        if len(value.encode()) < min_length:
+            self.p.note(key, f"the secret in {env_name} has {len(value.encode())} bytes, "
+                             f"expected at least {min_length} (RFC 7518 section 3.2)")
+        return value
+
+
+def read_secrets(s: Settings, environ: typing.Mapping[str, str], p: Problems, *,
+                 demo: bool) -> dict[str, Any]:
+    """Every secret `s` names, by the Settings field it fills ("" where none is named).
+
+    demo: the upstream key is neither needed nor read."""
+    env = _Environment(environ, p)
+    out: dict[str, Any] = {}
+    # demo: the built-in demo upstream takes no key (`demo.demo_settings` sets its own).
+    if not demo:
+        out["api_key"] = key = env.secret("upstream.api_key_env", s.upstream.api_key_env,
+                                          "the upstream key")
+        out["fallback_keys"] = tuple(
+            env.secret(f"upstream.fallbacks[{i}].api_key_env", fb.api_key_env, "a key")
+            if fb.api_key_env else key for i, fb in enumerate(s.upstream.fallbacks))
+    out["issuer_secrets"] = tuple(
+        env.secret(f"auth.issuers[{i}].secret_env", issuer.secret_env, "the issuer's secret",
+                   min_length=MIN_HMAC_SECRET) for i, issuer in enumerate(s.auth.issuers))
+    tokens = s.auth.tokens
+    out["token_secret"] = env.secret("auth.tokens.secret_env", tokens.secret_env,
+                                     "the token signing secret", min_length=MIN_HMAC_SECRET)
+    out["token_previous_secret"] = env.secret(
+        "auth.tokens.previous_secret_env", tokens.previous_secret_env,
+        "the previous token signing secret", min_length=MIN_HMAC_SECRET)
+    out["captcha_secret"] = env.secret("auth.sessions.captcha_secret_env",
+                                       s.auth.sessions.captcha_secret_env, "the captcha secret")
+    out["storage_password"] = env.secret("storage.password_env", s.storage.password_env,
+                                         "the storage password")
+    out["log_hash_secret"] = env.secret("log.hash_secret_env", s.log.hash_secret_env,
+                                        "the log hash key")
+    return out

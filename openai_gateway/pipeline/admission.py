@@ -1,0 +1,120 @@
+"""Admission: the steps that ask the store, as two questions.
+
+1. Before the body is read: may this caller send a request at all (its request limits and its
+   route's rules)? Every request to a forwarded route counts, valid or not.
+2. Once the request is validated: may it cost what it may cost, and is its answer cached? The
+   rules naming its model, every token and dollar budget (its worst case reserved) and the
+   cache entry go in ONE store call (one round trip on a shared store, when the cache lives
+   there too). A hit reserves nothing: what was reserved along goes back before the answer.
+The pipeline never learns which store answered or whether it batched.
+"""
+from __future__ import annotations
+
+import time
+
+from ..cache.keys import Entry
+from ..cache.prompts import PromptCache
+from ..errors import BudgetExceeded, ModelNotPriced, RateLimited, SpendLimited, TokensRateLimited
+from ..metering.budgets import Budgets, Reservation
+from ..metering.headers import limit_headers
+from ..metering.limiter import RateLimiter
+from ..metering.prices import PriceTable, estimate
+from ..observability import metrics
+from .exchange import Exchange
+
+
+class Admission:
+    def __init__(self, limiter: RateLimiter, budgets: Budgets, cache: PromptCache):
+        self.limiter = limiter
+        self.budgets = budgets
+        self.cache = cache
+        #: Whether the cache's entries can be read in the limiter's batches (same store).
+        self.batched_reads = cache.store is limiter.store
+
+    def configure(self, prices: PriceTable) -> None:
+        self.prices = prices
+
+    async def count_request(self, ex: Exchange) -> None:
+        """Question 1; raises RateLimited."""
+        try:
+            state = await self.limiter.check(ex.caller, ex.route)
+        except RateLimited:
+            ex.record.rate_limit = "requests"
+            metrics.RATE_LIMITED.labels("requests").inc()
+            raise
+        ex.record.rate_limit = "ok"
+        if state is not None:
+            ex.headers.update(limit_headers(state, None))
+
+    async def admit(self, ex: Exchange) -> Entry | None:
+        """Question 2: the cached answer (which reserved nothing), or None with the budgets
+        reserved (`ex.reservation`) and the exchange's cache key set when it is cacheable.
+        Raises the 429 of a refused rule or budget, or 400 `model_not_priced`."""
+        parsed, rec = ex.valid, ex.record
+        micro = self._price(ex)
+        rec.cache = self.cache.policy(ex.route, parsed, ex.request.headers.get("Cache-Control"))
+        if rec.cache is None:
+            ex.cache_key = self.cache.key(ex.caller, ex.route, parsed.body, ex.request.headers)
+        limiter = self.limiter
+        rules = limiter.hits(ex.caller, ex.route, parsed.model, rules_only=True) \
+            if parsed.model is not None and limiter.has_model_rules else []
+        holds = self.budgets.holds(ex.caller, ex.route, parsed.model, ex.reserved_tokens, micro)
+        reads = [ex.cache_key] if ex.cache_key is not None and self.batched_reads else []
+        entry = None
+        ex.reservation = Reservation()
+        if rules or holds or reads:
+            counted = await limiter.count([h for h, _ in rules] + self.budgets.hits(holds),
+                                          reads)
+            if counted is not None:
+                try:
+                    state = limiter.verdict(counted, rules)
+                    ex.reservation = self.budgets.take(counted, holds, time.time())
+                except RateLimited as exc:
+                    self._refused(ex, exc)
+                    raise
+                if state is not None:
+                    ex.headers.update(limit_headers(state, None))
+                if reads:
+                    entry = self.cache.decode(counted.extra.get(reads[0]))
+        if ex.cache_key is not None and not reads:
+            entry = await self.cache.get(ex.cache_key)
+        if entry is not None and ex.reservation.holds:
+            # A hit spends nothing: what was reserved along goes back before we answer.
+            await self.budgets.settle(ex.reservation, tokens=0, micro_usd=0)
+            ex.reservation = None
+        elif parsed.stream:
+            # A stream's headers leave before its usage is known: they show the budgets as
+            # reserved. A complete answer settles first and shows the settled values.
+            ex.headers.update(ex.reservation.headers)
+        if rec.cache is None:
+            rec.cache = "HIT" if entry is not None else "MISS"
+        metrics.CACHE.labels(rec.cache).inc()
+        ex.headers["X-Cache"] = rec.cache
+        return entry
+
+    def _price(self, ex: Exchange) -> int | None:
+        """The request's worst case, in tokens and (priced) micro-dollars; the micro-dollars
+        to reserve when a dollar budget applies (None: none does)."""
+        parsed = ex.valid
+        ex.reserved_tokens = tokens = parsed.estimate
+        ex.reserved_input = prompt = parsed.prompt_tokens  # text, images, audio, files
+        ex.price = price = self.prices.price_for(parsed.model) if parsed.model else None
+        if price is not None:
+            ex.reserved_micro = estimate(price, prompt, tokens - prompt,
+                                         image_tokens=parsed.image_tokens,
+                                         audio_tokens=parsed.audio_tokens)
+        if not self.budgets.spend_applies(ex.caller, ex.route, parsed.model):
+            return None
+        if price is None:
+            raise ModelNotPriced(
+                f"The model '{(parsed.model or '')[:100]}' has no price in this gateway's "
+                "[prices] table, and a dollar budget applies to this request.", param="model")
+        return ex.reserved_micro
+
+    @staticmethod
+    def _refused(ex: Exchange, exc: RateLimited) -> None:
+        kind = ("budget" if isinstance(exc, BudgetExceeded) else "spend"
+                if isinstance(exc, SpendLimited) else "tokens"
+                if isinstance(exc, TokensRateLimited) else "requests")
+        ex.record.rate_limit = kind
+        metrics.RATE_LIMITED.labels(kind).inc()

@@ -1,0 +1,117 @@
+"""Settlement: bring a request's reservation to what the upstream can bill for it, once, on
+every way out (answers, errors, timeouts, clients that left).
+
+Money is settled by what the upstream can bill, never by what the client chose to read
+(`charge`): once a request may have reached the upstream, leaving early is never cheaper than
+reading the answer. The access log and the metrics get each request's share here.
+"""
+from __future__ import annotations
+
+import logging
+
+from ..errors import GatewayError
+from ..metering.budgets import Budgets
+from ..metering.prices import MICRO, PriceTable, cost
+from ..observability import metrics
+from ..policy import STOP_MARGIN_TOKENS, Usage
+from ..upstream.sse import StreamOutcome
+from .exchange import Exchange
+
+log = logging.getLogger("gateway.proxy")
+#: The gauges' `period` label for each gateway-wide ceiling.
+PERIODS = {"daily": "day", "monthly": "month"}
+
+
+def charge(ex: Exchange) -> tuple[Usage, int, str]:
+    """(tokens, micro-dollars, how) a request is charged: what the upstream can bill for it,
+    known or bounded from above."""
+    price = ex.price
+    if ex.usage is not None:  # the upstream's own count
+        return ex.usage, cost(price, ex.usage) if price is not None else 0, "usage"
+    if not ex.billable:  # never reached the upstream, or it refused the request
+        return Usage(), 0, "none"
+    if ex.stopped is not None:
+        # Never above the reservation, which bounds any answer of this request.
+        used = ex.stopped
+        micro = cost(price, used) if price is not None else 0
+        if used.total < ex.reserved_tokens and micro <= ex.reserved_micro:
+            return used, micro, "stopped"
+    # Usage unknown: the answer may have been generated whole. The reservation covers it.
+    return (ex.reads(ex.reserved_tokens - ex.reserved_input),
+            ex.reserved_micro if price is not None else 0, "reservation")
+
+
+def stream_usage(ex: Exchange, outcome: StreamOutcome) -> None:
+    """What a stream can cost: the upstream's count; or, for a stream its client stopped after
+    an event while the gateway kept up with the upstream, the prompt, the output received and
+    a margin for what was in flight -- except for models that reason before they write
+    (hidden tokens, billed) and models without a price: those, like every other cut stream,
+    keep the reservation."""
+    ex.usage = outcome.usage
+    if (ex.usage is None and outcome.stopped_by_client and outcome.sent_bytes
+            and ex.price is not None and not ex.price.reasoning):
+        ex.stopped = ex.reads(outcome.output.tokens + STOP_MARGIN_TOKENS)
+
+
+class Settlement:
+    def __init__(self, budgets: Budgets):
+        self.budgets = budgets
+        #: Periods whose budget.warn_at warning was logged (once per process).
+        self._warned: set[str] = set()
+
+    def configure(self, prices: PriceTable, warn_at: float) -> None:
+        self.prices = prices
+        self.warn_at = warn_at
+
+    async def settle(self, ex: Exchange) -> dict[str, str]:
+        """Bring the reservation to what the upstream can bill; once per exchange. Returns the
+        budget headers after settling (empty when there are none)."""
+        if ex.settled or ex.parsed is None:
+            return {}
+        ex.settled = True
+        used, micro, how = charge(ex)
+        self._account(ex, used, micro, how)
+        if ex.reservation is None:
+            return {}
+        headers = await self.budgets.settle(ex.reservation, tokens=used.input + used.output,
+                                            micro_usd=micro)
+        ex.settled_headers = headers
+        if micro and self.budgets.gateway:
+            await self._watch_budget()
+        return headers
+
+    def _account(self, ex: Exchange, used: Usage, micro: int, how: str) -> None:
+        """The access log's and the metrics' share of a settled request."""
+        rec = ex.record
+        rec.charged = how
+        model = ex.valid.model or "none"
+        if ex.usage is not None:  # tokens the upstream reported (not our bounds)
+            rec.tokens_in, rec.tokens_out = used.input, used.output
+            if used.input:
+                metrics.TOKENS.labels(model, "in").inc(used.input)
+            if used.output:
+                metrics.TOKENS.labels(model, "out").inc(used.output)
+        if ex.price is not None and (used.input or used.output):
+            rec.cost_usd = micro / MICRO
+            metrics.SPEND.labels(self.prices.label_for(model), ex.caller.tier or "none").inc(
+                micro / MICRO)
+
+    async def _watch_budget(self) -> None:
+        """The gateway-wide ceiling's gauges after a charge, and the warn_at warning (once per
+        crossing, in each process)."""
+        try:
+            report = await self.budgets.gateway_spend()
+        except GatewayError:  # the storage is down: already logged and counted
+            return
+        for name, row in report.items():
+            period = PERIODS.get(name, name)
+            metrics.BUDGET_REMAINING.labels(period).value = row["remaining_micro"] / MICRO
+            crossed = row["spent_micro"] >= self.warn_at * row["limit_micro"]
+            metrics.BUDGET_WARN.labels(period).value = 1 if crossed else 0
+            if not crossed:  # a new day or month: warn again when it is crossed again
+                self._warned.discard(period)
+            elif period not in self._warned:
+                self._warned.add(period)
+                log.warning("the gateway's %s spend has crossed %.0f%% of its ceiling: $%.2f "
+                            "of $%.2f spent", name, self.warn_at * 100,
+                            row["spent_micro"] / MICRO, row["limit_micro"] / MICRO)

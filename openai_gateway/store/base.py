@@ -1,0 +1,194 @@
+"""The one interface the gateway's shared state goes through: memory, a memcached ring or Redis,
+chosen once at start (`open_store`).
+
+Every store offers the same four things:
+- `count(hits, reads=...)`: count a request against windows, all that fit or none (a moving
+  window where the store keeps one, else a sliding-window counter), reading other keys (the
+  cache entry) along, in as few round trips as the store allows;
+- `adjust(...)`: give back or charge units after an answer (budgets settled to the usage);
+- `counts(...)`: read windows without counting (reports);
+- `cache_backend()`: the aiocache backend of its bytes, for the prompt cache.
+The sliding-window counters are one algorithm (`sliding.count`) over four batched primitives
+each store implements (`get_many`, `incr_many`, `decr_many`, `get_and_incr`); moving windows
+are `limits`' storage interface (`MovingWindowSupport`), ours in memory, limits' own on Redis.
+
+A batch touches several servers; one of them may be down while the others answer. Results
+keep both, key by key, so a caller applies its fail-open/fail-closed policy only to the windows
+whose keys failed and stays exact for the rest.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterable, Sequence
+from typing import ClassVar
+
+from aiocache.base import BaseCache
+from limits.aio.storage import MovingWindowSupport
+
+from . import sliding, windows
+from .batch import Batch, Counted, Hit
+from .errors import StoreError
+from .windows import Stats, Window
+
+
+class Store(ABC):
+    """Counters, moving windows and bytes with TTLs, behind one async interface."""
+
+    #: "memory", "memcached" or "redis".
+    kind: ClassVar[str]
+    #: limits' moving-window storage, where the store keeps moving windows (None: memcached,
+    #: where limits implements none).
+    moving: MovingWindowSupport | None = None
+
+    # --- what the gateway asks ------------------------------------------------------------
+
+    async def count(self, hits: Sequence[Hit], *, now: float, reads: Sequence[str] = (),
+                    fail_open: bool = True) -> Counted:
+        """Count every hit if all have room, reading `reads` along. Moving windows go first
+        and are each counted as they are checked (limits' own behaviour: an earlier limit's
+        entry stays when a later one refuses); a refused one ends the call. The sliding hits
+        are all or nothing among themselves. With `fail_open=False` any failed window refuses
+        (nothing of the sliding hits is then counted)."""
+        out = Counted()
+        moving = [h for h in hits if h.moving]
+        if moving:
+            await self._count_moving(moving, out, fail_open)
+            if not out.allowed:
+                return out
+        sliding_hits = [h for h in hits if not h.moving]
+        if sliding_hits or reads:
+            await sliding.count(self, sliding_hits, now=now, reads=reads, fail_open=fail_open,
+                                out=out)
+        return out
+
+    async def _count_moving(self, hits: Sequence[Hit], out: Counted, fail_open: bool) -> None:
+        storage = self.moving
+        if storage is None:
+            raise ValueError(f"{self.kind} keeps no moving windows (use the sliding counter)")
+        for hit in hits:
+            w = hit.window
+            try:
+                allowed = await self._guard(storage.acquire_entry(w.key, w.amount, w.seconds,
+                                                                  hit.cost))
+                start, inside = await self._guard(
+                    storage.get_moving_window(w.key, w.amount, w.seconds))
+            except StoreError as exc:
+                out.fail(w, exc)
+                if not fail_open:
+                    out.allowed = False
+                    return
+                continue
+            out.stats[w] = Stats(start + w.seconds, max(w.amount - inside, 0))
+            if not allowed:
+                out.allowed, out.refused_by = False, w
+                return
+
+    async def _guard(self, call):
+        """Await a call to the moving-window storage, its failures as `StoreError`s."""
+        return await call
+
+    async def adjust(self, refunds: Sequence[tuple[Window, int, float]],
+                     charges: Sequence[tuple[Window, int]], *, now: float,
+                     also: Sequence[Window] = ()) -> dict[Window, tuple[int, int]]:
+        """Budgets after an answer, in one round trip (a second only to clamp): each refund
+        (window, units, when it was taken) goes back to the window current then (never below
+        zero); each charge is counted now, but never past the window's amount (an overrun
+        empties a budget, never more). Returns the (previous, current) afterwards of these
+        windows and of `also`; raises the first storage failure once every write was sent."""
+        wk = windows.keys
+        reads: list[str] = []
+        back, more = [], []
+        for w, amount, at in refunds:
+            back.append((wk(w, at)[1], amount))
+        for w, amount in charges:
+            more.append((wk(w, now)[1], amount, w.ttl))
+        charged_keys = {k for k, _, _ in more}
+        refunded_keys = {k for k, _ in back}
+        touched = {w for w, _, _ in refunds} | {w for w, _ in charges} | set(also)
+        for w in touched:
+            prev_key, cur_key = wk(w, now)
+            reads.append(prev_key)
+            if cur_key not in charged_keys and cur_key not in refunded_keys:
+                reads.append(cur_key)
+        got, given, charged = await self._adjust_batch(reads, back, more)
+        for batch in (got, given, charged):
+            batch.raise_failed()
+        values = {**{k: windows.count(v) for k, v in got.values.items()}, **given.values,
+                  **charged.values}
+        out, clamp = {}, []
+        for w in touched:
+            prev_key, cur_key = wk(w, now)
+            prev, cur = values.get(prev_key, 0), values.get(cur_key, 0)
+            over = math.floor(windows.weighted(w, prev, cur, now)) - w.amount
+            if cur_key in charged.values and over > 0:
+                taken = sum(a for k, a, _ in more if k == cur_key)
+                excess = min(over, taken)
+                clamp.append((cur_key, excess))
+                cur -= excess
+            out[w] = (prev, cur)
+        if clamp:
+            (await self.decr_many(clamp)).raise_failed()
+        return out
+
+    async def _adjust_batch(self, reads: list[str], refunds: list[tuple[str, int]],
+                            charges: list[tuple[str, int, int]]
+                            ) -> tuple[Batch[bytes], Batch[int], Batch[int]]:
+        got, given, charged = await asyncio.gather(
+            self.get_many(reads), self.decr_many(refunds), self.incr_many(charges))
+        return got, given, charged
+
+    async def counts(self, wins: Sequence[Window], *, now: float
+                     ) -> dict[Window, tuple[int, int]]:
+        """(previous, current) of each window now, counting nothing; raises on failure."""
+        pairs = [windows.keys(w, now) for w in wins]
+        got = await self.get_many([k for pair in pairs for k in pair])
+        got.raise_failed()
+        return {w: (windows.count(got.values.get(p)), windows.count(got.values.get(c)))
+                for w, (p, c) in zip(wins, pairs, strict=True)}
+
+    @abstractmethod
+    def cache_backend(self) -> BaseCache:
+        """The aiocache backend over this store's bytes (keys as given: hash them)."""
+
+    def bound_cache(self, max_bytes: int) -> None:  # noqa: B027 - only memory has one
+        """The bound of the cache's bytes in this process (memory; shared stores bound
+        themselves)."""
+
+    # --- the batched primitives the sliding counters are built on ---------------------------
+
+    @abstractmethod
+    async def get_many(self, keys: Iterable[str]) -> Batch[bytes]:
+        """Values of counters and bytes; a missing key is absent."""
+
+    @abstractmethod
+    async def incr_many(self, items: Iterable[tuple[str, int, int]],
+                        existing: Collection[str] = ()) -> Batch[int]:
+        """(key, amount, ttl) -> the new values; a missing counter counts from 0 and gets
+        `ttl` seconds. `existing` names keys just read (a hint: correct either way)."""
+
+    @abstractmethod
+    async def decr_many(self, items: Iterable[tuple[str, int]]) -> Batch[int]:
+        """(key, amount) -> the new values, floored at 0; missing counts as 0."""
+
+    async def get_and_incr(self, keys: Sequence[str], items: Sequence[tuple[str, int, int]]
+                           ) -> tuple[Batch[bytes], Batch[int]]:
+        """`get_many(keys)` and `incr_many(items)` together (one round trip where it can)."""
+        return await self.get_many(keys), await self.incr_many(items)
+
+    # --- health and lifetime --------------------------------------------------------------
+
+    async def ping(self) -> list[str]:
+        """The servers down after asking each that is up (for /readyz)."""
+        return []
+
+    def down_servers(self) -> list[str]:
+        return []
+
+    def server_states(self) -> list[tuple[str, bool]]:
+        """(server, up) for every server, in configuration order."""
+        return []
+
+    async def close(self) -> None:  # noqa: B027 - a store may hold nothing to release
+        """Release connections and background tasks."""
