@@ -925,6 +925,21 @@ def test_prices_take_audio_and_image_rates():
     assert s.prices["gpt-image-1"] == PriceSettings(5.0, 1.25, 40.0, 5.0, 10.0, 40.0)
 
 
+def test_prices_take_unit_rates():
+    """Models billed by the minute, the character or the image need no token rate."""
+    s = parse({"prices": {
+        "whisper-1": {"per_minute": 0.006},
+        "tts-1": {"per_million_chars": 15},
+        "dall-e-3": {"per_image": {"standard/1024x1024": 0.04, "hd/1792x1024": 0.12}},
+        "gpt-image-9": {"input": 5, "output": 30, "image_tokens": {"high/1024x1024": 7000}}}},
+        environ=ENV)
+    assert s.prices["whisper-1"] == PriceSettings(0, 0, 0, 0, 0, 0, per_minute=0.006)
+    assert s.prices["tts-1"].per_million_chars == 15.0 and s.prices["tts-1"].output == 0
+    assert dict(s.prices["dall-e-3"].per_image) == {"standard/1024x1024": 0.04,
+                                                     "hd/1792x1024": 0.12}
+    assert dict(s.prices["gpt-image-9"].image_tokens) == {"high/1024x1024": 7000}
+
+
 @pytest.mark.parametrize("prices, line", [
     ({"gpt-4o": {"input": 1}}, "prices.gpt-4o.output: missing, expected a number"),
     ({"gpt-4.1": {"input": -1, "output": 1}},
@@ -935,7 +950,15 @@ def test_prices_take_audio_and_image_rates():
      "prices.gpt-4o.input: got '0.15', expected a number"),
     ({"gpt-4o": {"input": 1, "output": 1, "cache": 1}},
      "prices.gpt-4o.cache: unknown key (known: audio_input, audio_output, cached_audio_input, "
-     "cached_input, image_input, input, output, reasoning)"),
+     "cached_input, image_input, image_tokens, input, output, per_image, per_million_chars, "
+     "per_minute, reasoning)"),
+    ({"whisper-1": {"per_minute": -0.006}},
+     "prices.whisper-1.per_minute: got -0.006, expected >= 0 (US dollars a minute)"),
+    ({"dall-e-3": {"per_image": {"1024x1024": 0.04}}},
+     "prices.dall-e-3.per_image.1024x1024: got '1024x1024', expected a key "
+     '"quality/WIDTHxHEIGHT", like "hd/1024x1024"'),
+    ({"m": {"image_tokens": {"high/1024x1024": 100}}},
+     "prices.m.input: missing, expected a number"),
     ({"gpt-4o": {"input": 1, "output": 1, "audio_input": -2}},
      "prices.gpt-4o.audio_input: got -2.0, expected >= 0 (US dollars per 1M tokens)"),
     ({"gpt-4o": {"input": 1, "output": 1, "image_input": "x"}},
@@ -967,15 +990,19 @@ def test_redacted_prints_values_in_the_files_notation():
     assert red["clients"][0]["tokens"] == ["1/second"] and red["clients"][0]["requests"] is None
     assert red["prices"] == {"m": {"input": 1.0, "cached_input": 1.0, "output": 2.0,
                                    "audio_input": 1.0, "image_input": 1.0, "audio_output": 2.0,
-                                   "reasoning": None, "cached_audio_input": None}}
+                                   "reasoning": None, "cached_audio_input": None,
+                                   "per_minute": None, "per_million_chars": None,
+                                   "per_image": {}, "image_tokens": {}}}
     # Printed back, it loads to the same settings.
     again = json.loads(json.dumps(red))
     again["cache"].pop("storage_url")
     for c in again["clients"]:
         c.pop("requests"), c.pop("models"), c.pop("tier"), c.pop("spend"), c.pop("mint_tiers")
     again["tiers"]["free"] = {"requests": ["20/minute"]}
-    again["prices"]["m"].pop("reasoning")  # unset (null): as the shipped table says
-    again["prices"]["m"].pop("cached_audio_input")  # unset (null): the cached text rate
+    # Unset (null): reasoning as the shipped table says, cached audio at the cached text rate,
+    # no unit prices.
+    for unset in ("reasoning", "cached_audio_input", "per_minute", "per_million_chars"):
+        again["prices"]["m"].pop(unset)
     assert parse(again, environ=ENV) == parse(doc, environ=ENV)
 
 

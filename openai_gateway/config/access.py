@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 from urllib.parse import urlsplit
 
 from limits import RateLimitItemPerHour
 
 from .limits import LimitItems, Spend, as_limits, as_spend
-from .loader import Problems, coerce
+from .loader import Problems, coerce, subkey
 
 #: JWS algorithms a JWT issuer may be allowed (RFC 7518 section 3.1); "none" is not one of them.
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
@@ -226,7 +228,10 @@ class ClientSettings:
 @dataclass(frozen=True)
 class PriceSettings:
     """US dollars per 1M tokens for one model. Audio and image tokens have their own rates
-    where the model bills them apart (None: the text rate, `input` or `output`)."""
+    where the model bills them apart (None: the text rate, `input` or `output`). A voice or
+    picture model may bill other units instead or as well: US dollars a minute of audio,
+    per 1M characters, per image by "quality/size"; `image_tokens` are the image output
+    tokens one image costs, by "quality/size" (they bound the reservation)."""
 
     input: float
     cached_input: float
@@ -240,13 +245,22 @@ class PriceSettings:
     #: Cached audio input, where the model prices it apart from cached text (realtime models);
     #: unset (None): the lower of cached_input and audio_input (prices.Price).
     cached_audio_input: float | None = None
+    per_minute: float | None = None
+    per_million_chars: float | None = None
+    per_image: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    #: Unset: as the shipped table says of the model.
+    image_tokens: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @staticmethod
     def prepare(table: dict) -> dict:
         """The effective rates: cached_input defaults to input (a provider with no cache
         discount), output to audio_output (a model that only speaks), audio_input and
-        image_input to input, audio_output to output (cached_audio_input: see its field)."""
+        image_input to input, audio_output to output (cached_audio_input: see its field).
+        A row with no token rate but a unit rate (whisper-1 by the minute, tts-1 by the
+        character, DALL-E by the image) bills no tokens."""
         table = dict(table)
+        if not TOKEN_RATES & table.keys() and UNIT_RATES & table.keys():
+            table.update(input=0.0, output=0.0)
         if "cached_input" not in table and "input" in table:
             table["cached_input"] = table["input"]
         if "output" not in table and "audio_output" in table:
@@ -270,6 +284,25 @@ class PriceSettings:
                      f"at most audio_input ({self.audio_input}): cached tokens are never dearer")
         p.expect(self.cached_input <= self.input, f"{at}.cached_input", self.cached_input,
                  f"at most input ({self.input}): cached tokens are never dearer")
+        for name, unit in (("per_minute", "a minute"), ("per_million_chars", "per 1M characters")):
+            value = getattr(self, name)
+            if value is not None:
+                p.expect(value >= 0, f"{at}.{name}", value, f">= 0 (US dollars {unit})")
+        for name, table, low in (("per_image", self.per_image, 0),
+                                 ("image_tokens", self.image_tokens, 1)):
+            for key, value in table.items():
+                where = subkey(f"{at}.{name}", key)
+                p.expect(bool(IMAGE_KEY.fullmatch(key)), where, key,
+                         'a key "quality/WIDTHxHEIGHT", like "hd/1024x1024"')
+                p.expect(value >= low, where, value, f">= {low}")
+
+
+#: The keys of a price row that are token rates, and those that are other units.
+TOKEN_RATES = frozenset({"input", "cached_input", "output", "audio_input", "image_input",
+                         "audio_output", "cached_audio_input"})
+UNIT_RATES = frozenset({"per_minute", "per_million_chars", "per_image"})
+#: A per-image key: quality and size.
+IMAGE_KEY = re.compile(r"[a-z]+/[1-9][0-9]*x[1-9][0-9]*")
 
 
 @dataclass(frozen=True)

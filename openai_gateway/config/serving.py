@@ -9,6 +9,7 @@ sections are checked by `settings.Settings`). Limits, budgets and storage URLs g
 from __future__ import annotations
 
 import ipaddress
+import re
 import typing
 from dataclasses import dataclass
 from typing import Literal
@@ -31,6 +32,21 @@ KNOWN_TOOLS = ("function", "custom", "web_search", "web_search_preview", "file_s
                "image_generation", "code_interpreter", "mcp", "computer_use_preview",
                "local_shell", "shell", "apply_patch")
 KNOWN_SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
+#: Values OpenAI documents for the voice and pictures allowlists (spec of 2026-08 and SDK 3.57);
+#: others are allowed with a warning, like tools.
+KNOWN_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage",
+                "shimmer", "verse", "marin", "cedar")
+KNOWN_SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+KNOWN_TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json")
+KNOWN_IMAGE_QUALITIES = ("auto", "low", "medium", "high", "xhigh", "max", "standard", "hd")
+KNOWN_IMAGE_FORMATS = ("png", "jpeg", "webp", "gif", "svg")
+#: Allowlists whose every value is one of OpenAI's (a typo would allow nothing).
+_CLOSED_LISTS = {"speech_stream_formats": ("audio", "sse"),
+                 "timestamp_granularities": ("segment", "word"),
+                 "image_backgrounds": ("auto", "opaque", "transparent"),
+                 "image_moderation": ("auto", "low")}
+#: An image size: "auto", or WIDTHxHEIGHT.
+IMAGE_SIZE = re.compile(r"auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4}")
 
 
 def as_storage(value) -> StorageURL | None:
@@ -234,7 +250,7 @@ class ValidationSettings:
     max_input_chars: int = 10_000
     #: The output cap; also sent upstream when the client sends no output limit.
     max_tokens: int = 4096
-    #: Caps n and best_of.
+    #: Caps n and best_of (and the images of one image request).
     max_n: int = 4
     max_messages: int = 200
     #: Tool types a request may declare (hosted tools cost extra or reach outside the gateway).
@@ -243,18 +259,49 @@ class ValidationSettings:
     #: False: /v1/responses goes upstream with store=false and stored-state features are refused.
     stored_state: bool = False
     #: Image parts per request (0: none); each is reserved at up to the model's largest figure.
+    #: Also the images one image edit reads.
     max_images: int = 10
+    #: One multipart upload (an audio file, images to edit), in bytes: larger is 413 and never
+    #: forwarded. OpenAI's own limit for audio files is 25 MB.
+    max_upload_bytes: int = 26_214_400
+    #: Speech: voices (names, or custom voice ids), `response_format`s and `stream_format`s.
+    speech_voices: tuple[str, ...] = KNOWN_VOICES
+    speech_formats: tuple[str, ...] = KNOWN_SPEECH_FORMATS
+    speech_stream_formats: tuple[str, ...] = ("audio", "sse")
+    #: Transcriptions and translations: `response_format`s and `timestamp_granularities[]`.
+    transcription_formats: tuple[str, ...] = KNOWN_TRANSCRIPTION_FORMATS
+    timestamp_granularities: tuple[str, ...] = ("segment", "word")
+    #: Images: sizes (OpenAI's fixed ones; add WIDTHxHEIGHT sizes for gpt-image-2), qualities,
+    #: backgrounds, moderation levels ("low" filters less, and what it lets through is the
+    #: account's to answer for) and output formats (gif and svg are previews, priced apart).
+    image_sizes: tuple[str, ...] = ("auto", "1024x1024", "1536x1024", "1024x1536", "256x256",
+                                    "512x512", "1792x1024", "1024x1792")
+    image_qualities: tuple[str, ...] = ("auto", "low", "medium", "high", "standard", "hd")
+    image_backgrounds: tuple[str, ...] = ("auto", "opaque", "transparent")
+    image_moderation: tuple[str, ...] = ("auto",)
+    image_formats: tuple[str, ...] = ("png", "jpeg", "webp")
 
     def check(self, at: str, p: Problems) -> None:
-        p.positive(self, at, "max_input_chars", "max_tokens", "max_n", "max_messages")
+        p.positive(self, at, "max_input_chars", "max_tokens", "max_n", "max_messages",
+                   "max_upload_bytes")
         p.expect(self.max_images >= 0, f"{at}.max_images", self.max_images, ">= 0 (0 = no images)")
-        for name, known in (("allowed_tools", KNOWN_TOOLS),
-                            ("allowed_service_tiers", KNOWN_SERVICE_TIERS)):
+        open_lists: tuple[tuple[str, tuple[str, ...]], ...] = (
+            ("allowed_tools", KNOWN_TOOLS), ("allowed_service_tiers", KNOWN_SERVICE_TIERS),
+            ("speech_voices", KNOWN_VOICES), ("speech_formats", KNOWN_SPEECH_FORMATS),
+            ("transcription_formats", KNOWN_TRANSCRIPTION_FORMATS),
+            ("image_qualities", KNOWN_IMAGE_QUALITIES), ("image_formats", KNOWN_IMAGE_FORMATS))
+        for name, known in open_lists:
             for i, value in enumerate(getattr(self, name)):
                 p.expect(bool(value.strip()), f"{at}.{name}[{i}]", value, "a non-empty string")
                 if value.strip() and value not in known:
                     p.warnings.append(f"{at}.{name}[{i}]: {value!r} is not one OpenAI "
                                       f"documents ({', '.join(known)})")
+        for name, known in _CLOSED_LISTS.items():
+            for i, value in enumerate(getattr(self, name)):
+                p.expect(value in known, f"{at}.{name}[{i}]", value, "one of " + ", ".join(known))
+        for i, value in enumerate(self.image_sizes):
+            p.expect(bool(IMAGE_SIZE.fullmatch(value)), f"{at}.image_sizes[{i}]", value,
+                     '"auto" or WIDTHxHEIGHT, like "1024x1024"')
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """A fake OpenAI API: the demo's upstream, and (configured by the tests) their fake upstream.
 
 It answers the routes the gateway forwards in OpenAI's formats: chat completions, completions,
-embeddings, responses, moderations and the model list. Chat, completions and responses stream
-as server-sent events; `stream_options.include_usage` adds the usage-only chunk (and `"usage":
-null` on every other chunk), as OpenAI does. `usage` has OpenAI's shapes, details included:
-cached prompt tokens are counted inside the prompt tokens and reasoning tokens inside the
-completion tokens. `max_completion_tokens` / `max_tokens` (chat), `max_tokens` (completions) and
-`max_output_tokens` (responses) cut the answer: finish_reason "length", or a response with status
-"incomplete" whose stream ends with `response.incomplete`.
+embeddings, responses, moderations and the model list; speech, transcriptions, translations
+and images through `media` (fake_media.FakeMedia, on by default). Chat, completions and
+responses stream as server-sent events; `stream_options.include_usage` adds the usage-only
+chunk (and `"usage": null` on every other chunk), as OpenAI does. `usage` has OpenAI's shapes,
+details included: cached prompt tokens are counted inside the prompt tokens and reasoning tokens
+inside the completion tokens. `max_completion_tokens` / `max_tokens` (chat), `max_tokens`
+(completions) and `max_output_tokens` (responses) cut the answer: finish_reason "length", or a
+response with status "incomplete" whose stream ends with `response.incomplete`.
 
 Tokens are words: an answer costs one token a word; a prompt about one per four characters,
 plus its images (chat `image_url`, Responses `input_image`) by OpenAI's rules for the model and
@@ -30,7 +31,9 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from ..policy import media, sniff
+from ..policy import media as vision
+from ..policy import sniff
+from .fake_media import FakeMedia
 from .fake_realtime import FakeRealtime
 from .formats import (
     DONE,
@@ -77,6 +80,8 @@ class FakeOpenAI:
     framed_chat_stream: bool = True
     #: The realtime routes (fake_realtime.FakeRealtime), served when given.
     realtime: FakeRealtime | None = None
+    #: The voice and pictures routes (fake_media.FakeMedia); None: not served.
+    media: FakeMedia | None = field(default_factory=FakeMedia)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -88,6 +93,9 @@ class FakeOpenAI:
         app.router.add_get("/v1/models", self.list_models)
         if self.realtime is not None:
             self.realtime.add_to(app)
+        if self.media is not None:
+            self.media.headers = self.headers
+            self.media.add_to(app)
         app.router.add_route("*", "/{tail:.*}", self.unknown)
         return app
 
@@ -314,5 +322,5 @@ def image_tokens(model, value) -> int:
     else:
         return image_tokens(model, value.get("content"))
     size = sniff.image_size(url) if isinstance(url, str) else None
-    return media.image_tokens(model if isinstance(model, str) else None, detail or "auto",
+    return vision.image_tokens(model if isinstance(model, str) else None, detail or "auto",
                               size or REALISTIC_IMAGE)

@@ -21,6 +21,8 @@ images they read as input tokens.
 Not modelled: Batch/Flex/Priority tiers, regional-processing uplifts, hosted-tool fees, cache
 writes, and the long-context rate some models charge above 272K input tokens (the default
 `validation.max_input_chars` keeps prompts far below that).
+Voice and picture models may also bill minutes, characters or images: a `Price` carries those
+rates in `units` (unit_prices.UnitRates), and units.py reserves and settles them.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from types import MappingProxyType
 from ..config.limits import MICRO  # micro-dollars in a dollar, defined once
 from ..policy.media import SNAPSHOT
 from ..policy.usage import Usage  # the one definition of an answer's tokens
+from .unit_prices import AS_OF, MEDIA_ROWS, NO_UNITS, UnitRates
 
 #: Prices are per this many tokens, as OpenAI publishes them.
 PER_TOKENS = 1_000_000
@@ -85,6 +88,7 @@ class Price:
     gpt-realtime-mini it is five times cached text).
     `reasoning`: the model reasons before it writes, in tokens billed as output that a stream
     never shows, so a stream stopped early may have cost its whole output cap.
+    `units`: what the model bills besides tokens (minutes, characters, images), if anything.
     """
 
     input: int
@@ -96,6 +100,7 @@ class Price:
     audio_output: int = TEXT_RATE
     reasoning: bool = False
     cached_audio_input: int = TEXT_RATE
+    units: UnitRates = NO_UNITS
 
     def __post_init__(self) -> None:
         for name, text in (("audio_input", self.input), ("image_input", self.input),
@@ -119,17 +124,27 @@ class Price:
         if self.cached_audio_input > self.audio_input:
             raise ValueError(f"cached_audio_input ({usd(self.cached_audio_input)}) is more than "
                              f"audio_input ({usd(self.audio_input)}) dollars per 1M tokens")
+        u = self.units
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in (
+                u.per_minute, u.per_million_chars, *(v for _, v in u.per_image),
+                *(v for _, v in u.image_tokens))):
+            raise ValueError(f"unit rates must be ints >= 0, got {u!r}")
 
     @classmethod
     def from_usd(cls, *, input: Dollars, output: Dollars, cached_input: Dollars | None = None,
                  as_of: str = "", audio_input: Dollars | None = None,
                  image_input: Dollars | None = None, audio_output: Dollars | None = None,
-                 reasoning: bool = False, cached_audio_input: Dollars | None = None) -> Price:
+                 reasoning: bool = False, cached_audio_input: Dollars | None = None,
+                 per_minute: Dollars | None = None, per_million_chars: Dollars | None = None,
+                 per_image: Mapping[str, Dollars] | None = None,
+                 image_tokens: Mapping[str, int] | None = None) -> Price:
         """Build from US dollars per 1M tokens, as `[prices]` writes them.
 
         `cached_input`, `audio_input` and `image_input` default to `input` (a model without a
         cache discount, or that bills audio and images as text), `audio_output` to `output`,
-        `cached_audio_input` to `cached_input`.
+        `cached_audio_input` to `cached_input`. `per_minute`, `per_million_chars` and
+        `per_image` (by "quality/size") are US dollars per minute, per 1M characters and per
+        image; `image_tokens` (by "quality/size") are image output tokens (unit_prices).
         Raises `ValueError` naming the field for a negative or non-numeric value.
         """
         amounts = {}
@@ -142,7 +157,30 @@ class Price:
                 amounts[name] = TEXT_RATE if value is None else micro_from_usd(value)
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc} per 1M tokens") from None
-        return cls(as_of=as_of, reasoning=reasoning, **amounts)
+        units = unit_rates(per_minute=per_minute, per_million_chars=per_million_chars,
+                           per_image=per_image, image_tokens=image_tokens)
+        return cls(as_of=as_of, reasoning=reasoning, units=units, **amounts)
+
+
+def unit_rates(*, per_minute: Dollars | None = None, per_million_chars: Dollars | None = None,
+               per_image: Mapping[str, Dollars] | None = None,
+               image_tokens: Mapping[str, int] | None = None) -> UnitRates:
+    """`UnitRates` from US dollars (see `Price.from_usd`); ValueError naming the field."""
+    def micro(name: str, value) -> int:
+        try:
+            return micro_from_usd(value)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+
+    if not (per_minute or per_million_chars or per_image or image_tokens):
+        return NO_UNITS
+    return UnitRates(
+        per_minute=0 if per_minute is None else micro("per_minute", per_minute),
+        per_million_chars=(0 if per_million_chars is None
+                           else micro("per_million_chars", per_million_chars)),
+        per_image=tuple(sorted((k, micro(f"per_image.{k}", v))
+                               for k, v in (per_image or {}).items())),
+        image_tokens=tuple(sorted((image_tokens or {}).items())))
 
 
 def _ceil_div(numerator: int, denominator: int) -> int:
@@ -208,16 +246,25 @@ def table(rows: Mapping[str, object]) -> PriceTable:
 def configured(model: str, *, input: float, cached_input: float, output: float,
                audio_input: float | None = None, image_input: float | None = None,
                audio_output: float | None = None, reasoning: bool | None = None,
-               cached_audio_input: float | None = None) -> Price:
-    """An operator's `[prices]` row (US dollars per 1M tokens). `reasoning` unset keeps what
-    the shipped table says of the model (or of its family, for a dated snapshot), else False."""
+               cached_audio_input: float | None = None, per_minute: float | None = None,
+               per_million_chars: float | None = None,
+               per_image: Mapping[str, float] | None = None,
+               image_tokens: Mapping[str, int] | None = None) -> Price:
+    """An operator's `[prices]` row (US dollars per 1M tokens, and per unit). `reasoning`
+    unset keeps what the shipped table says of the model (or of its family, for a dated
+    snapshot), else False; so does `image_tokens` when the row gives none (the output tokens
+    an image costs are a fact of the model, not of its price)."""
+    shipped = PriceTable(defaults=DEFAULT_PRICES).price_for(model)
     if reasoning is None:
-        shipped = PriceTable(defaults=DEFAULT_PRICES).price_for(model)
         reasoning = shipped.reasoning if shipped is not None else False
+    if not image_tokens and shipped is not None and shipped.units.image_tokens:
+        image_tokens = dict(shipped.units.image_tokens)
     return Price.from_usd(input=input, cached_input=cached_input, output=output,
                           audio_input=audio_input, image_input=image_input,
                           audio_output=audio_output, reasoning=reasoning,
-                          cached_audio_input=cached_audio_input)
+                          cached_audio_input=cached_audio_input, per_minute=per_minute,
+                          per_million_chars=per_million_chars, per_image=per_image,
+                          image_tokens=image_tokens)
 
 
 class PriceTable:
@@ -365,4 +412,7 @@ DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType({
                                     "0.80", "2026-12-06", reasoning=True),
     "gpt-4o-mini-realtime-preview": _voice(("0.60", "0.30", "2.40"), ("10.00", "0.30", "20.00"),
                                            None, "2026-12-06"),
+    # Voice and pictures: per token and per unit, with their sources, in unit_prices
+    **{model: Price.from_usd(**{"input": 0, "output": 0, "as_of": AS_OF, **row})
+       for model, row in MEDIA_ROWS.items()},
 })

@@ -4,7 +4,10 @@
   param (strict JSON, model, knobs, input size);
 - `forward`: `forward_body`, the exact bytes that go upstream;
 - `media`: the tokens of image, audio and file parts, reserved before a request is sent;
-- `usage`: `Usage`, the usage of an answer or a stream event, and `prompt_estimate`.
+- `usage`: `Usage`, the usage of an answer or a stream event, and `prompt_estimate`;
+- `speech`, `transcription`, `images`: the voice and pictures routes' rules, over JSON bodies
+  or multipart parts (`form`: the parts' own rules; `fields`: typed reads of either form),
+  producing the `units` (policy.units) they are priced by.
 """
 from .forward import forward_body
 from .refusal import Refusal

@@ -1,17 +1,22 @@
 """The request policy as one pure check: raw bytes in, a `ParsedRequest` or a `Refusal` out.
 
-Built once from `[validation]`; `check` is the per-request path. The order below only decides
+Built once from `[validation]`; `check` is the per-request path for JSON bodies, `check_form`
+for multipart ones (the parts as pipeline.uploads read them). The order below only decides
 which refusal a request with several problems gets: the body, then the model, then the knobs
-(cheap), then the walk over everything the model reads.
+(cheap), then the walk over everything the model reads. The voice and pictures routes have
+their rules in policy.speech, policy.transcription and policy.images, and their parsed request
+carries the `units` they are priced by (policy.units).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from ..config.settings import ValidationSettings
-from . import inputs, knobs, media
+from . import images, inputs, knobs, media, speech, transcription
+from .form import FormPart, collect
 from .jsonbody import parse_object
 from .refusal import Refusal, shown
+from .units import Units
 from .usage import prompt_estimate
 
 #: The field each route requires besides `model` (moderations has no required model).
@@ -23,6 +28,17 @@ REQUIRED_INPUT = {
     "/v1/moderations": "input",
 }
 MODEL_OPTIONAL = frozenset({"/v1/moderations"})
+#: The voice and pictures routes, by the form of their body.
+MEDIA_JSON = frozenset({speech.ROUTE, images.GENERATIONS, images.EDITS})
+MEDIA_FORM = {
+    transcription.TRANSCRIPTIONS: (transcription.TEXT[transcription.TRANSCRIPTIONS],
+                                   transcription.FILES,
+                                   transcription.DATA[transcription.TRANSCRIPTIONS]),
+    transcription.TRANSLATIONS: (transcription.TEXT[transcription.TRANSLATIONS],
+                                 transcription.FILES,
+                                 transcription.DATA[transcription.TRANSLATIONS]),
+    images.EDITS: (images.EDIT_FORM_TEXT, images.EDIT_FORM_FILES, frozenset()),
+}
 
 
 @dataclass(slots=True)
@@ -45,6 +61,9 @@ class ParsedRequest:
     image_tokens: int = 0
     audio_tokens: int = 0
     file_tokens: int = 0
+    #: Voice and pictures routes: what the request asks to be made, in the units it is priced
+    #: by (metering.units reserves and settles from them). None on the text routes.
+    units: Units | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -70,6 +89,8 @@ class RequestPolicy:
         body = parse_object(raw)
         model = self._model(route, body, self.allowed if allowed_models is None
                             else allowed_models)
+        if route in MEDIA_JSON:
+            return self._media_json(route, body, model)
         stream = body.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise Refusal("Invalid type for 'stream': expected a boolean.", "stream")
@@ -94,6 +115,45 @@ class RequestPolicy:
         return ParsedRequest(body, model, bool(stream), chars, max_tokens, choices,
                              {**cap_field, **additions}, route, found.image, found.audio,
                              found.file)
+
+    def check_form(self, route: str, parts: list[FormPart],
+                   allowed_models: frozenset[str] | None = None, *, upload_bytes: int = 0
+                   ) -> ParsedRequest:
+        """A multipart request (transcriptions, translations, image edits), from its parts:
+        policy.form's rules, then the route's. Its `body` is the text fields by name."""
+        text, files, data = MEDIA_FORM[route]
+        form = collect(parts, text=text, files=files, data=data)
+        model = self._model(route, form.text, self.allowed if allowed_models is None
+                            else allowed_models)
+        if route == images.EDITS:
+            found = images.check_edit_form(form, self.rules, upload_bytes)
+            return self._media(route, form.text, model, found.stream, found.chars, found.units)
+        audio = transcription.check(route, form, model, self.rules, upload_bytes)
+        return self._media(route, form.text, model, audio.stream, audio.chars, audio.units)
+
+    def _media_json(self, route: str, body: dict, model: str | None) -> ParsedRequest:
+        if route == speech.ROUTE:
+            said = speech.check(body, self.rules)
+            return self._media(route, body, model, said.sse, said.chars, said.units)
+        check = images.check_generation if route == images.GENERATIONS else \
+            images.check_edit_json
+        found = check(body, self.rules)
+        return self._media(route, body, model, found.stream, found.chars, found.units)
+
+    def _media(self, route: str, body: dict, model: str | None, stream: bool, chars: int,
+               units: Units) -> ParsedRequest:
+        """The parsed request of a voice or pictures route. Its token figures are the bounds
+        the units carry (speech: audio output tokens; transcription: audio input tokens and
+        the output cap); an image's output tokens depend on the model's table and are left to
+        metering.units."""
+        if chars > self.rules.max_input_chars:
+            field_ = "input" if route == speech.ROUTE else "prompt"
+            raise Refusal(f"The input is too long: {chars} characters, this gateway allows "
+                          f"{self.rules.max_input_chars}.", field_, "context_length_exceeded")
+        output = units.audio_output_tokens or units.output_tokens
+        return ParsedRequest(body, model, stream, chars, output, max(units.images, 1), {},
+                             route, image_tokens=units.image_input_tokens,
+                             audio_tokens=units.audio_input_tokens, units=units)
 
     @staticmethod
     def _model(route: str, body: dict, allowed: frozenset[str]) -> str | None:

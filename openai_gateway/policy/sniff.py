@@ -1,5 +1,6 @@
-"""Sizes read from the first bytes of base64 data: an image's width and height (PNG, JPEG,
-WebP) and a WAV file's bytes per second. Pure, bounded, and never trusted beyond the header.
+"""Sizes read from the first bytes of base64 data or of an upload: an image's width and height
+(PNG, JPEG, WebP), a WAV file's bytes per second, whether a file is MP3. Pure, bounded, and
+never trusted beyond the header.
 
 Only what a decoder itself reads is used (PNG's IHDR, JPEG's frame header, WebP's frame or
 canvas header, WAV's `fmt ` chunk), so the size found is the size the upstream decodes. GIF is
@@ -106,7 +107,12 @@ def wav_bytes_per_second(payload: str) -> int | None:
     """Bytes per second of a base64 WAV file of linear PCM, float, A-law or mu-law samples
     (sample rate x block align, as a decoder plays it), or None for anything else."""
     data = head(payload, 4096)
-    if data is None or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+    return None if data is None else wav_rate(data)
+
+
+def wav_rate(data: bytes) -> int | None:
+    """`wav_bytes_per_second` of a WAV file's first bytes (its RIFF header and `fmt ` chunk)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
     at = 12
     while at + 8 <= len(data):
@@ -121,3 +127,9 @@ def wav_bytes_per_second(payload: str) -> int | None:
             return rate * align if tag in WAV_LINEAR and rate > 0 and align > 0 else None
         at += 8 + size + (size & 1)  # chunks are padded to an even size
     return None
+
+
+def is_mp3(data: bytes) -> bool:
+    """An MP3 file's first bytes: an ID3v2 tag, or an MPEG audio frame's sync word."""
+    return data[:3] == b"ID3" or (len(data) >= 2 and data[0] == 0xFF
+                                  and data[1] & 0xE0 == 0xE0)

@@ -9,6 +9,7 @@ never nothing.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -38,7 +39,8 @@ OUTPUT_DETAILS = ("completion_tokens_details", "output_tokens_details", "output_
 class Usage:
     """Tokens of one answer, as the upstream reports them: `cached_input`, `audio_input` and
     `image_input` are parts of `input`; `reasoning` and `audio_output` parts of `output`.
-    Each part is billed at its own price (prices.cost)."""
+    Each part is billed at its own price (prices.cost). `seconds`: the audio a model billed
+    by the minute read (whisper-1 reports `{"type": "duration", "seconds": N}`, no tokens)."""
 
     input: int = 0
     output: int = 0
@@ -50,6 +52,7 @@ class Usage:
     #: The audio tokens among `cached_input`, when the upstream says (realtime does, in
     #: `cached_tokens_details`): cached audio has its own price on some models.
     cached_audio_input: int = 0
+    seconds: float = 0.0
 
     @property
     def total(self) -> int:
@@ -104,8 +107,15 @@ def prompt_estimate(input_chars: int) -> int:
 
 
 def usage_of(doc) -> Usage | None:
-    """A `usage` object of either API generation (chat/completions/embeddings or responses)."""
+    """A `usage` object of either API generation (chat/completions/embeddings or responses),
+    or the duration a transcription reports instead of tokens."""
     if not isinstance(doc, dict):
+        return None
+    if doc.get("type") == "duration":
+        seconds = doc.get("seconds")
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) \
+                and math.isfinite(seconds) and seconds >= 0:
+            return Usage(seconds=float(seconds))
         return None
     tin = _count(doc, "prompt_tokens", "input_tokens")
     tout = _count(doc, "completion_tokens", "output_tokens")
@@ -146,6 +156,29 @@ def usage_from_answer(body: bytes) -> Usage | None:
     """
     if len(body) <= WHOLE_PARSE_BYTES:
         return _whole_usage(body)
+    found = _root_usage(body)
+    return _whole_usage(body) if found is _UNDECIDED else found
+
+
+def usage_near_end(tail: bytes) -> Usage | None:
+    """The root `usage` member of a JSON document of which only the last bytes are at hand
+    (`tail` must end where the document ends): how a stream event of megabytes, such as an
+    image stream's last event (the whole image, then its usage), is read without holding it.
+
+    Whether a key is the root's is decided from the key to the end alone, so the cut may fall
+    anywhere before it; a `"usage"` key whose object lies partly before the cut is not seen.
+    None also past MAX_CANDIDATES nested `"usage"` keys (there is no whole to parse).
+    """
+    found = _root_usage(tail)
+    return None if found is _UNDECIDED else found
+
+
+#: _root_usage's verdict when it gave up (too many nested `"usage"` keys).
+_UNDECIDED = object()
+
+
+def _root_usage(body: bytes):
+    """The root `usage` found from the end of `body` (a Usage or None), or _UNDECIDED."""
     end = len(body)
     for _ in range(MAX_CANDIDATES):
         at = body.rfind(_USAGE_KEY, 0, end)
@@ -157,7 +190,7 @@ def usage_from_answer(body: bytes) -> Usage | None:
         found, value = _root_member(body, at + len(_USAGE_KEY))
         if found:
             return _loaded_usage(value) if value is not None else None
-    return _whole_usage(body)
+    return _UNDECIDED
 
 
 def _whole_usage(body: bytes) -> Usage | None:

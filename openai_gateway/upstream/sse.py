@@ -5,6 +5,12 @@ is written as soon as it arrives (never compressed: a compressor holds bytes bac
 that goes away is normal (the caller's context closes the upstream request), and an upstream
 that breaks mid-stream ends the client's stream with an OpenAI-shaped error event.
 
+Events of any size pass: the upstream body is read with `iter_any()` (whatever arrived), so no
+line limit applies to it (aiohttp's `max_line_size` and `max_field_size` bound the response
+head; `read_bufsize` is a flow-control mark, not a cap). An event past MAX_HELD (an image
+stream's whole base64 images) is passed on as it arrives; its type and its usage are read from
+its first and last bytes.
+
 A client that stops reading is dropped after `write_timeout` seconds without progress: aiohttp
 has no write timeout, and an answer nobody reads stays in the connection's buffer (four
 sockets held 210 MB of 43 MB embeddings answers) for as long as the client keeps it open.
@@ -20,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from ..errors import error_body
-from ..policy.usage import OutputCounter, Usage, usage_from_event
+from ..policy.usage import OutputCounter, Usage, usage_from_event, usage_near_end
 
 #: Headers every SSE answer carries. no-cache: never stored by a browser or CDN;
 #: X-Accel-Buffering: tells nginx not to buffer even where proxy_buffering is on.
@@ -33,8 +39,23 @@ DONE = b"[DONE]"
 #: The responses API ends with one of these events instead of [DONE] (incomplete: the output
 #: cap was reached, which is a whole answer too).
 RESPONSES_DONE = (b"response.completed", b"response.incomplete")
-#: An incomplete event larger than this is passed on unparsed rather than held.
+#: Event types after which nothing valid follows: the end of the client's response goes out
+#: in the same write. Speech and transcription streams end with their `done` event.
+TERMINAL_TYPES = frozenset({"response.completed", "response.incomplete", "speech.audio.done",
+                            "transcript.text.done"})
+#: Event types that make a stream whole while more of them may follow (an image stream has one
+#: `completed` event per image, each with the image and the usage so far): such a stream ends
+#: when the upstream ends it.
+COMPLETING_TYPES = frozenset({"image_generation.completed", "image_edit.completed"})
+_END_TYPES = {t.encode(): t for t in TERMINAL_TYPES | COMPLETING_TYPES}
+#: An incomplete event larger than this is not held: it is passed on as it arrives, and only
+#: its first HEAD_BYTES (its type) and last TAIL_BYTES (its usage) are kept. An image stream's
+#: events are whole base64 images, megabytes each; the last one's usage follows its image.
 MAX_HELD = 256 * 1024
+HEAD_BYTES = 512
+TAIL_BYTES = 64 * 1024
+#: `{"type": "..."` at the start of an event's data: OpenAI writes the type first.
+_LEADING_TYPE = re.compile(rb'\{\s*"type"\s*:\s*"([A-Za-z0-9_.]{1,100})"')
 INTERRUPTED = b"data: " + error_body(
     "The upstream stream was interrupted.", "server_error", None, "upstream_interrupted"
 ) + b"\n\n"
@@ -67,32 +88,68 @@ class StreamOutcome:
 
 
 @dataclass(slots=True)
+class _Oversized:
+    """An event past MAX_HELD, being passed on: its first and last bytes, and its size."""
+
+    head: bytes
+    tail: bytes
+
+    def take(self, chunk: bytes) -> int:
+        """Add the next bytes; the index in `chunk` just past the event's end, or -1. The
+        blank line that ends it may straddle two chunks: the tail's last bytes are searched
+        with the chunk's first (they hold no whole blank line, or it would have been found).
+        Nothing is copied but the kept tail: chunks are up to a read's size."""
+        carry = self.tail[-3:]
+        m = EVENT_END.search(carry + chunk[:3])
+        if m is not None and m.end() > len(carry):
+            cut = m.end() - len(carry)
+        else:
+            m = EVENT_END.search(chunk)
+            cut = -1 if m is None else m.end()
+        piece = memoryview(chunk) if cut < 0 else memoryview(chunk)[:cut]
+        if len(piece) >= TAIL_BYTES:
+            self.tail = bytes(piece[-TAIL_BYTES:])
+        else:
+            self.tail = self.tail[max(0, len(self.tail) + len(piece) - TAIL_BYTES):] + piece
+        return cut
+
+
+@dataclass(slots=True)
 class _Inspector:
     """Finds complete events in the byte flow: usage, the end marker, the extra usage chunk."""
 
     strip_usage_chunk: bool
     held: bytes = b""
     outcome: StreamOutcome = field(default_factory=StreamOutcome)
+    #: A terminal event was seen: nothing valid follows it.
+    terminal: bool = False
+    #: The event being passed on because it is too large to hold.
+    big: _Oversized | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         """Take a chunk, return the bytes to send now (everything, unless stripping)."""
+        if self.big is not None:
+            cut = self.big.take(chunk)
+            self.outcome.output.tokens += len(chunk) if cut < 0 else cut  # unread: every byte
+            if cut < 0:
+                return chunk
+            self.finish_oversized()
+            rest = self.feed(chunk[cut:]) if cut < len(chunk) else b""
+            return chunk[:cut] + rest if self.strip_usage_chunk else chunk
         data = self.held + chunk if self.held else chunk
         ends = list(EVENT_END.finditer(data))
         if not ends:
             if len(data) <= MAX_HELD:
                 self.held = data
                 return b"" if self.strip_usage_chunk else chunk
-            # Too large to be the usage chunk: pass it on unparsed. When stripping, the held
+            # Too large to be the usage chunk: pass it on as it comes. When stripping, the held
             # bytes were not sent yet, so they go out now with the chunk.
-            self.held = b""
-            self.outcome.output.tokens += len(data)  # unread, so counted whole
+            self._oversized(data)
             return data if self.strip_usage_chunk else chunk
         cut = ends[-1].end()
         tail = data[cut:]
         overflow = len(tail) > MAX_HELD
         self.held = b"" if overflow else tail
-        if overflow:
-            self.outcome.output.tokens += len(tail)
         events, start, keep = data[:cut], 0, []
         for m in ends:
             event = events[start:m.end()]
@@ -100,17 +157,46 @@ class _Inspector:
             if self._inspect(event) and self.strip_usage_chunk:
                 continue  # the usage-only chunk the gateway asked for, not the client
             keep.append(event)
+        if overflow:
+            self._oversized(tail)
         if not self.strip_usage_chunk:
             return chunk
         out = b"".join(keep) if len(keep) != len(ends) else events
         return out + tail if overflow else out
 
+    def _oversized(self, data: bytes) -> None:
+        self.held = b""
+        self.outcome.output.tokens += len(data)  # unread, so counted whole
+        self.big = _Oversized(data[:HEAD_BYTES], data[-TAIL_BYTES:])
+
+    def finish_oversized(self, *, whole: bool = True) -> None:
+        """The oversized event ended (whole: at its blank line; else the stream ended without
+        one): its type from its first bytes, and its root usage from its last
+        (policy.usage.usage_near_end). An event cut by the end of the stream counts as an end
+        marker only when its usage, which OpenAI writes last, was read whole."""
+        big, self.big = self.big, None
+        if big is None:
+            return
+        self.outcome.events += 1
+        body = big.tail.rstrip(b"\r\n")
+        usage = usage_near_end(body) if b'"usage"' in body else None
+        if usage is not None:
+            self.outcome.usage = usage
+        if whole or usage is not None:
+            self._end(_head_type(big.head))
+
+    def _end(self, kind: str | None) -> None:
+        if kind is None:
+            return
+        self.outcome.complete = True
+        self.terminal = self.terminal or kind not in COMPLETING_TYPES
+
     def _inspect(self, event: bytes) -> bool:
         """Record usage, output and completion; True if this is a usage-only chunk."""
         self.outcome.events += 1
         self.outcome.output.feed(event)
-        if (DONE in event or any(e in event for e in RESPONSES_DONE)) and _ends_stream(event):
-            self.outcome.complete = True
+        if DONE in event or any(t in event for t in _END_TYPES):
+            self._end(_end_type(event))
         if b'"usage"' not in event or (b'"usage":null' in event and b'"usage":{' not in event
                                        and b'"usage": {' not in event):
             return False
@@ -128,26 +214,37 @@ class _Inspector:
         return False
 
 
-def _ends_stream(event: bytes) -> bool:
-    """True for the end marker itself, not for an answer whose text mentions it."""
+def _end_type(event: bytes) -> str | None:
+    """The end marker an event is ("[DONE]" or one of TERMINAL_TYPES / COMPLETING_TYPES), not
+    an answer whose text mentions one: its `event:` field, or its data's own `type`."""
     for line in event.splitlines():
         field, _, value = line.partition(b":")
         value = value.removeprefix(b" ")
         if field == b"data" and value == DONE:
-            return True
-        if field == b"event" and value in RESPONSES_DONE:
-            return True
-        if field == b"data" and any(e in value for e in RESPONSES_DONE):  # no event: line
+            return "[DONE]"
+        if field == b"event" and value in _END_TYPES:
+            return _END_TYPES[value]
+        if field == b"data" and any(t in value for t in _END_TYPES):  # no event: line
             try:
                 obj = orjson.loads(value)
             except orjson.JSONDecodeError:
                 continue
-            if isinstance(obj, dict) and obj.get("type") in _RESPONSES_DONE_TYPES:
-                return True
-    return False
+            kind = obj.get("type") if isinstance(obj, dict) else None
+            if isinstance(kind, str) and kind.encode() in _END_TYPES:
+                return kind
+    return None
 
 
-_RESPONSES_DONE_TYPES = frozenset(e.decode() for e in RESPONSES_DONE)
+def _head_type(head: bytes) -> str | None:
+    """The end marker type an oversized event declares in its first bytes, or None."""
+    for line in head.split(b"\n"):
+        field, _, value = line.rstrip(b"\r").partition(b":")
+        value = value.removeprefix(b" ")
+        if field == b"event":
+            return _END_TYPES.get(value)
+        if field == b"data" and (m := _LEADING_TYPE.match(value)) is not None:
+            return _END_TYPES.get(m[1])
+    return None
 
 
 async def relay(request: web.Request, upstream: aiohttp.ClientResponse,
@@ -209,7 +306,7 @@ async def _pump(request: web.Request, upstream: aiohttp.ClientResponse,
                 data = inspector.feed(chunk)
                 if not data or ended:
                     continue
-                ended = outcome.complete and not inspector.held
+                ended = inspector.terminal and not inspector.held and inspector.big is None
                 since = loop.time()
                 try:
                     await write_within(request, out, data, write_timeout, last=ended)
@@ -231,6 +328,7 @@ async def _pump(request: web.Request, upstream: aiohttp.ClientResponse,
 async def _finish(request: web.Request, out: web.StreamResponse, inspector: _Inspector,
                   write_timeout: float | None) -> None:
     outcome = inspector.outcome
+    inspector.finish_oversized(whole=False)  # a last oversized event without its blank line
     if inspector.held:
         # A last event without its blank line (e.g. "data: [DONE]\n"). Unless stripping, its
         # bytes were already sent; only its meaning is left to read.
