@@ -4,7 +4,7 @@
     python bench/attacks.py --only hang-up --only images
 
 Every attack runs against a real `python gateway.py` of its own, started with a config written
-to a temporary directory, in front of the tests' fake OpenAI upstream (tests/fake_upstream.py)
+to a temporary directory, in front of the tests' fake OpenAI upstream (tests/support/fake_upstream.py)
 served in this script's event loop. memcached and redis-server are started on free loopback
 ports for the hang-up attack on those stores. The clients are what an attacker would use: the
 official `openai` SDK, aiohttp, a raw socket.
@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from openai_gateway.metering.prices import DEFAULT_PRICES, cost  # noqa: E402
 from openai_gateway.policy import Usage  # noqa: E402
-from tests.fake_upstream import FakeOpenAI  # noqa: E402
-from tests.jwks_server import CAPTCHA_SECRET, KeyProvider, Signer, Siteverify  # noqa: E402
+from tests.support.fake_upstream import FakeOpenAI  # noqa: E402
+from tests.support.jwks_server import CAPTCHA_SECRET, KeyProvider, Signer, Siteverify  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "attacks.md"
 ORIGIN = "http://localhost:5173"

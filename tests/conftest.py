@@ -18,7 +18,7 @@ import pytest
 from openai_gateway.app import create_app
 from openai_gateway.config.settings import parse
 
-from .fake_upstream import FakeOpenAI
+from .support.fake_upstream import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A recognisable upstream key: it must never show up in a response or a log line.

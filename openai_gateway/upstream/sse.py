@@ -62,9 +62,9 @@ INTERRUPTED = b"data: " + error_body(
 #: A complete answer is written in pieces of this size, each within the write timeout: a
 #: client that reads slowly but steadily keeps its connection.
 PIECE = 64 * 1024
-#: A client that leaves while a write to it has waited this long was holding the relay back:
-#: the upstream kept generating into buffers the gateway never read, so what was received says
-#: nothing of what was generated. A write to a client that keeps up never waits this long.
+#: A write to the client that waits this long means the client held the relay back: meanwhile
+#: the upstream kept generating into buffers the gateway did not read, so from then on what was
+#: received says nothing of what was generated. A client that keeps up never waits this long.
 STALL_SECONDS = 0.02
 
 
@@ -277,10 +277,11 @@ class _ClientGone(Exception):
     ClientConnectionResetError is both an upstream and a client error type)."""
 
 
-def _left(inspector: _Inspector, waited: float) -> None:
-    """The client left; `waited`: how long the write in progress had been waiting (0: none)."""
+def _left(inspector: _Inspector, waited: float, held_back: bool) -> None:
+    """The client left; `waited`: how long the write in progress had been waiting (0: none);
+    `held_back`: an earlier write had to wait for it."""
     outcome = inspector.outcome
-    outcome.stopped_by_client = waited < STALL_SECONDS
+    outcome.stopped_by_client = waited < STALL_SECONDS and not held_back
     outcome.output.tokens += len(inspector.held)  # received, not yet a whole event
 
 
@@ -299,6 +300,7 @@ async def _pump(request: web.Request, upstream: aiohttp.ClientResponse,
     loop = asyncio.get_running_loop()
     ended = False
     since: float | None = None  # when the write in progress started
+    held_back = False  # a write has waited for the client: it has held the relay back
     try:
         async with asyncio.timeout(idle_timeout) as idle:
             async for chunk in upstream.content.iter_any():
@@ -311,8 +313,9 @@ async def _pump(request: web.Request, upstream: aiohttp.ClientResponse,
                 try:
                     await write_within(request, out, data, write_timeout, last=ended)
                 except ConnectionResetError:
-                    _left(inspector, loop.time() - since)
+                    _left(inspector, loop.time() - since, held_back)
                     raise _ClientGone from None
+                held_back = held_back or loop.time() - since >= STALL_SECONDS
                 since = None
                 outcome.sent_bytes += len(data)
                 if outcome.recorded is not None:
@@ -320,7 +323,7 @@ async def _pump(request: web.Request, upstream: aiohttp.ClientResponse,
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
         outcome.upstream_failed = not ended
     except asyncio.CancelledError:  # the client closed its connection
-        _left(inspector, 0.0 if since is None else loop.time() - since)
+        _left(inspector, 0.0 if since is None else loop.time() - since, held_back)
         raise
     return ended
 

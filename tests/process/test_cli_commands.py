@@ -1,0 +1,177 @@
+"""The money and identity subcommands: `mint-token`, `spend`, and --check's warnings."""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+import time
+
+import aiohttp
+import openai
+
+from openai_gateway.identity.keys import hash_key
+
+from ..conftest import KEY, ORIGIN, ROOT, toml_dumps
+
+SECRET = "gw-token-SECRET-cli-9e8d7c6b5a4f3e2d1c0b-do-not-leak"
+TIERS = {"free": {"requests": ["4/minute"]}, "pro": {"requests": ["40/minute"]}}
+
+
+async def gateway_cli(*args: str, env: dict | None = None) -> tuple[int, str, str]:
+    """`python gateway.py ARGS` without blocking the loop (the fake upstream lives on it)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "gateway.py"), *args, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def write(tmp_path, doc: dict, name: str = "cli.toml") -> str:
+    path = tmp_path / name
+    path.write_text(toml_dumps(doc))
+    return str(path)
+
+
+async def test_mint_token_prints_a_token_a_running_gateway_accepts(tmp_path, gateway_process,
+                                                                   fake):
+    doc = {"auth": {"tokens": {"secret_env": "GW_TOKEN_SECRET", "max_ttl": 600}},
+           "tiers": TIERS}
+    gp = await gateway_process(doc, env={"GW_TOKEN_SECRET": SECRET})
+    rc, out, err = await gateway_cli("mint-token", "--user", "ana", "--tier", "pro",
+                                     "--ttl", "300", "--config", str(gp.config_path),
+                                     env={"GW_TOKEN_SECRET": SECRET, "OPENAI_API_KEY": ""})
+    assert rc == 0, err
+    token = out.strip()
+    assert token.count(".") == 2 and "\n" not in token
+    expires = int(re.search(r"\((\d+)\)", err).group(1))
+    assert 0 < expires - time.time() <= 300
+    assert "user ana, tier pro" in err and SECRET not in out + err
+    async with openai.AsyncOpenAI(base_url=gp.url + "/v1", api_key=token, max_retries=0,
+                                  default_headers={"Origin": ORIGIN}) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-ratelimit-limit-requests"] == "40"
+    assert fake.posts[-1].headers["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_mint_token_refuses_clearly(tmp_path):
+    with_secret = write(tmp_path, {"auth": {"tokens": {"secret_env": "GW_TOKEN_SECRET",
+                                                       "max_ttl": 600}}, "tiers": TIERS})
+    env = {"GW_TOKEN_SECRET": SECRET}
+    rc, out, err = await gateway_cli("mint-token", "--user", "ana", "--tier", "gold",
+                                     "--config", with_secret, env=env)
+    assert rc == 2 and out == "" and "tier 'gold' is not configured" in err
+    rc, out, err = await gateway_cli("mint-token", "--user", "ana", "--ttl", "601",
+                                     "--config", with_secret, env=env)
+    assert rc == 2 and out == "" and "600" in err
+    rc, out, err = await gateway_cli("mint-token", "--user", "two words",
+                                     "--config", with_secret, env=env)
+    assert rc == 2 and out == "" and "'user'" in err
+    without = write(tmp_path, {"tiers": TIERS}, "plain.toml")
+    rc, out, err = await gateway_cli("mint-token", "--user", "ana", "--config", without)
+    assert rc == 2 and out == "" and "auth.tokens.secret_env is not set" in err
+    # The variable named but not exported: the config error names it.
+    rc, out, err = await gateway_cli("mint-token", "--user", "ana", "--config", with_secret,
+                                     env={"GW_TOKEN_SECRET": ""})
+    assert rc == 2 and "GW_TOKEN_SECRET" in err and SECRET not in err
+
+
+async def test_spend_on_memory_storage_points_at_the_metrics(tmp_path):
+    path = write(tmp_path, {"budget": {"daily_usd": 5.0}})
+    rc, out, err = await gateway_cli("spend", "--config", path)
+    assert rc == 1 and out == ""
+    assert "memory://" in err and "/metrics" in err and "gateway_budget_remaining_usd" in err
+
+
+async def test_spend_reads_the_shared_ceiling_from_memcached(gateway_process, fake,
+                                                             memcached_factory):
+    url, _ = memcached_factory()
+    gp = await gateway_process({"storage": {"url": url},
+                                "budget": {"daily_usd": 2.0, "monthly_usd": 30.0},
+                                "prices": {"gpt-4o-mini": {"input": 1000.0, "output": 4000.0}}})
+    rc, out, err = await gateway_cli("spend", "--config", str(gp.config_path))
+    assert rc == 0, err
+    assert re.search(r"today: spent \$0\.000000 of \$2\.000000, \$2\.000000 left", out), out
+    assert re.search(r"this month: spent \$0\.000000 of \$30\.000000", out), out
+    async with openai.AsyncOpenAI(base_url=gp.url + "/v1", api_key="sk-dummy", max_retries=0,
+                                  default_headers={"Origin": ORIGIN}) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=10)
+    cost = raw.headers["x-gateway-cost-usd"]
+    rc, out, err = await gateway_cli("spend", "--config", str(gp.config_path))
+    assert rc == 0, err
+    assert f"today: spent ${cost} of $2.000000" in out, (cost, out)
+    # The OPENAI_API_KEY is not needed to read the spend, and never printed.
+    assert KEY not in out + err
+
+
+async def test_spend_without_a_ceiling_says_so(tmp_path, memcached_url):
+    path = write(tmp_path, {"storage": {"url": memcached_url}})
+    rc, out, err = await gateway_cli("spend", "--config", path)
+    assert rc == 0 and "no gateway-wide ceiling" in out
+
+
+async def test_check_prints_the_settings_warnings(tmp_path):
+    path = write(tmp_path, {"clients": [{"name": "b", "key_sha256": "a" * 64,
+                                         "tier": "platinum"}], "tiers": TIERS})
+    rc, out, err = await gateway_cli("--check", "--config", path,
+                                     env={"OPENAI_API_KEY": KEY})
+    assert rc == 0, err
+    assert re.search(r"^warning: .*tier 'platinum' is not defined", err, re.M), err
+    assert KEY not in out + err
+
+
+async def test_mint_token_as_a_client_key_mints_that_keys_users(tmp_path, gateway_process,
+                                                                fake):
+    client_key = "gw-client-SECRET-cli-backend"
+    doc = {"auth": {"tokens": {"secret_env": "GW_TOKEN_SECRET", "max_ttl": 600}},
+           "tiers": TIERS, "clients": [{"name": "backend", "key_sha256": hash_key(client_key),
+                                        "tier": "free"}]}
+    env = {"GW_TOKEN_SECRET": SECRET}
+    gp = await gateway_process(doc, env=env)
+    rc, out, err = await gateway_cli("mint-token", "--user", "ana", "--client", "backend",
+                                     "--config", str(gp.config_path), env=env)
+    assert rc == 0, err
+    assert "user ana of client backend, tier free" in err  # the key's own tier by default
+    from_cli = out.strip()
+    async with aiohttp.ClientSession() as s, s.post(
+            gp.url + "/gateway/tokens", json={"user": "ana"},
+            headers={"Authorization": f"Bearer {client_key}", "Origin": ORIGIN}) as r:
+        assert r.status == 200
+        from_key = (await r.json())["token"]
+    # One user: the two tokens share the free tier's 4 requests a minute.
+    async with openai.AsyncOpenAI(base_url=gp.url + "/v1", api_key="-", max_retries=0,
+                                  default_headers={"Origin": ORIGIN}) as client:
+        left = []
+        for token in (from_key, from_cli):
+            raw = await client.with_options(api_key=token).chat.completions \
+                .with_raw_response.create(model="gpt-4o-mini",
+                                          messages=[{"role": "user", "content": "hi"}])
+            left.append(raw.headers["x-ratelimit-remaining-requests"])
+    assert left == ["3", "2"]
+    # As the key would: only the tiers it may mint, and only keys that exist.
+    rc, out, err = await gateway_cli("mint-token", "--user", "ana", "--client", "backend",
+                                     "--tier", "pro", "--config", str(gp.config_path), env=env)
+    assert rc == 2 and out == "" and "'pro'" in err and "free" in err
+    rc, out, err = await gateway_cli("mint-token", "--user", "ana", "--client", "nope",
+                                     "--config", str(gp.config_path), env=env)
+    assert rc == 2 and out == "" and "no [[clients]] named 'nope'" in err
+
+
+async def test_check_refuses_settings_that_cannot_work_together(tmp_path):
+    path = write(tmp_path, {"auth": {
+        "anonymous": False,
+        "sessions": {"captcha_verify_url": "https://challenges.example/siteverify",
+                     "captcha_secret_env": "GW_CAPTCHA"}}})
+    rc, out, err = await gateway_cli("--check", "--config", path,
+                                     env={"OPENAI_API_KEY": KEY, "GW_CAPTCHA": "0x-captcha"})
+    assert rc == 2 and out == ""
+    assert err.splitlines() == [
+        'config error: auth.sessions.captcha_verify_url: set while auth.tokens.secret_env is "", '
+        "expected auth.tokens.secret_env too (sessions are tokens the gateway signs; without "
+        "its secret there is no /gateway/session)",
+        "config error: auth.anonymous: false while no caller can be identified, expected "
+        "[[clients]], [[auth.issuers]] or auth.tokens.secret_env (every request would be "
+        "refused with 401)"]
