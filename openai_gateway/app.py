@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .cache.prompts import PromptCache
 from .config import ClientSettings, Settings
+from .config.serving import REALTIME_ROUTES
 from .http import playground
 from .http.health import READINESS, Readiness, healthz, readyz
 from .http.metrics import metrics_handler
@@ -37,11 +38,14 @@ from .metering.headers import limit_headers
 from .metering.limiter import RateLimiter, StoragePolicy
 from .metering.prices import table as price_table
 from .metering.rules import Limits, Rules
+from .metering.sessions import SessionSlots
 from .observability.metrics import Metrics
 from .pipeline.admission import Admission
 from .pipeline.proxy import Policy, Proxy
+from .pipeline.realtime import Realtime, RealtimePlan
 from .pipeline.settlement import Settlement
 from .pipeline.validation import Validator
+from .policy.realtime import RealtimePolicy
 from .store import Store, open_store
 from .upstream.client import Upstream
 
@@ -73,6 +77,7 @@ class Components:
     proxy: Proxy
     auth: Auth
     origins: OriginPolicy
+    realtime: Realtime
 
 
 COMPONENTS = web.AppKey("components", Components)
@@ -100,9 +105,12 @@ def build(settings: Settings, demo: bool = False) -> Components:
     settlement = Settlement(budgets, metrics)
     proxy = Proxy(upstream=upstream, admission=admission, settlement=settlement, cache=cache,
                   metrics=metrics)
+    realtime = Realtime(upstream=upstream, admission=admission, limiter=limiter,
+                        budgets=budgets, slots=SessionSlots(store, policy, limiter.ident),
+                        secrets=auth.realtime, metrics=metrics)
     stores = (("rate_limit", store), ("cache", cache_store))
     return Components(stores, metrics, upstream, limiter, budgets, cache, admission, settlement,
-                      proxy, auth, OriginPolicy((), address_of=_address_of(proxy)))
+                      proxy, auth, OriginPolicy((), address_of=_address_of(proxy)), realtime)
 
 
 def apply(app: web.Application, settings: Settings) -> None:
@@ -124,6 +132,8 @@ def apply(app: web.Application, settings: Settings) -> None:
                       require_client_key=s.auth.require_client_key)
     c.proxy.configure(Policy(callers, Validator(s.validation), s.server, s.upstream,
                              frozenset(s.validation.allowed_models)))
+    c.realtime.configure(RealtimePlan(callers, RealtimePolicy(s.validation, s.realtime),
+                                      s.server, s.upstream, s.api_key, prices), s.realtime)
     c.origins.configure(s.cors.allow_origins)
     app[READINESS].on_error = s.storage.on_error
     app[SETTINGS] = settings
@@ -161,16 +171,25 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
     # that left, while the store, the cache and the upstream session are still open.
     app.cleanup_ctx.append(_running(c.upstream))
     app.cleanup_ctx.append(_stores(c))
-    for component in (c.cache, auth, proxy):
+    for component in (c.cache, auth, proxy, c.realtime):
         app.cleanup_ctx.append(_running(component))
+    # Realtime sessions end before the server waits for its handlers: a socket or a call
+    # could otherwise hold the shutdown for its whole server.shutdown_timeout.
+    app.on_shutdown.append(c.realtime.shutdown)
 
     # Every origin at the CORS layer: which ones may call is the OriginPolicy's decision.
     cors = aiohttp_cors.setup(app, defaults={"*": aiohttp_cors.ResourceOptions(
         allow_credentials=False, expose_headers=EXPOSED_HEADERS, allow_headers="*",
         max_age=s.cors.max_age)})
+    realtime = {"/v1/realtime/client_secrets": c.realtime.client_secrets,
+                "/v1/realtime/calls": c.realtime.create_call}
     for route in s.upstream.routes:
         if route == "/v1/models":
             cors.add(app.router.add_get(route, proxy.models, allow_head=False))
+        elif route == "/v1/realtime":  # a WebSocket: no CORS (browsers send no preflight)
+            app.router.add_get(route, c.realtime.websocket, allow_head=False)
+        elif route in REALTIME_ROUTES:
+            cors.add(app.router.add_post(route, realtime[route]))
         else:
             cors.add(app.router.add_post(route, proxy.forward))
     # Lambdas, not bound methods: a reload replaces the proxy's callers.

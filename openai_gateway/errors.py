@@ -112,6 +112,12 @@ class BudgetExceeded(SpendLimited):
     code = "budget_exceeded"
 
 
+class TooManySessions(RateLimited):
+    """The caller has `realtime.max_sessions` realtime sessions open."""
+
+    code = "too_many_sessions"
+
+
 class StorageUnavailable(GatewayError):
     status, type, code = 503, "server_error", "storage_unavailable"
 

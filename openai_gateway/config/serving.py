@@ -23,7 +23,11 @@ from .storage import StorageURL, parse_storage_url
 
 #: The routes the gateway can forward (the brief's HTTP surface). Anything else is 404.
 Route = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
-                "/v1/moderations", "/v1/models"]
+                "/v1/moderations", "/v1/models", "/v1/realtime/client_secrets",
+                "/v1/realtime/calls", "/v1/realtime"]
+#: The realtime routes (pipeline.realtime): a client secret, a WebRTC call, a WebSocket.
+REALTIME_ROUTES = frozenset({"/v1/realtime/client_secrets", "/v1/realtime/calls",
+                             "/v1/realtime"})
 #: Forwarded by default: all of them.
 DEFAULT_ROUTES: tuple[Route, ...] = typing.get_args(Route)
 #: Tool types and service tiers OpenAI documents; others are allowed with a warning (new ones

@@ -2,7 +2,8 @@
 
 `Auth(settings, session, demo=...)` holds the bearer resolver (login providers' JWTs and the
 gateway's own tokens), the minter and the captcha verifier, the last two None when their
-section is off. The routes they serve are `http.tokens.token_routes(auth, ...)`.
+section is off, and the signer of realtime client secrets (`realtime`, always there). The
+routes they serve are `http.tokens.token_routes(auth, ...)`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .bearer import BearerResolver
 from .captcha import CaptchaVerifier
 from .issuers import Issuer
 from .minted import TokenMinter, new_secret
+from .realtime_secrets import RealtimeSecrets
 
 
 class Auth:
@@ -34,8 +36,14 @@ class Auth:
                           jwks_cooldown=i.jwks_cooldown, session=session)
                    for i, s in zip(a.issuers, settings.issuer_secrets, strict=True)]
         self.tiers = tuple(settings.tiers)
+        # Realtime client secrets are signed with the same secret (a random one per process
+        # without it); the resolver knows their signer either way, so that another route
+        # refuses one (401, saying why) instead of serving it as an anonymous request.
+        self.realtime = RealtimeSecrets(
+            secret=secret, previous_secret=settings.token_previous_secret if secret else "",
+            max_ttl=settings.realtime.max_ttl)
         self.bearer = BearerResolver(issuers=issuers, minter=self.minter,
-                                     known_tiers=self.tiers)
+                                     known_tiers=self.tiers, own=self.realtime.minter)
         sessions = a.sessions
         self.captcha = CaptchaVerifier(url=sessions.captcha_verify_url,
                                        secret=settings.captcha_secret, session=session,

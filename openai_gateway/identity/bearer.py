@@ -127,20 +127,25 @@ class BearerResolver:
 
     def __init__(self, *, issuers: Sequence[Issuer] = (), minter: TokenMinter | None = None,
                  known_tiers: Collection[str] = (), cache_size: int = DEFAULT_CACHE_SIZE,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, own: TokenMinter | None = None):
+        """`own`: the signer of the gateway's realtime client secrets, for a gateway without
+        `minter` (no `auth.tokens`): a token of the gateway's own issuer is then checked with
+        it (a realtime secret is refused, saying so) and any other JWT is read as before,
+        anonymous when no issuer is configured."""
         self.issuers = {i.issuer: i for i in issuers}
         if len(self.issuers) != len(issuers):
             raise ValueError("auth.issuers: two issuers have the same issuer")
         if MINTED_ISSUER in self.issuers:
             raise ValueError(f"auth.issuers: {MINTED_ISSUER!r} is the gateway's own issuer")
         self.minter = minter
+        self.own = minter or own
         self.known_tiers = frozenset(known_tiers)
         self.cache = VerifiedCache(cache_size, clock)
 
     @property
     def enabled(self) -> bool:
-        """False when no issuer and no minter is configured: every bearer is then None."""
-        return bool(self.issuers) or self.minter is not None
+        """False when no issuer and no signer is known: every bearer is then None."""
+        return bool(self.issuers) or self.own is not None
 
     def not_ready(self) -> list[str]:
         """Issuers holding no keys yet (for /readyz): their users get 401 until keys load."""
@@ -173,12 +178,17 @@ class BearerResolver:
         header = jwt_header(token)
         if header is None:
             return None
-        caller, key = await self._verify(token, header)
+        verified = await self._verify(token, header)
+        if verified is None:
+            return None
+        caller, key = verified
         self.cache.put(digest, caller, key)
         return caller
 
-    async def _verify(self, token: str, header: dict) -> tuple[Verified, SigningKey | None]:
-        """The caller and the key set's key that verified the token (None: a secret)."""
+    async def _verify(self, token: str, header: dict
+                      ) -> tuple[Verified, SigningKey | None] | None:
+        """The caller and the key set's key that verified the token (None: a secret); None
+        for another issuer's JWT when only the gateway's realtime signer is known."""
         # The header and iss are read unverified only to pick the verifier and its key (PyJWT
         # parses each token three times over if asked for them: a third of a verification).
         # jwt.decode then checks alg, iss and every claim again, against the key.
@@ -191,14 +201,16 @@ class BearerResolver:
         iss = unverified.get("iss")
         if not isinstance(iss, str):
             raise InvalidToken("The token has no issuer (iss).")
-        if iss == MINTED_ISSUER and self.minter is not None:
-            claims = self.minter.verify(token)
+        if iss == MINTED_ISSUER and self.own is not None:
+            claims = self.own.verify(token)
             kind = claims["kind"]
             return Verified(kind=kind, id=caller_id(kind, iss, claims["sub"],
                                                     claims.get(MINTED_BY)),
                             tier=claims.get("tier"), label="gateway" if kind == "user"
                             else "session", expires_at=int(claims["exp"])), None
         issuer = self.issuers.get(iss)
+        if issuer is None and not self.issuers and self.minter is None:
+            return None  # no login provider, no minted tokens: JWTs are not identities here
         if issuer is None:
             raise InvalidToken("The token's issuer (iss) is not one this gateway accepts.")
         claims, key = await issuer.verify(token, header)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..config import ClientSettings, TierSettings
-from ..errors import InvalidClientKey, Unauthenticated
+from ..errors import InvalidClientKey, InvalidToken, Unauthenticated
 from ..metering.rules import Limits
 from .addresses import Addresses
 from .bearer import BearerResolver
@@ -106,9 +106,13 @@ class Callers:
         plan = self._key_plans[key.name]
         return Caller("key:" + key.name, ip, key, key.tier, plan.limits, plan.models)
 
-    async def identify(self, request: web.Request) -> Caller:
+    async def identify(self, request: web.Request, token: str | None = None) -> Caller:
+        """The caller of a request. `token`: the credential it presents, when it is not in
+        `Authorization` (a browser's WebSocket carries it in a subprotocol); it is then read
+        exactly as a Bearer would be."""
         ip = self.addresses.of(request)
-        authorization = request.headers.get("Authorization")
+        authorization = request.headers.get("Authorization") if token is None \
+            else "Bearer " + token
         key = self.keys.find(authorization)
         if key is not None:
             return self.key_client(key, ip)
@@ -126,6 +130,19 @@ class Callers:
                 "This gateway serves signed-in users only: send your login token or a "
                 "gateway-issued key as 'Authorization: Bearer <token>'.")
         return Caller("ip:" + self.addresses.key(ip), ip)
+
+    def granted(self, caller_id: str, tier: str | None, ip: str) -> Caller:
+        """The caller a realtime client secret was issued to, with the limits and models its
+        client key or tier has now (a reload applies to secrets already issued). A secret of
+        a client key since removed is refused (401)."""
+        if caller_id.startswith("key:"):
+            key = self.keys.named(caller_id[4:])
+            if key is None:
+                raise InvalidToken("The client key this realtime client secret was issued to "
+                                   "is no longer configured.")
+            return self.key_client(key, ip)
+        plan = self.plan_for_tier(tier)
+        return Caller(caller_id, ip, None, tier, plan.limits, plan.models)
 
 
 DEFAULT = Plan()

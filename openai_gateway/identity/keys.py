@@ -17,6 +17,7 @@ class ClientKeys:
 
     def __init__(self, clients: tuple[ClientSettings, ...]):
         self._keys = {c.key_sha256.lower(): c for c in clients}
+        self._names = {c.name: c for c in clients}
 
     def find(self, authorization: str | None) -> ClientSettings | None:
         """The client key's settings when `authorization` carries a known one."""
@@ -24,3 +25,7 @@ class ClientKeys:
         if not self._keys or not authorization or authorization[:7].lower() != "bearer ":
             return None
         return self._keys.get(hash_key(authorization[7:].strip()))
+
+    def named(self, name: str) -> ClientSettings | None:
+        """The client key called `name` (a realtime secret names the key it was issued to)."""
+        return self._names.get(name)

@@ -143,8 +143,41 @@ class Budgets:
         never more), refund the rest. Returns the x-ratelimit-*-tokens / -spend headers with
         the settled remaining values. Never raises (storage errors are logged and counted);
         a second settle of the same reservation does nothing and returns {}."""
-        if reservation.settled or not reservation.holds:
+        after, now = await self._settle(reservation, tokens, micro_usd)
+        if not after:
             return {}
+        holds = reservation.holds
+        token_state, spend_state = tightest(
+            holds, [_state(h.window, *after[h.window], now) for h in holds])
+        return limit_headers(tokens=token_state, spend=spend_state)
+
+    async def charge(self, caller, route: str, model: str | None, *, tokens: int,
+                     micro_usd: int | None) -> RateLimited | None:
+        """Charge usage no reservation covered (a realtime session's input transcriptions,
+        which arrive unannounced) to every budget that applies, each at most to its amount
+        (it empties a budget, never more). Returns the refusal of the first budget now used
+        up (what a request needing one more unit would get), None while all have room. Never
+        raises (storage errors are logged and counted)."""
+        holds = self.holds(caller, route, model, 0, micro_usd)
+        if not holds:
+            return None
+        now = time.time()
+        for hold in holds:
+            hold.amount, hold.at = 0, now
+        after, now = await self._settle(Reservation(tuple(holds)), tokens, micro_usd or 0)
+        for hold in holds:
+            if hold.window in after and windows.remaining(hold.window, *after[hold.window],
+                                                          now) <= 0:
+                hold.amount = 1
+                return refusal(hold, *after[hold.window], now)
+        return None
+
+    async def _settle(self, reservation: Reservation, tokens: int, micro_usd: int
+                      ) -> tuple[dict[Window, tuple[int, int]], float]:
+        """`settle`'s work: (previous, current) of each hold's window afterwards ({}: nothing
+        done, or the store failed), and when."""
+        if reservation.settled or not reservation.holds:
+            return {}, 0.0
         reservation.settled = True
         holds, now = reservation.holds, time.time()
         refunds, charges = [], []
@@ -159,10 +192,8 @@ class Budgets:
                                             also=[h.window for h in holds])
         except Exception as exc:
             self.policy.failed(exc, refuse=False)
-            return {}
-        states = [_state(h.window, *after[h.window], now) for h in holds]
-        token_state, spend_state = tightest(holds, states)
-        return limit_headers(tokens=token_state, spend=spend_state)
+            return {}, now
+        return after, now
 
     async def gateway_spend(self) -> dict[str, dict]:
         """The gateway-wide ceilings as counted now, only those configured:

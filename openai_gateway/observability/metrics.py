@@ -172,6 +172,22 @@ class Metrics:
         self.budget_warn = _Family(
             "gauge", "gateway_budget_warn",
             "1 once the gateway-wide spend has crossed budget.warn_at, by period.", ["period"])
+        # Realtime sessions (WebSocket relays and supervised WebRTC calls). Their spend and
+        # tokens count in `spend` and `tokens` with every other answer's.
+        self.realtime_sessions = _Family(
+            "gauge", "gateway_realtime_sessions",
+            "Realtime sessions open in this process, by transport (websocket, webrtc).",
+            ["transport"])
+        for transport in ("websocket", "webrtc"):  # exported as 0 before the first session
+            self.realtime_sessions.labels(transport)
+        self.realtime_seconds = _Family(
+            "counter", "gateway_realtime_session_seconds",
+            "Seconds realtime sessions lasted, counted as they end, by transport and model.",
+            ["transport", "model"])
+        self.realtime_ended = _Family(
+            "counter", "gateway_realtime_sessions_ended",
+            "Realtime sessions ended, by transport and reason (client_closed, "
+            "upstream_closed, stopped, expired, shutdown).", ["transport", "reason"])
         # One child per configured shared-store server ("host:port").
         self.storage_server_up = _Family(
             "gauge", "gateway_storage_server_up",

@@ -21,7 +21,8 @@ While it runs:
   with it any response being generated), also when the server cancels the handler of a lost
   connection (`handler_cancellation`): the cleanup runs in a task of its own; an upstream that
   closes closes the client's with the same code (1011 when it gave none);
-  `max_session_seconds` ends the session (`session_expired`).
+  `max_session_seconds` ends the session (`session_expired`); `close()` ends every session
+  (shutdown: `server_shutting_down`, 1001).
 At the end `meter.on_end(outcome)` settles what is still reserved.
 """
 from __future__ import annotations
@@ -59,13 +60,28 @@ class RealtimeRelay:
 
     def __init__(self, *, max_session_seconds: float, max_frame_bytes: int,
                  close_timeout: float = 5.0):
+        self.configure(max_session_seconds=max_session_seconds,
+                       max_frame_bytes=max_frame_bytes)
+        self.close_timeout = close_timeout
+        #: Cleanups that outlive a cancelled handler (held: the loop keeps tasks weakly).
+        self._cleanups: set[asyncio.Task] = set()
+        #: The sessions being relayed (`close` ends them).
+        self._sessions: set[_Session] = set()
+
+    def configure(self, *, max_session_seconds: float, max_frame_bytes: int) -> None:
+        """The bounds of sessions started from now on (a reload)."""
         self.max_session_seconds = max_session_seconds
         # A frame over the policy's limit must still be read whole to be answered with an
         # error event; past four times the limit aiohttp closes the socket itself (1009).
         self.transport_limit = 4 * max_frame_bytes
-        self.close_timeout = close_timeout
-        #: Cleanups that outlive a cancelled handler (held: the loop keeps tasks weakly).
-        self._cleanups: set[asyncio.Task] = set()
+
+    async def close(self) -> None:
+        """End every session being relayed (shutdown): each client gets an `error` event
+        (`server_shutting_down`) and a 1001 close; their handlers then meter them."""
+        stop = Stop("server_shutting_down", "The gateway is shutting down; open a new "
+                    "session.", "server_error")
+        await asyncio.gather(*(s.end("shutdown", stop, code=WSCloseCode.GOING_AWAY)
+                               for s in list(self._sessions)))
 
     async def accept(self, request: web.Request) -> web.WebSocketResponse:
         """The client's socket, its handshake answered (with `realtime` when offered)."""
@@ -87,6 +103,7 @@ class RealtimeRelay:
         and metered all the same, and the cancellation goes on.
         """
         s = _Session(client, upstream, checker, meter, self.close_timeout)
+        self._sessions.add(s)
         tasks: list[asyncio.Task] = []
         try:
             if start:
@@ -101,7 +118,16 @@ class RealtimeRelay:
             cleanup = asyncio.create_task(s.finish(tasks))
             self._cleanups.add(cleanup)
             cleanup.add_done_callback(self._cleanups.discard)
-            await asyncio.shield(cleanup)
+            cleanup.add_done_callback(lambda _: self._sessions.discard(s))
+            try:
+                await asyncio.shield(cleanup)
+            except asyncio.CancelledError:
+                # The connection ended while the session was being closed (a client's close
+                # frame, then its FIN): the session is metered before the cancellation goes
+                # on, so whoever handles it sees the session settled.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(cleanup)
+                raise
         return s.outcome
 
 

@@ -52,7 +52,8 @@ class RealtimeMeter(Protocol):
 class Outcome:
     """How a relayed session ended.
 
-    reason: "client_closed", "upstream_closed", "stopped" (the meter) or "expired";
+    reason: "client_closed", "upstream_closed", "stopped" (the meter), "expired" or
+    "shutdown";
     stop: the meter's or the clock's Stop; responses: `response.done` seen; in_flight:
     responses started and not done at the end; upstream_code: the upstream's close code.
     """
