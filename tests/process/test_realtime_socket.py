@@ -3,7 +3,9 @@ against the fake realtime upstream: the official SDK, a browser's WebSocket, the
 each event, the time limit, and sessions that end from either side."""
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import time
 
 import aiohttp
@@ -182,3 +184,17 @@ async def test_a_client_that_vanishes_closes_the_upstream_at_once(rt, gateway_pr
     assert rt.ledger.sockets[0].closed - t0 < 1.0
     billed = await eventually(lambda: rt.ledger.responses)
     assert billed[0].status == "dropped" and billed[0].usage["output_tokens"] < 150
+
+
+async def test_shutdown_ends_open_sessions_at_once(rt, gateway_process):
+    gw = await gateway_process(config())
+    async with aiohttp.ClientSession() as http, browser_ws(http, gw.url, ANY_KEY) as ws:
+        sock = BrowserSocket(ws)
+        await sock.until("session.updated")
+        t0 = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        assert await sock.closed() == 1001
+        assert sock.seen("error")[-1]["error"]["code"] == "server_shutting_down"
+    assert await asyncio.to_thread(gw.proc.wait, 10) == 0
+    print(f"\nstopped in {time.monotonic() - t0:.2f} s")
+    assert time.monotonic() - t0 < 5
