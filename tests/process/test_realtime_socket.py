@@ -15,7 +15,7 @@ import pytest
 from openai_gateway.demo.fake_openai import FakeOpenAI
 from openai_gateway.demo.fake_realtime import FakeRealtime
 
-from ..conftest import KEY, ORIGIN
+from ..conftest import KEY
 from ..support.realtime_gateway import (
     ANY_KEY,
     CAP,
