@@ -27,12 +27,14 @@ from ..pipeline.proxy import COST_HEADER, RECORD
 
 log = logging.getLogger("gateway")
 
-#: Headers a browser script may read from our answers (CORS hides the rest).
+#: Headers a browser script may read from our answers (CORS hides the rest). `Location`: a
+#: WebRTC call's id (OpenAI's browser code reads it from the answer to POST /realtime/calls).
 EXPOSED_HEADERS = ("X-Request-ID", "X-Cache", "Retry-After",
                    "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
                    "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
                    "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
-                   "x-ratelimit-limit-spend", "x-ratelimit-remaining-spend", COST_HEADER)
+                   "x-ratelimit-limit-spend", "x-ratelimit-remaining-spend", COST_HEADER,
+                   "Location")
 
 #: The client's address of a request (trusted proxies applied).
 AddressOf = Callable[[web.Request], str]
