@@ -198,3 +198,42 @@ async def test_shutdown_ends_open_sessions_at_once(rt, gateway_process):
     assert await asyncio.to_thread(gw.proc.wait, 10) == 0
     print(f"\nstopped in {time.monotonic() - t0:.2f} s")
     assert time.monotonic() - t0 < 5
+
+
+async def test_the_relay_adds_little_per_frame(rt, gateway_process, upstream_url):
+    """Round trips of one small event (input_audio_buffer.clear -> .cleared) straight to the
+    fake and through the gateway, in the same run; the difference is what the relay adds to
+    a frame's way there and back (two loopback hops, the event's checks, a read of the
+    answer's type)."""
+    # Faster than realtime.max_events_per_second allows by default (100).
+    gw = await gateway_process(config(realtime={"max_events_per_second": 10_000}))
+    direct_url = upstream_url.replace("http", "ws") + "/realtime?model=gpt-realtime"
+    rounds = 200
+
+    async def round_trips(ws) -> list[float]:
+        sock = BrowserSocket(ws)
+        await sock.until("session.created")
+        times = []
+        for _ in range(rounds + 20):
+            t0 = time.perf_counter()
+            await sock.send("input_audio_buffer.clear")
+            await sock.until("input_audio_buffer.cleared")
+            times.append(time.perf_counter() - t0)
+        return sorted(times[20:])  # the first ones warm up
+
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(direct_url, headers={"Authorization": f"Bearer {KEY}"},
+                                   compress=0) as ws:
+            direct = await round_trips(ws)
+        async with browser_ws(http, gw.url, ANY_KEY, compress=0) as ws:
+            relayed = await round_trips(ws)
+
+    def ms(times: list[float], q: float) -> float:
+        return 1000 * times[int(q * (len(times) - 1))]
+
+    added = ms(relayed, 0.5) - ms(direct, 0.5)
+    print(f"\nround trip of one event, median (p95): direct {ms(direct, .5):.3f} "
+          f"({ms(direct, .95):.3f}) ms, through the gateway {ms(relayed, .5):.3f} "
+          f"({ms(relayed, .95):.3f}) ms: the relay adds {added:.3f} ms per round trip "
+          f"({added / 2:.3f} ms per frame)")
+    assert added < 20  # loose: a loaded machine shares two cores
