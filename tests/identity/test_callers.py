@@ -258,3 +258,20 @@ def test_address_key(address, prefix, key):
 def test_ipv6_clients_are_keyed_by_their_network(peer, prefix, cid):
     client = resolver(clients=(), ipv6_prefix=prefix).resolve(request(peer))
     assert (client.id, client.ip) == (cid, peer)  # the log still shows the full address
+
+
+def test_a_realtime_secrets_caller_gets_its_key_or_tiers_limits_as_configured_now():
+    from openai_gateway.config.settings import TierSettings
+    from openai_gateway.errors import InvalidToken
+    key = ClientSettings(name="backend", key_sha256=hash_key("k" * 32), tier="pro",
+                         models=("gpt-realtime",))
+    callers = Callers(addresses=Addresses(trusted_proxies=()), bearer=None, clients=(key,),
+                      tiers={"pro": TierSettings(tokens=("500/day",))}, anonymous=True,
+                      require_client_key=False)
+    caller = callers.granted("key:backend", None, "10.0.0.1")
+    assert (caller.id, caller.tier, caller.models) == ("key:backend", "pro",
+                                                       frozenset({"gpt-realtime"}))
+    user = callers.granted("user:abc", "pro", "10.0.0.2")
+    assert user.limits is not None and user.limits.tokens[0].amount == 500
+    with pytest.raises(InvalidToken, match="no longer configured"):
+        callers.granted("key:gone", None, "10.0.0.1")

@@ -7,6 +7,7 @@ import random
 import time
 
 import orjson
+import jwt
 import pytest
 
 from openai_gateway.app import create_app
@@ -130,8 +131,12 @@ async def test_without_a_token_secret_the_resolver_still_refuses_a_realtime_secr
     secret is a 401 on other routes, not an anonymous request."""
     secrets = RealtimeSecrets()
     token, _ = issue(secrets)
+    resolver = BearerResolver(own=secrets.minter)
     with pytest.raises(InvalidToken, match="realtime client secret"):
-        await BearerResolver(minter=secrets.minter).resolve(f"Bearer {token}")
+        await resolver.resolve(f"Bearer {token}")
+    # Another JWT is what it was without any issuer: not an identity here, so anonymous.
+    other = jwt.encode({"iss": "https://login.example", "sub": "u"}, "k" * 32)
+    assert await resolver.resolve(f"Bearer {other}") is None
 
 
 def test_rotation_keeps_secrets_of_the_previous_key():

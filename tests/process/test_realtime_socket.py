@@ -14,6 +14,7 @@ import pytest
 
 from openai_gateway.demo.fake_openai import FakeOpenAI
 from openai_gateway.demo.fake_realtime import FakeRealtime
+from openai_gateway.identity.keys import hash_key
 
 from ..conftest import KEY
 from ..support.realtime_gateway import (
@@ -237,3 +238,27 @@ async def test_the_relay_adds_little_per_frame(rt, gateway_process, upstream_url
           f"({ms(relayed, .95):.3f}) ms: the relay adds {added:.3f} ms per round trip "
           f"({added / 2:.3f} ms per frame)")
     assert added < 20  # loose: a loaded machine shares two cores
+
+
+async def test_a_backends_secret_opens_a_browsers_socket_under_its_client_key(
+        rt, gateway_process):
+    """The browser holds no key: its backend (a client key) gets a secret for it, and the
+    secret, in the browser's subprotocol, is the session's identity: the key's budgets."""
+    backend = "ck-backend-0123456789abcdef"
+    gw = await gateway_process(config(
+        auth={"require_client_key": True},
+        clients=[{"name": "backend", "key_sha256": hash_key(backend),
+                  "tokens": ["100000/day"]}]))
+    secret = await sdk(gw.url, backend).realtime.client_secrets.create(
+        session={"type": "realtime", "model": "gpt-realtime"})
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            async with browser_ws(http, gw.url, ANY_KEY):
+                pass
+        assert refused.value.status == 401
+        async with browser_ws(http, gw.url, secret.value) as ws:
+            await BrowserSocket(ws).until("session.updated")
+    line = await eventually(lambda: next((json.loads(x) for x in gw.log().splitlines()
+                                          if '"path":"/v1/realtime"' in x
+                                          and '"status":101' in x), None))
+    assert line["client"] == "key:backend"
