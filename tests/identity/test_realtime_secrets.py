@@ -6,8 +6,8 @@ import base64
 import random
 import time
 
-import orjson
 import jwt
+import orjson
 import pytest
 
 from openai_gateway.app import create_app
