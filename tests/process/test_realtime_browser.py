@@ -23,7 +23,8 @@ from selenium.webdriver.chrome.service import Service
 from openai_gateway.demo.fake_openai import FakeOpenAI
 from openai_gateway.demo.fake_realtime import FakeRealtime
 
-from ..conftest import KEY
+from ..conftest import KEY, free_port
+from ..demo.test_demo import demo_process  # noqa: F401  (a fixture)
 from ..demo.test_fake_realtime import WEBRTC_ARGS
 from ..support.realtime_gateway import MODELS, config, eventually
 from ..support.webrtc_peer import OpenAIPeer
@@ -67,7 +68,7 @@ def rt() -> FakeRealtime:
 
 @pytest.fixture
 def fake(rt) -> FakeOpenAI:
-    return FakeOpenAI(realtime=rt)
+    return FakeOpenAI(models=("gpt-4o-mini", *MODELS), realtime=rt)
 
 
 @pytest.fixture
@@ -139,3 +140,40 @@ async def test_chromium_calls_through_the_gateway(rt, gateway_process, aiohttp_s
               f"{took:.2f} s after the page loaded")
     finally:
         await peer.close()
+
+
+async def test_the_playgrounds_talk_button_calls_through_the_gateway(rt, gateway_process,
+                                                                    call_browser):
+    peer = OpenAIPeer()
+    rt.answerer = peer.answer
+    port = free_port()
+    gw = await gateway_process(config(server={"port": port}, playground={"enabled": True},
+                                      cors={"allow_origins": [f"http://127.0.0.1:{port}"]}))
+    try:
+        await call_browser.open_playground(gw.url)
+        await call_browser.js("document.getElementById('talk').click()")
+        state = await call_browser.wait(
+            "const t = document.getElementById('call-state').textContent;"
+            "return t.startsWith('In a call') && t", 20)
+        assert state == "In a call with gpt-realtime: speak."
+        call = next(iter(rt.ledger.calls.values()))
+        assert call.token == KEY and call.session.config["model"] == "gpt-realtime"
+        await call_browser.js("document.getElementById('talk').click()")
+        assert await call_browser.text("call-state") == "Call ended."
+        assert await call_browser.text("talk") == "Talk"
+        # The page closed its side; the gateway still supervises the call until OpenAI ends
+        # it, and hangs it up when it stops (in a thread: the fake answers from this loop).
+        await asyncio.to_thread(gw.stop)
+        assert rt.ledger.hangups == [call.id]
+    finally:
+        await peer.close()
+
+
+async def test_the_talk_button_says_why_it_cannot_in_demo_mode(demo_process,  # noqa: F811
+                                                               call_browser):
+    gp = await demo_process()
+    await call_browser.open_playground(gp.url)
+    await call_browser.js("document.getElementById('talk').click()")
+    message = await call_browser.wait(
+        "const e = document.getElementById('error'); return !e.hidden && e.textContent")
+    assert "needs a real upstream" in message and "--demo" in message
