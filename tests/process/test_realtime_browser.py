@@ -26,7 +26,7 @@ from openai_gateway.demo.fake_realtime import FakeRealtime
 from ..conftest import KEY, free_port
 from ..demo.test_demo import demo_process  # noqa: F401  (a fixture)
 from ..demo.test_fake_realtime import WEBRTC_ARGS
-from ..support.realtime_gateway import MODELS, config, eventually
+from ..support.realtime_gateway import MODELS, config, eventually, stopped
 from ..support.webrtc_peer import OpenAIPeer
 from .test_browser import CHROME_ARGS, CHROMEDRIVER, CHROMIUM, Browser
 
@@ -133,7 +133,7 @@ async def test_chromium_calls_through_the_gateway(rt, gateway_process, aiohttp_s
         billed = rt.ledger.responses[0].usage["output_tokens"]
         assert f'gateway_tokens_total{{direction="out",model="gpt-realtime"}} {billed}.0' in text
         # Stopping the gateway hangs the call up: nothing would meter it any more.
-        await asyncio.to_thread(gw.stop)
+        await stopped(gw)
         assert rt.ledger.hangups == [call_id]
         await call_browser.wait("return call.channel === 'closed'")
         print(f"\nbrowser call through the gateway: session.created on the data channel "
@@ -163,7 +163,7 @@ async def test_the_playgrounds_talk_button_calls_through_the_gateway(rt, gateway
         assert await call_browser.text("talk") == "Talk"
         # The page closed its side; the gateway still supervises the call until OpenAI ends
         # it, and hangs it up when it stops (in a thread: the fake answers from this loop).
-        await asyncio.to_thread(gw.stop)
+        await stopped(gw)
         assert rt.ledger.hangups == [call.id]
     finally:
         await peer.close()

@@ -21,6 +21,7 @@ from ..support.realtime_gateway import (
     ANY_KEY,
     CAP,
     MODELS,
+    SECOND_OF_AUDIO,
     BrowserSocket,
     browser_ws,
     config,
@@ -262,3 +263,39 @@ async def test_a_backends_secret_opens_a_browsers_socket_under_its_client_key(
                                           if '"path":"/v1/realtime"' in x
                                           and '"status":101' in x), None))
     assert line["client"] == "key:backend"
+
+
+async def test_spoken_turns_and_their_transcription_are_charged(rt, gateway_process):
+    gw = await gateway_process(config())
+    async with aiohttp.ClientSession() as http:
+        async with browser_ws(http, gw.url, ANY_KEY) as ws:
+            sock = BrowserSocket(ws)
+            await sock.until("session.updated")
+            await sock.send("session.update", session={"type": "realtime", "audio": {
+                "input": {"transcription": {"model": "gpt-4o-transcribe"},
+                          "turn_detection": None}}})
+            await sock.until("session.updated")
+            await sock.send("input_audio_buffer.append", audio=SECOND_OF_AUDIO)
+            await sock.send("input_audio_buffer.commit")
+            await sock.send("response.create")
+            await sock.until("conversation.item.input_audio_transcription.completed")
+            await sock.until("response.done")
+        heard = rt.ledger.transcriptions[0].usage
+        spoken = rt.ledger.responses[0].usage
+        assert spoken["output_token_details"]["audio_tokens"] > 0
+        expected = {("gpt-4o-transcribe", "in"): heard["input_tokens"],
+                    ("gpt-4o-transcribe", "out"): heard["output_tokens"],
+                    ("gpt-realtime", "in"): spoken["input_tokens"],
+                    ("gpt-realtime", "out"): spoken["output_tokens"]}
+        text = ""
+        for _ in range(50):
+            async with http.get(gw.url + "/metrics") as r:
+                text = await r.text()
+            if 'gateway_realtime_sessions_ended_total{reason="client_closed"' in text:
+                break
+            await asyncio.sleep(0.05)
+    for (model, direction), tokens in expected.items():
+        assert (f'gateway_tokens_total{{direction="{direction}",model="{model}"}} '
+                f'{float(tokens)}') in text
+    assert 'gateway_spend_usd_total{model="gpt-4o-transcribe",tier="none"}' in text
+    assert 'gateway_realtime_session_seconds_total{model="gpt-realtime",' in text

@@ -120,6 +120,13 @@ async def eventually(check, timeout: float = 5.0):
     raise AssertionError("timed out")
 
 
+async def stopped(gateway) -> None:
+    """Stop a gateway process (SIGTERM) while this loop keeps serving the fake: a gateway
+    with calls open hangs them up as it stops, and the fake answers from this loop (the
+    fixture's own stop at teardown blocks it)."""
+    await asyncio.to_thread(gateway.stop)
+
+
 def billed_usd(rt, prices: PriceTable | None = None) -> Decimal:
     """What the fake billed for every response and transcription, in US dollars at the
     gateway's shipped prices."""
