@@ -100,6 +100,10 @@ async def test_a_call_whose_budget_runs_out_is_hung_up(rt, gateway_process):
     await eventually(lambda: rt.ledger.hangups == [call_id])
     assert [b.status for b in rt.ledger.responses] == ["completed", "completed"]
     assert channel.closed
+    # Each turn was within its estimate: OpenAI billed less than the budget (no overshoot).
+    billed = sum(b.usage["total_tokens"] for b in rt.ledger.responses)
+    print(f"\ncall: budget {first + 200} tokens, billed {billed} when it was hung up")
+    assert billed <= first + 200
     line = await eventually(lambda: next((x for x in gw.log().splitlines()
                                           if "realtime webrtc" in x), None))
     assert "tokens_limit_exceeded" in line and "2 responses" in line
