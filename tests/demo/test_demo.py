@@ -30,29 +30,11 @@ from openai_gateway.config.settings import Settings, as_limits, parse
 from openai_gateway.demo import DEMO_KEY, DEMO_MODELS, DemoUpstream, demo_settings, reply_text
 from openai_gateway.demo.fake_openai import FakeOpenAI
 
+from ..conftest import ROOT, free_port
 from ..support import fake_upstream
-from ..conftest import ROOT, GatewayProcess, free_port
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}]}
 STREAM = dict(CHAT, stream=True)
-
-
-@pytest.fixture
-def demo_process(tmp_path):
-    """start(config, args) -> a ready `gateway.py --demo` process whose env has no key."""
-    started: list[GatewayProcess] = []
-
-    async def start(config: dict | None = None, args=("--demo",)) -> GatewayProcess:
-        cfg = {"log": {"format": "json"}, **(config or {})}
-        gp = GatewayProcess(cfg, tmp_path, args=args)
-        gp.env.pop("OPENAI_API_KEY")
-        started.append(gp.start())
-        await gp.wait_ready()
-        return gp
-
-    yield start
-    for gp in started:
-        gp.stop()
 
 
 async def sse_chunks(resp) -> list[dict]:
