@@ -16,7 +16,6 @@ from openai_gateway.demo.fake_openai import FakeOpenAI
 from ..conftest import ROOT
 from ..support import fake_upstream
 
-
 # --- demo_settings, a pure function -----------------------------------------------------------
 
 

@@ -53,7 +53,8 @@ async def test_playground_streams_a_reply_as_it_is_generated(browser, demo_proce
     assert samples[-1][0] == "done" and final.startswith("[demo] ")
     assert "Hello from a real browser" in final
     # Seen growing while the stream was open: several partial states, each a prefix of the end.
-    partial = {text for state, text in samples if state == "streaming" and 0 < len(text) < len(final)}
+    partial = {text for state, text in samples
+               if state == "streaming" and 0 < len(text) < len(final)}
     assert len(partial) >= 5, samples
     assert all(final.startswith(text) for text in partial)
     # The side panel shows what the gateway added.
@@ -305,7 +306,8 @@ async def test_playground_shows_refusals_as_user_facing_messages(
         "cors": {"allow_origins": [f"http://127.0.0.1:{port}"]},
         "rate_limit": {"requests": ["4/minute"]}, "validation": {"max_input_chars": 40}})
     await browser.open_playground(gp.url)
-    error = "return document.getElementById('error').hidden ? '' : document.getElementById('error').textContent"
+    error = ("return document.getElementById('error').hidden ? '' : "
+             "document.getElementById('error').textContent")
 
     await browser.send("x" * 60)  # over validation.max_input_chars: 400
     assert (await browser.wait(error)).startswith("The request was refused: ")
