@@ -168,12 +168,13 @@ def upstream_url(upstream) -> str:
 
 @pytest.fixture
 def make_gateway(aiohttp_client, upstream_url):
-    """make_gateway(**config) -> a test client of create_app(settings) against the fake."""
+    """make_gateway(config, access=None, **client options) -> a test client of
+    create_app(settings) against the fake (`access`: the app's access log)."""
 
-    async def make(config: dict | None = None, **kw):
+    async def make(config: dict | None = None, access=None, **kw):
         settings = parse(merge(base_config(upstream_url), config or {}),
                          environ={"OPENAI_API_KEY": KEY})
-        app = create_app(settings)
+        app = create_app(settings, access=access)
         return await aiohttp_client(app, trace_configs=[trace_config()], **kw)
 
     return make
