@@ -1,24 +1,23 @@
 """Realtime sessions open at once per caller (`realtime.max_sessions`), counted in the store,
 so the limit holds across the processes and VMs that share it.
 
-A process that dies must not hold its callers' slots for ever, and the store can neither list
-keys nor extend a counter's life, so a session is not one counter for its whole life. Time is
-cut into buckets of `period` seconds, and a caller has one counter per bucket: the sessions
-that declared themselves alive for it. A session is counted in the bucket it starts in and
-the next one; while it lives, its process counts it in each next bucket as that bucket's
-predecessor begins (one batched `incr` per process and bucket, every caller at once). So at
-any moment a live session is counted in the current bucket, and the current counter is the
-number of sessions open:
-- opening: both counters are incremented; when the current one passes the limit, both are
-  given back and the session is refused (429 `too_many_sessions`). The store's `incr` is
-  atomic, so two processes opening at once cannot both pass;
-- closing: the counters it was counted in, from the current one on, are decremented;
-- a process that dies stops counting its sessions: their slots are free again after at most
-  two buckets (`2 * period`, a minute by default), when the buckets they were counted in are
-  past. That is also the longest a slot can stay taken too long; never too short while the
-  process keeps its loop (a refresh late by more than a whole bucket would under-count).
-Counters live three buckets (TTL) and are never read after that.
-
+A process that dies must not hold its callers' slots for ever, and no store can list keys or
+extend a counter's life, so a session is not one counter for its whole life. It is counted in
+a window of `period` seconds of the store's own sliding-window counters (the interface every
+store offers: `count`, `adjust`): one counter per caller and bucket of `period` seconds, read
+as of the bucket's start, when the previous bucket still weighs whole. So the sessions open
+now are those counted in the current bucket or the previous one:
+- opening: counted in the current bucket if, with the previous one, the caller has fewer than
+  `max_sessions` (the store counts and re-checks: two processes opening at once cannot both
+  pass); else 429 `too_many_sessions`;
+- living: early in each bucket, each process moves its open sessions from the bucket they were
+  counted in to the current one (one store call for all of them). Until it does they are still
+  counted, in the previous bucket;
+- closing: the session is taken out of the bucket it is counted in;
+- a process that dies moves nothing any more: its sessions stop counting when their bucket is
+  no longer the previous one, within two buckets (`2 * period`, a minute by default). That is
+  also the longest a slot can stay taken too long; never too short while the process keeps its
+  loop (a move late by more than a whole bucket would under-count).
 With the store failing, `storage.on_error` decides as for every counter: "open" lets the
 session start uncounted, "closed" refuses it (503).
 """
@@ -33,22 +32,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import TooManySessions
-from ..store import Store
+from ..store import Hit, Store, Window
 from .limiter import StoragePolicy
 
 log = logging.getLogger("gateway.realtime")
 
 #: Seconds of one bucket: a dead process's sessions free their slots within two of them.
 PERIOD = 30
+#: How far before a bucket's end its counts are read when a move charges it: the previous
+#: bucket then weighs nothing, so a move is clamped by the current bucket alone.
+_BEFORE_END = 0.001
 
 
 @dataclass(eq=False, slots=True)
 class Slot:
-    """One open session's place: its caller's counter prefix and the last bucket it is
-    counted in."""
+    """One open session's place: its caller's window and the bucket it is counted in."""
 
-    key: str
-    registered: int
+    window: Window
+    bucket: int
     released: bool = False
 
 
@@ -60,7 +61,7 @@ class SessionSlots:
         self.store, self.policy, self._ident = store, policy, ident
         self.period, self._clock = period, clock
         self.limit = 0
-        #: The open sessions of this process (their buckets are refreshed).
+        #: The open sessions of this process (moved to each new bucket).
         self.live: set[Slot] = set()
 
     def configure(self, limit: int) -> None:
@@ -69,85 +70,80 @@ class SessionSlots:
     def _bucket(self) -> int:
         return int(self._clock() // self.period)
 
-    def _items(self, key: str, buckets, amount: int = 1) -> list[tuple[str, int, int]]:
-        return [(f"{key}/{b}", amount, 3 * self.period) for b in buckets]
-
     async def acquire(self, caller) -> Slot | None:
         """A slot for one more session of `caller`; TooManySessions (429) when its
         `max_sessions` are open. None: the store failed and `storage.on_error` is "open" (the
         session starts uncounted); StorageUnavailable (503) when "closed"."""
-        key = "rt/open/" + self._ident(caller)
-        now = self._bucket()
-        items = self._items(key, (now, now + 1))
+        w = Window("rt/open/" + self._ident(caller), self.limit, self.period)
+        bucket = self._bucket()
+        policy = self.policy
         try:
-            batch = await self.store.incr_many(items)
-            batch.raise_failed()
+            counted = await self.store.count([Hit(w)], now=float(bucket * self.period),
+                                             fail_open=policy.fail_open)
         except Exception as exc:  # any store failure means "not counted"
-            with contextlib.suppress(Exception):
-                await self.store.decr_many([(k, 1) for k, _, _ in items])
-            self.policy.failed(exc)  # raises when on_error is "closed"
+            policy.failed(exc)  # raises when on_error is "closed"
             return None
-        if batch.values[items[0][0]] > self.limit:
-            with contextlib.suppress(Exception):  # a failure here over-counts: the safe side
-                await self.store.decr_many([(k, 1) for k, _, _ in items])
+        if counted.error is not None:
+            policy.failed(counted.error)
+            return None
+        if not counted.allowed:
             raise TooManySessions(
                 f"Too many realtime sessions open: this gateway allows {self.limit} at once "
                 "per caller (realtime.max_sessions). Close one and try again.",
                 headers={"Retry-After": str(self.period)})
-        slot = Slot(key, now + 1)
+        slot = Slot(w, bucket)
         self.live.add(slot)
         return slot
 
     async def release(self, slot: Slot | None) -> None:
-        """The session ended: its counters, from the current bucket on, are given back (once;
-        a failure is logged and the slot frees itself within two buckets)."""
+        """The session ended: it leaves the bucket it is counted in (once; a failure is
+        logged, and the slot frees itself within two buckets)."""
         if slot is None or slot.released:
             return
         slot.released = True
         self.live.discard(slot)
-        now = self._bucket()
-        counted = range(now, slot.registered + 1)
-        if not counted:
-            return
         try:
-            (await self.store.decr_many([(f"{slot.key}/{b}", 1) for b in counted])
-             ).raise_failed()
+            await self.store.adjust([(slot.window, 1, float(slot.bucket * self.period))], [],
+                                    now=self._clock())
         except Exception as exc:
             self.policy.failed(exc, refuse=False)
 
     async def refresh(self) -> None:
-        """Count every open session of this process in the next bucket (where not yet)."""
-        target = self._bucket() + 1
-        due = [slot for slot in self.live if slot.registered < target]
-        if not due:
+        """Move every open session of this process counted in an earlier bucket to the
+        current one (one store call)."""
+        bucket = self._bucket()
+        moved: dict[tuple[str, int], list[Slot]] = {}
+        for slot in self.live:
+            if slot.bucket < bucket:
+                moved.setdefault((slot.window.key, slot.bucket), []).append(slot)
+        if not moved:
             return
-        per_key: dict[str, int] = {}
-        for slot in due:
-            per_key[slot.key] = per_key.get(slot.key, 0) + 1
+        refunds, charges = [], []
+        for slots in moved.values():
+            w, n = slots[0].window, len(slots)
+            refunds.append((w, n, float(slots[0].bucket * self.period)))
+            charges.append((w, n))
         try:
-            batch = await self.store.incr_many(
-                [item for key, n in per_key.items() for item in self._items(key, (target,), n)])
+            await self.store.adjust(refunds, charges,
+                                    now=(bucket + 1) * self.period - _BEFORE_END)
         except Exception as exc:
             self.policy.failed(exc, refuse=False)
             return
-        failed = {key.rsplit("/", 1)[0] for key in batch.failed}
-        for slot in due:
-            if slot.key not in failed and not slot.released:
-                slot.registered = target
-        if batch.failed:
-            self.policy.failed(next(iter(batch.failed.values())), refuse=False)
+        for slots in moved.values():
+            for slot in slots:
+                slot.bucket = bucket
 
     async def _refreshing(self) -> None:
         while True:
             await self.refresh()
             # Early in each bucket (spread over its first tenth, so that processes do not all
-            # write at once): the whole bucket is left to count the next one.
+            # write at once): until then its sessions count in the previous one.
             wait = (self._bucket() + 1) * self.period - self._clock()
             await asyncio.sleep(max(wait, 0) + random.uniform(0, self.period / 10))
 
     @contextlib.asynccontextmanager
     async def running(self):
-        """Refresh the open sessions' buckets while the app runs."""
+        """Move the open sessions to each new bucket while the app runs."""
         task = asyncio.create_task(self._refreshing())
         try:
             yield self

@@ -17,10 +17,12 @@ from ..cache.prompts import PromptCache
 from ..errors import BudgetExceeded, ModelNotPriced, RateLimited, SpendLimited, TokensRateLimited
 from ..metering.budgets import Budgets, Reservation
 from ..metering.headers import limit_headers
-from ..metering.limiter import RateLimiter
+from ..metering.limiter import Hits, RateLimiter
 from ..metering.prices import PriceTable, estimate
 from ..observability.metrics import Metrics
 from .exchange import Exchange
+
+NO_HITS = Hits([])
 
 
 class Admission:
@@ -59,14 +61,13 @@ class Admission:
             ex.cache_key = self.cache.key(ex.caller, ex.route, parsed.body, ex.request.headers)
         limiter = self.limiter
         rules = limiter.hits(ex.caller, ex.route, parsed.model, rules_only=True) \
-            if parsed.model is not None and limiter.has_model_rules else []
+            if parsed.model is not None and limiter.has_model_rules else NO_HITS
         holds = self.budgets.holds(ex.caller, ex.route, parsed.model, ex.reserved_tokens, micro)
         reads = [ex.cache_key] if ex.cache_key is not None and self.batched_reads else []
         entry = None
         ex.reservation = Reservation()
         if rules or holds or reads:
-            counted = await limiter.count([h for h, _ in rules] + self.budgets.hits(holds),
-                                          reads)
+            counted = await limiter.count(rules.windows + self.budgets.hits(holds), reads)
             if counted is not None:
                 try:
                     state = limiter.verdict(counted, rules)

@@ -62,6 +62,7 @@ TURN_INPUT_TOKENS = 1000
 #: or a minute of audio for a model billed by the minute.
 UNREAD_TRANSCRIPTION = Usage(input=TURN_INPUT_TOKENS, audio_input=TURN_INPUT_TOKENS)
 UNREAD_SECONDS = 60.0
+NO_RULES = Hits([])
 
 
 @dataclass(slots=True)
@@ -119,24 +120,24 @@ class SessionMeter:
         self.priced(transcription_model, "session.audio.input.transcription.model")
         limiter = self.limiter
         rules = limiter.hits(self.caller, self.route, self.model, rules_only=True) \
-            if limiter.has_model_rules else []
+            if limiter.has_model_rules else NO_RULES
         try:
             self.ready = await self._reserve(rules)
         except RateLimited as exc:
             self._refused(exc)
             raise
 
-    async def _reserve(self, rules: Hits | None = None) -> Held:
-        """One response at the cap, with the input estimate; raises the refusal."""
+    async def _reserve(self, rules: Hits = NO_RULES) -> Held:
+        """One response at the cap, with the input estimate; raises the refusal (of a budget,
+        or of `rules`: the request windows naming the model, counted at the session's start)."""
         tokens = self.next_input + self.cap
         micro = estimate(self.price, self.next_input, self.cap,
                          audio_tokens=self.next_audio) if self.price is not None else 0
         holds = self.budgets.holds(self.caller, self.route, self.model, tokens,
                                    micro if self.dollars else None)
-        rules = rules or []
         if not holds and not rules:
             return Held(Reservation(), tokens, micro)
-        counted = await self.limiter.count([h for h, _ in rules] + self.budgets.hits(holds))
+        counted = await self.limiter.count(rules.windows + self.budgets.hits(holds))
         if counted is None:  # the store failed and on_error is "open": nothing counted
             return Held(Reservation(), tokens, micro)
         self.limiter.verdict(counted, rules)

@@ -11,24 +11,22 @@ response it asks for there is metered by the gateway through the call's sideband
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import aiohttp
 import pytest
 from aiohttp import web
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 
 from openai_gateway.demo.fake_openai import FakeOpenAI
 from openai_gateway.demo.fake_realtime import FakeRealtime
 
 from ..conftest import KEY, free_port
-from ..demo.test_demo import demo_process  # noqa: F401  (a fixture)
-from ..demo.test_fake_realtime import WEBRTC_ARGS
+from ..support.browser import start_chromium
 from ..support.realtime_gateway import MODELS, config, eventually, stopped
 from ..support.webrtc_peer import OpenAIPeer
-from .test_browser import CHROME_ARGS, CHROMEDRIVER, CHROMIUM, Browser
+
+#: Chromium's fake microphone, granted without a prompt.
+WEBRTC_ARGS = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 
 #: OpenAI's browser flow (its WebRTC guide and the agents SDK), with two changes: the secret
 #: comes from the gateway's /v1/realtime/client_secrets, and the calls go to the gateway.
@@ -73,19 +71,9 @@ def fake(rt) -> FakeOpenAI:
 
 @pytest.fixture
 def call_browser(tmp_path):
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        pytest.fail(f"{' and '.join(missing)} not found: install Debian's chromium and "
-                    "chromium-driver (make test does)", pytrace=False)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in CHROME_ARGS + WEBRTC_ARGS:
-        options.add_argument(arg)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(30)
-    yield Browser(driver)
-    driver.quit()
+    browser = start_chromium(tmp_path / "chromium-profile", WEBRTC_ARGS)
+    yield browser
+    browser.driver.quit()
 
 
 async def test_chromium_calls_through_the_gateway(rt, gateway_process, aiohttp_server,
@@ -169,8 +157,7 @@ async def test_the_playgrounds_talk_button_calls_through_the_gateway(rt, gateway
         await peer.close()
 
 
-async def test_the_talk_button_says_why_it_cannot_in_demo_mode(demo_process,  # noqa: F811
-                                                               call_browser):
+async def test_the_talk_button_says_why_it_cannot_in_demo_mode(demo_process, call_browser):
     gp = await demo_process()
     await call_browser.open_playground(gp.url)
     await call_browser.js("document.getElementById('talk').click()")

@@ -10,8 +10,8 @@ from openai_gateway.demo.fake_openai import FakeOpenAI
 from openai_gateway.demo.fake_realtime import FakeRealtime
 
 from ..conftest import KEY
+from ..support.nginx_helper import SITE, Nginx, free_port, plain_http_site
 from ..support.realtime_gateway import ANY_KEY, MODELS, BrowserSocket, browser_ws, config
-from .test_nginx_gateway import behind_nginx, session_from  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
@@ -24,8 +24,30 @@ def fake(rt) -> FakeOpenAI:
     return FakeOpenAI(realtime=rt)
 
 
-async def test_browsers_hold_realtime_sockets_through_nginx(rt, behind_nginx):  # noqa: F811
-    url, _ = await behind_nginx(config(realtime={"max_sessions": 1}))
+@pytest.fixture
+async def behind_nginx(gateway_process, tmp_path):
+    """start(config) -> the URL of the shipped site in front of a started gateway."""
+    started: list[Nginx] = []
+
+    async def start(config: dict) -> str:
+        gp = await gateway_process(config)
+        port = free_port()
+        site = plain_http_site(SITE.read_text(), port=port, backend=f"127.0.0.1:{gp.port}")
+        started.append(Nginx(site, port, tmp_path / f"nginx-{port}").__enter__())
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for nginx in started:
+        nginx.__exit__()
+
+
+def session_from(address: str) -> aiohttp.ClientSession:
+    """A client whose connections come from another loopback address (another browser)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
+
+
+async def test_browsers_hold_realtime_sockets_through_nginx(rt, behind_nginx):
+    url = await behind_nginx(config(realtime={"max_sessions": 1}))
     async with session_from("127.0.0.2") as one, session_from("127.0.0.3") as two:
         async with browser_ws(one, url, ANY_KEY) as a, browser_ws(two, url, ANY_KEY) as b:
             for ws in (a, b):
