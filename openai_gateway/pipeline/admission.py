@@ -121,7 +121,8 @@ class Admission:
         if price is None:
             raise ModelNotPriced(
                 f"The model '{(parsed.model or '')[:100]}' has no price in this gateway's "
-                "[prices] table, and a dollar budget applies to this request.", param="model")
+                "[prices] table that bounds this request (an image model needs its "
+                "image_tokens or per_image), and a dollar budget applies to it.", param="model")
         return ex.reserved_micro
 
     def _refused(self, ex: Exchange, exc: RateLimited) -> None:

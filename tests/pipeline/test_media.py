@@ -161,6 +161,19 @@ async def test_a_dollar_budget_needs_a_bound(make_gateway, fake, route, body):
     assert fake.media.ledger.requests == []
 
 
+async def test_token_budgets_see_the_image_output_tokens(make_gateway, fake):
+    gw = await make_gateway({**CONFIG, "rate_limit": {"tokens": ["1000/minute"]}})
+    body = {"model": "gpt-image-1-mini", "prompt": "a fox", "quality": "low",
+            "size": "1024x1024"}
+    resp = await gw.post("/v1/images/generations", json={**body, "n": 2})  # 2 x 688 tokens
+    assert resp.status == 429 and (await resp.json())["error"]["type"] == "tokens"
+    resp = await gw.post("/v1/images/generations", json=body)
+    assert resp.status == 200
+    # Settled to the usage: 272 image tokens and the prompt's few.
+    assert 1000 - int(resp.headers["x-ratelimit-remaining-tokens"]) < 300
+    assert len(fake.media.ledger.requests) == 1
+
+
 # --- the cache ----------------------------------------------------------------------------
 
 
