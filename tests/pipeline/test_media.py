@@ -90,6 +90,18 @@ async def test_token_billed_speech_is_bounded_by_the_seconds_it_plays(make_gatew
         assert micro_of(line) < reserved / 1.4
 
 
+async def test_speech_as_events_is_charged_its_usage(make_gateway, fake, access):
+    gw = await make_gateway(CONFIG)
+    resp = await gw.post("/v1/audio/speech", json={
+        "model": "gpt-4o-mini-tts", "input": TEXT, "voice": "alloy", "stream_format": "sse"})
+    text = await resp.text()
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+    assert text.count("speech.audio.delta") > 3 and text.rstrip().endswith("}")
+    line = await access()
+    assert line["charged"] == "usage"
+    assert line["tokens_out"] == fake.media.ledger.produced[-1].usage["output_tokens"]
+
+
 async def test_a_model_billed_by_the_character_is_charged_its_characters(make_gateway, access):
     gw = await make_gateway(CONFIG)
     resp = await gw.post("/v1/audio/speech", json={"model": "tts-1", "input": TEXT,
