@@ -37,6 +37,7 @@ from .metering.headers import limit_headers
 from .metering.limiter import RateLimiter, StoragePolicy
 from .metering.prices import table as price_table
 from .metering.rules import Limits, Rules
+from .observability.logs import AccessLog
 from .observability.metrics import Metrics
 from .pipeline.admission import Admission
 from .pipeline.proxy import Policy, Proxy
@@ -131,7 +132,9 @@ def apply(app: web.Application, settings: Settings) -> None:
     app[SETTINGS] = settings
 
 
-def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
+def create_app(settings: Settings, *, demo: bool = False,
+               access: AccessLog | None = None) -> web.Application:
+    """`access`: the access log `logs.configure` set up (None: lines through `logging`)."""
     s = settings
     c = build(s, demo)
     proxy, auth, origins = c.proxy, c.auth, c.origins
@@ -143,7 +146,8 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
             render_errors,
             # The id and record the later steps write to; the access log and the metrics
             # once the answer is done, with the status render_errors gives it.
-            request_context(s.log.hash_client, _address_of(proxy), c.metrics),
+            request_context(access or AccessLog(), s.log.hash_client, _address_of(proxy),
+                            c.metrics),
             # A refused Origin costs nothing: 403 before identity, the body or the upstream.
             origins.middleware,
         ],

@@ -116,15 +116,15 @@ def serve_command(argv: list[str]) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         print(f"{args.config}: OK", file=sys.stderr)
         return 0
-    logs.configure(settings.log.level, settings.log.format, settings.secrets,
-                   hash_secret=settings.log_hash_secret.encode() or None)
+    access = logs.configure(settings.log.level, settings.log.format, settings.secrets,
+                            hash_secret=settings.log_hash_secret.encode() or None)
     try:
         import uvloop
         uvloop.install()
     except ImportError:  # optional: the standard loop works, only slower
         pass
     # No SIGHUP reload in demo mode: the file alone does not describe the demo's settings.
-    return run(settings, None if demo else source, demo)
+    return run(settings, None if demo else source, demo, access)
 
 
 # --- subcommands --------------------------------------------------------------------------

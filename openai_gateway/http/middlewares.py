@@ -21,7 +21,7 @@ from ..errors import (
     from_http_exception,
     http_error_code,
 )
-from ..observability.logs import RequestRecord, log_access, refusal_detail
+from ..observability.logs import AccessLog, RequestRecord, refusal_detail
 from ..observability.metrics import Metrics
 from ..pipeline.proxy import COST_HEADER, RECORD
 
@@ -59,7 +59,8 @@ async def render_errors(request: web.Request, handler):
                  f"{rec.request_id if rec else '-'}).", "server_error", None, "internal_error")
 
 
-def request_context(hash_client: bool, address_of: AddressOf, metrics: Metrics):
+def request_context(access: AccessLog, hash_client: bool, address_of: AddressOf,
+                    metrics: Metrics):
     """Gives each request an id and a record, and logs the record once the answer is done.
 
     The status logged is the one the client gets: a GatewayError's, which `render_errors`
@@ -100,7 +101,7 @@ def request_context(hash_client: bool, address_of: AddressOf, metrics: Metrics):
             if rec.route is not None:
                 metrics.requests.labels(rec.route, str(rec.status)).inc()
                 metrics.latency.bucket(rec.route).observe(time.perf_counter() - rec.started)
-            log_access(rec, hash_client)
+            access.log(rec, hash_client)
 
     return middleware
 

@@ -69,9 +69,25 @@ class RequestRecord:
     charged: str | None = None
 
 
+class Stamps:
+    """ISO-8601 UTC times with milliseconds; strftime once a second, not once a line."""
+
+    __slots__ = ("whole", "text")
+
+    def __init__(self) -> None:
+        self.whole, self.text = 0, ""
+
+    def __call__(self, ts: float) -> str:
+        whole = int(ts)
+        if whole != self.whole:
+            self.whole, self.text = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        return f"{self.text}.{int(ts % 1 * 1000):03d}Z"
+
+
 class RedactingFormatter(logging.Formatter):
     def __init__(self, secrets: tuple[str, ...], json_lines: bool):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.stamp = Stamps()
         # Only real keys: redacting a 1-character test value would garble every line.
         self.secrets = tuple(s for s in secrets if len(s) >= 8)
         self.json_lines = json_lines
@@ -83,7 +99,7 @@ class RedactingFormatter(logging.Formatter):
         if self.json_lines:
             doc = access
             if doc is None:
-                doc = {"time": _iso(record.created), "level": record.levelname.lower(),
+                doc = {"time": self.stamp(record.created), "level": record.levelname.lower(),
                        "logger": record.name, "message": record.getMessage()}
                 if record.exc_info:
                     doc["exc"] = self.formatException(record.exc_info)
@@ -159,16 +175,6 @@ class MalformedHeads(logging.Filter):
         self.report_due = loop.call_later(1.0, self.report)
 
 
-_heads = MalformedHeads()
-_second = (0, "")
-
-
-def _iso(ts: float) -> str:
-    global _second
-    whole = int(ts)
-    if whole != _second[0]:  # strftime once a second, not once a line
-        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    return f"{_second[1]}.{int(ts % 1 * 1000):03d}Z"
 
 
 # --- the access line ------------------------------------------------------------------------
@@ -282,13 +288,39 @@ class AccessWriter:
             pass  # a closed or full log stream must not break request handling
 
 
-_writer: AccessWriter | None = None
-_hasher = ClientHasher()
+class AccessLog:
+    """The access line of every request: JSON lines straight to the log stream (`writer`,
+    coalesced per loop iteration), or text through `logging` (no writer: also what an app built
+    without `configure`, in tests, uses). `hash_key` keys `log.hash_client`'s pseudonyms
+    (None: random, so they last one run)."""
+
+    def __init__(self, writer: AccessWriter | None = None, hash_key: bytes | None = None):
+        self.writer = writer
+        self.hasher = ClientHasher(hash_key)
+        self.stamp = Stamps()
+
+    def log(self, rec: RequestRecord, hash_client: bool) -> None:
+        if not ACCESS.isEnabledFor(logging.INFO):
+            return
+        client = rec.client
+        if hash_client and client != "-":
+            client = self.hasher(client)
+        doc = access_doc(rec, client, self.stamp(time.time()))
+        if self.writer is not None:
+            self.writer.write(doc)
+        else:
+            ACCESS.info(text_line(doc), extra={"access": doc})
+
+    def flush(self) -> None:
+        """Write out pending access lines (at shutdown)."""
+        if self.writer is not None:
+            self.writer.flush()
 
 
 def configure(level: str, fmt: str, secrets: tuple[str, ...], stream: TextIO | None = None, *,
-              hash_secret: bytes | None = None) -> None:
-    """Install one handler on the root logger (idempotent: reload replaces it).
+              hash_secret: bytes | None = None) -> AccessLog:
+    """Install one handler on the root logger (idempotent: reload replaces it); the access log
+    the app writes to.
 
     fmt: "json", "text", or "auto" (text on a terminal, JSON otherwise). hash_secret keys
     `log.hash_client`'s HMAC; None picks a random key (pseudonyms then last one run).
@@ -302,18 +334,18 @@ def configure(level: str, fmt: str, secrets: tuple[str, ...], stream: TextIO | N
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    global _writer, _hasher
-    _writer = AccessWriter(stream) if json_lines else None
-    _hasher = ClientHasher(hash_secret)
     # aiohttp's own access log is off (run_app(access_log=None)); ours replaces it.
     logging.getLogger("aiohttp.access").disabled = True
-    logging.getLogger("aiohttp.server").addFilter(_heads)  # the same filter once, on reload too
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedHeads) for f in server.filters):  # once, reload too
+        server.addFilter(MalformedHeads())
+    return AccessLog(AccessWriter(stream) if json_lines else None, hash_secret)
 
 
-def access_doc(rec: RequestRecord, client: str) -> dict:
+def access_doc(rec: RequestRecord, client: str, stamp: str) -> dict:
     """The access line's fields (JSON keys; the text line shows the same facts)."""
     return {
-        "time": _iso(time.time()), "level": "info", "logger": "gateway.access",
+        "time": stamp, "level": "info", "logger": "gateway.access",
         "request_id": rec.request_id, "client": client, "method": rec.method,
         "path": rec.path[:200], "route": rec.route, "model": rec.model, "status": rec.status,
         "cache": rec.cache, "rate_limit": rec.rate_limit, "upstream_status": rec.upstream_status,
@@ -322,22 +354,3 @@ def access_doc(rec: RequestRecord, client: str) -> dict:
         "tokens_in": rec.tokens_in, "tokens_out": rec.tokens_out, "cost_usd": rec.cost_usd,
         "charged": rec.charged, "error": rec.error, "detail": rec.detail,
     }
-
-
-def log_access(rec: RequestRecord, hash_client: bool) -> None:
-    if not ACCESS.isEnabledFor(logging.INFO):
-        return
-    client = rec.client
-    if hash_client and client != "-":
-        client = _hasher(client)
-    doc = access_doc(rec, client)
-    if _writer is not None:
-        _writer.write(doc)
-    else:
-        ACCESS.info(text_line(doc), extra={"access": doc})
-
-
-def flush() -> None:
-    """Write out pending access lines (at shutdown)."""
-    if _writer is not None:
-        _writer.flush()

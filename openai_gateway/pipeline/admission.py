@@ -18,11 +18,13 @@ from ..errors import BudgetExceeded, ModelNotPriced, RateLimited, SpendLimited, 
 from ..metering import units as unit_money
 from ..metering.budgets import Budgets, Reservation
 from ..metering.headers import limit_headers
-from ..metering.limiter import RateLimiter
+from ..metering.limiter import Hits, RateLimiter
 from ..metering.prices import PriceTable, estimate
 from ..observability.metrics import Metrics
 from . import media
 from .exchange import Exchange
+
+NO_HITS = Hits([])
 
 
 class Admission:
@@ -62,14 +64,13 @@ class Admission:
                                           ex.request.headers)
         limiter = self.limiter
         rules = limiter.hits(ex.caller, ex.route, parsed.model, rules_only=True) \
-            if parsed.model is not None and limiter.has_model_rules else []
+            if parsed.model is not None and limiter.has_model_rules else NO_HITS
         holds = self.budgets.holds(ex.caller, ex.route, parsed.model, ex.reserved_tokens, micro)
         reads = [ex.cache_key] if ex.cache_key is not None and self.batched_reads else []
         entry = None
         ex.reservation = Reservation()
         if rules or holds or reads:
-            counted = await limiter.count([h for h, _ in rules] + self.budgets.hits(holds),
-                                          reads)
+            counted = await limiter.count(rules.windows + self.budgets.hits(holds), reads)
             if counted is not None:
                 try:
                     state = limiter.verdict(counted, rules)

@@ -155,10 +155,12 @@ async def start(settings: Settings, app: web.Application, *,
 
 
 async def serve(settings: Settings, source: ConfigSource | None = None, *,
-                reuse_port: bool = False, on_ready=None, demo: DemoUpstream | None = None) -> None:
+                reuse_port: bool = False, on_ready=None, demo: DemoUpstream | None = None,
+                access: logs.AccessLog | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain: stop accepting, let requests finish, close."""
     warn_risky(settings)
-    app = create_app(settings, demo=demo is not None)
+    access = access or logs.AccessLog()
+    app = create_app(settings, demo=demo is not None, access=access)
     if demo is not None:
         demo.attach(app)  # --demo: the built-in upstream is served by this app's event loop
     runner, listener = await start(settings, app, reuse_port=reuse_port)
@@ -189,30 +191,32 @@ async def serve(settings: Settings, source: ConfigSource | None = None, *,
         mark_draining(app)
         watchdog.cancel()
         await runner.cleanup()
-        logs.flush()
+        access.flush()
         log.info("stopped")
 
 
 def run(settings: Settings, source: ConfigSource | None,
-        demo: DemoUpstream | None = None) -> int:
+        demo: DemoUpstream | None = None, access: logs.AccessLog | None = None) -> int:
     """Serve until stopped; returns the exit status (0, or 1 when the port was not bound)."""
     workers = resolve_workers(settings.server.workers)
     if workers > 1:
-        return Supervisor(settings, workers, worker=partial(serve_worker, source=source),
+        return Supervisor(settings, workers,
+                          worker=partial(serve_worker, source=source, access=access),
                           reread=source.load if source is not None else None).run()
     try:
-        asyncio.run(serve(settings, source, demo=demo))
+        asyncio.run(serve(settings, source, demo=demo, access=access))
     except CannotListen:
         return 1
     return 0
 
 
 def serve_worker(settings: Settings, on_ready: Callable[[], None], *,
-                 source: ConfigSource | None) -> int:
+                 source: ConfigSource | None, access: logs.AccessLog | None = None) -> int:
     """One worker of a Supervisor: serves on the shared port (SO_REUSEPORT) until stopped;
     its exit status."""
     try:
-        asyncio.run(serve(settings, source, reuse_port=True, on_ready=on_ready))
+        asyncio.run(serve(settings, source, reuse_port=True, on_ready=on_ready,
+                          access=access))
     except CannotListen:
         return EXIT_CANNOT_LISTEN
     return 0

@@ -156,11 +156,17 @@ def test_malformed_heads_are_told_without_the_request_a_few_lines_a_second(caplo
 # --- lines from real requests (in-process gateway) ------------------------------------------
 
 
+class Written(io.StringIO):
+    """A log stream, and the access log that writes to it."""
+
+    access: logs.AccessLog
+
+
 @pytest.fixture
-def text_log(monkeypatch):
+def text_log():
     """Access lines as the text format writes them (the formatter of `log.format = text`)."""
-    monkeypatch.setattr(logs, "_writer", None)
-    stream = io.StringIO()
+    stream = Written()
+    stream.access = logs.AccessLog()  # no writer: text lines through `logging`
     handler = logging.StreamHandler(stream)
     handler.setFormatter(RedactingFormatter((KEY,), json_lines=False))
     logs.ACCESS.addHandler(handler)
@@ -169,15 +175,15 @@ def text_log(monkeypatch):
 
 
 @pytest.fixture
-def json_log(monkeypatch):
+def json_log():
     """Access lines as the JSON format writes them."""
-    stream = io.StringIO()
-    monkeypatch.setattr(logs, "_writer", logs.AccessWriter(stream))
+    stream = Written()
+    stream.access = logs.AccessLog(logs.AccessWriter(stream))
     return stream
 
 
-def lines_of(stream: io.StringIO) -> list[str]:
-    logs.flush()
+def lines_of(stream: Written) -> list[str]:
+    stream.access.flush()
     return [line for line in stream.getvalue().splitlines() if line]
 
 
@@ -188,8 +194,9 @@ TEXT_OK = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} 200 POST /v1/chat/c
 
 
 async def test_text_lines_of_an_answer_and_of_refusals(make_gateway, text_log):
-    gw = await make_gateway({"rate_limit": {"requests": ["1/minute"]}})
-    r = await gw.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {KEY}"})
+    gw = await make_gateway({"rate_limit": {"requests": ["1/minute"]}}, access=text_log.access)
+    r = await gw.post("/v1/chat/completions", json=CHAT,
+                      headers={"Authorization": f"Bearer {KEY}"})
     assert r.status == 200
     r403 = await gw.post("/v1/chat/completions", json=CHAT, headers={"Origin": EVIL})
     r429 = await gw.post("/v1/chat/completions", json=CHAT)
@@ -208,7 +215,7 @@ async def test_text_lines_of_an_answer_and_of_refusals(make_gateway, text_log):
 
 
 async def test_json_lines_say_why_too(make_gateway, json_log):
-    gw = await make_gateway({"rate_limit": {"requests": ["1/minute"]}})
+    gw = await make_gateway({"rate_limit": {"requests": ["1/minute"]}}, access=json_log.access)
     assert (await gw.post("/v1/chat/completions", json=CHAT)).status == 200
     assert (await gw.post("/v1/chat/completions", json=CHAT, headers={"Origin": EVIL})).status \
         == 403
@@ -229,16 +236,16 @@ async def test_json_lines_say_why_too(make_gateway, json_log):
 
 
 async def test_an_allowed_origin_is_not_a_refusal(make_gateway, json_log):
-    gw = await make_gateway()
+    gw = await make_gateway(access=json_log.access)
     r = await gw.post("/v1/chat/completions", json=CHAT, headers={"Origin": ORIGIN})
     assert r.status == 200
     [line] = (json.loads(x) for x in lines_of(json_log))
     assert line["error"] is None and line["detail"] is None
 
 
-async def test_hashed_clients_in_the_log(make_gateway, json_log, monkeypatch):
-    monkeypatch.setattr(logs, "_hasher", ClientHasher(b"s" * 32))
-    gw = await make_gateway({"log": {"hash_client": True}})
+async def test_hashed_clients_in_the_log(make_gateway, json_log):
+    json_log.access = logs.AccessLog(logs.AccessWriter(json_log), hash_key=b"s" * 32)
+    gw = await make_gateway({"log": {"hash_client": True}}, access=json_log.access)
     await gw.post("/v1/chat/completions", json=CHAT, headers={"Origin": EVIL})
     [line] = (json.loads(x) for x in lines_of(json_log))
     assert line["client"] == ClientHasher(b"s" * 32)("127.0.0.1")

@@ -17,8 +17,16 @@ import pytest
 
 from openai_gateway import cli
 
-from ..conftest import KEY, ROOT, GatewayProcess, base_config, free_port, merge, toml_dumps
-from .test_lifecycle import wait_for_log
+from ..conftest import (
+    KEY,
+    ROOT,
+    GatewayProcess,
+    base_config,
+    free_port,
+    merge,
+    toml_dumps,
+    wait_for_log,
+)
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
