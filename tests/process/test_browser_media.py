@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 
-from ..demo.test_demo import demo_process  # noqa: F401  (a fixture)
-from .test_browser import access_lines, browser, watch_reply  # noqa: F401  (fixtures)
+from ..conftest import access_lines
+from ..support.browser import watch_reply
 
 #: The state of the page's audio: the context, and the read-aloud button's counters.
 AUDIO = """const b = document.querySelector('.read-aloud');
@@ -17,7 +17,7 @@ AUDIO = """const b = document.querySelector('.read-aloud');
                    state: b.dataset.state, bytes: Number(b.dataset.bytes || 0)};"""
 
 
-async def test_read_aloud_plays_a_demo_answer_as_it_streams(browser, demo_process):  # noqa: F811
+async def test_read_aloud_plays_a_demo_answer_as_it_streams(browser, demo_process):
     gp = await demo_process()
     await browser.open_playground(gp.url)
     await browser.send("Read me")
@@ -47,8 +47,7 @@ async def test_read_aloud_plays_a_demo_answer_as_it_streams(browser, demo_proces
     assert lines[0]["model"] == "gpt-4o-mini-tts"
 
 
-async def test_the_image_tab_shows_partial_images_then_the_image(browser,  # noqa: F811
-                                                                 demo_process):  # noqa: F811
+async def test_the_image_tab_shows_partial_images_then_the_image(browser, demo_process):
     gp = await demo_process()
     await browser.open_playground(gp.url)
     await browser.wait("return !document.getElementById('tabs').hidden")
