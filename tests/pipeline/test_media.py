@@ -19,7 +19,7 @@ from openai_gateway.metering.prices import MICRO, PriceTable, cost
 from openai_gateway.metering.units import reserve
 from openai_gateway.policy import RequestPolicy, Usage
 
-from .test_uploads import CTYPE, gateway_to, multipart, transcription
+from ..support.uploads import CTYPE, gateway_to, multipart, transcription
 
 TABLE = PriceTable()
 TEXT = "Read this sentence aloud, please, at an even pace."

@@ -14,7 +14,7 @@ import pytest
 from openai_gateway.demo.media_formats import wav
 
 from ..conftest import ORIGIN
-from ..pipeline.test_uploads import BOUNDARY, CTYPE, multipart, sized, transcription
+from ..support.uploads import BOUNDARY, CTYPE, multipart, sized, transcription
 
 HEADERS = {"Content-Type": CTYPE, "Origin": ORIGIN}
 MODELS = ["whisper-1", "gpt-image-1-mini"]
