@@ -235,8 +235,10 @@ def test_each_section_checks_itself_wherever_it_is_built():
      'rate_limit.strategy: got 1, expected "auto", "moving-window" or "sliding-window-counter"'),
     ({"upstream": {"routes": ["/v1/files"]}},
      'upstream.routes[0]: got \'/v1/files\', expected "/v1/chat/completions", "/v1/completions", '
-     '"/v1/embeddings", "/v1/responses", "/v1/moderations", "/v1/models", '
-     '"/v1/realtime/client_secrets", "/v1/realtime/calls" or "/v1/realtime"'),
+     '"/v1/embeddings", "/v1/responses", "/v1/moderations", "/v1/models", "/v1/audio/speech", '
+     '"/v1/audio/transcriptions", "/v1/audio/translations", "/v1/images/generations", '
+     '"/v1/images/edits", "/v1/realtime/client_secrets", "/v1/realtime/calls" or '
+     '"/v1/realtime"'),
 ])
 def test_choices_list_the_allowed_values(doc, line):
     assert problems(doc) == [line]
