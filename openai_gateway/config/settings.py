@@ -102,6 +102,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     #: [tiers.NAME] tables by name.
     tiers: Mapping[str, TierSettings] = field(default_factory=lambda: types.MappingProxyType({}))
+    #: Gateway-issued client keys, for server-side clients (new-client-key prints one).
     clients: tuple[ClientSettings, ...] = ()
     #: Price overrides by model name (shipped defaults live with the cost code).
     prices: Mapping[str, PriceSettings] = field(
@@ -154,8 +155,8 @@ class Settings:
                 and self.rate_limit_storage.kind == "memcached"):
             p.note("rate_limit.strategy",
                    'got "moving-window", expected "auto" or "sliding-window-counter" with '
-                   "memcached storage (limits implements moving window only on memory, redis "
-                   "and mongodb)")
+                   "memcached storage (memcached keeps no moving window; memory:// and "
+                   "redis:// do)")
         _check_clients(self.clients, p)
         _check_auth(self, p)
         _check_tiers(self, p)
