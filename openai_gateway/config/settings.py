@@ -100,11 +100,13 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
-    #: [tiers.NAME] tables by name.
+    #: Tiers: named sets of limits, budgets and models for a kind of user (a client key's
+    #: tier, a token's tier claim, sessions' tier); each key replaces the general value.
     tiers: Mapping[str, TierSettings] = field(default_factory=lambda: types.MappingProxyType({}))
     #: Gateway-issued client keys, for server-side clients (new-client-key prints one).
     clients: tuple[ClientSettings, ...] = ()
-    #: Price overrides by model name (shipped defaults live with the cost code).
+    #: US dollars per 1M tokens by model: rows here override or add to the shipped table
+    #: (OpenAI's list prices, dated; see docs/budgets.md).
     prices: Mapping[str, PriceSettings] = field(
         default_factory=lambda: types.MappingProxyType({}))
     budget: BudgetSettings = field(default_factory=BudgetSettings)
