@@ -24,7 +24,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 from limits import RateLimitItem
@@ -44,7 +44,7 @@ from .access import (
 from .limits import SpendLimit, as_limits, as_spend, limit_text
 from .loader import Problems, build, subkey
 from .realtime import RealtimeSettings
-from .secrets import read_secrets
+from .secrets import SECRETS, read_secrets
 from .serving import (
     DEFAULT_ROUTES,
     CacheSettings,
@@ -275,29 +275,53 @@ def resolve_workers(workers: int | str) -> int:
 
 
 def parse(data: dict, environ: typing.Mapping[str, str] | None = None, *,
-          demo: bool = False) -> Settings:
+          secrets: Collection[str] = SECRETS) -> Settings:
     """Build and validate settings from a parsed TOML document, secrets from `environ`.
 
-    demo: the upstream key is neither needed nor read."""
+    secrets: the Settings fields of the secrets to read (`secrets.SECRETS`: all of them;
+    `DEMO_SECRETS`: all but the upstream's keys); the others stay empty and are not needed."""
     environ = os.environ if environ is None else environ
     p = Problems()
     settings = build(Settings, data, "", p)
-    secrets = read_secrets(settings, environ, p, demo=demo)
+    found = read_secrets(settings, environ, p, only=secrets)
     if p.lines:
         raise ConfigError(p.lines)
-    return replace(settings, **secrets, warnings=tuple(p.warnings))
+    return replace(settings, **found, warnings=tuple(p.warnings))
 
 
-def load(path: str | os.PathLike, environ: typing.Mapping[str, str] | None = None, *,
-         demo: bool = False) -> Settings:
-    """Read and validate a TOML file."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: file not found"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
-    return parse(data, environ, demo=demo)
+def load(path: str | os.PathLike | None, environ: typing.Mapping[str, str] | None = None, *,
+         secrets: Collection[str] = SECRETS, sections: Collection[str] | None = None
+         ) -> Settings:
+    """Read and validate a TOML file; `path` None: no file, every key at its default.
+
+    sections: read only these tables of the file ("tiers", "auth.tokens" ...; None: all), for
+    a command that uses a part of it: the rest of the file, right or wrong, is not its
+    business (serving and --check read it all). secrets: as for `parse`."""
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: file not found"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    if sections is not None:
+        data = select(data, sections)
+    return parse(data, environ, secrets=secrets)
 
 
+def select(data: dict, sections: Collection[str]) -> dict:
+    """The named tables of a TOML document (dotted: "auth.tokens"), nothing else."""
+    out: dict = {}
+    for section in sections:
+        head, _, rest = section.partition(".")
+        if head not in data:
+            continue
+        if rest and isinstance(data[head], dict):
+            inner = select(data[head], [rest])
+            if inner:
+                out.setdefault(head, {}).update(inner)
+        else:
+            out[head] = data[head]
+    return out

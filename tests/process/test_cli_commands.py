@@ -78,6 +78,41 @@ async def test_mint_token_refuses_clearly(tmp_path):
     assert rc == 2 and "GW_TOKEN_SECRET" in err and SECRET not in err
 
 
+async def test_global_options_go_before_or_after_the_command(tmp_path):
+    path = write(tmp_path, {"auth": {"tokens": {"secret_env": "GW_TOKEN_SECRET"}}})
+    env = {"GW_TOKEN_SECRET": SECRET}
+    for args in (("--config", path, "mint-token", "--user", "42"),
+                 ("mint-token", "--user", "42", "--config", path),
+                 ("--log-level", "debug", "mint-token", "--config", path, "--user", "42")):
+        rc, out, err = await gateway_cli(*args, env=env)
+        assert rc == 0, (args, err)
+        assert out.strip().count(".") == 2
+
+
+async def test_mint_token_reads_only_what_it_needs(tmp_path):
+    """An issuer whose secret is not exported here, a JWKS file of the server's, the storage's
+    password, a fallback's key: none of them is mint-token's business. Serving needs them all
+    and names every one."""
+    path = write(tmp_path, {
+        "auth": {"tokens": {"secret_env": "GW_TOKEN_SECRET"}, "issuers": [
+            {"issuer": "https://a.example/", "secret_env": "ISSUER_SECRET",
+             "algorithms": ["HS256"]},
+            {"issuer": "https://b.example/", "jwks_file": str(tmp_path / "jwks.json"),
+             "algorithms": ["RS256"]}]},
+        "storage": {"url": "redis://127.0.0.1:6379", "password_env": "REDIS_PASSWORD"},
+        "upstream": {"fallbacks": [{"base_url": "https://x.example/v1",
+                                    "api_key_env": "OTHER_KEY"}]}})
+    rc, out, err = await gateway_cli("mint-token", "--user", "42", "--config", path,
+                                     env={"GW_TOKEN_SECRET": SECRET, "OPENAI_API_KEY": ""})
+    assert rc == 0, err
+    assert out.strip().count(".") == 2
+    rc, out, err = await gateway_cli("--check", "--config", path,
+                                     env={"GW_TOKEN_SECRET": SECRET, "OPENAI_API_KEY": KEY})
+    assert rc == 2
+    for name in ("ISSUER_SECRET", "jwks_file", "REDIS_PASSWORD", "OTHER_KEY"):
+        assert name in err
+
+
 async def test_spend_on_memory_storage_points_at_the_metrics(tmp_path):
     path = write(tmp_path, {"budget": {"daily_usd": 5.0}})
     rc, out, err = await gateway_cli("spend", "--config", path)
