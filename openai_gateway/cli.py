@@ -20,6 +20,8 @@ import os
 import re
 import secrets
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -36,6 +38,7 @@ from .metering.budgets import Budgets
 from .metering.limiter import StoragePolicy
 from .metering.prices import usd
 from .metering.rules import Rules
+from .metering.tally import NO_TIER, SpendTally, spend_report
 from .observability import logs
 from .observability.metrics import Metrics
 from .server.process import ConfigSource, run
@@ -312,7 +315,24 @@ def mint_token(args: argparse.Namespace) -> int:
 
 
 def spend_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.epilog = ("With memory:// storage the counters live in the running gateway, so this asks "
+                "it (GET /gateway/spend, from this machine: a trusted peer); with memcached or "
+                "Redis it reads the store itself, gateway running or not. Reads [server], "
+                "[storage], [rate_limit], [budget] and [tiers] of the file, and the storage's "
+                "password.")
+    add_listen_options(p, argparse.SUPPRESS,
+                       "the running gateway's address, with memory:// (default server.host)",
+                       "its port (default server.port)")
+
+
+#: What `spend` says when nothing counts the spend by period.
+NO_CEILING = ("no gateway-wide ceiling: [budget] daily_usd and monthly_usd are 0, and the "
+              "gateway counts its spend by day and month only under one (set one; meanwhile "
+              "gateway_spend_usd_total in /metrics has each process's spend since it started)")
+
+
+class CannotAsk(Exception):
+    """The running gateway could not be asked; the text says why and what to do."""
 
 
 def spend(args: argparse.Namespace) -> int:
@@ -320,40 +340,78 @@ def spend(args: argparse.Namespace) -> int:
                                 ("storage_password",))
     if settings is None:
         return 2
-    url = settings.rate_limit_storage
-    if not url.is_shared:
-        print("error: storage.url is memory://: the spend lives inside the running gateway "
-              "process and cannot be read from here. Ask the process instead: GET /metrics "
-              "(from a trusted address) and read gateway_budget_remaining_usd and "
-              "gateway_spend_usd_total.", file=sys.stderr)
-        return 1
-    rules = Rules(settings.rate_limit, settings.budget)
-    if not rules.gateway:
-        print("no gateway-wide ceiling: [budget] daily_usd and monthly_usd are 0, so nothing "
-              "counts the gateway's total (see gateway_spend_usd_total in /metrics)")
+    if not (settings.budget.daily_usd > 0 or settings.budget.monthly_usd > 0):
+        print(NO_CEILING)
         return 0
     try:
-        report = asyncio.run(_read_spend(settings, rules))
+        if settings.rate_limit_storage.is_shared:
+            report = asyncio.run(_read_spend(settings))
+        else:
+            report = ask_for_spend(settings, getattr(args, "host", None),
+                                   getattr(args, "port", None))
     except StorageUnavailable:
-        print(f"error: could not read the storage at {url.kind}; is it running?",
-              file=sys.stderr)
+        print(f"error: could not read the storage at {settings.rate_limit_storage}; is it "
+              "running?", file=sys.stderr)
         return 1
-    period = {"daily": "today", "monthly": "this month"}
-    for name, row in report.items():
-        print(f"{period.get(name, name)}: spent ${usd(row['spent_micro'])} of "
-              f"${usd(row['limit_micro'])}, ${usd(row['remaining_micro'])} left "
-              f"(all of it again in {row['reset_seconds'] / 3600:.1f} h at most)")
+    except CannotAsk as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not report["budget"]:
+        print(NO_CEILING)
+        return 0
+    print_spend(report)
     return 0
 
 
-async def _read_spend(settings: Settings, rules: Rules) -> dict[str, dict]:
-    """The gateway-wide ceilings as the shared store counts them (its password included)."""
+def print_spend(report: dict) -> None:
+    """The report in dollars, every digit: six decimals, as counted (micro-dollars)."""
+    for key, period in (("today", "date"), ("this_month", "month")):
+        row = report[key]
+        print(f"{key.replace('_', ' ')}, {row[period]} (UTC): ${usd(row['spent_micro'])}")
+        for tier, micro in row["tiers"].items():
+            print(f"  {'no tier' if tier == NO_TIER else 'tier ' + tier}: ${usd(micro)}")
+    window = {"daily": "the last day", "monthly": "the last 30 days"}
+    for name, row in report["ceilings"].items():
+        print(f"budget.{name}_usd: ${usd(row['spent_micro'])} of ${usd(row['limit_micro'])} "
+              f"spent in {window.get(name, name)} (a sliding window; answers still running "
+              f"count their reservation), ${usd(row['remaining_micro'])} left, all of it "
+              f"again within {row['reset_seconds'] / 3600:.1f} h")
+
+
+def ask_for_spend(settings: Settings, host: str | None, port: int | None) -> dict:
+    """GET /gateway/spend of the gateway this configuration runs (memory:// storage)."""
+    host = host or settings.server.host
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    base = f"http://[{host}]" if ":" in host else f"http://{host}"
+    url = f"{base}:{port or settings.server.port}/gateway/spend"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 403:
+            raise CannotAsk(f"{url} answered 403: only server.trusted_proxies peers may ask "
+                            "(run this on the gateway's machine, where 127.0.0.1 is one)") \
+                from None
+        raise CannotAsk(f"{url} answered {exc.code}: {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CannotAsk(f"could not reach the gateway at {url} ({reason}): with memory:// "
+                        "storage the spend lives in the running gateway; is it running there? "
+                        "--host and --port say where it listens") from None
+
+
+async def _read_spend(settings: Settings) -> dict:
+    """The report from the shared store itself (its password included)."""
     store = open_store(settings.rate_limit_storage, timeout=max(settings.storage.timeout, 2.0),
                        password=settings.storage_password)
     try:
-        budgets = Budgets(store, StoragePolicy("open", Metrics()), ident=lambda caller: caller.id)
+        policy = StoragePolicy("open", Metrics())
+        budgets = Budgets(store, policy, ident=lambda caller: caller.id)
+        rules = Rules(settings.rate_limit, settings.budget)
         budgets.configure(rules)
-        return await budgets.gateway_spend()
+        tally = SpendTally(store, policy)
+        tally.configure(settings.tiers, on=bool(rules.gateway))
+        return await spend_report(budgets, tally)
     finally:
         await store.close()
 
