@@ -237,8 +237,8 @@ def _check_tiers(s: Settings, p: Problems) -> None:
 
 def _check_realtime(s: Settings, p: Problems) -> None:
     """Realtime client secrets are signed with auth.tokens' secret; without one each process
-    draws its own key, which only the process that signed a secret can verify (README:
-    Realtime). One process needs no secret; several on this port do."""
+    draws its own key, which only the process that signed a secret can verify (docs/realtime.md).
+    One process needs no secret; several on this port do."""
     w = s.server.workers
     if s.auth.tokens.secret_env or not (w == "auto" or 1 <= int(w) <= 256):
         return
