@@ -6,14 +6,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DIST   ?= dist
 # Debian packages the tests talk to for real (started by the tests on free loopback ports).
-# chromium + chromium-driver: the browser tests (tests/test_browser.py) drive a real headless one.
+# chromium + chromium-driver: the browser tests (tests/process/test_browser.py) drive a real
+# headless one.
 TEST_PACKAGES := memcached nginx redis-server chromium chromium-driver
 # Of those, the ones Debian starts as system services on install: the tests start their own
 # instances, so a fresh install is kept from starting them (policy-rc.d) and left disabled.
 SERVICES := memcached nginx redis-server
 PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar off
 
-.PHONY: run test lint lint-tests venv venv-dev system-deps bench bench-shared bench-peers bench-attacks soak dist reference clean
+.PHONY: run test lint venv venv-dev system-deps bench bench-shared bench-peers bench-attacks soak dist reference clean
 
 # Under `sudo make ...` files created in the checkout go back to the invoking user, so a later
 # `make` without sudo can still use (and delete) the venv; as plain root nothing changes.
@@ -71,28 +72,16 @@ test: system-deps lint
 	@status=0; $(BIN)/python -m pytest tests -q $(PYTEST_ARGS) || status=$$?; \
 	$(GIVE_BACK); exit $$status
 
-# Over the package, each configured in pyproject.toml: ruff, mypy (check_untyped_defs),
-# import-linter (the layers the parts never cross) and vulture (dead code). Every tool runs and
-# reports even after one fails. Their caches (.ruff_cache, .mypy_cache, .import_linter_cache)
-# go back to the invoking user under sudo, pass or fail. Then ruff over tests/ and bench/
-# (lint-tests; its own line, so that `make -n` only prints the tools).
+# Each configured in pyproject.toml: ruff over the package, the tests and the benchmarks; mypy
+# (check_untyped_defs), import-linter (the layers the parts never cross) and vulture (dead code)
+# over the package. Every tool runs and reports even after one fails. Their caches (.ruff_cache,
+# .mypy_cache, .import_linter_cache) go back to the invoking user under sudo, pass or fail.
 lint: venv-dev
 	@status=0; \
-	$(BIN)/ruff check openai_gateway || status=1; \
+	$(BIN)/ruff check openai_gateway tests bench || status=1; \
 	$(BIN)/mypy || status=1; \
 	$(BIN)/lint-imports --no-logo || status=1; \
 	$(BIN)/vulture && echo "vulture: no dead code" || status=1; \
-	$(GIVE_BACK); [ $$status = 0 ]
-	@$(MAKE) --no-print-directory lint-tests
-
-# ruff over the tests and the benchmarks. Until their findings (long lines, mostly) are fixed
-# it only counts them; `make lint-tests LINT_TESTS_STRICT=1` fails on any, and setting the
-# variable to 1 here makes `make lint` (and so `make test` and CI) hold them to it.
-LINT_TESTS_STRICT ?=
-lint-tests: venv-dev
-	@status=0; \
-	if [ -n "$(LINT_TESTS_STRICT)" ]; then $(BIN)/ruff check tests bench || status=1; \
-	else $(BIN)/ruff check --statistics --exit-zero tests bench; fi; \
 	$(GIVE_BACK); [ $$status = 0 ]
 
 # The benchmark drives the proxies with wrk and uses nginx as mock upstream and reference.

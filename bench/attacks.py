@@ -4,10 +4,10 @@
     python bench/attacks.py --only hang-up --only images
 
 Every attack runs against a real `python gateway.py` of its own, started with a config written
-to a temporary directory, in front of the tests' fake OpenAI upstream (tests/support/fake_upstream.py)
-served in this script's event loop. memcached and redis-server are started on free loopback
-ports for the hang-up attack on those stores. The clients are what an attacker would use: the
-official `openai` SDK, aiohttp, a raw socket.
+to a temporary directory, in front of the tests' fake OpenAI upstream
+(tests/support/fake_upstream.py) served in this script's event loop. memcached and redis-server
+are started on free loopback ports for the hang-up attack on those stores. The clients are what
+an attacker would use: the official `openai` SDK, aiohttp, a raw socket.
 
 Money is what the upstream can bill: the fake's own ledger (`FakeOpenAI.billed`: the prompt
 and output tokens of every answer it worked on, also those the gateway gave up on) priced at

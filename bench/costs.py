@@ -35,7 +35,10 @@ from openai_gateway.app import build  # noqa: E402
 from openai_gateway.config import settings as settings_mod  # noqa: E402
 from openai_gateway.identity.bearer import BearerResolver  # noqa: E402
 from openai_gateway.identity.callers import Caller  # noqa: E402
+from openai_gateway.metering.budgets import Reservation  # noqa: E402
 from openai_gateway.metering.prices import cost, estimate  # noqa: E402
+from openai_gateway.metering.prices import table as price_table  # noqa: E402
+from openai_gateway.metering.rules import Rules  # noqa: E402
 from openai_gateway.pipeline.validation import Validator  # noqa: E402
 from openai_gateway.policy import Usage, forward_body  # noqa: E402
 from openai_gateway.policy.jsonbody import parse_object  # noqa: E402
@@ -81,7 +84,7 @@ def load(tmp: Path, toml: str):
 async def jwt_costs(tmp: Path, rows: list) -> None:
     users = jwt_tokens.Users(tmp)
     toml = phases.gateway_toml(1, "http://127.0.0.1:9", True, extra=users.issuer_toml())
-    proxy, auth, _ = build(load(tmp, toml))
+    auth = build(load(tmp, toml)).auth
     tokens = [users.sign(f"u{i}") for i in range(1000)]
     headers = ["Bearer " + t for t in tokens]
     async with auth.running():
@@ -95,7 +98,6 @@ async def jwt_costs(tmp: Path, rows: list) -> None:
         uncached = BearerResolver(issuers=list(bearer.issuers.values()), cache_size=0)
         verify = await abest_us(lambda: uncached.resolve(headers[next(it) % 1000]), 300, repeats=5)
         rows.append(("RS256 user token, first sight (signature and claims checked)", verify))
-    del proxy
 
 
 async def spend_costs(tmp: Path, rows: list) -> None:
@@ -107,10 +109,15 @@ async def spend_costs(tmp: Path, rows: list) -> None:
 
 
 async def _spend_case(tmp: Path, parsed, spend: list[str] | None, extra: str) -> float:
-    """What the proxy does around the upstream call: price, estimate, reserve; cost, settle."""
-    proxy, _, _ = build(load(tmp, phases.gateway_toml(1, "http://127.0.0.1:9", True, spend=spend,
-                                                      extra=extra)))
-    limiter, prices = proxy.limiter, proxy.prices
+    """What the pipeline does around the upstream call: price, estimate, reserve (the store
+    call admission makes); cost, settle."""
+    settings = load(tmp, phases.gateway_toml(1, "http://127.0.0.1:9", True, spend=spend,
+                                             extra=extra))
+    c = build(settings)
+    rules = Rules(settings.rate_limit, settings.budget)
+    c.limiter.configure(rules, settings.rate_limit.strategy)
+    c.budgets.configure(rules)
+    limiter, budgets, prices = c.limiter, c.budgets, price_table(settings.prices)
     clients = [Caller(id=f"ip:10.0.{i // 256}.{i % 256}", ip="x") for i in range(65536)]
     it = iter(range(10**9))
 
@@ -118,17 +125,22 @@ async def _spend_case(tmp: Path, parsed, spend: list[str] | None, extra: str) ->
         client = clients[next(it) % 65536]
         price = prices.price_for("gpt-4o-mini")
         micro = None
-        if limiter.spend_applies(client, CHAT, "gpt-4o-mini"):
+        if budgets.spend_applies(client, CHAT, "gpt-4o-mini"):
             prompt = parsed.prompt_tokens
             micro = estimate(price, prompt, parsed.estimate - prompt)
-        res = await limiter.reserve(client, CHAT, "gpt-4o-mini", tokens=parsed.estimate,
-                                    micro_usd=micro)
-        await limiter.settle(res, tokens=29, micro_usd=cost(price, Usage(input=20, output=9)))
+        holds = budgets.holds(client, CHAT, "gpt-4o-mini", parsed.estimate, micro)
+        reservation = Reservation()
+        if holds:
+            counted = await limiter.count(budgets.hits(holds))
+            reservation = budgets.take(counted, holds, time.time())
+        await budgets.settle(reservation, tokens=29,
+                             micro_usd=cost(price, Usage(input=20, output=9)))
 
-    async with limiter.running():
-        for _ in range(70000):  # every client once: its windows exist, as after the warm-up
-            await one()
-        return await abest_us(one, 20000)
+    for _ in range(70000):  # every client once: its windows exist, as after the warm-up
+        await one()
+    result = await abest_us(one, 20000)
+    await c.stores[0][1].close()
+    return result
 
 
 def policy_costs(tmp: Path, rows: list) -> None:

@@ -1,7 +1,7 @@
 """What each feature costs, in interleaved rounds: gateway-on against gateway-on plus one feature.
 
-    python bench/features.py                       # 5 rounds, about 5 minutes
-    python bench/features.py --old bb10c09         # also the gateway of an older commit, same rounds
+    python bench/features.py                # 5 rounds, about 5 minutes
+    python bench/features.py --old bb10c09  # also the gateway of an older commit, same rounds
 
 A target of "at most 5 % slower" is below the noise of two runs made a minute apart on a shared
 machine, which is what run.py's phases are. Here every process starts at once (each on the proxy
@@ -70,7 +70,8 @@ def start_old(bench: Bench, commit: str) -> str:
     """The gateway of `commit`, exported with git archive, with gateway-on's config."""
     src = bench.tmp / f"old-{commit}"
     log(f"{commit}: exporting and starting its gateway")
-    tar = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True)
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True,
+                         check=True)
     with tarfile.open(fileobj=BytesIO(tar.stdout)) as t:
         t.extractall(src, filter="data")
     port = procs.free_port()
@@ -78,7 +79,8 @@ def start_old(bench: Bench, commit: str) -> str:
     cfg.write_text(gateway_toml(port, f"http://127.0.0.1:{bench.mock_json}", True,
                                 cache_max_bytes=CACHE_MAX_BYTES).replace("spend = []\n", ""))
     proc = procs.spawn([sys.executable, "gateway.py", "--config", str(cfg)], core=procs.PROXY_CORE,
-                       log=bench.tmp / f"old-{commit}.log", env=dict(os.environ, OPENAI_API_KEY=API_KEY), cwd=src)
+                       log=bench.tmp / f"old-{commit}.log",
+                       env=dict(os.environ, OPENAI_API_KEY=API_KEY), cwd=src)
     bench.started.append(proc)
     base = f"http://127.0.0.1:{port}"
     if not procs.wait_ready(base + "/healthz", proc, timeout=30):
@@ -91,27 +93,31 @@ def markdown(doc: dict) -> str:
     m, res = doc["meta"], doc["results"]
     lines = [f"# What each feature costs, {m['date']}", "",
              f"- command: `{m['command']}` ({m['elapsed_s']:.0f} s); repository {m['git']}",
-             f"- machine: {m['nproc']} cores, {m['cpu']}; load average at the end {m['loadavg_end']}",
-             f"- {m['rounds']} rounds, each scenario in turn: wrk {m['seconds']} s at 64 connections "
-             f"(after one {m['warm_s']} s warm-up each); {CLIENTS:,} client addresses; proxy on core 0, "
-             "nginx mock and wrk on core 1", "",
+             f"- machine: {m['nproc']} cores, {m['cpu']}; "
+             f"load average at the end {m['loadavg_end']}",
+             f"- {m['rounds']} rounds, each scenario in turn: wrk {m['seconds']} s at 64 "
+             f"connections (after one {m['warm_s']} s warm-up each); {CLIENTS:,} client "
+             "addresses; proxy on core 0, nginx mock and wrk on core 1", "",
              "| scenario | req/s (median) | all rounds | / passthrough (median of rounds) "
              "| / gateway-on-miss (median, min-max of rounds) | CPU µs per request (median) "
              "| gateway-on-miss CPU / this CPU (median, min-max) | idle RSS MB |",
              "|---|---:|---|---:|---:|---:|---:|---:|"]
     for name, r in res.items():
-        lines.append(f"| {name} | {r['rps']:,.0f} | {', '.join(f'{x:,.0f}' for x in r['rps_all'])} | "
+        every = ", ".join(f"{x:,.0f}" for x in r["rps_all"])
+        lines.append(f"| {name} | {r['rps']:,.0f} | {every} | "
                      f"{r['over_passthrough']:.3f} | {r['over_miss']:.3f} "
-                     f"({r['over_miss_min']:.3f}-{r['over_miss_max']:.3f}) | {r['cpu_us_per_request']:.0f} | "
-                     f"{r['cpu_over_miss']:.3f} ({r['cpu_over_miss_min']:.3f}-{r['cpu_over_miss_max']:.3f}) | "
+                     f"({r['over_miss_min']:.3f}-{r['over_miss_max']:.3f}) | "
+                     f"{r['cpu_us_per_request']:.0f} | {r['cpu_over_miss']:.3f} "
+                     f"({r['cpu_over_miss_min']:.3f}-{r['cpu_over_miss_max']:.3f}) | "
                      f"{r['idle_rss_mb']:.1f} |")
-    lines += ["", "Read the CPU columns when the machine was busy: requests/s then depend on how much "
-              "of core 0 the other work left to each turn.", ""]
+    lines += ["", "Read the CPU columns when the machine was busy: requests/s then depend on how "
+              "much of core 0 the other work left to each turn.", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=6, help="wrk seconds at 64 connections per turn")
     ap.add_argument("--old", metavar="COMMIT", action="append", default=[],
@@ -133,8 +139,9 @@ def main() -> None:
             # repeating users' tokens out of the verified-token cache between turns.
             bases, pids = {}, {}
             for key in sorted({process_of(s) for s in wanted}):
-                base, proc, err = bench.start_proxy(SCENARIOS[key.split("+")[0]][0] if "+" in key else key,
-                                                    bench.mock_json, "features-" + key.replace("+", "-"))
+                config = SCENARIOS[key.split("+")[0]][0] if "+" in key else key
+                base, proc, err = bench.start_proxy(config, bench.mock_json,
+                                                    "features-" + key.replace("+", "-"))
                 if err:
                     raise SystemExit(err)
                 bases[key], pids[key] = base, [proc.pid]
@@ -151,20 +158,25 @@ def main() -> None:
             same = uuid.uuid4().hex[:8]  # hit scenarios repeat one body across rounds
             for _name, url, mode, tokens, _ in turns:
                 warmed = 0
-                while warmed < (1.1 * jwt_tokens_count(tokens) if tokens and "repeat" in tokens.name else 1):
-                    warmed += wrk_driver.run(url, connections=64, seconds=3, mode=mode, tokens=tokens,
-                                             clients=CLIENTS, nonce=same if mode == "same"
+                enough = (1.1 * jwt_tokens_count(tokens) if tokens and "repeat" in tokens.name
+                          else 1)
+                while warmed < enough:
+                    warmed += wrk_driver.run(url, connections=64, seconds=3, mode=mode,
+                                             tokens=tokens, clients=CLIENTS,
+                                             nonce=same if mode == "same"
                                              else uuid.uuid4().hex[:8])["requests"]
             for rnd in range(args.rounds):
                 for s, url, mode, tokens, ps in turns:
                     c0 = procs.cpu_seconds(ps)
-                    r = wrk_driver.run(url, connections=64, seconds=args.seconds, mode=mode, tokens=tokens,
-                                       clients=CLIENTS, nonce=same if mode == "same" else uuid.uuid4().hex[:8])
+                    r = wrk_driver.run(url, connections=64, seconds=args.seconds, mode=mode,
+                                       tokens=tokens, clients=CLIENTS,
+                                       nonce=same if mode == "same" else uuid.uuid4().hex[:8])
                     if r["error_total"]:
                         raise SystemExit(f"{s}: errors {r['errors']}")
                     rps.setdefault(s, []).append(r["rps"])
                     cpu.setdefault(s, []).append((procs.cpu_seconds(ps) - c0) * 1e6 / r["requests"])
-                    log(f"round {rnd + 1}: {s} {r['rps']:,.0f} req/s, {cpu[s][-1]:.0f} us CPU/request")
+                    log(f"round {rnd + 1}: {s} {r['rps']:,.0f} req/s, "
+                        f"{cpu[s][-1]:.0f} us CPU/request")
         finally:
             bench.stop_all()
     miss, pt = rps.get("gateway-on-miss"), rps.get("passthrough")
@@ -179,18 +191,20 @@ def main() -> None:
         cpu_ratio = per_round(miss_cpu, cpu[s]) if miss_cpu else [float("nan")] * len(v)
         results[s] = {"rps": statistics.median(v), "rps_all": v,
                       "over_passthrough": statistics.median(per_round(v, pt)),
-                      "over_miss": statistics.median(om), "over_miss_min": min(om), "over_miss_max": max(om),
+                      "over_miss": statistics.median(om), "over_miss_min": min(om),
+                      "over_miss_max": max(om),
                       "idle_rss_mb": idle[s], "cpu_us_per_request": statistics.median(cpu[s]),
                       "cpu_us_all": [round(x, 1) for x in cpu[s]],
                       # gateway-on-miss's CPU per request over this one's: the throughput ratio
                       # each would reach on a core of its own
                       "cpu_over_miss": statistics.median(cpu_ratio),
                       "cpu_over_miss_min": min(cpu_ratio), "cpu_over_miss_max": max(cpu_ratio)}
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, check=False).stdout.strip()
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True, check=False).stdout.strip()
     doc = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "command": " ".join(["python", "bench/features.py", *sys.argv[1:]]),
-                    "elapsed_s": time.monotonic() - t0, "nproc": os.cpu_count(), "cpu": procs.cpu_model(),
+                    "elapsed_s": time.monotonic() - t0, "nproc": os.cpu_count(),
+                    "cpu": procs.cpu_model(),
                     "git": git, "rounds": args.rounds, "seconds": args.seconds, "warm_s": 3,
                     "loadavg_end": " ".join(open("/proc/loadavg").read().split()[:3])},
            "results": results}

@@ -28,7 +28,8 @@ MODELS = (
     '{"id":"gpt-4o","object":"model","created":1715367049,"owned_by":"system"},'
     '{"id":"text-embedding-3-small","object":"model","created":1705948997,"owned_by":"system"}]}'
 )
-NOT_FOUND = '{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":null}}'
+NOT_FOUND = ('{"error":{"message":"not found","type":"invalid_request_error","param":null,'
+             '"code":null}}')
 
 
 def nginx_binary() -> str | None:

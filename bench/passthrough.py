@@ -20,7 +20,8 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 async def session_ctx(app: web.Application):
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=300)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)  # total=300 would cut long streams
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as s:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                     auto_decompress=False) as s:
         app[SESSION] = s
         yield
 
@@ -33,7 +34,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
                                             headers=headers) as up:
         ctype = up.headers.get("Content-Type", "application/json")
         if not ctype.startswith("text/event-stream"):
-            return web.Response(body=await up.read(), status=up.status, headers={"Content-Type": ctype})
+            return web.Response(body=await up.read(), status=up.status,
+                                headers={"Content-Type": ctype})
         resp = web.StreamResponse(status=up.status, headers={
             "Content-Type": ctype, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         await resp.prepare(request)

@@ -44,17 +44,21 @@ def start_all(bench: Bench) -> dict[str, tuple[str, list[int]]]:
         out[name] = (base, [proc.pid])
     port = procs.free_port()
     mock = f"http://127.0.0.1:{bench.mock_json}"
-    env = dict(os.environ, FORWARD_CONFIG=json.dumps([{"base_url": mock, "route": "/", "type": "openai"}]))
-    proc = bench.spawn("openai-forward", [str(PEER_BIN), "run", "--port", str(port)], procs.PROXY_CORE,
-                       env=env, cwd=bench.tmp)
+    routes = [{"base_url": mock, "route": "/", "type": "openai"}]
+    env = dict(os.environ, FORWARD_CONFIG=json.dumps(routes))
+    proc = bench.spawn("openai-forward", [str(PEER_BIN), "run", "--port", str(port)],
+                       procs.PROXY_CORE, env=env, cwd=bench.tmp)
     # openai-forward has no health route: any HTTP answer means it is up
-    if not procs.wait_tcp("127.0.0.1", port, proc, b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.1", timeout=30):
-        raise SystemExit("openai-forward did not start:\n" + procs.tail(bench.tmp / "openai-forward.log"))
+    if not procs.wait_tcp("127.0.0.1", port, proc, b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.1",
+                          timeout=30):
+        raise SystemExit("openai-forward did not start:\n"
+                         + procs.tail(bench.tmp / "openai-forward.log"))
     out["openai-forward"] = (f"http://127.0.0.1:{port}", procs.tree(proc.pid))
     return out
 
 
-def measure(url: str, connections: int, seconds: int, pids: list[int], peak: dict, name: str) -> dict:
+def measure(url: str, connections: int, seconds: int, pids: list[int], peak: dict,
+            name: str) -> dict:
     def tick() -> None:
         peak[name] = max(peak.get(name, 0), procs.rss_kb(pids))
 
@@ -68,29 +72,35 @@ def markdown(doc: dict) -> str:
              f"- command: `{m['command']}` ({m['elapsed_s']:.0f} s)",
              f"- machine: {m['nproc']} cores, {m['cpu']}; Python {m['python']}; openai-forward "
              f"{m['openai_forward']}; repository {m['git']}",
-             f"- {m['rounds']} rounds, each proxy in turn: wrk {m['seconds']} s at 64 connections, then "
-             f"{m['seconds_c1']} s at 1 connection; every request a cache miss from one of {CLIENTS:,} "
-             "client addresses; proxy on core 0, nginx mock and wrk on core 1", "",
-             "| proxy | req/s c=64 (median) | all rounds | p50 c=1 ms (median) | peak RSS MB | vs openai-forward |",
+             f"- {m['rounds']} rounds, each proxy in turn: wrk {m['seconds']} s at 64 connections, "
+             f"then {m['seconds_c1']} s at 1 connection; every request a cache miss from one of "
+             f"{CLIENTS:,} client addresses; proxy on core 0, nginx mock and wrk on core 1", "",
+             "| proxy | req/s c=64 (median) | all rounds | p50 c=1 ms (median) | peak RSS MB "
+             "| vs openai-forward |",
              "|---|---:|---|---:|---:|---:|"]
     base = rows["openai-forward"]["rps"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['rps']:,.0f} | {', '.join(f'{x:,.0f}' for x in r['rps_all'])} | "
-                     f"{r['p50_c1_ms']:.3f} | {r['peak_rss_kb'] / 1024:.1f} | {r['rps'] / base:.2f} x |")
+        every = ", ".join(f"{x:,.0f}" for x in r["rps_all"])
+        lines.append(f"| {name} | {r['rps']:,.0f} | {every} | {r['p50_c1_ms']:.3f} | "
+                     f"{r['peak_rss_kb'] / 1024:.1f} | {r['rps'] / base:.2f} x |")
     g, p = rows["gateway-on"]["rps"], rows["passthrough"]["rps"]
-    lines += ["", f"Gateway (every feature on) / openai-forward: **{g / base:.2f} x** (target >= 5 x); "
-                  f"gateway / pass-through: {g / p:.2f} x; openai-forward / pass-through: {base / p:.2f} x.", ""]
+    lines += ["", f"Gateway (every feature on) / openai-forward: **{g / base:.2f} x** "
+                  f"(target >= 5 x); gateway / pass-through: {g / p:.2f} x; "
+                  f"openai-forward / pass-through: {base / p:.2f} x.", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=8, help="wrk seconds at 64 connections per round")
+    ap.add_argument("--seconds", type=int, default=8,
+                    help="wrk seconds at 64 connections per round")
     ap.add_argument("--out", default=str(BENCH / "results"))
     args = ap.parse_args()
     if not PEER_BIN.exists():
-        raise SystemExit(f"openai-forward is not installed in {PEER_BIN.parent.parent.name}: run make bench-peers")
+        raise SystemExit(f"openai-forward is not installed in {PEER_BIN.parent.parent.name}: "
+                         "run make bench-peers")
     procs.pin_self(procs.LOAD_CORE if procs.HAVE_TWO_CORES else None)
     procs.raise_nofile()
     t0 = time.monotonic()
@@ -112,21 +122,24 @@ def main() -> None:
                         raise SystemExit(f"{name}: errors {r['errors']} {r1['errors']}")
                     rps.setdefault(name, []).append(r["rps"])
                     p50.setdefault(name, []).append(r1["p50_us"] / 1000)
-                    log(f"round {rnd + 1}: {name} {r['rps']:,.0f} req/s, p50 c=1 {r1['p50_us'] / 1000:.3f} ms")
+                    log(f"round {rnd + 1}: {name} {r['rps']:,.0f} req/s, "
+                        f"p50 c=1 {r1['p50_us'] / 1000:.3f} ms")
         finally:
             bench.stop_all()
     version = subprocess.run([str(PEER_BIN.parent / "python"), "-c",
                               "import importlib.metadata as m; print(m.version('openai-forward'))"],
                              capture_output=True, text=True, check=False).stdout.strip()
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, check=False).stdout.strip()
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True, check=False).stdout.strip()
     doc = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "command": " ".join(["python", "bench/peers.py", *sys.argv[1:]]),
-                    "elapsed_s": time.monotonic() - t0, "nproc": os.cpu_count(), "cpu": procs.cpu_model(),
+                    "elapsed_s": time.monotonic() - t0, "nproc": os.cpu_count(),
+                    "cpu": procs.cpu_model(),
                     "python": sys.version.split()[0], "openai_forward": version, "git": git,
                     "rounds": args.rounds, "seconds": args.seconds, "seconds_c1": 5},
            "results": {name: {"rps": statistics.median(v), "rps_all": v,
-                              "p50_c1_ms": statistics.median(p50[name]), "peak_rss_kb": peak.get(name, 0)}
+                              "p50_c1_ms": statistics.median(p50[name]),
+                              "peak_rss_kb": peak.get(name, 0)}
                        for name, v in rps.items()}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -181,8 +181,9 @@ class Bench:
         if not binary:
             raise RuntimeError("memcached not found (apt-get install memcached)")
         port = procs.free_port()
+        as_root = ["-u", "root"] if os.geteuid() == 0 else []
         proc = procs.spawn([binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "256",
-                            "-c", "4096", "-t", "2"] + (["-u", "root"] if os.geteuid() == 0 else []),
+                            "-c", "4096", "-t", "2", *as_root],
                            core=core, log=self.tmp / "memcached.log")
         self.started.append(proc)
         if not procs.wait_tcp("127.0.0.1", port, proc, b"version\r\n", b"VERSION"):
@@ -196,18 +197,21 @@ class Bench:
     def start_mocks(self, phases: set[str]) -> None:
         if "json" in phases:
             if not self.nginx:
-                raise SystemExit("nginx not found: the JSON mock upstream is nginx (apt-get install nginx)")
+                raise SystemExit("nginx not found: the JSON mock upstream is nginx "
+                                 "(apt-get install nginx)")
             self.mock_json = procs.free_port()
             prefix = self.tmp / "nginx-mock"
             conf = nginx_conf.write(prefix, nginx_conf.mock_upstream(prefix, self.mock_json))
-            proc = self.spawn("nginx-mock", nginx_conf.command(self.nginx, prefix, conf), procs.LOAD_CORE)
+            proc = self.spawn("nginx-mock", nginx_conf.command(self.nginx, prefix, conf),
+                              procs.LOAD_CORE)
             self.ready(f"http://127.0.0.1:{self.mock_json}/healthz", proc, "nginx mock")
         for phase, attr, interval in (("stream", "mock_sse", 10), ("hold", "mock_slow", 1000)):
             if phase in phases:
                 port = procs.free_port()
                 setattr(self, attr, port)
-                proc = self.spawn(f"sse-{phase}", [sys.executable, str(BENCH / "sse_upstream.py"),
-                                                   "--port", str(port), "--interval-ms", str(interval)],
+                proc = self.spawn(f"sse-{phase}",
+                                  [sys.executable, str(BENCH / "sse_upstream.py"),
+                                   "--port", str(port), "--interval-ms", str(interval)],
                                   procs.LOAD_CORE)
                 self.ready(f"http://127.0.0.1:{port}/healthz", proc, f"SSE mock ({phase})")
 
@@ -230,8 +234,8 @@ class Bench:
             conf = nginx_conf.write(prefix, nginx_conf.reverse_proxy(prefix, port, upstream_port))
             proc = self.spawn(tag, nginx_conf.command(self.nginx, prefix, conf), procs.PROXY_CORE)
         elif kind == "passthrough":
-            proc = self.spawn(tag, [sys.executable, str(BENCH / "passthrough.py"), "--port", str(port),
-                                    "--upstream", upstream], procs.PROXY_CORE)
+            proc = self.spawn(tag, [sys.executable, str(BENCH / "passthrough.py"),
+                                    "--port", str(port), "--upstream", upstream], procs.PROXY_CORE)
         else:
             on = name.startswith("gateway-on")
             extra = (self.jwt_users().issuer_toml() if name == "gateway-on-jwt"
@@ -244,7 +248,8 @@ class Bench:
         if not procs.wait_ready(base + "/healthz", proc, timeout=30):
             procs.stop(proc)
             return base, None, (f"{name} did not answer /healthz within 30 s (exit code "
-                                f"{proc.returncode}); log tail:\n{procs.tail(self.tmp / f'{tag}.log')}")
+                                f"{proc.returncode}); log tail:\n"
+                                f"{procs.tail(self.tmp / f'{tag}.log')}")
         return base, proc, None
 
     def jwt_users(self):
@@ -282,7 +287,8 @@ class Bench:
         self.current = base
         if name == "gateway-on" and checks["request2"]["x_cache"] != "HIT":
             self.notes.append(f"gateway-on: a repeated request was not a cache hit "
-                              f"(X-Cache {checks['request2']['x_cache']}): the hit scenario is not one")
+                              f"(X-Cache {checks['request2']['x_cache']}): the hit scenario is "
+                              "not one")
         peak_sampled = 0
 
         def tick() -> None:
@@ -296,19 +302,25 @@ class Bench:
             log(f"json  {scenario}: warm-up, then wrk -c64 {self.p.rps_s}s and -c1 {self.p.lat_s}s")
             warmed = 0
             while True:  # repeating tokens: every user verified once before the measurement
-                warmed += wrk_driver.run(url, connections=64, seconds=self.p.warm_s, mode=mode, clients=CLIENTS,
-                                         nonce=nonce + "w", tokens=tokens)["requests"]
-                if SCENARIO_TOKENS.get(scenario) != "repeat" or warmed > 1.2 * jwt_tokens_count(tokens):
+                warmed += wrk_driver.run(url, connections=64, seconds=self.p.warm_s, mode=mode,
+                                         clients=CLIENTS, nonce=nonce + "w",
+                                         tokens=tokens)["requests"]
+                if (SCENARIO_TOKENS.get(scenario) != "repeat"
+                        or warmed > 1.2 * jwt_tokens_count(tokens)):
                     break
-            rps = wrk_driver.run(url, connections=64, seconds=self.p.rps_s, mode=mode, clients=CLIENTS, nonce=nonce + "r",
+            rps = wrk_driver.run(url, connections=64, seconds=self.p.rps_s, mode=mode,
+                                 clients=CLIENTS, nonce=nonce + "r",
                                  tick=tick if proc else None, tokens=tokens)
-            wrk_driver.run(url, connections=1, seconds=1, mode=mode, clients=CLIENTS, nonce=nonce + "x",
-                           tokens=tokens)
-            lat = wrk_driver.run(url, connections=1, seconds=self.p.lat_s, mode=mode, clients=CLIENTS, nonce=nonce + "l",
+            wrk_driver.run(url, connections=1, seconds=1, mode=mode, clients=CLIENTS,
+                           nonce=nonce + "x", tokens=tokens)
+            lat = wrk_driver.run(url, connections=1, seconds=self.p.lat_s, mode=mode,
+                                 clients=CLIENTS, nonce=nonce + "l",
                                  tick=tick if proc else None, tokens=tokens)
-            results[scenario] = {"config": name, "body": mode, "checks": checks, "c64": rps, "c1": lat}
+            results[scenario] = {"config": name, "body": mode, "checks": checks, "c64": rps,
+                                 "c1": lat}
             log(f"      {scenario}: {rps['rps']:.0f} req/s, c1 p50 {lat['p50_us'] / 1000:.3f} ms "
-                f"p99 {lat['p99_us'] / 1000:.3f} ms, errors {rps['error_total'] + lat['error_total']}")
+                f"p99 {lat['p99_us'] / 1000:.3f} ms, "
+                f"errors {rps['error_total'] + lat['error_total']}")
         if proc:
             mem |= {"peak_rss_kb": procs.hwm_kb(pids), "peak_rss_sampled_kb": peak_sampled,
                     "after_rss_kb": procs.rss_kb(pids), "after_fds": procs.fd_count(pids)}
@@ -337,7 +349,8 @@ class Bench:
             f"100 concurrent x {self.p.ttfb100_per_worker}")
         one = self.client([url, "--streams", "1", "--per-worker", str(self.p.ttfb1_streams),
                            "--warmup", "3", "--max-tokens", "5"])
-        hundred = self.client([url, "--streams", "100", "--per-worker", str(self.p.ttfb100_per_worker),
+        hundred = self.client([url, "--streams", "100",
+                               "--per-worker", str(self.p.ttfb100_per_worker),
                                "--warmup", "1", "--max-tokens", "20"])
         res = {"c1": one, "c100": hundred}
         if proc:
@@ -445,7 +458,8 @@ class Bench:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 30
             ok = procs.wait_ready(base + "/healthz", proc, timeout=30)
-            while ok and n > 1 and len(procs.tree(proc.pid)) < n + 1 and time.monotonic() < deadline:
+            while (ok and n > 1 and len(procs.tree(proc.pid)) < n + 1
+                   and time.monotonic() < deadline):
                 time.sleep(0.1)  # every worker forked (the first one up already answers)
             if not ok:
                 procs.stop(proc)
@@ -454,24 +468,26 @@ class Bench:
             time.sleep(1.0)  # every worker listening
             checks = self.sanity(base)
             if checks["request2"]["x_cache"] != "HIT":
-                self.notes.append(f"workers = {n}: a repeated request was not a cache hit with {store} "
-                                  f"storage (X-Cache {checks['request2']['x_cache']})")
+                self.notes.append(f"workers = {n}: a repeated request was not a cache hit with "
+                                  f"{store} storage (X-Cache {checks['request2']['x_cache']})")
             pids = procs.tree(proc.pid)
             nonce, url = uuid.uuid4().hex[:12], base + CHAT
-            log(f"workers {n}: {store.split(':')[0]} storage, unpinned: warm-up, then wrk -c64 {self.p.rps_s}s")
-            wrk_driver.run(url, connections=64, seconds=self.p.warm_s, mode="vary", nonce=nonce + "w",
-                           clients=CLIENTS, core=any_core)
+            log(f"workers {n}: {store.split(':')[0]} storage, unpinned: warm-up, "
+                f"then wrk -c64 {self.p.rps_s}s")
+            wrk_driver.run(url, connections=64, seconds=self.p.warm_s, mode="vary",
+                           nonce=nonce + "w", clients=CLIENTS, core=any_core)
             groups = {"gateway": pids, "nginx mock": procs.tree(mock.pid), "memcached": [mc.pid]}
             cpu0 = {k: procs.cpu_seconds(v) for k, v in groups.items()}
             cpu0_each = {pid: procs.cpu_seconds([pid]) for pid in pids}
             m0, t0 = procs.machine_seconds(), time.monotonic()
             own0 = resource.getrusage(resource.RUSAGE_SELF)
             kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # only wrk is reaped meanwhile
-            rps = wrk_driver.run(url, connections=64, seconds=self.p.rps_s, mode="vary", nonce=nonce + "r",
-                                 clients=CLIENTS, core=any_core)
+            rps = wrk_driver.run(url, connections=64, seconds=self.p.rps_s, mode="vary",
+                                 nonce=nonce + "r", clients=CLIENTS, core=any_core)
             wall = time.monotonic() - t0
             m1 = procs.machine_seconds()
-            own1, kids1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            own1 = resource.getrusage(resource.RUSAGE_SELF)
+            kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             used = {k: procs.cpu_seconds(v) - cpu0[k] for k, v in groups.items()}
             used["wrk"] = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
             used["bench runner"] = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
@@ -480,15 +496,19 @@ class Bench:
             used["interrupts (irq, softirq)"] = m1["irq"] - m0["irq"]
             used["idle"] = m1["idle"] - m0["idle"]
             cores = {k: round(v / wall, 3) for k, v in used.items()}
-            per_process = [round((procs.cpu_seconds([pid]) - cpu0_each[pid]) / wall, 3) for pid in pids]
+            per_process = [round((procs.cpu_seconds([pid]) - cpu0_each[pid]) / wall, 3)
+                           for pid in pids]
             gw_cpu = used["gateway"]
             out["runs"][key] = {
-                "workers": n, "storage": store.split(":")[0], "processes": len(pids), "checks": checks, "c64": rps,
-                "cpu_cores": cores, "gateway_process_cores": per_process, "steal_cores": round((m1["steal"] - m0["steal"]) / wall, 3),
-                "requests_per_gateway_cpu_second": round(rps["requests"] / gw_cpu, 1) if gw_cpu else None,
+                "workers": n, "storage": store.split(":")[0], "processes": len(pids),
+                "checks": checks, "c64": rps, "cpu_cores": cores,
+                "gateway_process_cores": per_process,
+                "steal_cores": round((m1["steal"] - m0["steal"]) / wall, 3),
+                "requests_per_gateway_cpu_second": (round(rps["requests"] / gw_cpu, 1)
+                                                    if gw_cpu else None),
                 "rss_kb": procs.rss_kb(pids)}
-            log(f"      workers {n}: {rps['rps']:.0f} req/s, errors {rps['error_total']}, cores used: "
-                + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
+            log(f"      workers {n}: {rps['rps']:.0f} req/s, errors {rps['error_total']}, "
+                "cores used: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
             procs.stop(proc, timeout=15)
         procs.stop(mock)
         procs.stop(mc)

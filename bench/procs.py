@@ -84,7 +84,8 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, dict, bytes]:
         return e.code, dict(e.headers), e.read()
 
 
-def http_post(url: str, body: bytes, headers: dict, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+def http_post(url: str, body: bytes, headers: dict,
+              timeout: float = 5.0) -> tuple[int, dict, bytes]:
     req = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -217,11 +218,13 @@ class CpuAccount:
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:]]
         tick = os.sysconf("SC_CLK_TCK")
-        return (v[0] + v[1] + v[2]) / tick, (v[7] if len(v) > 7 else 0) / tick  # user+nice+system, steal
+        # user + nice + system, and steal
+        return (v[0] + v[1] + v[2]) / tick, (v[7] if len(v) > 7 else 0) / tick
 
     @staticmethod
     def _own() -> float:
-        s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        s = resource.getrusage(resource.RUSAGE_SELF)
+        c = resource.getrusage(resource.RUSAGE_CHILDREN)
         return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
     def others(self) -> dict:

@@ -10,7 +10,8 @@ Same set-up as run.py (nginx mock upstream and wrk on core 1, the gateway alone 
 with --nonblocking about half the stacks come back torn); at 100 Hz that costs little, and the
 header of profile.txt gives the requests/s reached while sampled.
 Writes bench/results/profile.svg (flame graph; our package's frames in blue), profile.folded (the
-collapsed stacks) and profile.txt (functions by self and by total time, files by self time). py-spy comes from bench/requirements.txt.
+collapsed stacks) and profile.txt (functions by self and by total time, files by self time).
+py-spy comes from bench/requirements.txt.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def flamegraph(raw: str, path: Path, title: str, width: int = 1600, row: int = 1
     height = depth * row + 40
 
     def esc(t: str) -> str:
-        return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+        return (t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+                .replace('"', "&quot;"))
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'font-family="monospace" font-size="11">',
@@ -124,15 +126,19 @@ def flamegraph(raw: str, path: Path, title: str, width: int = 1600, row: int = 1
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="gateway-on", choices=["gateway-on", "gateway-off", "passthrough",
-                                                               "gateway-on-jwt", "gateway-on-spend"])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="gateway-on",
+                    choices=["gateway-on", "gateway-off", "passthrough", "gateway-on-jwt",
+                             "gateway-on-spend"])
     ap.add_argument("--tokens", default="repeat", choices=["repeat", "fresh"],
-                    help="gateway-on-jwt: each user's token repeating, or a fresh one every request")
+                    help="gateway-on-jwt: each user's token repeating, or a fresh one every "
+                         "request")
     ap.add_argument("--mode", default="vary", choices=["vary", "same"], help="vary = cache misses")
     ap.add_argument("--storage", default="memory", choices=["memory", "memcached"],
-                    help="gateway-on only: memcached = a private memcached (on core 1) holds the rate "
-                         "limits (the shipped config's) and the cache, as in run.py's workers phase")
+                    help="gateway-on only: memcached = a private memcached (on core 1) holds the "
+                         "rate limits (the shipped config's) and the cache, as in run.py's "
+                         "workers phase")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--name", default="profile", help="output file stem in --out")
@@ -176,7 +182,8 @@ def main() -> None:
             # One recording in raw form; the flame graph is drawn from it afterwards, so both views
             # show the same samples and the process is paused by one sampler only.
             subprocess.run([spy, "record", "--pid", str(proxy.pid), "-d", str(args.seconds),
-                            "-r", str(args.rate), "--format", "raw", "--nolineno", "-o", str(tmp / "raw")],
+                            "-r", str(args.rate), "--format", "raw", "--nolineno",
+                            "-o", str(tmp / "raw")],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
             result = wrk_driver.parse(wrk.communicate()[0].decode(errors="replace"))
         finally:
@@ -185,8 +192,8 @@ def main() -> None:
         (out / f"{args.name}.folded").write_text(raw)  # collapsed stacks: speedscope, flamegraph.pl
         text = summarize(raw)
     storage = "" if args.storage == "memory" else f", {args.storage} storage"
-    header = (f"{args.config}{storage}, {args.mode} bodies, wrk -c64 at {result['rps']:.0f} req/s while "
-              f"sampled ({args.seconds} s at {args.rate} Hz)\n\n")
+    header = (f"{args.config}{storage}, {args.mode} bodies, wrk -c64 at {result['rps']:.0f} req/s "
+              f"while sampled ({args.seconds} s at {args.rate} Hz)\n\n")
     (out / f"{args.name}.txt").write_text(header + text)
     flamegraph(raw, out / f"{args.name}.svg", title=header.strip())
     print(header + text)

@@ -45,8 +45,10 @@ def ratios(results: dict) -> dict:
     if "direct" in s:
         d = s["direct"]
         out["ttfb_added_ms"] = {
-            n: {"p50_c1": _r(_get(v, "c1", "ttfb_ms", "p50", default=0) - d["c1"]["ttfb_ms"]["p50"]),
-                "p99_c100": _r(_get(v, "c100", "ttfb_ms", "p99", default=0) - d["c100"]["ttfb_ms"]["p99"])}
+            n: {"p50_c1": _r(_get(v, "c1", "ttfb_ms", "p50", default=0)
+                             - d["c1"]["ttfb_ms"]["p50"]),
+                "p99_c100": _r(_get(v, "c100", "ttfb_ms", "p99", default=0)
+                               - d["c100"]["ttfb_ms"]["p99"])}
             for n, v in s.items() if n != "direct"}
         out["chunk_gap_added_ms_c100"] = {
             n: {"p50": _r(_get(v, "c100", "gap_ms", "p50", default=0) - d["c100"]["gap_ms"]["p50"]),
@@ -75,7 +77,8 @@ def targets(results: dict, rat: dict) -> list[dict]:
                 continue
             values[col] = v
             passed[col] = bool(ok(v)) if ok else None
-        rows.append({"metric": metric, "target": target, "unit": unit, "values": values, "pass": passed})
+        rows.append({"metric": metric, "target": target, "unit": unit, "values": values,
+                     "pass": passed})
 
     row("throughput vs passthrough (c=64)", ">= 0.7x",
         lambda c, s: _get(rat, "rps_over_passthrough", s), lambda v: v >= 0.7, "x")
@@ -93,7 +96,8 @@ def targets(results: dict, rat: dict) -> list[dict]:
     row("chunk gap p99 added, 100 streams", "(report)",
         lambda c, s: _get(rat, "chunk_gap_added_ms_c100", c, "p99"), None, "ms")
     row("held streams without error", "all, 0 errors",
-        lambda c, s: (f"{h[c]['held']}/{h[c]['streams']}, {h[c]['errors']} err" if c in h else None),
+        lambda c, s: (f"{h[c]['held']}/{h[c]['streams']}, {h[c]['errors']} err"
+                      if c in h else None),
         lambda v: v.split("/")[0] == v.split("/")[1].split(",")[0] and v.endswith(" 0 err"))
     row("memory per open stream", "(report)", lambda c, s: _get(h, c, "kb_per_stream"), None, "KB")
     row("RS256 user tokens, repeating / gateway-on miss", ">= 0.9x",
@@ -137,39 +141,44 @@ def markdown(doc: dict) -> str:
         f"# Gateway benchmark, {m['date']}", "",
         f"- command: `{m['command']}` ({m['profile']} profile, {m['elapsed_s']} s)",
         f"- machine: {m['nproc']} cores, {m['cpu']}, Linux {m['kernel']}",
-        f"- other load: {m['cpu_busy_before']:.0%} of the machine busy just before the run; during it, "
-        f"other processes used {m['foreign_cpu_during_run']['other_processes_cores']:.2f} core, "
+        f"- other load: {m['cpu_busy_before']:.0%} of the machine busy just before the run; "
+        "during it, other processes used "
+        f"{m['foreign_cpu_during_run']['other_processes_cores']:.2f} core, "
         f"hypervisor steal {m['foreign_cpu_during_run']['steal_cores']:.2f} core",
         f"- software: Python {m['python']}, aiohttp {m['aiohttp']}, uvloop {m['uvloop']}, "
         f"{m['nginx']}, {m['wrk']}; repository {m['git']}",
         f"- pinning: {m['pinning']}",
-        f"- durations: wrk {m['durations']['rps_s']} s at 64 connections, {m['durations']['lat_s']} s "
+        f"- durations: wrk {m['durations']['rps_s']} s at 64 connections, "
+        f"{m['durations']['lat_s']} s "
         f"at 1 connection (after {m['durations']['warm_s']} s warm-up); "
         f"{m['durations']['ttfb1_streams']} single streams; 100 concurrent streams x "
-        f"{m['durations']['ttfb100_per_worker']} each; {m['durations']['hold_streams']} held streams",
+        f"{m['durations']['ttfb100_per_worker']} each; "
+        f"{m['durations']['hold_streams']} held streams",
         "",
     ]
     if res["json"]:
         lines += ["## Requests (non-streaming chat completion, wrk)", "",
-                  "| configuration | req/s c=64 | p50 c=64 ms | p99 c=64 ms | p50 c=1 ms | p99 c=1 ms "
-                  "| errors | idle RSS MB | peak RSS MB | RSS after MB |",
+                  "| configuration | req/s c=64 | p50 c=64 ms | p99 c=64 ms | p50 c=1 ms "
+                  "| p99 c=1 ms | errors | idle RSS MB | peak RSS MB | RSS after MB |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for n, v in res["json"].items():
             mem = v.get("memory", {})
             errs = v["c64"]["error_total"] + v["c1"]["error_total"]
             lines.append(f"| {n} | {v['c64']['rps']:,.0f} | {_ms(v['c64']['p50_us'])} | "
-                         f"{_ms(v['c64']['p99_us'])} | {_ms(v['c1']['p50_us'])} | {_ms(v['c1']['p99_us'])} | "
-                         f"{errs} | {_mb(mem.get('idle_rss_kb'))} | {_mb(mem.get('peak_rss_kb'))} | "
-                         f"{_mb(mem.get('after_rss_kb'))} |")
+                         f"{_ms(v['c64']['p99_us'])} | {_ms(v['c1']['p50_us'])} | "
+                         f"{_ms(v['c1']['p99_us'])} | {errs} | {_mb(mem.get('idle_rss_kb'))} | "
+                         f"{_mb(mem.get('peak_rss_kb'))} | {_mb(mem.get('after_rss_kb'))} |")
         lines.append("")
     if res["stream"]:
         lines += ["## Streams (SSE, 10 ms between chunks)", "",
-                  "| configuration | TTFB p50 1 stream ms | TTFB p99 1 stream ms | TTFB p50 100 streams ms "
-                  "| TTFB p99 100 streams ms | gap p50 ms | gap p99 ms | complete | errors |",
+                  "| configuration | TTFB p50 1 stream ms | TTFB p99 1 stream ms "
+                  "| TTFB p50 100 streams ms | TTFB p99 100 streams ms | gap p50 ms | gap p99 ms "
+                  "| complete | errors |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for n, v in res["stream"].items():
             one, hun = v["c1"], v["c100"]
-            lines.append(f"| {n} | {_f(_get(one, 'ttfb_ms', 'p50'))} | {_f(_get(one, 'ttfb_ms', 'p99'))} | "
+            lines.append(f"| {n} | {_f(_get(one, 'ttfb_ms', 'p50'))} | "
+                         f"{_f(_get(one, 'ttfb_ms', 'p99'))} | "
                          f"{_f(_get(hun, 'ttfb_ms', 'p50'))} | {_f(_get(hun, 'ttfb_ms', 'p99'))} | "
                          f"{_f(_get(hun, 'gap_ms', 'p50'))} | {_f(_get(hun, 'gap_ms', 'p99'))} | "
                          f"{one['complete'] + hun['complete']}/{one['streams'] + hun['streams']} | "
@@ -177,13 +186,15 @@ def markdown(doc: dict) -> str:
         lines.append("")
     if res["hold"]:
         lines += ["## Held streams (slow upstream, one chunk a second)", "",
-                  "| configuration | held | errors | open s | RSS before MB | RSS held MB | KB per stream "
-                  "| RSS after MB | fds before / held / after | healthy after |",
+                  "| configuration | held | errors | open s | RSS before MB | RSS held MB "
+                  "| KB per stream | RSS after MB | fds before / held / after | healthy after |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for n, v in res["hold"].items():
-            lines.append(f"| {n} | {v['held']}/{v['streams']} | {v['errors']} | {_f(v['open_s'], 1)} | "
-                         f"{_mb(v['rss_before_kb'])} | {_mb(v['rss_held_kb'])} | {_f(v['kb_per_stream'], 1)} | "
-                         f"{_mb(v['rss_after_kb'])} | {v['fds_before']} / {v['fds_held']} / {v['fds_after']} | "
+            lines.append(f"| {n} | {v['held']}/{v['streams']} | {v['errors']} | "
+                         f"{_f(v['open_s'], 1)} | {_mb(v['rss_before_kb'])} | "
+                         f"{_mb(v['rss_held_kb'])} | {_f(v['kb_per_stream'], 1)} | "
+                         f"{_mb(v['rss_after_kb'])} | "
+                         f"{v['fds_before']} / {v['fds_held']} / {v['fds_after']} | "
                          f"{'yes' if v['healthy_after'] else 'NO'} |")
         lines.append("")
     w = res.get("workers") or {}
@@ -191,13 +202,13 @@ def markdown(doc: dict) -> str:
         runs = w["runs"]
         groups = list(next(iter(runs.values()))["cpu_cores"])
         lines += ["## Workers (gateway-on, memcached storage, nothing pinned)", "",
-                  "One worker on memory (the reference), then `server.workers` = 1 and 2 with storage "
-                  "and cache in a local memcached; request limits "
+                  "One worker on memory (the reference), then `server.workers` = 1 and 2 with "
+                  "storage and cache in a local memcached; request limits "
                   f"{', '.join(w['rate_limit'])} per client, checked on every request, with "
-                  f"{w['clients']:,} client addresses (X-Forwarded-For from the trusted loopback peer) so "
-                  "that none trips; bodies vary (cache misses). wrk -c64, the nginx mock and memcached "
-                  "share the same two cores with the gateway: the CPU columns (cores, averaged over the "
-                  "measured run) show who used what.", "",
+                  f"{w['clients']:,} client addresses (X-Forwarded-For from the trusted loopback "
+                  "peer) so that none trips; bodies vary (cache misses). wrk -c64, the nginx mock "
+                  "and memcached share the same two cores with the gateway: the CPU columns "
+                  "(cores, averaged over the measured run) show who used what.", "",
                   "| workers | req/s c=64 | p50 ms | p99 ms | errors | req per gateway CPU-s | "
                   + " | ".join(f"{g} cores" for g in groups) + " |",
                   "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(groups)]
@@ -206,18 +217,21 @@ def markdown(doc: dict) -> str:
             per = r.get("gateway_process_cores") or []
             cells = [f"{r['cpu_cores'][g]:.2f}" for g in groups]
             if len(per) > 2:  # the supervisor and its workers
-                cells[groups.index("gateway")] = f"{gw:.2f} ({' + '.join(f'{x:.2f}' for x in per[1:])})"
-            lines.append(f"| {n if n == 'memory' else n + ' (memcached)'} | {r['c64']['rps']:,.0f} | {_ms(r['c64']['p50_us'])} | "
+                each = " + ".join(f"{x:.2f}" for x in per[1:])
+                cells[groups.index("gateway")] = f"{gw:.2f} ({each})"
+            name = n if n == "memory" else n + " (memcached)"
+            lines.append(f"| {name} | {r['c64']['rps']:,.0f} | {_ms(r['c64']['p50_us'])} | "
                          f"{_ms(r['c64']['p99_us'])} | {r['c64']['error_total']} | "
-                         f"{_f(r['requests_per_gateway_cpu_second'], 0)} | " + " | ".join(cells) + " |")
+                         f"{_f(r['requests_per_gateway_cpu_second'], 0)} | "
+                         + " | ".join(cells) + " |")
         lines += ["", f"Throughput with 2 workers over 1: **{_f(w.get('ratio_2_over_1'), 2)}x**; "
                   f"1 worker on memcached over 1 on memory: "
                   f"**{_f(w.get('ratio_memcached_over_memory'), 2)}x**.", ""]
     if doc["targets"]:
         cols = list(TARGET_COLUMNS)
         lines += ["## Targets", "",
-                  "Gateway columns are checked against the target; passthrough and nginx are shown for "
-                  "reference (what the stack and a C proxy achieve on the same machine).", "",
+                  "Gateway columns are checked against the target; passthrough and nginx are shown "
+                  "for reference (what the stack and a C proxy achieve on the same machine).", "",
                   "| metric | target | " + " | ".join(cols) + " |",
                   "|---|---|" + "---:|" * len(cols)]
         for r in doc["targets"]:
@@ -260,7 +274,8 @@ def plot(doc: dict, path: Path) -> bool:
     res = doc["results"]
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     fig.suptitle(f"Gateway benchmark {doc['meta']['date']} ({doc['meta']['profile']}, "
-                 f"{doc['meta']['nproc']} cores, {doc['meta']['pinning'].split(';')[0]})", fontsize=11)
+                 f"{doc['meta']['nproc']} cores, {doc['meta']['pinning'].split(';')[0]})",
+                 fontsize=11)
 
     def bars(ax, names, series: dict[str, list], title: str, ylabel: str,
              top: float | None = None) -> None:
@@ -285,7 +300,7 @@ def plot(doc: dict, path: Path) -> bool:
     names = list(j)
     rps = [j[n]["c64"]["rps"] for n in names]
     # direct and nginx are 10-20x faster than any Python proxy: cut them so the rest stay readable
-    python_rps = [r for n, r in zip(names, rps) if n not in ("direct", "nginx")]
+    python_rps = [r for n, r in zip(names, rps, strict=True) if n not in ("direct", "nginx")]
     bars(axes[0][0], names, {"req/s": rps}, "Throughput, 64 connections", "requests / s",
          top=max(python_rps) * 1.3 if python_rps and max(rps) > 3 * max(python_rps) else None)
     bars(axes[0][1], names, {"p50": [j[n]["c1"]["p50_us"] / 1000 for n in names],
@@ -293,13 +308,17 @@ def plot(doc: dict, path: Path) -> bool:
          "Latency, 1 connection", "ms")
     s = res["stream"]
     sn = list(s)
-    bars(axes[1][0], sn, {"TTFB p50, 1 stream": [_get(s[n], "c1", "ttfb_ms", "p50") for n in sn],
-                          "TTFB p99, 100 streams": [_get(s[n], "c100", "ttfb_ms", "p99") for n in sn]},
+    bars(axes[1][0], sn,
+         {"TTFB p50, 1 stream": [_get(s[n], "c1", "ttfb_ms", "p50") for n in sn],
+          "TTFB p99, 100 streams": [_get(s[n], "c100", "ttfb_ms", "p99") for n in sn]},
          "Streaming: time to first chunk", "ms")
     h = res["hold"]
     cfgs = [c for c in ("nginx", "passthrough", "gateway-on", "gateway-off")
             if _get(j, TARGET_COLUMNS[c], "memory", "idle_rss_kb") or c in h]
-    mem = lambda c, key: (_get(j, TARGET_COLUMNS[c], "memory", key, default=0) / 1024) or None  # noqa: E731
+
+    def mem(c: str, key: str) -> float | None:
+        return (_get(j, TARGET_COLUMNS[c], "memory", key, default=0) / 1024) or None
+
     bars(axes[1][1], cfgs,
          {"idle": [mem(c, "idle_rss_kb") for c in cfgs],
           "peak under wrk": [mem(c, "peak_rss_kb") for c in cfgs],

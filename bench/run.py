@@ -15,7 +15,8 @@ Configurations (--only NAME; "gateway" selects both gateway ones):
   gateway-off  gateway.py with cache, rate limits and model allowlist off
   gateway-on-jwt    gateway-on plus users with RS256 tokens (a JWKS file): miss path with each
                     user's token repeating, and with a fresh token every request (json only)
-  gateway-on-spend  gateway-on plus dollar budgets: rate_limit.spend and budget.daily_usd (json only)
+  gateway-on-spend  gateway-on plus dollar budgets: rate_limit.spend and budget.daily_usd
+                    (json only)
 
 Phases (--phases): json (wrk requests/s and latency), stream (time to first chunk, chunk gaps),
 hold (thousands of open streams: memory per stream), workers (the gateway with memcached storage
@@ -66,12 +67,15 @@ def versions(nginx: str | None) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run, about 1 minute")
     ap.add_argument("--only", action="append", default=[], metavar="NAME",
                     help="run only these configurations (repeat or comma-separate)")
-    ap.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of " + ",".join(PHASES))
-    ap.add_argument("--out", default=str(BENCH / "results"), help="directory for latest.{json,md,png}")
+    ap.add_argument("--phases", default=",".join(PHASES),
+                    help="comma-separated subset of " + ",".join(PHASES))
+    ap.add_argument("--out", default=str(BENCH / "results"),
+                    help="directory for latest.{json,md,png}")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     args = ap.parse_args()
 

@@ -63,7 +63,8 @@ LIMIT = "120/minute"  # per client: the greedy lane sends 300/minute, every othe
 SAMPLE_S = 5.0
 ORIGIN = "http://localhost:5173"
 # lane -> requests per second at --rate 1
-RATES = {"plain": 100.0, "hit": 60.0, "stream": 10.0, "abort": 10.0, "greedy": 20.0, "rejected": 4.0}
+RATES = {"plain": 100.0, "hit": 60.0, "stream": 10.0, "abort": 10.0, "greedy": 20.0,
+         "rejected": 4.0}
 HIT_BODIES = 20
 HIT_CLIENTS = 1000
 GREEDY_CLIENTS = 4
@@ -78,8 +79,9 @@ def ip(lane: int, n: int) -> str:
 
 def chat(user: str, *, stream: bool = False, max_tokens: int = 64, model: str = "gpt-4o-mini",
          prompt: str = "Say hello in one short sentence.") -> bytes:
-    body = {"model": model, "messages": [{"role": "system", "content": "You are a helpful assistant."},
-                                         {"role": "user", "content": prompt}],
+    body = {"model": model,
+            "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                         {"role": "user", "content": prompt}],
             "max_tokens": max_tokens, "temperature": 0, "user": user}
     if stream:
         body["stream"] = True
@@ -111,7 +113,8 @@ class Load:
         self.error_count += 1
         self.outcome[lane]["client error"] += 1
         if len(self.errors) < 20:
-            self.errors.append(f"{lane}: {exc if isinstance(exc, str) else type(exc).__name__ + ': ' + str(exc)}"[:200])
+            what = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+            self.errors.append(f"{lane}: {what}"[:200])
 
     def headers(self, client: str, origin: str = ORIGIN, stream: bool = False) -> dict:
         h = {"Content-Type": "application/json", "Origin": origin, "Authorization": "Bearer x",
@@ -139,12 +142,15 @@ class Load:
     async def rejected(self, s: aiohttp.ClientSession) -> None:
         n = self.seq["rejected"] = self.seq["rejected"] + 1
         if n % 2:
-            body, headers = chat(f"soak-{self.nonce}-r-{n}", model="gpt-4-not-allowed"), self.headers(ip(6, n))
+            body = chat(f"soak-{self.nonce}-r-{n}", model="gpt-4-not-allowed")
+            headers = self.headers(ip(6, n))
         else:
-            body, headers = chat(f"soak-{self.nonce}-r-{n}"), self.headers(ip(6, n), origin="https://evil.example")
+            body = chat(f"soak-{self.nonce}-r-{n}")
+            headers = self.headers(ip(6, n), origin="https://evil.example")
         await self.json_request(s, "rejected", body, headers)
 
-    async def json_request(self, s: aiohttp.ClientSession, lane: str, body: bytes, headers: dict) -> None:
+    async def json_request(self, s: aiohttp.ClientSession, lane: str, body: bytes,
+                           headers: dict) -> None:
         async with s.post(self.plain_url, data=body, headers=headers) as resp:
             data = await resp.read()
             self.status[lane][resp.status] += 1
@@ -161,7 +167,8 @@ class Load:
         abort = lane == "abort"
         body = chat(f"soak-{self.nonce}-{lane}-{n}", stream=True, max_tokens=300 if abort else 20,
                     prompt="Count slowly.")
-        resp = await s.post(self.stream_url, data=body, headers=self.headers(ip(3 if abort else 4, n), stream=True))
+        resp = await s.post(self.stream_url, data=body,
+                            headers=self.headers(ip(3 if abort else 4, n), stream=True))
         try:
             self.status[lane][resp.status] += 1
             if resp.status != 200:
@@ -176,7 +183,8 @@ class Load:
                     return
             # read to the end of the body (not just to [DONE]), so the connection is reused and
             # the gateway never sees a complete stream's client go away
-            self.outcome[lane]["complete" if b"data: [DONE]" in buf else "ended without [DONE]"] += 1
+            ended = "complete" if b"data: [DONE]" in buf else "ended without [DONE]"
+            self.outcome[lane][ended] += 1
         finally:
             resp.release()
 
@@ -187,8 +195,9 @@ class Load:
         loop = asyncio.get_running_loop()
         interval, nxt = 1.0 / per_second, loop.time() + random.random() / per_second
         inflight = 0
-        fn = {"plain": self.plain, "hit": self.hit, "greedy": self.greedy, "rejected": self.rejected,
-              "stream": lambda s: self.stream(s, "stream"), "abort": lambda s: self.stream(s, "abort")}[name]
+        fn = {"plain": self.plain, "hit": self.hit, "greedy": self.greedy,
+              "rejected": self.rejected, "stream": lambda s: self.stream(s, "stream"),
+              "abort": lambda s: self.stream(s, "abort")}[name]
 
         async def one() -> None:
             nonlocal inflight
@@ -262,8 +271,8 @@ def access_log_counts(path: Path) -> dict:
                 levels[level] += 1
                 if level in ("warning", "error", "critical") and len(samples) < 10:
                     samples.append(f"{level}: {str(doc.get('message', doc))[:200]}")
-    return {"status": dict(sorted(statuses.items())), "cache": dict(cache), "other_lines_by_level": dict(levels),
-            "warning_samples": samples}
+    return {"status": dict(sorted(statuses.items())), "cache": dict(cache),
+            "other_lines_by_level": dict(levels), "warning_samples": samples}
 
 
 async def drive(args, base: str, sampler: Sampler, duration: float) -> tuple[Load, float]:
@@ -283,8 +292,9 @@ async def drive(args, base: str, sampler: Sampler, duration: float) -> tuple[Loa
                 next_sample += SAMPLE_S
                 if time.monotonic() >= next_report:
                     next_report += 60
-                    log(f"soak t={sm['t_s']:.0f}s: RSS {sm['rss_kb'] / 1024:.1f} MB, fds {sm['fds']}, "
-                        f"{sm['requests']} requests, {sm['status_429']} 429s, {sm['errors']} errors")
+                    log(f"soak t={sm['t_s']:.0f}s: RSS {sm['rss_kb'] / 1024:.1f} MB, "
+                        f"fds {sm['fds']}, {sm['requests']} requests, "
+                        f"{sm['status_429']} 429s, {sm['errors']} errors")
         load.stopping = True
         await asyncio.gather(*lanes)
         t_stop = time.monotonic()
@@ -310,7 +320,8 @@ def evaluate(samples: list[dict], baseline_fds: int, settle: dict, load: Load, h
         mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
         den = sum((x - mx) ** 2 for x, _ in pts)
         slope = sum((x - mx) * (y - my) for x, y in pts) / den if den else None
-    facts = {"rss_warm_kb": warm["rss_kb"], "rss_warm_t_s": warm["t_s"], "rss_end_kb": end["rss_kb"],
+    facts = {"rss_warm_kb": warm["rss_kb"], "rss_warm_t_s": warm["t_s"],
+             "rss_end_kb": end["rss_kb"],
              "rss_end_t_s": end["t_s"], "rss_end_over_warm": round(ratio, 4) if ratio else None,
              "rss_min_after_warm_kb": min(s["rss_kb"] for s in under if s["t_s"] >= warm["t_s"]),
              "rss_max_after_warm_kb": max(s["rss_kb"] for s in under if s["t_s"] >= warm["t_s"]),
@@ -320,32 +331,39 @@ def evaluate(samples: list[dict], baseline_fds: int, settle: dict, load: Load, h
              "status_5xx": five, "client_errors": load.error_count, "healthy_after": healthy}
     checks = [
         {"check": "RSS at the end within 10 % of RSS after the first minute",
-         "value": f"{end['rss_kb'] / 1024:.1f} MB vs {warm['rss_kb'] / 1024:.1f} MB at {warm['t_s']:.0f} s "
-                  f"({(ratio - 1) * 100:+.1f} %)" if ratio else "–",
+         "value": f"{end['rss_kb'] / 1024:.1f} MB vs {warm['rss_kb'] / 1024:.1f} MB at "
+                  f"{warm['t_s']:.0f} s ({(ratio - 1) * 100:+.1f} %)" if ratio else "–",
          "pass": ratio is not None and abs(ratio - 1) <= 0.10},
         {"check": "open descriptors back to the count before the load",
-         "value": f"{settle['fds_after']} after {settle['settle_s']:.0f} s idle vs {baseline_fds} before",
+         "value": f"{settle['fds_after']} after {settle['settle_s']:.0f} s idle "
+                  f"vs {baseline_fds} before",
          "pass": settle["fds_after"] <= baseline_fds},
-        {"check": "no 5xx answers (none is expected in this mix)", "value": str(five), "pass": five == 0},
-        {"check": "no client-side errors (refused, reset, timed out)", "value": str(load.error_count),
-         "pass": load.error_count == 0},
-        {"check": "still healthy afterwards (/healthz 200)", "value": "yes" if healthy else "no", "pass": healthy},
+        {"check": "no 5xx answers (none is expected in this mix)", "value": str(five),
+         "pass": five == 0},
+        {"check": "no client-side errors (refused, reset, timed out)",
+         "value": str(load.error_count), "pass": load.error_count == 0},
+        {"check": "still healthy afterwards (/healthz 200)", "value": "yes" if healthy else "no",
+         "pass": healthy},
     ]
     return checks, facts
 
 
+def per_second(a: dict, b: dict, key: str, digits: int) -> float | None:
+    """How fast sample b's `key` grew since sample a (None when no time passed)."""
+    dt = b["t_s"] - a["t_s"]
+    return round((b[key] - a[key]) / dt, digits) if dt else None
+
+
 def minute_table(samples: list[dict]) -> list[dict]:
     rows, prev = [], samples[0]
-    for s in samples:
-        if s["phase"] != "load":
-            continue
-        if int(s["t_s"] // 60) > int(prev["t_s"] // 60) or s is [x for x in samples if x["phase"] == "load"][-1]:
-            dt = s["t_s"] - prev["t_s"]
+    load = [x for x in samples if x["phase"] == "load"]
+    for s in load:
+        if int(s["t_s"] // 60) > int(prev["t_s"] // 60) or s is load[-1]:
             rows.append({"minute": round(s["t_s"] / 60, 2), "rss_mb": round(s["rss_kb"] / 1024, 1),
                          "hwm_mb": round(s["hwm_kb"] / 1024, 1), "fds": s["fds"],
-                         "req_per_s": round((s["requests"] - prev["requests"]) / dt, 1) if dt else None,
-                         "429_per_s": round((s["status_429"] - prev["status_429"]) / dt, 1) if dt else None,
-                         "gateway_cpu_cores": round((s["cpu_s"] - prev["cpu_s"]) / dt, 3) if dt else None,
+                         "req_per_s": per_second(prev, s, "requests", 1),
+                         "429_per_s": per_second(prev, s, "status_429", 1),
+                         "gateway_cpu_cores": per_second(prev, s, "cpu_s", 3),
                          "errors": s["errors"]})
             prev = s
     return rows
@@ -355,14 +373,16 @@ def markdown(doc: dict) -> str:
     m, f = doc["meta"], doc["facts"]
     lines = [f"# Gateway soak, {m['date']}", "",
              f"- command: `{m['command']}` ({m['minutes']} min of load, {m['elapsed_s']} s in all)",
-             (f"- machine: {m['nproc']} cores, {m['cpu']}, Linux {m['kernel']}; Python {m['python']}, "
-              f"aiohttp {m['aiohttp']}; repository {m['git']}"),
-             (f"- gateway: every feature on, memory storage, request limit {m['limit']} per client, "
-              f"cache bounded to {m['cache_max_bytes'] // 1024} KiB; nothing pinned"),
+             (f"- machine: {m['nproc']} cores, {m['cpu']}, Linux {m['kernel']}; "
+              f"Python {m['python']}, aiohttp {m['aiohttp']}; repository {m['git']}"),
+             (f"- gateway: every feature on, memory storage, request limit {m['limit']} per "
+              f"client, cache bounded to {m['cache_max_bytes'] // 1024} KiB; nothing pinned"),
              (f"- load: {', '.join(f'{k} {v:g}/s' for k, v in m['rates'].items())} "
-              f"(target {sum(m['rates'].values()):g} req/s; achieved {m['achieved_rps']:.1f} req/s)"),
+              f"(target {sum(m['rates'].values()):g} req/s; "
+              f"achieved {m['achieved_rps']:.1f} req/s)"),
              "", "## Checks", "", "| check | value | result |", "|---|---|---|"]
-    lines += [f"| {c['check']} | {c['value']} | {'✅' if c['pass'] else '❌'} |" for c in doc["checks"]]
+    lines += [f"| {c['check']} | {c['value']} | {'✅' if c['pass'] else '❌'} |"
+              for c in doc["checks"]]
     lines += ["", (f"RSS after the warm-up ranged {f['rss_min_after_warm_kb'] / 1024:.1f} to "
                    f"{f['rss_max_after_warm_kb'] / 1024:.1f} MB; least-squares slope "
                    f"{f['rss_slope_mb_per_min_after_warm']} MB/min; peak (VmHWM) "
@@ -371,13 +391,16 @@ def markdown(doc: dict) -> str:
                    f"{f['fds_at_stop']} right after the load stopped, {f['fds_after']} after "
                    f"{f['settle_s']:.0f} s idle (RSS then {f['rss_after_kb'] / 1024:.1f} MB)."), "",
               "## Every minute", "",
-              "| minute | RSS MB | peak RSS MB | fds | req/s | 429/s | gateway CPU cores | client errors (cum.) |",
+              "| minute | RSS MB | peak RSS MB | fds | req/s | 429/s | gateway CPU cores "
+              "| client errors (cum.) |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["minutes"]:
-        lines.append(f"| {r['minute']:g} | {r['rss_mb']} | {r['hwm_mb']} | {r['fds']} | {r['req_per_s']} | "
-                     f"{r['429_per_s']} | {r['gateway_cpu_cores']} | {r['errors']} |")
+        lines.append(f"| {r['minute']:g} | {r['rss_mb']} | {r['hwm_mb']} | {r['fds']} "
+                     f"| {r['req_per_s']} | {r['429_per_s']} | {r['gateway_cpu_cores']} "
+                     f"| {r['errors']} |")
     lines += ["", "## Answers by lane (client side)", "",
-              "| lane | requests | statuses | outcomes | skipped (in-flight cap) |", "|---|---:|---|---|---:|"]
+              "| lane | requests | statuses | outcomes | skipped (in-flight cap) |",
+              "|---|---:|---|---|---:|"]
     for lane in m["rates"]:
         st = doc["status_by_lane"].get(lane, {})
         oc = doc["outcome_by_lane"].get(lane, {})
@@ -390,13 +413,16 @@ def markdown(doc: dict) -> str:
         lines += ["", "## As the gateway logged it", "",
                   "- statuses: " + ", ".join(f"{k}: {v:,}" for k, v in g["status"].items()),
                   "- cache: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(g["cache"].items())),
-                  "- other log lines by level: " + (", ".join(f"{k}: {v}" for k, v in g["other_lines_by_level"].items()) or "none")]
+                  "- other log lines by level: "
+                  + (", ".join(f"{k}: {v}" for k, v in g["other_lines_by_level"].items())
+                     or "none")]
         lines += [f"  - {x}" for x in g.get("warning_samples", [])]
     if doc["anomalies"]:
         lines += ["", "## Anomalies", ""] + [f"- {k}: {v}" for k, v in doc["anomalies"].items()]
     if doc["errors"]:
         lines += ["", "## Client errors (first 20)", ""] + [f"- {e}" for e in doc["errors"]]
-    lines += ["", "The plot (soak.png) shows every 5-second sample. How the soak works: bench/README.md.", ""]
+    lines += ["", "The plot (soak.png) shows every 5-second sample. How the soak works: "
+              "bench/README.md.", ""]
     return "\n".join(lines)
 
 
@@ -408,8 +434,8 @@ def plot(doc: dict, path: Path) -> bool:
     t = [x["t_s"] / 60 for x in s]
     f = doc["facts"]
     fig, axes = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
-    fig.suptitle(f"Gateway soak {doc['meta']['date']}: {doc['meta']['minutes']} min of mixed traffic "
-                 f"({doc['meta']['achieved_rps']:.0f} req/s)", fontsize=11)
+    fig.suptitle(f"Gateway soak {doc['meta']['date']}: {doc['meta']['minutes']} min of mixed "
+                 f"traffic ({doc['meta']['achieved_rps']:.0f} req/s)", fontsize=11)
     ax = axes[0]
     ax.plot(t, [x["rss_kb"] / 1024 for x in s], marker=".", label="VmRSS")
     warm = f["rss_warm_kb"] / 1024
@@ -428,10 +454,8 @@ def plot(doc: dict, path: Path) -> bool:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax = axes[2]
-    rate = [None] + [(b["requests"] - a["requests"]) / (b["t_s"] - a["t_s"]) if b["t_s"] > a["t_s"] else None
-                     for a, b in itertools.pairwise(s)]
-    r429 = [None] + [(b["status_429"] - a["status_429"]) / (b["t_s"] - a["t_s"]) if b["t_s"] > a["t_s"] else None
-                     for a, b in itertools.pairwise(s)]
+    rate = [None] + [per_second(a, b, "requests", 6) for a, b in itertools.pairwise(s)]
+    r429 = [None] + [per_second(a, b, "status_429", 6) for a, b in itertools.pairwise(s)]
     ax.plot(t, rate, label="answers/s")
     ax.plot(t, r429, label="429/s")
     ax.set_ylabel("per second")
@@ -445,10 +469,12 @@ def plot(doc: dict, path: Path) -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0, help="minutes of load (default 10)")
     ap.add_argument("--rate", type=float, default=1.0, help="multiply every lane's request rate")
-    ap.add_argument("--out", default=str(BENCH / "results"), help="directory for soak.{json,md,png}")
+    ap.add_argument("--out", default=str(BENCH / "results"),
+                    help="directory for soak.{json,md,png}")
     args = ap.parse_args()
     procs.pin_self(procs.ANY_CORE if procs.HAVE_TWO_CORES else None)
     procs.raise_nofile()
@@ -463,11 +489,14 @@ def main() -> None:
             # itself, streams (Accept: text/event-stream) relayed unbuffered to the SSE mock.
             bench.start_mocks({"stream"})
             if not bench.nginx:
-                raise SystemExit("nginx not found: the JSON mock upstream is nginx (apt-get install nginx)")
+                raise SystemExit("nginx not found: the JSON mock upstream is nginx "
+                                 "(apt-get install nginx)")
             mock = procs.free_port()
             prefix = tmp / "nginx-mock"
-            conf = nginx_conf.write(prefix, nginx_conf.mock_upstream(prefix, mock, sse_port=bench.mock_sse))
-            bench.spawn("nginx-mock", nginx_conf.command(bench.nginx, prefix, conf), procs.LOAD_CORE)
+            conf = nginx_conf.write(prefix, nginx_conf.mock_upstream(prefix, mock,
+                                                                     sse_port=bench.mock_sse))
+            bench.spawn("nginx-mock", nginx_conf.command(bench.nginx, prefix, conf),
+                        procs.LOAD_CORE)
             bench.ready(f"http://127.0.0.1:{mock}/healthz", bench.started[-1], "nginx mock")
             port = procs.free_port()
             toml = gateway_toml(port, f"http://127.0.0.1:{mock}", True, requests=[LIMIT],
@@ -475,11 +504,13 @@ def main() -> None:
             gw = bench.spawn_gateway("gateway-soak", toml, None)
             base = f"http://127.0.0.1:{port}"
             if not procs.wait_ready(base + "/healthz", gw, timeout=30):
-                raise SystemExit("the gateway did not start:\n" + procs.tail(tmp / "gateway-soak.log"))
+                raise SystemExit("the gateway did not start:\n"
+                                 + procs.tail(tmp / "gateway-soak.log"))
             time.sleep(1.0)
             sampler = Sampler(gw.pid)
             baseline = sampler.take(None, "idle")
-            log(f"soak: {args.minutes:g} min of mixed load, about {sum(RATES.values()) * args.rate:.0f} req/s; "
+            log(f"soak: {args.minutes:g} min of mixed load, "
+                f"about {sum(RATES.values()) * args.rate:.0f} req/s; "
                 f"gateway RSS {baseline['rss_kb'] / 1024:.1f} MB, {baseline['fds']} fds")
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 load, t_stop = runner.run(drive(args, base, sampler, duration))
@@ -500,14 +531,15 @@ def main() -> None:
         finally:
             bench.stop_all()
     checks, facts = evaluate(sampler.samples, baseline["fds"], settle, load, healthy, warm_s)
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, check=False).stdout.strip() or "no commit"
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True, check=False).stdout.strip() or "no commit"
     doc = {
         "meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "command": " ".join(["python", "bench/soak.py", *sys.argv[1:]]), "minutes": args.minutes,
-                 "elapsed_s": round(time.monotonic() - t_start, 1), "nproc": os.cpu_count(),
-                 "cpu": procs.cpu_model(), "kernel": platform.release(), "python": platform.python_version(),
-                 "aiohttp": aiohttp.__version__, "git": git, "limit": LIMIT, "cache_max_bytes": CACHE_MAX_BYTES,
+                 "command": " ".join(["python", "bench/soak.py", *sys.argv[1:]]),
+                 "minutes": args.minutes, "elapsed_s": round(time.monotonic() - t_start, 1),
+                 "nproc": os.cpu_count(), "cpu": procs.cpu_model(), "kernel": platform.release(),
+                 "python": platform.python_version(), "aiohttp": aiohttp.__version__, "git": git,
+                 "limit": LIMIT, "cache_max_bytes": CACHE_MAX_BYTES,
                  "rates": {k: v * args.rate for k, v in RATES.items()}, "sample_s": SAMPLE_S,
                  "achieved_rps": round(load.total() / duration, 1)},
         "checks": checks, "facts": facts, "passed": all(c["pass"] for c in checks),

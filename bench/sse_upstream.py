@@ -91,11 +91,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=9001)
     ap.add_argument("--interval-ms", type=float, default=10.0, help="pause between content chunks")
-    ap.add_argument("--chunks", type=int, default=20, help="content chunks when max_tokens is absent")
+    ap.add_argument("--chunks", type=int, default=20,
+                    help="content chunks when max_tokens is absent")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -106,7 +107,7 @@ def _record(times: list[float], t0: float, max_tokens: int, tally: Tally) -> Non
         tally.ttfb.append(times[0] - t0)
         # role chunk + max_tokens paced content chunks; what follows is written back to back
         paced = times[: max_tokens + 1]
-        tally.gaps.extend(b - a for a, b in zip(paced, paced[1:]))
+        tally.gaps.extend(b - a for a, b in itertools.pairwise(paced))
 
 
 def session() -> aiohttp.ClientSession:
@@ -134,13 +135,15 @@ async def workers(url: str, k: int, per_worker: int, max_tokens: int, warmup: in
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(s, w) for w in range(k)))
         elapsed = time.perf_counter() - t0
-    return {"mode": "workers", "concurrency": k, "per_worker": per_worker, "streams": k * per_worker,
-            "max_tokens": max_tokens, "complete": tally.complete, "errors": len(tally.errors),
+    return {"mode": "workers", "concurrency": k, "per_worker": per_worker,
+            "streams": k * per_worker, "max_tokens": max_tokens, "complete": tally.complete,
+            "errors": len(tally.errors),
             "error_samples": tally.errors[:5], "ttfb_ms": summary(tally.ttfb),
             "gap_ms": summary(tally.gaps), "elapsed_s": round(elapsed, 3)}
 
 
-async def hold(url: str, k: int, seconds: float, max_tokens: int, ramp: int, open_timeout: float) -> dict:
+async def hold(url: str, k: int, seconds: float, max_tokens: int, ramp: int,
+               open_timeout: float) -> dict:
     tally = Tally()
     gate = asyncio.Semaphore(ramp)  # connections being opened at once (listen backlogs are finite)
     firsts = 0
@@ -176,12 +179,14 @@ async def hold(url: str, k: int, seconds: float, max_tokens: int, ramp: int, ope
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return {"mode": "hold", "streams": k, "held": held, "open_s": round(opened, 3),
-            "hold_s": seconds, "ended_early": ended_early, "errors": len(tally.errors) + ended_early,
+            "hold_s": seconds, "ended_early": ended_early,
+            "errors": len(tally.errors) + ended_early,
             "error_samples": tally.errors[:5], "ttfb_ms": summary(tally.ttfb)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("url")
     ap.add_argument("--streams", type=int, default=1, help="concurrent streams (workers)")
     ap.add_argument("--per-worker", type=int, default=10, help="measured streams per worker")
@@ -197,7 +202,8 @@ def main() -> None:
     if args.hold and args.hold + 100 > hard:
         sys.exit(f"--hold {args.hold} needs more file descriptors than RLIMIT_NOFILE {hard}")
     if args.hold:
-        coro = hold(args.url, args.hold, args.hold_seconds, args.max_tokens, args.ramp, args.open_timeout)
+        coro = hold(args.url, args.hold, args.hold_seconds, args.max_tokens, args.ramp,
+                    args.open_timeout)
     else:
         coro = workers(args.url, args.streams, args.per_worker, args.max_tokens, args.warmup)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

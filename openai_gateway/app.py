@@ -50,6 +50,8 @@ from .upstream.client import Upstream
 
 log = logging.getLogger("gateway")
 SETTINGS = web.AppKey("settings", Settings)
+#: Seconds a refused body's rest is drained before its connection closes (see create_app).
+LINGERING_SECONDS = 2.0
 PROXY = web.AppKey("proxy", Proxy)
 
 #: Settings a reload cannot change in a running process (sockets, storage, routes).
@@ -157,7 +159,12 @@ def create_app(settings: Settings, *, demo: bool = False,
         client_max_size=s.server.max_body_bytes,
         # auto_decompress off: a compressed body is refused or inflated with a bound by
         # bodies.read_body, never inflated by aiohttp while a refused request lingers.
-        handler_args={"max_field_size": 16384, "auto_decompress": False},
+        # lingering_time: what is left of a refused body (a 100 MB upload over its limit) is
+        # read and dropped for at most this long, so its client can still read the refusal
+        # (closing on unread bytes resets the connection); aiohttp's 10 s would hold the
+        # handler, and a shutdown's drain, that long.
+        handler_args={"max_field_size": 16384, "auto_decompress": False,
+                      "lingering_time": LINGERING_SECONDS},
     )
     app[COMPONENTS] = c
     app[PROXY] = proxy

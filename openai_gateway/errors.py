@@ -18,6 +18,9 @@ class GatewayError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    #: Close the connection after the answer: what is left of a refused body (an upload over
+    #: its limit, a slow one) is then never read.
+    close_connection = False
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None, log_detail: str | None = None):
@@ -32,8 +35,11 @@ class GatewayError(Exception):
         self.log_detail = log_detail
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.message, self.type, self.param, self.code,
-                              self.headers)
+        response = error_response(self.status, self.message, self.type, self.param, self.code,
+                                  self.headers)
+        if self.close_connection:
+            response.force_close()
+        return response
 
 
 class InvalidRequest(GatewayError):

@@ -1,7 +1,9 @@
-"""Shared fixtures: the fake upstream, gateway apps and processes, memcached, the leak scan."""
+"""Shared fixtures: the fake upstream, gateway apps and processes (the demo too), memcached,
+a browser, the leak scan."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -10,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +21,7 @@ import pytest
 from openai_gateway.app import create_app
 from openai_gateway.config.settings import parse
 
+from .support.browser import Browser, start_chromium
 from .support.fake_upstream import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -297,3 +301,61 @@ def gateway_process(tmp_path, upstream_url):
     for gp in started:
         gp.stop()
         assert KEY not in gp.log(), "the upstream key leaked into the gateway's log"
+
+
+@pytest.fixture
+def demo_process(tmp_path):
+    """start(config, args) -> a ready `gateway.py --demo` process whose env has no key."""
+    started: list[GatewayProcess] = []
+
+    async def start(config: dict | None = None, args=("--demo",)) -> GatewayProcess:
+        cfg = {"log": {"format": "json"}, **(config or {})}
+        gp = GatewayProcess(cfg, tmp_path, args=args)
+        gp.env.pop("OPENAI_API_KEY")
+        started.append(gp.start())
+        await gp.wait_ready()
+        return gp
+
+    yield start
+    for gp in started:
+        gp.stop()
+
+
+async def wait_for_log(gp: GatewayProcess, text: str, timeout: float = 5) -> None:
+    """Until `text` is in the process's log; fails with the log's tail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while text not in gp.log():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in log: {gp.log()[-2000:]}")
+        await asyncio.sleep(0.05)
+
+
+def access_lines(gp: GatewayProcess) -> list[dict]:
+    """The access log records (json format) the process has written so far."""
+    lines = []
+    for line in gp.log().splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if doc.get("logger") == "gateway.access":
+            lines.append(doc)
+    return lines
+
+
+async def gateway_cli(*args: str, env: dict | None = None) -> tuple[int, str, str]:
+    """`python gateway.py ARGS` without blocking the loop (the fake upstream lives on it)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "gateway.py"), *args, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+def browser(tmp_path) -> Iterator[Browser]:
+    """A headless Chromium (tests/support/browser.py), quit at the end."""
+    chromium = start_chromium(tmp_path / "chromium-profile")
+    yield chromium
+    chromium.driver.quit()

@@ -317,7 +317,8 @@ async def test_deeply_nested_body_is_400_not_500(gw, fake):
     nested = "[" * 300 + "]" * 300
     raw = ('{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"hi"}],'
            f'"metadata":{nested}}}').encode()
-    r = await gw.post("/v1/chat/completions", data=raw, headers={"Content-Type": "application/json"})
+    r = await gw.post("/v1/chat/completions", data=raw,
+                      headers={"Content-Type": "application/json"})
     await assert_openai_error(r, 400)
     assert fake.seen == []
 

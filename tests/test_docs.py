@@ -31,7 +31,7 @@ PORTS = re.compile(r"\b(8080|8081|9000|9999)\b")
 #: What a server prints once it accepts connections.
 READY = ("gateway listening on ", "fake OpenAI API at ")
 #: Guides linked from here that are not in this tree yet.
-ELSEWHERE = {"docs/architecture.md", "docs/realtime.md", "docs/voice-and-pictures.md"}
+ELSEWHERE = {"docs/realtime.md"}
 
 
 def blocks(path: Path) -> list[tuple[str, str]]:

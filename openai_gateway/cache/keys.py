@@ -7,6 +7,7 @@ stored value that does not parse as one of ours is a miss.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,8 +17,13 @@ from multidict import istr
 from ..upstream.client import FORWARDED_HEADERS
 from ..upstream.sse import DONE, RESPONSES_DONE
 
-#: Entry format: one kind byte, then the body exactly as the client received it.
-KIND_JSON, KIND_SSE = b"J", b"S"
+#: Entry format: one kind byte, then the body exactly as the client received it; an answer of
+#: another type (speech audio, a transcript as subtitles) has its Content-Type and a newline
+#: before the body.
+KIND_JSON, KIND_SSE, KIND_TYPED = b"J", b"S", b"T"
+#: A Content-Type as stored: a media type and its parameters, printable ASCII, no newline.
+_CONTENT_TYPE = re.compile(rb"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:;[ -~]*)?")
+MAX_CONTENT_TYPE = 200
 #: Client headers that are part of the key: exactly those the upstream receives, since an
 #: answer may depend on anything it was sent. Each one, by its exact value (absent is not ""):
 #: - OpenAI-Beta: opts into a beta's behaviour and shapes; an answer given under one beta is
@@ -39,8 +45,12 @@ _VARY_NAMES = tuple(istr(name) for name in VARY_HEADERS)
 class Entry:
     stream: bool
     body: bytes
+    #: The Content-Type of an answer that is neither JSON nor SSE (None: one of those).
+    content_type: str | None = None
 
     def encode(self) -> bytes:
+        if self.content_type is not None:
+            return KIND_TYPED + self.content_type.encode() + b"\n" + self.body
         return (KIND_SSE if self.stream else KIND_JSON) + self.body
 
     @staticmethod
@@ -55,6 +65,12 @@ class Entry:
         if not isinstance(value, bytes) or len(value) < 2:
             return None
         kind, body = value[:1], value[1:]
+        if kind == KIND_TYPED:
+            ctype, newline, body = body.partition(b"\n")
+            if not newline or len(ctype) > MAX_CONTENT_TYPE \
+                    or not _CONTENT_TYPE.fullmatch(ctype):
+                return None
+            return Entry(False, body, ctype.decode())
         if kind == KIND_SSE:  # only complete streams are stored: no end marker, not ours
             complete = DONE in body or any(end in body for end in RESPONSES_DONE)
             return Entry(True, body) if complete else None
@@ -66,9 +82,11 @@ class Entry:
         return None
 
 
-def cache_key(route: str, scope: str, body: dict, headers: Mapping[str, str]) -> str:
-    """The storage key of an answer. `headers` is the client's request headers (looked up
-    case-insensitively, as aiohttp's `request.headers` does); only `VARY_HEADERS` count."""
+def cache_key(route: str, scope: str, body: object, headers: Mapping[str, str]) -> str:
+    """The storage key of an answer. `body`: what the upstream receives, as JSON (the parsed
+    body; an upload's parts by their digests). `headers` is the client's request headers
+    (looked up case-insensitively, as aiohttp's `request.headers` does); only `VARY_HEADERS`
+    count."""
     vary = [headers.get(name) for name in _VARY_NAMES]
     try:  # a JSON array ends where its grammar says: no value can pose as two, absent is null
         prefix = orjson.dumps([route, scope, vary])

@@ -28,6 +28,39 @@ log = logging.getLogger("gateway.cache")
 DETERMINISTIC = frozenset({"/v1/embeddings", "/v1/moderations"})
 
 
+def media_cacheable(parsed: ParsedRequest, sampled: bool) -> bool:
+    """Whether a voice or pictures answer may be replayed (its route listed in cache.routes):
+    - never a stream (a transcript or an image shown as it forms is a live view, and an image
+      stream's events are megabytes);
+    - speech: yes: the words are the request's own, and any reading of them in the voice,
+      format and speed asked is as right as another;
+    - transcriptions and translations: at `temperature` 0 or unset (their default is 0), or
+      with `sampled`;
+    - images: only with `sampled` (no request fixes its image), and never an answer of URLs,
+      which expire after an hour (`response_format: "url"`, DALL-E's default).
+    """
+    if parsed.stream or parsed.units is None:
+        return False
+    kind, body = parsed.units.kind, parsed.body
+    if kind == "speech":
+        return True
+    if kind in ("transcription", "translation"):
+        return sampled or _is_zero(body.get("temperature"))
+    urls = body.get("response_format") == "url" or (
+        str(parsed.model or "").startswith("dall-e") and body.get("response_format") != "b64_json")
+    return sampled and not urls
+
+
+def _is_zero(temperature) -> bool:
+    """Unset, or 0 (a multipart field is text: "0", "0.0")."""
+    if temperature is None:
+        return True
+    try:
+        return float(temperature) == 0
+    except (TypeError, ValueError):
+        return False
+
+
 class PromptCache:
     """Built once per process on its store; `configure` on every settings (entries survive)."""
 
@@ -63,6 +96,8 @@ class PromptCache:
         directives = (cache_control or "").lower()
         if "no-cache" in directives or "no-store" in directives:
             return "BYPASS"
+        if parsed.units is not None:
+            return None if media_cacheable(parsed, self.s.sampled) else "BYPASS"
         if route not in DETERMINISTIC and not self.s.sampled:
             temperature = parsed.body.get("temperature")
             if temperature != 0:
@@ -70,7 +105,7 @@ class PromptCache:
         return None
 
     @staticmethod
-    def key(caller, route: str, body: dict, headers: Mapping[str, str]) -> str:
+    def key(caller, route: str, body: object, headers: Mapping[str, str]) -> str:
         """The entry's key; a client key with cache_scope "client" has entries of its own."""
         settings = caller.settings
         scope = caller.id if settings is not None and settings.cache_scope == "client" \

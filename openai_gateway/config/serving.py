@@ -23,7 +23,8 @@ from .storage import StorageURL, parse_storage_url
 
 #: The routes the gateway can forward (the brief's HTTP surface). Anything else is 404.
 Route = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
-                "/v1/moderations", "/v1/models"]
+                "/v1/moderations", "/v1/models", "/v1/audio/speech", "/v1/audio/transcriptions",
+                "/v1/audio/translations", "/v1/images/generations", "/v1/images/edits"]
 #: Forwarded by default: all of them.
 DEFAULT_ROUTES: tuple[Route, ...] = typing.get_args(Route)
 #: Tool types and service tiers OpenAI documents; others are allowed with a warning (new ones
@@ -134,6 +135,9 @@ class UpstreamSettings:
     first_byte_timeout: float = 120.0
     #: Longest silence between two chunks of a body (no total timeout: streams may be long).
     idle_timeout: float = 120.0
+    #: Both of the above on the voice and pictures routes: an image takes minutes, and so may
+    #: the transcription of a long recording, before its first byte or between two events.
+    media_timeout: float = 300.0
     #: Extra attempts on connect errors, 429 and 5xx, only before the client got a byte.
     retries: int = 2
     #: Seconds before the first retry, doubled each time (the upstream's Retry-After wins, at most
@@ -149,7 +153,7 @@ class UpstreamSettings:
     def check(self, at: str, p: Problems) -> None:
         p.expect(_is_http_url(self.base_url), f"{at}.base_url", self.base_url, "an http(s) URL")
         p.positive(self, at, "connect_timeout", "first_byte_timeout", "idle_timeout",
-                   "max_connections", "max_response_bytes")
+                   "media_timeout", "max_connections", "max_response_bytes")
         p.expect(self.retries >= 0, f"{at}.retries", self.retries, ">= 0")
         p.expect(self.retry_backoff >= 0, f"{at}.retry_backoff", self.retry_backoff, ">= 0")
 

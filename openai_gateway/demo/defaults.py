@@ -6,7 +6,10 @@ from dataclasses import replace
 from ..config.settings import Settings
 from ..http.playground import own_origins
 
-DEMO_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "omni-moderation-latest")
+#: The text models, and one model for each voice and pictures route (the playground reads
+#: answers aloud and draws in its image tab).
+DEMO_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "omni-moderation-latest",
+               "gpt-4o-mini-tts", "gpt-4o-mini-transcribe", "gpt-image-1-mini")
 #: Sent upstream instead of a real key: the demo upstream ignores it, and it is not a secret.
 DEMO_KEY = "demo-upstream-needs-no-key"
 #: (section, field) -> the demo's value, applied only while the setting has its default.

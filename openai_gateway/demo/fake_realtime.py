@@ -20,7 +20,7 @@ channel), so a response asked for on one is seen, with its usage, on all.
 
 `ledger` keeps everything the fake did and was told (realtime_ledger). `words`, `pace`, `delay`
 and `close_after` make it talk longer, slower, answer late or die mid-response. The session and
-its events are in realtime_session and realtime_response, token counting in realtime_formats.
+its events and responses are in realtime_session, token counting in realtime_formats.
 """
 from __future__ import annotations
 

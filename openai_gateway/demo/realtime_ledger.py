@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .realtime_session import Call
+from typing import Any
 
 
 @dataclass
@@ -57,7 +54,7 @@ class Opened:
 class Ledger:
     #: value -> {"expires_at", "session" (as answered), "request" (the session asked for)}
     secrets: dict[str, dict] = field(default_factory=dict)
-    calls: dict[str, Call] = field(default_factory=dict)
+    calls: dict[str, Any] = field(default_factory=dict)  # realtime_session.Call by id
     sockets: list[Opened] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     responses: list[Billed] = field(default_factory=list)

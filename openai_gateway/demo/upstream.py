@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .defaults import DEMO_MODELS
+from .fake_media import FakeMedia
 from .fake_openai import FakeOpenAI
 
 log = logging.getLogger("gateway")
@@ -17,6 +18,9 @@ log = logging.getLogger("gateway")
 #: Seconds after each streamed word: some 20 words a second, a hosted model's pace.
 WORD_DELAY = (0.03, 0.06)
 DEMO_HEADERS = {"X-Demo": "true"}
+#: Seconds between two pieces of speech (a tenth of a second of audio each: twice as fast as
+#: it plays) and between two image events: media arrive over time, as a real upstream's do.
+MEDIA_PACE = 0.05
 
 
 def reply_text(prompt: str, stream: bool = False) -> str:
@@ -63,7 +67,8 @@ class DemoUpstream:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(128)
         self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-        self.fake = DemoOpenAI(models=DEMO_MODELS, headers=DEMO_HEADERS, owned_by="demo")
+        self.fake = DemoOpenAI(models=DEMO_MODELS, headers=DEMO_HEADERS, owned_by="demo",
+                               media=FakeMedia(pace=MEDIA_PACE))
 
     def app(self) -> web.Application:
         return self.fake.app()

@@ -26,8 +26,14 @@ from .rules import Limit, Limits, Rules
 
 log = logging.getLogger("gateway.ratelimit")
 
-#: A request's windows with the limits they stand for.
-Hits = list[tuple[Hit, Limit]]
+class Hits(list[tuple[Hit, Limit]]):
+    """A request's windows with the limits they stand for; `windows`: the hits alone."""
+
+    __slots__ = ("windows",)
+
+    def __init__(self, pairs: list[tuple[Hit, Limit]]):
+        super().__init__(pairs)
+        self.windows = [hit for hit, _ in pairs]
 
 
 class StoragePolicy:
@@ -59,10 +65,15 @@ class StoragePolicy:
 class RateLimiter:
     """Built once per process on its store; `configure` again on reload (counters survive)."""
 
+    #: Callers whose request windows are remembered (each a few small objects): a caller's
+    #: next request reuses them instead of building its keys again.
+    MEMO_SIZE = 4096
+
     def __init__(self, store: Store, policy: StoragePolicy):
         self.store = store
         self.policy = policy
         self._hash = store.kind != "memory"  # a key that never leaves the process stays readable
+        self._memo: dict[tuple, tuple[object, Hits]] = {}
 
     def configure(self, rules: Rules, strategy: str) -> None:
         self.rules = rules
@@ -71,6 +82,7 @@ class RateLimiter:
                 else "sliding-window-counter"
         self.strategy = strategy
         self._moving = strategy == "moving-window"
+        self._memo = {}
 
     def ident(self, caller) -> str:
         """The caller's part of its counters' keys."""
@@ -85,18 +97,30 @@ class RateLimiter:
 
     def hits(self, caller, route: str, model: str | None, *, rules_only: bool = False) -> Hits:
         """The request windows of a request: the caller's limits and the rules of its route
-        (model None), or only the rules naming its model (`rules_only`)."""
+        (model None), or only the rules naming its model (`rules_only`). Remembered per caller
+        (for the same limits object: a caller's tier can change with its next token)."""
+        key = (caller.id, route, model, rules_only)
+        found = self._memo.get(key)
+        if found is not None and found[0] is caller.limits:
+            return found[1]
+        hits = self._hits(caller, route, model, rules_only)
+        if len(self._memo) >= self.MEMO_SIZE:
+            del self._memo[next(iter(self._memo))]  # the oldest first: dicts keep order
+        self._memo[key] = (caller.limits, hits)
+        return hits
+
+    def _hits(self, caller, route: str, model: str | None, rules_only: bool) -> Hits:
         own: Limits | None = caller.limits
         scopes = self.rules.scopes(own, route, model, "requests")
         if rules_only:
             scopes = [(scope, limits) for scope, limits in scopes
                       if scope in self.rules.model_rules]
         if not scopes:
-            return []
+            return Hits([])
         ident, moving = self.ident(caller), self._moving
-        return [(Hit(Window(limit.key("req", ident, scope), limit.amount, limit.expiry),
-                     moving=moving), limit)
-                for scope, limits in scopes for limit in limits]
+        return Hits([(Hit(Window(limit.key("req", ident, scope), limit.amount, limit.expiry),
+                          moving=moving), limit)
+                     for scope, limits in scopes for limit in limits])
 
     async def check(self, caller, route: str) -> LimitState | None:
         """Count one request against the caller's limits and its route's rules, before its
@@ -104,7 +128,7 @@ class RateLimiter:
         hits = self.hits(caller, route, None)
         if not hits:
             return None
-        counted = await self.count([h for h, _ in hits])
+        counted = await self.count(hits.windows)
         return None if counted is None else self.verdict(counted, hits)
 
     async def count(self, hits: list[Hit], reads=()) -> Counted | None:
@@ -125,7 +149,7 @@ class RateLimiter:
         """Raise the 429 of a refused request window; else the tightest request limit."""
         result, now = None, time.time()
         for hit, limit in hits:
-            stats = counted.stats.get(hit.window)
+            stats = counted.stats(hit.window)
             if stats is None:
                 continue  # its server failed: allowed by on_error=open
             if counted.refused_by == hit.window:

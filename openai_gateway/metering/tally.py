@@ -21,15 +21,20 @@ from collections.abc import Collection
 from datetime import UTC, datetime
 
 from ..errors import StorageUnavailable
-from ..store import Store, windows
+from ..store import Store, Window
 from .budgets import Budgets
 from .limiter import StoragePolicy
 
 #: The tier of callers without a configured one.
 NO_TIER = "none"
-#: How long the counters live: a day's for a week, a month's for two (read back for reports).
-DAY_TTL = 8 * 86_400
-MONTH_TTL = 62 * 86_400
+#: A tally counts, it never refuses: its windows' bound is out of reach.
+UNBOUNDED = 2**53
+#: The windows of a day's and a month's counters. Each counter's key names its date or month,
+#: and its window is longer than the day or month: a UTC day always lies inside one two-day
+#: window (both are aligned to the epoch), and a month spans at most two forty-day windows, so
+#: the previous and current counts of the key are all of it. They live two windows.
+DAY_SECONDS = 2 * 86_400
+MONTH_SECONDS = 40 * 86_400
 
 
 def periods(now: float) -> tuple[str, str]:
@@ -57,19 +62,20 @@ class SpendTally:
         """The tier a charge counts under: a configured name, else "none"."""
         return tier if tier is not None and tier in self.tiers else NO_TIER
 
-    def _keys(self, tier: str, now: float) -> tuple[str, str]:
+    def _windows(self, tier: str, now: float) -> tuple[Window, Window]:
         day, month = periods(now)
-        return f"{self.prefix}/{tier}/day/{day}", f"{self.prefix}/{tier}/month/{month}"
+        return (Window(f"{self.prefix}/{tier}/day/{day}", UNBOUNDED, DAY_SECONDS),
+                Window(f"{self.prefix}/{tier}/month/{month}", UNBOUNDED, MONTH_SECONDS))
 
     async def add(self, tier: str | None, micro: int, *, now: float | None = None) -> None:
         """Count a charge; never raises (a store failure is logged and counted, the charge is
         then missing from the tally, as from the budgets)."""
         if not self.on or micro <= 0:
             return
-        day, month = self._keys(self.label(tier), time.time() if now is None else now)
+        now = time.time() if now is None else now
         try:
-            (await self.store.incr_many([(day, micro, DAY_TTL),
-                                         (month, micro, MONTH_TTL)])).raise_failed()
+            await self.store.adjust([], [(w, micro) for w in self._windows(self.label(tier), now)],
+                                    now=now)
         except Exception as exc:
             self.policy.failed(exc, refuse=False)
 
@@ -78,17 +84,17 @@ class SpendTally:
         for every configured tier and "none"; raises StorageUnavailable when unreadable."""
         now = time.time() if now is None else now
         names = (*self.tiers, NO_TIER)
-        keys = {name: self._keys(name, now) for name in names}
+        wins = {name: self._windows(name, now) for name in names}
         try:
-            got = await self.store.get_many([k for pair in keys.values() for k in pair])
-            got.raise_failed()
+            counts = await self.store.counts([w for pair in wins.values() for w in pair],
+                                             now=now)
         except Exception as exc:
             self.policy.failed(exc, refuse=False)
             raise StorageUnavailable("Rate-limit storage is unavailable.") from None
         out: dict[str, dict] = {}
         for i, (period, label, value) in enumerate(zip(("day", "month"), ("date", "month"),
                                                        periods(now), strict=True)):
-            tiers = {name: windows.count(got.values.get(keys[name][i])) for name in names}
+            tiers = {name: sum(counts[wins[name][i]]) for name in names}
             out[period] = {label: value, "spent_micro": sum(tiers.values()), "tiers": tiers}
         return out
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+from ..policy.speech import AUDIO_TOKENS_PER_SECOND
 from ..policy.units import Units
 from ..policy.usage import Usage
 from .prices import PER_TOKENS, Price, cost
@@ -73,6 +74,25 @@ def settle(price: Price, units: Units, usage: Usage | None) -> int | None:
         each = rates.image_price(units.quality, units.size)
         return None if each is None else units.images * each
     return reserve(price, units)
+
+
+def image_output_tokens(price: Price, units: Units) -> int:
+    """The image output tokens an image request may make, for token budgets (0: the model
+    bills images, not tokens, or is not an image request)."""
+    if units.kind != "image":
+        return 0
+    per_image = price.units.tokens(units.quality, units.size)
+    if per_image is None:
+        return 0
+    return units.images * (per_image + units.partial_images * PARTIAL_IMAGE_TOKENS)
+
+
+def spoken(units: Units, seconds: float) -> Usage:
+    """An upper bound of what a token-billed speech answer without usage cost, from the
+    seconds its audio plays (policy.speech.played_seconds): the text it read, and
+    policy.speech.AUDIO_TOKENS_PER_SECOND of audio output a second."""
+    audio = math.ceil(seconds * AUDIO_TOKENS_PER_SECOND)
+    return Usage(input=units.text_tokens, output=audio, audio_output=audio)
 
 
 def _up(amount: Fraction) -> int:

@@ -63,7 +63,9 @@ class RequestRecord:
     #: What the answer cost in US dollars, when the model has a price.
     cost_usd: float | None = None
     #: How it was charged: "usage" (the upstream's count), "reservation" (usage unknown: the
-    #: whole reservation), "stopped" (a stream its client stopped), "none" (not billable).
+    #: whole reservation), "stopped" (a stream its client stopped), "units" (a model billed by
+    #: the character, minute or image: its request's units), "relayed" (speech audio bounded
+    #: by the seconds relayed), "none" (not billable).
     charged: str | None = None
 
 
@@ -222,7 +224,7 @@ def text_line(doc: dict) -> str:
         words.append(f"in={_dash(doc.get('tokens_in'))} out={_dash(doc.get('tokens_out'))}")
     if doc.get("cost_usd") is not None:
         words.append(f"cost=${doc['cost_usd']:.6f}")
-    if doc.get("charged") in ("reservation", "stopped"):  # not from the upstream's own count
+    if doc.get("charged") in ("reservation", "stopped", "relayed"):  # bounds, not counts
         words.append(f"charged={doc['charged']}")
     if doc.get("error"):
         words.append(f"error={doc['error']}")

@@ -15,12 +15,16 @@ import time
 from ..cache.keys import Entry
 from ..cache.prompts import PromptCache
 from ..errors import BudgetExceeded, ModelNotPriced, RateLimited, SpendLimited, TokensRateLimited
+from ..metering import units as unit_money
 from ..metering.budgets import Budgets, Reservation
 from ..metering.headers import limit_headers
-from ..metering.limiter import RateLimiter
+from ..metering.limiter import Hits, RateLimiter
 from ..metering.prices import PriceTable, estimate
 from ..observability.metrics import Metrics
+from . import media
 from .exchange import Exchange
+
+NO_HITS = Hits([])
 
 
 class Admission:
@@ -56,17 +60,17 @@ class Admission:
         micro = self._price(ex)
         rec.cache = self.cache.policy(ex.route, parsed, ex.request.headers.get("Cache-Control"))
         if rec.cache is None:
-            ex.cache_key = self.cache.key(ex.caller, ex.route, parsed.body, ex.request.headers)
+            ex.cache_key = self.cache.key(ex.caller, ex.route, media.key_body(ex),
+                                          ex.request.headers)
         limiter = self.limiter
         rules = limiter.hits(ex.caller, ex.route, parsed.model, rules_only=True) \
-            if parsed.model is not None and limiter.has_model_rules else []
+            if parsed.model is not None and limiter.has_model_rules else NO_HITS
         holds = self.budgets.holds(ex.caller, ex.route, parsed.model, ex.reserved_tokens, micro)
         reads = [ex.cache_key] if ex.cache_key is not None and self.batched_reads else []
         entry = None
         ex.reservation = Reservation()
         if rules or holds or reads:
-            counted = await limiter.count([h for h, _ in rules] + self.budgets.hits(holds),
-                                          reads)
+            counted = await limiter.count(rules.windows + self.budgets.hits(holds), reads)
             if counted is not None:
                 try:
                     state = limiter.verdict(counted, rules)
@@ -101,7 +105,15 @@ class Admission:
         ex.reserved_tokens = tokens = parsed.estimate
         ex.reserved_input = prompt = parsed.prompt_tokens  # text, images, audio, files
         ex.price = price = self.prices.price_for(parsed.model) if parsed.model else None
-        if price is not None:
+        if price is not None and parsed.units is not None:
+            # Voice and pictures: what the request asks to be made, priced by its units.
+            micro = unit_money.reserve(price, parsed.units)
+            if micro is None:  # the model's row cannot bound it: as good as unpriced
+                ex.price = price = None
+            else:
+                ex.reserved_micro = micro
+                ex.reserved_tokens += unit_money.image_output_tokens(price, parsed.units)
+        elif price is not None:
             ex.reserved_micro = estimate(price, prompt, tokens - prompt,
                                          image_tokens=parsed.image_tokens,
                                          audio_tokens=parsed.audio_tokens)
@@ -110,7 +122,8 @@ class Admission:
         if price is None:
             raise ModelNotPriced(
                 f"The model '{(parsed.model or '')[:100]}' has no price in this gateway's "
-                "[prices] table, and a dollar budget applies to this request.", param="model")
+                "[prices] table that bounds this request (an image model needs its "
+                "image_tokens or per_image), and a dollar budget applies to it.", param="model")
         return ex.reserved_micro
 
     def _refused(self, ex: Exchange, exc: RateLimited) -> None:

@@ -10,6 +10,7 @@ from ..metering.budgets import Reservation
 from ..metering.prices import Price
 from ..observability.logs import RequestRecord
 from ..policy import ParsedRequest, Usage
+from .uploads import Upload
 
 RECORD = web.RequestKey("record", RequestRecord)
 JSON = "application/json"
@@ -25,16 +26,19 @@ class Answer:
     content_type: str
     body: bytes
     headers: dict[str, str]
+    #: The charset of a text answer that is not JSON (a transcription as text or subtitles).
+    charset: str | None = None
 
 
 @dataclass(slots=True)
 class Exchange:
     """One request on its way through the pipeline: what it is, who sent it, what it holds.
 
-    `usage`, `billable` and `stopped` decide the settlement (`settlement.charge`): the
-    upstream's usage when it reported one; nothing when the upstream never got the request or
-    refused it; the prompt, the output relayed and a margin for a stream its client stopped;
-    else the whole reservation.
+    `usage`, `billable`, `stopped` and `relayed` decide the settlement (`settlement.charge`):
+    the upstream's usage when it reported one; nothing when the upstream never got the request
+    or refused it; the prompt, the output relayed and a margin for a stream its client
+    stopped; a bound from the speech audio relayed whole; what a voice or picture request's
+    units cost; else the whole reservation.
     """
 
     request: web.Request
@@ -42,6 +46,8 @@ class Exchange:
     route: str
     caller: Caller
     raw: bytes = b""
+    #: A multipart body, spooled (pipeline.uploads); closed by `close()` once sent.
+    upload: Upload | None = None
     parsed: ParsedRequest | None = None
     cache_key: str | None = None
     #: Headers of our answer (rate limits, X-Cache, the upstream's few returned ones).
@@ -59,6 +65,9 @@ class Exchange:
     #: A stream its client stopped while the gateway kept up with the upstream: what it could
     #: have cost (prompt, output received, margin), settled instead of the reservation.
     stopped: Usage | None = None
+    #: Speech audio without usage, relayed whole: an upper bound of its cost from the seconds
+    #: it plays (metering.units.spoken), settled instead of the reservation.
+    relayed: Usage | None = None
     settled: bool = False
     #: Settled in a task of its own that outlives the client (non-stream answers).
     detached: bool = False
@@ -71,6 +80,11 @@ class Exchange:
         if self.parsed is None:
             raise RuntimeError("the request has not been validated yet")
         return self.parsed
+
+    def close(self) -> None:
+        """Let go of what the request held once nothing will send it again (its upload)."""
+        if self.upload is not None:
+            self.upload.close()
 
     def reads(self, output: int) -> Usage:
         """Everything the request's model reads, as reserved, and `output` tokens."""

@@ -28,9 +28,10 @@ from ..errors import GatewayError, UpstreamFailed, upstream_error
 from ..identity.callers import Callers
 from ..observability.logs import RequestRecord
 from ..observability.metrics import Metrics
-from ..policy import OutputCounter, forward_body, usage_from_answer
+from ..policy import OutputCounter, ParsedRequest, forward_body, usage_from_answer
 from ..upstream.client import RETURNED_HEADERS, Upstream
 from ..upstream.sse import StreamOutcome, relay, replay, send_answer
+from . import media
 from .admission import Admission
 from .bodies import read_body
 from .exchange import COST_HEADER, JSON, RECORD, Answer, Exchange, route_of
@@ -95,29 +96,45 @@ class Proxy:
     # --- POST routes ----------------------------------------------------------------------
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        p = self.p
         ex = await self._begin(request, route_of(request))
         await self.admission.count_request(ex)
-        server = p.server
-        ex.raw = await read_body(request, max_bytes=server.max_body_bytes,
-                                 timeout=server.body_timeout, compressed=server.compressed_bodies)
-        ex.parsed = parsed = p.validator.check(ex.route, ex.raw, ex.caller.models)
-        ex.record.model, ex.record.stream = parsed.model, parsed.stream
-        entry = await self.admission.admit(ex)
-        if entry is not None:  # the key covers the body, "stream" included
-            if entry.stream:
-                return await replay(request, entry.body, ex.headers,
-                                    write_timeout=server.write_timeout)
-            return web.Response(body=entry.body, headers=ex.headers, content_type=JSON)
         try:
-            if parsed.stream:
-                return await self._stream(ex)
-            return await self._complete(ex)
+            ex.parsed = parsed = await self._read(ex)
+            ex.record.model, ex.record.stream = parsed.model, parsed.stream
+            entry = await self.admission.admit(ex)
+            if entry is not None:  # the key covers the body, "stream" included
+                return await self._hit(ex, entry)
+            try:
+                if media.streams(parsed):
+                    return await self._stream(ex)
+                return await self._complete(ex)
+            finally:
+                # Shielded: a client that disconnects cancels this handler, and its
+                # reservation must still be settled. A complete answer settles in its own task.
+                if not ex.settled and not ex.detached:
+                    await asyncio.shield(self.settlement.settle(ex))
         finally:
-            # Shielded: a client that disconnects cancels this handler, and its reservation
-            # must still be settled. A complete answer settles in its own task.
-            if not ex.settled and not ex.detached:
-                await asyncio.shield(self.settlement.settle(ex))
+            if not ex.detached:  # else the task sending it lets go of it
+                ex.close()
+
+    async def _read(self, ex: Exchange) -> ParsedRequest:
+        """The request body, read within its bounds and validated: JSON, or an upload."""
+        p, server = self.p, self.p.server
+        if media.takes_upload(ex):
+            return await media.receive(ex, p.validator, timeout=server.body_timeout,
+                                       digest=ex.route in self.cache.routes)
+        ex.raw = await read_body(ex.request, max_bytes=server.max_body_bytes,
+                                 timeout=server.body_timeout, compressed=server.compressed_bodies)
+        return p.validator.check(ex.route, ex.raw, ex.caller.models)
+
+    async def _hit(self, ex: Exchange, entry: Entry) -> web.StreamResponse:
+        if entry.stream:
+            return await replay(ex.request, entry.body, ex.headers,
+                                write_timeout=self.p.server.write_timeout)
+        if entry.content_type is not None:  # speech audio, a transcript as subtitles
+            ex.headers["Content-Type"] = entry.content_type
+            return web.Response(body=entry.body, headers=ex.headers)
+        return web.Response(body=entry.body, headers=ex.headers, content_type=JSON)
 
     async def _begin(self, request: web.Request, route: str) -> Exchange:
         rec: RequestRecord = request[RECORD]
@@ -168,14 +185,16 @@ class Proxy:
             return answer
         finally:
             await self.settlement.settle(ex)
+            ex.close()
 
     async def _send(self, ex: Exchange, answer: Answer) -> web.StreamResponse:
         if len(answer.body) <= LARGE_ANSWER:
             # Fits the socket's buffers: written at once, no client can hold it back.
             return web.Response(status=answer.status, body=answer.body, headers=ex.headers,
-                                content_type=answer.content_type)
+                                content_type=answer.content_type, charset=answer.charset)
         return await send_answer(ex.request, answer.status, answer.body, ex.headers,
-                                 answer.content_type, write_timeout=self.p.server.write_timeout)
+                                 answer.content_type, write_timeout=self.p.server.write_timeout,
+                                 charset=answer.charset)
 
     async def _fetch(self, ex: Exchange) -> Answer:
         resp = await self._open(ex, forward_body(ex.valid, ex.raw, stream_usage=False)[0])
@@ -183,19 +202,25 @@ class Proxy:
             answer = await self._read_answer(resp, self.p.upstream.max_response_bytes, ex)
         finally:
             resp.close()
-        if ex.cache_key is not None and answer.status == 200 and answer.content_type == JSON:
-            await self.cache.set(ex.cache_key, Entry(False, answer.body))
+        if ex.cache_key is not None and answer.status == 200:
+            entry = media.cache_entry(ex, answer)
+            if entry is not None:
+                await self.cache.set(ex.cache_key, entry)
         return answer
 
     async def _open(self, ex: Exchange, raw: bytes) -> aiohttp.ClientResponse:
-        """Send upstream; the response once its headers arrived (the caller closes it).
+        """Send upstream (`raw`, or the request's upload); the response once its headers
+        arrived (the caller closes it).
 
         From here the request is billable, unless the upstream certainly never got it (no
         connection was ever made) or answers with an error (OpenAI bills no refused request)."""
         t0 = time.perf_counter()
         ex.billable = True
+        body, body_headers = media.outbound(ex, raw)
         try:
-            resp = await self.upstream.send("POST", ex.route, raw, ex.request.headers)
+            resp = await self.upstream.send(
+                "POST", ex.route, body, ex.request.headers, body_headers=body_headers,
+                first_byte_timeout=media.waits(ex.route, self.p.upstream)[0])
         except UpstreamFailed as exc:
             ex.billable = exc.reached
             raise
@@ -210,7 +235,9 @@ class Proxy:
         """The whole upstream answer, its errors mapped to what the client may see; with `ex`,
         its usage (a 200) or its refusal (an error is not billed) is noted for settling."""
         body = await self.upstream.read_body(resp, limit)
-        status, ctype = resp.status, resp.content_type or JSON
+        status, ctype, charset = resp.status, resp.content_type or JSON, None
+        if ctype != JSON and ctype.startswith("text/"):
+            charset = resp.charset
         if status >= 400:
             if status in (401, 403):
                 log.error("the upstream refused the gateway's key (status %d): check the key",
@@ -218,46 +245,66 @@ class Proxy:
             self.metrics.upstream_errors.labels(f"status_{status}" if status in (401, 403, 429)
                                            else f"status_{status // 100}xx").inc()
             status, ctype, body = upstream_error(status, ctype, body)
+            charset = None
             if ex is not None:
                 ex.billable = False
         elif ex is not None and status == 200:
             ex.usage = usage_from_answer(body)  # None: the reservation is charged
         return Answer(status, ctype, body,
-                      {h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
+                      {h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers},
+                      charset)
 
     async def _stream(self, ex: Exchange) -> web.StreamResponse:
+        """An answer relayed as it arrives: SSE, or speech audio (media.relayed_as)."""
         # The usage chunk is ours to ask for (and strip): budgets need the upstream's count
         # even when the client did not ask for it.
         holds = ex.reservation is not None and bool(ex.reservation.holds)
         raw, strip = forward_body(ex.valid, ex.raw, stream_usage=holds)
         resp = await self._open(ex, raw)
         try:
-            if resp.status != 200 or resp.content_type != "text/event-stream":
+            kind = media.relayed_as(ex, resp)
+            if kind is None:
                 # An error (or an upstream that ignored stream=true): pass it on as an answer.
                 answer = await self._read_answer(resp, self.p.upstream.max_response_bytes, ex)
                 ex.headers.update(answer.headers)
                 return await self._send(ex, answer)
             ex.headers.update({h: resp.headers[h] for h in RETURNED_HEADERS if h in resp.headers})
-            return await self._relay(ex, resp, strip)
+            self.metrics.active_streams.inc()
+            try:
+                if kind == "audio":
+                    return await self._relay_audio(ex, resp)
+                return await self._relay(ex, resp, strip)
+            finally:
+                self.metrics.active_streams.dec()
         finally:
             resp.close()
 
     async def _relay(self, ex: Exchange, resp: aiohttp.ClientResponse,
                      strip: bool) -> web.StreamResponse:
         outcome = StreamOutcome(output=OutputCounter(ex.route))
-        self.metrics.active_streams.inc()
         try:
             out = await relay(ex.request, resp, ex.headers, outcome,
-                              idle_timeout=self.p.upstream.idle_timeout, strip_usage_chunk=strip,
-                              record=ex.cache_key is not None,
+                              idle_timeout=media.waits(ex.route, self.p.upstream)[1],
+                              strip_usage_chunk=strip, record=ex.cache_key is not None,
                               write_timeout=self.p.server.write_timeout)
         finally:
-            self.metrics.active_streams.dec()
             stream_usage(ex, outcome)
         if outcome.upstream_failed:
             self.metrics.upstream_errors.labels("interrupted").inc()
         elif ex.cache_key is not None and outcome.complete and outcome.recorded is not None:
             await self.cache.set(ex.cache_key, Entry(True, b"".join(outcome.recorded)))
+        return out
+
+    async def _relay_audio(self, ex: Exchange,
+                           resp: aiohttp.ClientResponse) -> web.StreamResponse:
+        record = self.cache.s.max_item_bytes if ex.cache_key is not None else 0
+        out, outcome = await media.relay_audio(
+            ex, resp, idle_timeout=media.waits(ex.route, self.p.upstream)[1],
+            write_timeout=self.p.server.write_timeout, record=record)
+        if outcome.upstream_failed:
+            self.metrics.upstream_errors.labels("interrupted").inc()
+        elif ex.cache_key is not None and (entry := media.audio_entry(resp, outcome)):
+            await self.cache.set(ex.cache_key, entry)
         return out
 
     # --- GET /v1/models -------------------------------------------------------------------

@@ -11,8 +11,9 @@ import asyncio
 import logging
 
 from ..errors import GatewayError
+from ..metering import units as unit_money
 from ..metering.budgets import Budgets
-from ..metering.prices import MICRO, PriceTable, cost
+from ..metering.prices import MICRO, Price, PriceTable, cost
 from ..metering.tally import SpendTally
 from ..observability.metrics import Metrics
 from ..policy import STOP_MARGIN_TOKENS, Usage
@@ -26,21 +27,53 @@ PERIODS = {"daily": "day", "monthly": "month"}
 
 def charge(ex: Exchange) -> tuple[Usage, int, str]:
     """(tokens, micro-dollars, how) a request is charged: what the upstream can bill for it,
-    known or bounded from above."""
-    price = ex.price
+    known or bounded from above.
+
+    The voice and pictures routes (a request with `units`) follow the same rules, priced by
+    metering.units: an answer's usage may be seconds (whisper-1); a model billed by the
+    character, the minute or the image costs its request's units whatever the answer said
+    ("units"); token-billed speech audio relayed whole is bounded by the seconds it plays
+    ("relayed"); else the reservation."""
+    price, units = ex.price, ex.valid.units
     if ex.usage is not None:  # the upstream's own count
-        return ex.usage, cost(price, ex.usage) if price is not None else 0, "usage"
+        return ex.usage, _cost(ex, ex.usage), "usage"
     if not ex.billable:  # never reached the upstream, or it refused the request
         return Usage(), 0, "none"
-    if ex.stopped is not None:
-        # Never above the reservation, which bounds any answer of this request.
-        used = ex.stopped
-        micro = cost(price, used) if price is not None else 0
-        if used.total < ex.reserved_tokens and micro <= ex.reserved_micro:
-            return used, micro, "stopped"
-    # Usage unknown: the answer may have been generated whole. The reservation covers it.
-    return (ex.reads(ex.reserved_tokens - ex.reserved_input),
-            ex.reserved_micro if price is not None else 0, "reservation")
+    # Usage unknown: the answer may have been generated whole. The reservation covers it;
+    # what follows is a tighter bound where one is known (never above the reservation, which
+    # bounds any answer of this request).
+    reserved = ex.reads(ex.reserved_tokens - ex.reserved_input)
+    if ex.stopped is not None and price is not None:
+        micro = _cost(ex, ex.stopped)
+        if ex.stopped.total < ex.reserved_tokens and micro <= ex.reserved_micro:
+            return ex.stopped, micro, "stopped"
+    if ex.relayed is not None and price is not None:
+        micro = _cost(ex, ex.relayed)
+        if micro <= ex.reserved_micro:
+            return ex.relayed, micro, "relayed"
+    if units is not None and price is not None and _bills_units(price):
+        billed = unit_money.settle(price, units, None)
+        if billed is not None and billed <= ex.reserved_micro:
+            return reserved, billed, "units"
+    return reserved, ex.reserved_micro if price is not None else 0, "reservation"
+
+
+def _bills_units(price: Price) -> bool:
+    """The model bills minutes, characters or images (its bill follows from the request)."""
+    rates = price.units
+    return bool(rates.per_minute or rates.per_million_chars or rates.per_image)
+
+
+def _cost(ex: Exchange, used: Usage) -> int:
+    """Micro-dollars of `used` at the request's price (0 unpriced); a voice or pictures
+    request by metering.units, which also prices seconds."""
+    if ex.price is None:
+        return 0
+    units = ex.valid.units
+    if units is None:
+        return cost(ex.price, used)
+    micro = unit_money.settle(ex.price, units, used)
+    return micro if micro is not None else ex.reserved_micro
 
 
 def stream_usage(ex: Exchange, outcome: StreamOutcome) -> None:
@@ -50,8 +83,9 @@ def stream_usage(ex: Exchange, outcome: StreamOutcome) -> None:
     (hidden tokens, billed) and models without a price: those, like every other cut stream,
     keep the reservation."""
     ex.usage = outcome.usage
+    # Not for images, speech or transcripts: an image stopped midway is still made whole.
     if (ex.usage is None and outcome.stopped_by_client and outcome.sent_bytes
-            and ex.price is not None and not ex.price.reasoning):
+            and ex.price is not None and not ex.price.reasoning and ex.valid.units is None):
         ex.stopped = ex.reads(outcome.output.tokens + STOP_MARGIN_TOKENS)
 
 
@@ -103,7 +137,7 @@ class Settlement:
                 metrics.tokens.labels(model, "in").inc(used.input)
             if used.output:
                 metrics.tokens.labels(model, "out").inc(used.output)
-        if ex.price is not None and (used.input or used.output):
+        if ex.price is not None and (micro or used.input or used.output):
             rec.cost_usd = micro / MICRO
             metrics.spend.labels(self.prices.label_for(model), self.tally.label(ex.caller.tier)
                                  ).inc(micro)

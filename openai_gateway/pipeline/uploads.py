@@ -31,6 +31,7 @@ more than it saves.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import tempfile
 from collections.abc import Iterator
 from typing import IO
@@ -132,8 +133,10 @@ class SpooledPayload(aiohttp.Payload):
         return b"".join(self.upload.chunks()).decode(encoding, errors)
 
 
-async def receive(request: web.Request, *, max_bytes: int, timeout: float) -> Upload:
-    """Read, bound and parse a multipart upload (see the module docstring)."""
+async def receive(request: web.Request, *, max_bytes: int, timeout: float,
+                  digest: bool = False) -> Upload:
+    """Read, bound and parse a multipart upload (see the module docstring); `digest`: each
+    part's SHA-256 in its `FormPart.sha256` (for a cache key; off, nothing is hashed)."""
     content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
     if request.content_type != MULTIPART:
         raise InvalidRequest(f"This route takes a {MULTIPART} body (got Content-Type "
@@ -151,7 +154,7 @@ async def receive(request: web.Request, *, max_bytes: int, timeout: float) -> Up
     try:
         size = await _spool(request, spool, max_bytes, timeout)
         spool.seek(0)
-        parts = await _parse(request.headers, spool, size)
+        parts = await _parse(request.headers, spool, size, digest)
     except BaseException:
         spool.close()
         raise
@@ -174,7 +177,7 @@ async def _spool(request: web.Request, spool: IO[bytes], max_bytes: int,
     return size
 
 
-async def _parse(headers, spool: IO[bytes], size: int) -> list[FormPart]:
+async def _parse(headers, spool: IO[bytes], size: int, digest: bool) -> list[FormPart]:
     """The parts of the spooled body, read with aiohttp's MultipartReader."""
     reader = MultipartReader(headers, _SpoolStream(spool, size))  # type: ignore[arg-type]
     parts: list[FormPart] = []
@@ -185,7 +188,7 @@ async def _parse(headers, spool: IO[bytes], size: int) -> list[FormPart]:
                                      "parameter as a part of its own.", code=CODE)
             if len(parts) >= MAX_PARTS:
                 raise InvalidRequest(f"The upload has more than {MAX_PARTS} parts.", code=CODE)
-            parts.append(await _read_part(part))
+            parts.append(await _read_part(part, digest))
     except ValueError as exc:  # what MultipartReader raises for a body it cannot follow
         raise InvalidRequest("The multipart body is truncated or malformed (no closing "
                              f"boundary, or a part that does not end): {exc}"[:300],
@@ -195,13 +198,17 @@ async def _parse(headers, spool: IO[bytes], size: int) -> list[FormPart]:
     return parts
 
 
-async def _read_part(part: BodyPartReader) -> FormPart:
-    """A part's name, file name, content type and size; a file's first bytes, a text's value."""
+async def _read_part(part: BodyPartReader, digest: bool) -> FormPart:
+    """A part's name, file name, content type and size; a file's first bytes, a text's value;
+    with `digest`, the SHA-256 of its bytes."""
     filename = part.filename
     keep = HEAD_BYTES if filename is not None else MAX_TEXT_BYTES + 1
     size, kept = 0, bytearray()
+    hashed = hashlib.sha256() if digest else None
     while chunk := await part.read_chunk(CHUNK):
         size += len(chunk)
+        if hashed is not None:
+            hashed.update(chunk)
         if len(kept) < keep:
             kept += chunk[:keep - len(kept)]
     value = None
@@ -211,7 +218,8 @@ async def _read_part(part: BodyPartReader) -> FormPart:
         except UnicodeDecodeError:
             value = None
     return FormPart(part.name, filename, part.headers.get(hdrs.CONTENT_TYPE), size, value,
-                    bytes(kept) if filename is not None else b"")
+                    bytes(kept) if filename is not None else b"",
+                    hashed.hexdigest() if hashed is not None else "")
 
 
 class _SpoolStream:

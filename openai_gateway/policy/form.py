@@ -39,6 +39,9 @@ class FormPart:
     size: int
     value: str | None = None
     head: bytes = b""
+    #: The SHA-256 of the part's bytes (hex), when the reader was asked for it ("" if not):
+    #: what a cache key of the upload covers.
+    sha256: str = ""
 
     @property
     def is_file(self) -> bool:

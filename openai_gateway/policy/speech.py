@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 from ..config.settings import ValidationSettings
+from . import sniff
 from .fields import Fields, unknown, utf8_bytes
 from .refusal import Refusal, shown
 from .units import Units
@@ -31,6 +32,13 @@ MAX_INPUT_CHARS = 4096
 AUDIO_TOKENS_PER_CHAR = 3
 #: OpenAI's range for `speed`.
 SPEEDS = (0.25, 4.0)
+#: OpenAI's speech PCM: 24 kHz, 16-bit signed little-endian samples, one channel.
+PCM_BYTES_PER_SECOND = 48_000
+#: Audio tokens a second of generated speech is billed, from above: OpenAI counts output
+#: audio at 1 token per 50 ms (20 a second; the measured bill above: 20.1), and half as much
+#: again is the margin. With the seconds an uncompressed answer plays, this bounds an audio
+#: answer that reports no usage far closer than AUDIO_TOKENS_PER_CHAR does.
+AUDIO_TOKENS_PER_SECOND = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +81,15 @@ def _voice(voice, allowed: tuple[str, ...]) -> None:
         raise Refusal(f"Invalid value for 'voice': {shown(name)!r} is not available through "
                       f"this gateway; allowed: {', '.join(allowed) or 'none'} "
                       "(validation.speech_voices).", "voice")
+
+
+def played_seconds(response_format: str | None, head: bytes, size: int) -> float | None:
+    """How long `size` bytes of a speech answer play at most: PCM at OpenAI's rate, WAV at the
+    rate its own header states (`head`: its first bytes); None for the compressed formats
+    (MP3, Opus, AAC, FLAC), whose bytes say nothing certain of their length."""
+    if response_format == "pcm":
+        return size / PCM_BYTES_PER_SECOND
+    if response_format == "wav":
+        rate = sniff.wav_rate(head)
+        return size / rate if rate else None
+    return None

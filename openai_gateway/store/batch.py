@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from . import windows
 from .errors import StoreError
 from .windows import Stats, Window
 
@@ -38,7 +39,7 @@ class Hit:
     moving: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Counted:
     """What `Store.count` did."""
 
@@ -46,8 +47,10 @@ class Counted:
     allowed: bool = True
     #: The first window without room (None when allowed, or when only a failure refused).
     refused_by: Window | None = None
-    #: Remaining and reset of each window that answered (after the hit when it was counted).
-    stats: dict[Window, Stats] = field(default_factory=dict)
+    #: When the sliding windows were read (their stats are computed from `counts` then).
+    now: float = 0.0
+    #: Remaining and reset of each moving window that answered (after the hit if counted).
+    moving: dict[Window, Stats] = field(default_factory=dict)
     #: (previous, current) of each sliding window that answered: after the hit when it was
     #: counted, before it when it was refused or not counted.
     counts: dict[Window, tuple[int, int]] = field(default_factory=dict)
@@ -57,6 +60,15 @@ class Counted:
     error: StoreError | None = None
     #: Values of the `reads` keys (missing keys absent).
     extra: dict[str, bytes] = field(default_factory=dict)
+
+    def stats(self, w: Window) -> Stats | None:
+        """Remaining and reset of a window that answered (None: its server failed). Computed
+        on demand: a budget's stats are its counts, which budgets read directly."""
+        found = self.moving.get(w)
+        if found is not None:
+            return found
+        counts = self.counts.get(w)
+        return None if counts is None else windows.stats(w, *counts, self.now)
 
     def fail(self, w: Window, error: StoreError) -> None:
         self.failed.append(w)

@@ -9,19 +9,33 @@ spaces); values must be bytes (use `NullSerializer(encoding=None)`). Failures ra
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import Protocol
 
 from aiocache.base import BaseCache
 from aiocache.serializers import NullSerializer
 
-if TYPE_CHECKING:  # the ring builds its own backend: no import cycle at run time
-    from .memcached import MemcachedCluster
+from .batch import Batch
+
+
+class Bytes(Protocol):
+    """What the backend asks of the ring (memcached.MemcachedCluster): bytes with TTLs."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def get_many(self, keys: Iterable[str]) -> Batch[bytes]: ...
+
+    async def set(self, key: str, value: bytes, ttl: int) -> bool: ...
+
+    async def add(self, key: str, value: bytes, ttl: int) -> bool: ...
+
+    async def delete(self, key: str) -> bool: ...
 
 
 class RingCache(BaseCache):
     NAME = "memcached-ring"
 
-    def __init__(self, cluster: MemcachedCluster, **kwargs):
+    def __init__(self, cluster: Bytes, **kwargs):
         kwargs.setdefault("serializer", NullSerializer(encoding=None))
         # timeout=None: the cluster bounds every call itself (storage.timeout); aiocache's
         # own timeout would wrap each call in a task.

@@ -28,7 +28,7 @@ from memcachio.commands import Command, Request
 from memcachio.constants import Commands
 from memcachio.errors import MemcachedError, NotEnoughData
 
-from .base import Store
+from .base import BatchedStore
 from .batch import Batch
 from .cache_backend import RingCache
 from .errors import ServerDown, StoreError
@@ -116,7 +116,7 @@ def split_server(server: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class MemcachedCluster(Store):
+class MemcachedCluster(BatchedStore):
     """Servers are "host:port" strings. `timeout` bounds each call (storage.timeout);
     `max_backoff` caps the delay between probes of a down server. No moving windows: limits
     implements none on memcached, so request limits use the sliding-window counter here."""

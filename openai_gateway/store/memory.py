@@ -11,7 +11,8 @@ Why it is cheap:
   entry instead of 105 for limits' `Entry` object, and nothing for the garbage collector to
   traverse (a day limit keeps one entry per request for a day). An allowed hit trims the list
   to the entries still in the window, so it never holds more than `limit`.
-- a counter is one list `[value, expires at]`; the sliding windows are two counters each.
+- a sliding-window counter is one list `[window index, current, previous, seconds]` per
+  window, counted in place: nothing to batch in memory (the shared stores batch theirs).
 - idle keys are forgotten by a sweep every SWEEP_SECONDS, run in the event loop in batches of
   SWEEP_BATCH keys (one pass over a million keys held the loop for ~70 ms; threads, as limits
   uses, cost more than the work).
@@ -23,14 +24,16 @@ import asyncio
 import bisect
 import operator
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiocache.serializers import NullSerializer
 from limits.aio.storage import MovingWindowSupport, Storage
 
+from . import windows
 from .base import Store
-from .batch import Batch
+from .batch import Counted, Hit
 from .memory_cache import BoundedMemoryCache
+from .windows import Stats, Window
 
 #: What a cached entry costs besides its value (key string, dict slot, deadline), so that the
 #: cache's byte bound bounds the process's memory, not only the stored bodies.
@@ -48,7 +51,8 @@ class MemoryStore(Store, Storage, MovingWindowSupport):
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
         self.moving = self
         self.events: dict[str, list[float]] = {}  # moving windows: expiry times, newest first
-        self.counters: dict[str, list] = {}  # counters: [value, expires at]
+        self.windows: dict[str, list] = {}  # sliding windows: [index, current, previous, seconds]
+        self.plain: dict[str, list] = {}  # limits' fixed-window counters: [count, expires at]
         self.cache = BoundedMemoryCache(cache_bytes, ENTRY_OVERHEAD, timeout=None,
                                         serializer=NullSerializer(encoding=None))
         self._sweeper: asyncio.Task | None = None
@@ -87,6 +91,20 @@ class MemoryStore(Store, Storage, MovingWindowSupport):
             events.pop()
         return events
 
+    async def _count_moving(self, hits: Sequence[Hit], out: Counted, fail_open: bool) -> None:
+        """limits' moving-window hit and window stats in one pass of our own storage, without
+        its async interface: the entries the hit leaves are the window (no second search)."""
+        for hit in hits:
+            w = hit.window
+            events = self.acquire_now(w.key, w.amount, w.seconds, hit.cost)
+            if events is None:  # the window is full: its oldest entry leaves first
+                current = self.events.get(w.key)
+                frees = current[-1] if current else time.time() + w.seconds
+                out.moving[w] = Stats(frees, 0)
+                out.allowed, out.refused_by = False, w
+                return
+            out.moving[w] = Stats(events[-1], w.amount - len(events))
+
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         return self.acquire_now(key, limit, expiry, amount) is not None
 
@@ -99,82 +117,120 @@ class MemoryStore(Store, Storage, MovingWindowSupport):
                 return events[inside - 1] - expiry, inside
         return timestamp, 0
 
-    # --- counters: the batch primitives of the sliding windows ------------------------------
+    # --- sliding-window counters, counted in place -------------------------------------------
 
-    def _live(self, key: str, now: float) -> list | None:
-        entry = self.counters.get(key)
-        return entry if entry is not None and entry[1] > now else None
+    def _now(self, w: Window, now: float) -> tuple[int, int]:
+        """(previous, current) of the window at `now`, without creating it."""
+        counter = self.windows.get(w.key)
+        if counter is None:
+            return 0, 0
+        index = int(now / w.seconds)
+        if counter[0] == index:
+            return counter[2], counter[1]
+        return (counter[1], 0) if counter[0] == index - 1 else (0, 0)
 
-    async def get_many(self, keys: Iterable[str]) -> Batch[bytes]:
-        now, values = time.time(), {}
-        for key in keys:
-            entry = self._live(key, now)
-            if entry is not None:
-                values[key] = entry[0]
-            else:
-                cached = self.cache.lookup(key)
-                if cached is not None:
-                    values[key] = cached
-        return Batch(values)
-
-    async def incr_many(self, items: Iterable[tuple[str, int, int]],
-                        existing: Collection[str] = ()) -> Batch[int]:
+    def _add(self, w: Window, amount: int, now: float) -> None:
+        """Count `amount` in the current window (no check: the caller decided)."""
         self._schedule_sweep()
-        now, values = time.time(), {}
-        for key, amount, ttl in items:
-            entry = self._live(key, now)
-            if entry is None:  # created with its TTL, never pushed back by later hits
-                entry = self.counters[key] = [0, now + ttl]
-            entry[0] += amount
-            values[key] = entry[0]
-        return Batch(values)
+        counter = self.windows.get(w.key)
+        if counter is None:
+            counter = self.windows[w.key] = [int(now / w.seconds), 0, 0, w.seconds]
+        self._rotate(counter, now)
+        counter[1] += amount
 
-    async def decr_many(self, items: Iterable[tuple[str, int]]) -> Batch[int]:
-        now, values = time.time(), {}
-        for key, amount in items:
-            entry = self._live(key, now)
-            if entry is None:
-                values[key] = 0
+    def _give_back(self, w: Window, amount: int, at: float, now: float) -> None:
+        """Take `amount` back from the window that was current at `at` (never below zero; a
+        window that has left the sliding window has nothing to give back)."""
+        counter = self.windows.get(w.key)
+        if counter is None:
+            return
+        self._rotate(counter, now)
+        index = int(at / w.seconds)
+        slot = 1 if index == counter[0] else 2 if index == counter[0] - 1 else 0
+        if slot:
+            counter[slot] = max(counter[slot] - amount, 0)
+
+    @staticmethod
+    def _rotate(counter: list, now: float) -> None:
+        """Make the counter's current window the one of `now` (in place: the sweep relies on
+        the stored list staying the same object)."""
+        index = int(now / counter[3])
+        if counter[0] != index:
+            counter[2] = counter[1] if counter[0] == index - 1 else 0
+            counter[0], counter[1] = index, 0
+
+    async def count(self, hits: Sequence[Hit], *, now: float, reads: Sequence[str] = (),
+                    fail_open: bool = True) -> Counted:
+        out = Counted(now=now)
+        moving = [h for h in hits if h.moving]
+        if moving:
+            await self._count_moving(moving, out, fail_open)
+            if not out.allowed:
+                return out
+        seen = []
+        for h in hits:
+            if h.moving:
                 continue
-            entry[0] = max(entry[0] - amount, 0)
-            values[key] = entry[0]
-        return Batch(values)
+            w = h.window
+            prev, cur = self._now(w, now)
+            if h.cost and out.allowed and windows.overshot(w, prev, cur + h.cost, now):
+                out.allowed, out.refused_by = False, w
+            seen.append((h, prev, cur))
+        for h, prev, cur in seen:  # all or nothing: counted only when every one had room
+            w = h.window
+            if out.allowed and h.cost:
+                self._add(w, h.cost, now)
+                cur += h.cost
+            out.counts[w] = (prev, cur)
+        for key in reads:
+            value = self.cache.lookup(key)
+            if value is not None:
+                out.extra[key] = value
+        return out
 
-    async def get_and_incr(self, keys: Sequence[str], items: Sequence[tuple[str, int, int]]
-                           ) -> tuple[Batch[bytes], Batch[int]]:
-        return await self.get_many(keys), await self.incr_many(items)
+    async def adjust(self, refunds: Sequence[tuple[Window, int, float]],
+                     charges: Sequence[tuple[Window, int]], *, now: float,
+                     also: Sequence[Window] = ()) -> dict[Window, tuple[int, int]]:
+        for w, amount, at in refunds:
+            self._give_back(w, amount, at, now)
+        for w, amount in charges:
+            prev, cur = self._now(w, now)
+            room = windows.remaining(w, prev, cur, now)
+            if room:  # an overrun empties the budget, never more
+                self._add(w, min(amount, room), now)
+        touched = [*(w for w, _, _ in refunds), *(w for w, _ in charges), *also]
+        return {w: self._now(w, now) for w in touched}
 
-    async def _adjust_batch(self, reads, refunds, charges):
-        # In order, with nothing to wait for: no task per call, as gather would make.
-        return (await self.get_many(reads), await self.decr_many(refunds),
-                await self.incr_many(charges))
+    async def counts(self, wins: Sequence[Window], *, now: float
+                     ) -> dict[Window, tuple[int, int]]:
+        return {w: self._now(w, now) for w in wins}
 
     # --- fixed-window counters: the base Storage contract ----------------------------------
 
     async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         self._schedule_sweep()
         now = time.time()
-        entry = self._live(key, now)
-        if entry is None:
-            entry = self.counters[key] = [0, now + expiry]
+        entry = self.plain.get(key)
+        if entry is None or entry[1] <= now:
+            entry = self.plain[key] = [0, now + expiry]
         entry[0] += amount
         return entry[0]
 
     async def get(self, key: str) -> int:
-        entry = self._live(key, time.time())
-        return entry[0] if entry is not None else 0
+        entry = self.plain.get(key)
+        return entry[0] if entry is not None and entry[1] > time.time() else 0
 
     async def get_expiry(self, key: str) -> float:
-        entry = self.counters.get(key)
+        entry = self.plain.get(key)
         return entry[1] if entry is not None else time.time()
 
     async def clear(self, key: str) -> None:
-        for table in (self.events, self.counters):
+        for table in (self.events, self.windows, self.plain):
             table.pop(key, None)
 
     async def reset(self) -> int | None:
-        count = len(self.events) + len(self.counters)
-        for table in (self.events, self.counters):
+        count = len(self.events) + len(self.windows) + len(self.plain)
+        for table in (self.events, self.windows, self.plain):
             table.clear()
         return count
 
@@ -199,7 +255,8 @@ class MemoryStore(Store, Storage, MovingWindowSupport):
         dropped, so one hit while the sweep let other coroutines run is kept (hits change
         the stored lists in place: the value checked is always the live one)."""
         await self._drop(self.events, lambda entries, now: not entries or entries[0] <= now)
-        await self._drop(self.counters, lambda entry, now: entry[1] <= now)
+        await self._drop(self.windows, lambda c, now: (c[0] + 2) * c[3] <= now)
+        await self._drop(self.plain, lambda entry, now: entry[1] <= now)
 
     async def _drop(self, table: dict, expired: Callable[[list, float], bool]) -> None:
         async for now, keys, values in self._batches(table):

@@ -29,7 +29,7 @@ from limits.storage import storage_from_string
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .base import Store
+from .base import BatchedStore
 from .batch import Batch
 from .errors import ServerDown, StoreError
 from .health import Health
@@ -121,7 +121,7 @@ class RedisURL:
                 "connection_pool_kwargs": pool}
 
 
-class RedisStore(Store):
+class RedisStore(BatchedStore):
     """The store over one Redis (or Valkey) server: counters in batched scripts, moving windows
     through limits' own Redis storage (its Lua scripts, exact across processes), the cache's
     bytes through aiocache's RedisCache."""

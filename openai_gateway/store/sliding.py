@@ -40,6 +40,7 @@ async def count(store: BatchOps, hits: Sequence[Hit], *, now: float, reads: Sequ
     """Count `hits` (sliding windows; a hit of cost 0 is only read) and read `reads`, into
     `out` (a new `Counted` when None)."""
     out = out if out is not None else Counted()
+    out.now = now
     pairs = [windows.keys(h.window, now) for h in hits]
     # A window of cost 0 is only read: its current counter joins the multi-get.
     keys = [p for p, _ in pairs] + [c for (_, c), h in zip(pairs, hits, strict=True)
@@ -63,7 +64,6 @@ async def count(store: BatchOps, hits: Sequence[Hit], *, now: float, reads: Sequ
         if n and out.refused_by is None and windows.overshot(w, prev, cur, now):
             out.allowed, out.refused_by = False, w
         out.counts[w] = (prev, cur)
-        out.stats[w] = windows.stats(w, prev, cur, now)
     if out.failed and not fail_open:
         out.allowed = False
     if not out.allowed:
@@ -74,5 +74,4 @@ async def count(store: BatchOps, hits: Sequence[Hit], *, now: float, reads: Sequ
             if h.cost and h.window in out.counts:
                 prev, cur = out.counts[h.window]
                 out.counts[h.window] = (prev, cur - h.cost)
-                out.stats[h.window] = windows.stats(h.window, prev, cur - h.cost, now)
     return out

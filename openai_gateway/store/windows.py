@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from math import floor, inf
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Window:
-    """`amount` per `seconds` for one counter `key` (ASCII, no spaces, no braces: hash it)."""
+    """`amount` per `seconds` for one counter `key` (ASCII, no spaces, no braces: hash it).
+
+    Compared by identity: a request's windows are built once and are the keys of what the
+    store reports about them (hashing three fields on every lookup cost more than the rest)."""
 
     key: str
     amount: int
@@ -30,7 +33,7 @@ class Window:
         return 2 * self.seconds
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stats:
     """As limits' `WindowStats`: when the count next drops (Unix time) and what is left."""
 

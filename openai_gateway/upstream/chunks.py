@@ -18,11 +18,18 @@ from aiohttp import web
 
 from .sse import drop, write_within
 
+#: The first bytes of the answer kept in `ChunksOutcome.head` (a WAV file's header).
+HEAD_BYTES = 4096
+
 
 @dataclass(slots=True)
 class ChunksOutcome:
     #: Bytes written to the client (for WAV and PCM, the seconds of speech delivered).
     sent_bytes: int = 0
+    #: The answer's first HEAD_BYTES.
+    head: bytes = b""
+    #: The whole answer, when asked to record it and it was no larger than asked (else None).
+    recorded: list[bytes] | None = None
     #: The upstream's body ended whole.
     complete: bool = False
     upstream_failed: bool = False
@@ -32,11 +39,14 @@ class ChunksOutcome:
 
 async def relay_chunks(request: web.Request, upstream: aiohttp.ClientResponse,
                        headers: dict[str, str], outcome: ChunksOutcome, *,
-                       idle_timeout: float, write_timeout: float | None = None
-                       ) -> web.StreamResponse:
+                       idle_timeout: float, write_timeout: float | None = None,
+                       record: int = 0) -> web.StreamResponse:
     """Write the upstream's body to the client as it arrives; `outcome` is filled as it goes.
     idle_timeout: the longest silence of the upstream between two chunks; write_timeout: as in
-    sse.relay."""
+    sse.relay; record: keep the answer in `outcome.recorded` while it is at most this many
+    bytes (0: never)."""
+    recorded: list[bytes] | None = [] if record > 0 else None
+    outcome.recorded = recorded
     out = web.StreamResponse(status=upstream.status, headers=headers)
     out.content_type = upstream.content_type
     out.enable_chunked_encoding()
@@ -48,7 +58,14 @@ async def relay_chunks(request: web.Request, upstream: aiohttp.ClientResponse,
                 idle.reschedule(loop.time() + idle_timeout)
                 if not await _sent(request, out, chunk, write_timeout, outcome):
                     return out
+                if len(outcome.head) < HEAD_BYTES:
+                    outcome.head += chunk[:HEAD_BYTES - len(outcome.head)]
                 outcome.sent_bytes += len(chunk)
+                if recorded is not None:
+                    if outcome.sent_bytes > record:
+                        recorded = outcome.recorded = None  # too large to keep
+                    else:
+                        recorded.append(chunk)
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
         outcome.upstream_failed = True
         drop(request)  # no last chunk: the client sees the answer cut short

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -80,9 +80,14 @@ class Upstream:
             raise RuntimeError("the upstream session is not open yet (see Upstream.running)")
         return self.session
 
-    def headers(self, auth: str, client_headers, has_body: bool) -> dict[str, str]:
+    def headers(self, auth: str, client_headers, has_body: bool,
+                body_headers: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The request's headers: the key, the body's (JSON unless `body_headers` says what
+        it is: an upload's own multipart Content-Type), and the client's FORWARDED_HEADERS."""
         out = self._base_headers[auth][has_body]
         copied = False
+        if body_headers:
+            out, copied = {**out, **body_headers}, True
         for name in FORWARDED_HEADERS:
             value = client_headers.get(name)
             if value is not None:
@@ -105,12 +110,17 @@ class Upstream:
         finally:
             resp.close() if not resp.closed else None
 
-    async def send(self, method, route, body, client_headers) -> aiohttp.ClientResponse:
+    async def send(self, method, route, body, client_headers, *,
+                   body_headers: Mapping[str, str] | None = None,
+                   first_byte_timeout: float | None = None) -> aiohttp.ClientResponse:
         """The response once its headers arrived; the caller must `close()` it (see `open`).
 
+        `body`: bytes (JSON), or a payload that can be sent again (an upload) with its own
+        `body_headers`; `first_byte_timeout`: this route's, when not `upstream`'s.
         A failure says whether any attempt may have reached the upstream (`reached`): only a
         connection that was never made (refused, connect timeout) certainly sent nothing."""
         session, attempts = self.client_session(), self.attempts
+        wait = first_byte_timeout or self.s.first_byte_timeout
         reached = False
         for attempt in range(attempts):
             last = attempt == attempts - 1
@@ -118,9 +128,9 @@ class Upstream:
             # Routes are fixed strings from the route table ("/v1/..."); the client's path
             # never reaches the upstream, so no path trick can address another endpoint.
             url = base + route[3:]
-            headers = self.headers(auth, client_headers, body is not None)
+            headers = self.headers(auth, client_headers, body is not None, body_headers)
             try:
-                async with asyncio.timeout(self.s.first_byte_timeout):
+                async with asyncio.timeout(wait):
                     resp = await session.request(method, url, data=body, headers=headers,
                                                  allow_redirects=False)
             except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:

@@ -376,12 +376,15 @@ def drop(request: web.Request) -> None:
 
 
 async def send_answer(request: web.Request, status: int, body: bytes, headers: dict[str, str],
-                      content_type: str, *, write_timeout: float) -> web.StreamResponse:
+                      content_type: str, *, write_timeout: float,
+                      charset: str | None = None) -> web.StreamResponse:
     """A complete (non-stream) answer, sent in pieces; a client that reads none of a piece
     within `write_timeout` seconds is dropped. Returns the prepared response for the handler
     to return (aiohttp's own Response would wait on such a client for as long as it stays)."""
     out = web.StreamResponse(status=status, headers=headers)
     out.content_type = content_type
+    if charset is not None:
+        out.charset = charset
     out.content_length = len(body)
     await out.prepare(request)
     view = memoryview(body)

@@ -15,8 +15,6 @@ import pytest
 from aiohttp import web
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from websockets.exceptions import ConnectionClosed
 
 from openai_gateway.demo.fake_openai import FakeOpenAI
@@ -24,7 +22,7 @@ from openai_gateway.demo.fake_realtime import FakeRealtime
 from openai_gateway.demo.formats import count_tokens
 from openai_gateway.demo.realtime_formats import AUDIO_TOKENS_PER_WORD
 
-from ..process.test_browser import CHROME_ARGS, CHROMEDRIVER, CHROMIUM, Browser
+from ..support.browser import start_chromium
 from ..support.webrtc_peer import OpenAIPeer
 
 #: Not the gateway's key: these tests talk to the fake directly, and the websockets library
@@ -267,15 +265,9 @@ WEBRTC_ARGS = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-st
 
 @pytest.fixture
 def call_browser(tmp_path):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in CHROME_ARGS + WEBRTC_ARGS:
-        options.add_argument(arg)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(30)
-    yield Browser(driver)
-    driver.quit()
+    browser = start_chromium(tmp_path / "chromium-profile", WEBRTC_ARGS)
+    yield browser
+    browser.driver.quit()
 
 
 async def test_chromium_calls_through_an_aiortc_peer(rt, aiohttp_server, call_browser):

@@ -165,7 +165,7 @@ async def test_no_budgets_no_work():
         held = await reserve(lim, caller(), tokens=10**9, micro_usd=10**9)
         assert held.holds == () and held.headers == {}
         assert await lim.settle(held, tokens=10**9, micro_usd=10**9) == {}
-        assert lim.store.counters == {}
+        assert lim.store.windows == {}
 
 
 # --- dollars ------------------------------------------------------------------------------

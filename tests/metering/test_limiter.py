@@ -392,7 +392,7 @@ def test_memory_sliding_window_counter_matches_limits_reference(steps):
                 counted = await ours.count([Hit(w, cost)], now=clock[0])
                 assert counted.allowed == await theirs.hit(item, who, cost=cost)
                 stats = await theirs.get_window_stats(item, who)
-                assert counted.stats[w].remaining == stats.remaining
+                assert counted.stats(w).remaining == stats.remaining
         await ours.close()
         if ref.timer:
             ref.timer.cancel()
@@ -460,15 +460,16 @@ def test_the_sweep_forgets_counters_once_both_their_windows_passed():
         storage._next_sweep = float("inf")
         with mock.patch("time.time", lambda: clock[0]):
             await storage.count([Hit(w, 1)], now=clock[0])
-            clock[0] += 10  # the previous window now: it still counts, and lives 2 windows
+            clock[0] += 10  # the first hit is the previous window's now: it still counts
             await storage.count([Hit(w, 1)], now=clock[0])
+            clock[0] += 10  # ... and so does the second, one window on
             await storage._sweep()
-            assert len(storage.counters) == 2
-            clock[0] += 10
-            await storage._sweep()
-            assert len(storage.counters) == 1  # the first window's counter has expired
+            assert len(storage.windows) == 1
             counted = await storage.count([Hit(w, 0)], now=clock[0])
-            assert counted.stats[w].remaining == 4
+            assert counted.stats(w).remaining == 4
+            clock[0] += 10  # both windows have passed: nothing counts, the key is forgotten
+            await storage._sweep()
+            assert storage.windows == {}
         await storage.close()
 
     asyncio.run(run())

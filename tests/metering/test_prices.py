@@ -229,11 +229,11 @@ def test_embeddings_cost_their_input_only():
 
 
 @pytest.mark.parametrize("usage,micro", [
-    (Usage(input=0, cached_input=0, output=0), 0),          # nothing used, nothing charged
-    (Usage(input=1, cached_input=0, output=0), 1),          # $0.00000005 rounds up to one micro-dollar
-    (Usage(input=0, cached_input=0, output=1), 1),          # $0.0000004 too
-    (Usage(input=20, cached_input=0, output=0), 1),         # exactly $0.000001
-    (Usage(input=21, cached_input=0, output=0), 2),         # a hair over: up
+    (Usage(input=0, cached_input=0, output=0), 0),   # nothing used, nothing charged
+    (Usage(input=1, cached_input=0, output=0), 1),   # $0.00000005 rounds up to one micro-dollar
+    (Usage(input=0, cached_input=0, output=1), 1),   # $0.0000004 too
+    (Usage(input=20, cached_input=0, output=0), 1),  # exactly $0.000001
+    (Usage(input=21, cached_input=0, output=0), 2),  # a hair over: up
     (Usage(input=1_000_000), 50_000),
 ])
 def test_costs_round_up_to_the_micro_dollar(usage, micro):
@@ -246,7 +246,8 @@ def test_a_free_model_costs_nothing_whatever_it_reads():
 
 def test_cost_clamps_an_inconsistent_usage():
     price = DEFAULT_PRICES["gpt-4o-mini"]
-    assert cost(price, Usage(input=10, cached_input=50, output=0)) == cost(price, Usage(input=10, cached_input=10, output=0))
+    assert cost(price, Usage(input=10, cached_input=50, output=0)) == cost(
+        price, Usage(input=10, cached_input=10, output=0))
     assert cost(price, Usage(input=-5, cached_input=-5, output=-5)) == 0
 
 

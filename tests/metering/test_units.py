@@ -10,9 +10,10 @@ from openai_gateway.demo import media_formats
 from openai_gateway.demo.media_formats import image_usage, transcription_usage, wav
 from openai_gateway.metering.prices import Price, PriceTable, configured, cost
 from openai_gateway.metering.unit_prices import MEDIA_ROWS, UnitRates
-from openai_gateway.metering.units import reserve, settle
+from openai_gateway.metering.units import image_output_tokens, reserve, settle, spoken
 from openai_gateway.policy import RequestPolicy
 from openai_gateway.policy.form import FormPart
+from openai_gateway.policy.speech import played_seconds
 from openai_gateway.policy.units import Units
 from openai_gateway.policy.usage import Usage, usage_of
 
@@ -210,3 +211,29 @@ def test_configured_rows_take_unit_rates_and_keep_the_shipped_image_tokens():
     assert dalle.units.image_price("hd", "1024x1024") == 90_000
     with pytest.raises(ValueError, match="per_image.hd/1024x1024"):
         configured("x", input=0, cached_input=0, output=0, per_image={"hd/1024x1024": -1})
+
+
+# --- bounds from what was relayed, and image tokens for token budgets -----------------------
+
+
+def test_speech_relayed_whole_is_bounded_by_the_seconds_it_plays():
+    audio = media_formats.wav(10.0)
+    seconds = played_seconds("wav", audio[:4096], len(audio))
+    assert seconds == pytest.approx(10.0, abs=0.01)
+    assert played_seconds("pcm", b"", 480_000) == 10.0
+    assert played_seconds("mp3", audio[:4096], len(audio)) is None
+    assert played_seconds("wav", b"not a wav header", len(audio)) is None
+    # 150 characters: 10 s at the fake's 15 a second.
+    units = Units("speech", characters=150, text_tokens=150, audio_output_tokens=450)
+    used = spoken(units, seconds)
+    assert (used.input, used.output, used.audio_output) == (150, 301, 301)  # 30 a second
+    tts = price("gpt-4o-mini-tts")
+    billed = cost(tts, Usage(input=40, output=200, audio_output=200))  # 20 a second
+    assert billed < cost(tts, used) < reserve(tts, units)
+
+
+def test_image_output_tokens_count_for_token_budgets():
+    units = Units("image", images=2, size="1024x1024", quality="low", partial_images=2)
+    assert image_output_tokens(price("gpt-image-1"), units) == 2 * (272 + 200)
+    assert image_output_tokens(price("dall-e-3"), units) == 0  # billed by the image
+    assert image_output_tokens(price("gpt-image-1"), Units("speech")) == 0

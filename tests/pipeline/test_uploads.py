@@ -1,14 +1,10 @@
-"""Multipart uploads through pipeline.uploads and a relay built on it (tests/upload_relay.py)
-to the fake upstream: bounded in size and time, refused early, parsed with aiohttp's reader,
-relayed byte for byte (the fake hashes every part it receives)."""
+"""Multipart uploads through the gateway (pipeline.uploads, wired by pipeline.media) to the fake
+upstream: bounded in size and time, refused early, parsed with aiohttp's reader, relayed byte
+for byte (the fake hashes every part it receives). The same bounds through a real
+`python gateway.py`, and its memory: tests/process/test_media_uploads.py."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import socket
-import subprocess
-import sys
-import time
 import tracemalloc
 
 import aiohttp
@@ -16,52 +12,35 @@ import openai
 import pytest
 from aiohttp import web
 
-from openai_gateway.demo.fake_media import FakeMedia
-from openai_gateway.demo.fake_openai import FakeOpenAI
 from openai_gateway.demo.media_formats import png, wav
 from openai_gateway.demo.media_ledger import PartSeen
-from openai_gateway.pipeline import uploads
 
-from ..conftest import ROOT, free_port
-from ..support.upload_relay import relay_app
-
-BOUNDARY = "b0undary-7f3a"
-CTYPE = f"multipart/form-data; boundary={BOUNDARY}"
-
-
-def multipart(*parts: tuple[str, str | None, str | None, bytes], boundary: str = BOUNDARY,
-              close: bool = True) -> bytes:
-    """A multipart/form-data body, byte for byte as given: (name, filename, type, data)."""
-    out = b""
-    for name, filename, ctype, data in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"'
-                                                     if filename is not None else "")
-        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n".encode()
-        if ctype:
-            out += f"Content-Type: {ctype}\r\n".encode()
-        out += b"\r\n" + data + b"\r\n"
-    return out + (f"--{boundary}--\r\n".encode() if close else b"")
-
-
-def transcription(audio: bytes, model: str = "whisper-1") -> bytes:
-    return multipart(("model", None, None, model.encode()),
-                     ("file", "talk.wav", "audio/wav", audio))
+from ..conftest import merge
+from ..support.uploads import (
+    BOUNDARY,
+    CTYPE,
+    OPEN,
+    gateway_to,
+    multipart,
+    sized,
+    transcription,
+)
 
 
 @pytest.fixture
-async def upstream(aiohttp_server):
-    """(the fake's media part, its /v1 URL)."""
-    media = FakeMedia()
-    server = await aiohttp_server(FakeOpenAI(media=media).app())
-    return media, str(server.make_url("/v1"))
+def media(fake):
+    """The fake upstream's voice and pictures part, and its ledger."""
+    return fake.media
 
 
 @pytest.fixture
-def relay(aiohttp_client, upstream):
-    """A client of a relay to the fake, built with the given limit and timeout."""
+def relay(make_gateway):
+    """A client of a gateway in front of the fake, with the given upload limit and body
+    timeout."""
     async def make(max_bytes: int = 26_214_400, timeout: float = 30.0):
-        return await aiohttp_client(relay_app(upstream[1], max_bytes=max_bytes,
-                                              timeout=timeout))
+        return await make_gateway(merge(OPEN, {
+            "validation": {"max_upload_bytes": max_bytes},
+            "server": {"body_timeout": timeout}}))
     return make
 
 
@@ -74,8 +53,7 @@ async def error(resp: aiohttp.ClientResponse) -> dict:
 # --- byte for byte ----------------------------------------------------------------------------
 
 
-async def test_the_sdks_transcription_reaches_the_upstream_byte_for_byte(relay, upstream):
-    media, _ = upstream
+async def test_the_sdks_transcription_reaches_the_upstream_byte_for_byte(relay, media):
     client = await relay()
     sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
     audio = wav(2.5)
@@ -90,8 +68,7 @@ async def test_the_sdks_transcription_reaches_the_upstream_byte_for_byte(relay, 
     assert seen.values("include[]") == ["logprobs"]
 
 
-async def test_repeated_image_parts_and_the_mask_are_kept_in_order(relay, upstream):
-    media, _ = upstream
+async def test_repeated_image_parts_and_the_mask_are_kept_in_order(relay, media):
     client = await relay()
     sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
     a, b, m = png(seed=1), png(seed=2, total_bytes=300_000), png(seed=3)
@@ -120,7 +97,7 @@ async def test_the_raw_body_and_its_content_type_go_upstream_unchanged(aiohttp_s
     app = web.Application()
     app.router.add_post("/v1/audio/transcriptions", spy)
     server = await aiohttp_server(app)
-    client = await aiohttp_client(relay_app(str(server.make_url("/v1"))))
+    client = await gateway_to(aiohttp_client, str(server.make_url("/v1")))
     body = b"a preamble line\r\n" + multipart(
         ("model", None, "text/plain; charset=utf-8", b"whisper-1"),
         ("file", "x.wav", "audio/wav", wav(0.5)), ("language", None, None, b"en"))
@@ -132,45 +109,31 @@ async def test_the_raw_body_and_its_content_type_go_upstream_unchanged(aiohttp_s
 
 
 async def test_a_retry_sends_the_same_bytes_again(aiohttp_server, aiohttp_client):
-    """The payload reads the spool anew for each send (a retry, a fallback upstream)."""
+    """The upstream answers 503 once: the gateway's retry reads the spool anew."""
     bodies = []
 
     async def sink(request: web.Request) -> web.Response:
         bodies.append(await request.read())
-        return web.Response(status=503 if len(bodies) == 1 else 200)
+        if len(bodies) == 1:
+            return web.Response(status=503)
+        return web.json_response({"text": "ok"})
 
-    async def handler(request: web.Request) -> web.Response:
-        with await uploads.receive(request, max_bytes=10**7, timeout=5) as upload:
-            payload = upload.payload()
-            async with aiohttp.ClientSession() as session:
-                for _ in range(2):
-                    async with session.post(sink_server.make_url("/"), data=payload,
-                                            headers=upload.headers) as answer:
-                        await answer.read()
-        return web.Response(text="done")
-
-    sink_app = web.Application()
-    sink_app.router.add_post("/", sink)
-    sink_server = await aiohttp_server(sink_app)
-    app = web.Application()
-    app.router.add_post("/up", handler)
-    client = await aiohttp_client(app)
+    app = web.Application(client_max_size=10**7)
+    app.router.add_post("/v1/audio/transcriptions", sink)
+    server = await aiohttp_server(app)
+    client = await gateway_to(aiohttp_client, str(server.make_url("/v1")))
     body = transcription(wav(3.0))
-    assert (await client.post("/up", data=body, headers={"Content-Type": CTYPE})).status == 200
+    resp = await client.post("/v1/audio/transcriptions", data=body,
+                             headers={"Content-Type": CTYPE})
+    assert resp.status == 200, await resp.text()
     assert bodies == [body, body]
 
 
 # --- bounds -------------------------------------------------------------------------------------
 
 
-def sized(total: int) -> bytes:
-    """A transcription body of exactly `total` bytes (the file part fills the rest)."""
-    empty = transcription(b"")
-    return transcription(b"\0" * (total - len(empty)))
-
-
 @pytest.mark.parametrize("chunked", [False, True])
-async def test_at_the_limit_and_one_byte_over(relay, upstream, chunked):
+async def test_at_the_limit_and_one_byte_over(relay, media, chunked):
     client = await relay(max_bytes=200_000)
 
     async def post(body: bytes):
@@ -187,10 +150,10 @@ async def test_at_the_limit_and_one_byte_over(relay, upstream, chunked):
     resp = await post(sized(200_001))
     assert resp.status == 413
     assert (await error(resp))["code"] == "request_too_large"
-    assert len(upstream[0].ledger.requests) == 1  # the refused one never reached it
+    assert len(media.ledger.requests) == 1  # the refused one never reached it
 
 
-async def test_a_slow_upload_gets_408(relay, upstream):
+async def test_a_slow_upload_gets_408(relay, media):
     client = await relay(timeout=0.5)
     body = transcription(wav(1.0))
 
@@ -202,7 +165,7 @@ async def test_a_slow_upload_gets_408(relay, upstream):
     resp = await client.post("/v1/audio/transcriptions", data=slow(),
                              headers={"Content-Type": CTYPE})
     assert resp.status == 408 and (await error(resp))["code"] == "request_timeout"
-    assert upstream[0].ledger.requests == []
+    assert media.ledger.requests == []
 
 
 @pytest.mark.parametrize("body", [
@@ -212,16 +175,16 @@ async def test_a_slow_upload_gets_408(relay, upstream):
     multipart(("model", None, None, b"whisper-1"), close=False)
     + b"--" + BOUNDARY.encode() + b"\r\nContent-Disposition: form-data; name=\"x\"\r\n",
 ])
-async def test_a_truncated_or_malformed_body_is_400(relay, upstream, body):
+async def test_a_truncated_or_malformed_body_is_400(relay, media, body):
     client = await relay()
     resp = await client.post("/v1/audio/transcriptions", data=body,
                              headers={"Content-Type": CTYPE})
     e = await error(resp)
     assert resp.status == 400 and e["code"] == "invalid_multipart", e
-    assert upstream[0].ledger.requests == []
+    assert media.ledger.requests == []
 
 
-async def test_a_body_cut_before_its_content_length(relay, upstream):
+async def test_a_body_cut_before_its_content_length(relay, media):
     """The client ends its side after half the declared bytes: aiohttp takes that for a client
     gone, so there is nobody to answer; nothing reaches the upstream."""
     client = await relay()
@@ -235,7 +198,7 @@ async def test_a_body_cut_before_its_content_length(relay, upstream):
     head = await asyncio.wait_for(reader.read(4096), 5)
     writer.close()
     assert head == b""
-    assert upstream[0].ledger.requests == []
+    assert media.ledger.requests == []
 
 
 @pytest.mark.parametrize("ctype, words", [
@@ -244,7 +207,7 @@ async def test_a_body_cut_before_its_content_length(relay, upstream):
     ("multipart/form-data; boundary=" + "x" * 71, "boundary"),
     ("text/plain", "multipart/form-data"),
 ])
-async def test_wrong_content_type_or_missing_boundary_is_400(relay, upstream, ctype, words):
+async def test_wrong_content_type_or_missing_boundary_is_400(relay, media, ctype, words):
     client = await relay()
     resp = await client.post("/v1/audio/transcriptions", data=transcription(b"x"),
                              headers={"Content-Type": ctype})
@@ -260,7 +223,7 @@ async def test_a_compressed_upload_is_415(relay):
 
 
 @pytest.mark.parametrize("declared", [True, False])
-async def test_100_mb_against_1_mb_is_refused_early_with_flat_memory(relay, upstream,
+async def test_100_mb_against_1_mb_is_refused_early_with_flat_memory(relay, media,
                                                                       declared):
     client = await relay(max_bytes=1_000_000)
     head = multipart(("model", None, None, b"whisper-1"), close=False) + (
@@ -296,7 +259,7 @@ async def test_100_mb_against_1_mb_is_refused_early_with_flat_memory(relay, upst
           f"{sent[0] / 1e6:.1f} MB sent, peak traced memory {peak / 1e6:.2f} MB")
     assert sent[0] < 20_000_000  # the answer came long before the body was all sent
     assert peak < 4_000_000, peak  # no more than the limit and a few reads were held
-    assert upstream[0].ledger.requests == []
+    assert media.ledger.requests == []
 
 
 # --- the policy over the parts -------------------------------------------------------------
@@ -306,67 +269,19 @@ async def test_100_mb_against_1_mb_is_refused_early_with_flat_memory(relay, upst
     ([("model", None, None, b"gpt-4o-transcribe")], "model"),
     ([("nonsense", None, None, b"1")], "nonsense"),
 ])
-async def test_the_policy_reads_the_parts(relay, upstream, extra, param):
+async def test_the_policy_reads_the_parts(relay, media, extra, param):
     client = await relay()
     body = multipart(("model", None, None, b"whisper-1"), *extra,
                      ("file", "a.wav", "audio/wav", wav(0.2)))
     resp = await client.post("/v1/audio/transcriptions", data=body,
                              headers={"Content-Type": CTYPE})
     assert resp.status == 400 and (await error(resp))["param"] == param
-    assert upstream[0].ledger.requests == []
+    assert media.ledger.requests == []
 
 
-async def test_an_image_sent_as_text_is_refused_before_the_upstream(relay, upstream):
+async def test_an_image_sent_as_text_is_refused_before_the_upstream(relay, media):
     client = await relay()
     body = multipart(("model", None, None, b"gpt-image-1"), ("prompt", None, None, b"p"),
                      ("image[]", None, None, b"not a file"))
     resp = await client.post("/v1/images/edits", data=body, headers={"Content-Type": CTYPE})
     assert resp.status == 400 and (await error(resp))["param"] == "image[]"
-
-
-# --- memory of a process relaying 25 MB -------------------------------------------------------
-
-
-def vm(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(field)
-
-
-async def test_relaying_a_25_mb_upload_keeps_the_process_small(upstream):
-    media, url = upstream
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.upload_relay", str(port), url,
-                             "26214400"], cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
-        audio = wav(25_000_000 / 48_000 - 1)  # 25 MB of WAV
-        body = transcription(audio)
-        async with aiohttp.ClientSession() as session:
-            warm = transcription(wav(1.0))  # the first request loads what every one needs
-            async with session.post(f"http://127.0.0.1:{port}/v1/audio/transcriptions",
-                                    data=warm, headers={"Content-Type": CTYPE}) as resp:
-                assert resp.status == 200
-            before = vm(proc.pid, "VmHWM")
-            async with session.post(f"http://127.0.0.1:{port}/v1/audio/transcriptions",
-                                    data=body, headers={"Content-Type": CTYPE}) as resp:
-                assert resp.status == 200, await resp.text()
-            after = vm(proc.pid, "VmHWM")
-        digest = hashlib.sha256(audio).hexdigest()
-        assert media.ledger.requests[-1].files("file")[0].sha256 == digest
-        growth = after - before
-        print(f"\nrelay of a {len(body) / 1e6:.1f} MB upload: peak RSS {after / 1e6:.1f} MB, "
-              f"{growth / 1e6:.1f} MB above the process's peak before it")
-        assert growth < 10_000_000  # the upload itself was never held in memory
-    finally:
-        proc.terminate()
-        proc.wait(10)

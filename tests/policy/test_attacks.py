@@ -258,7 +258,7 @@ async def test_duplicate_keys_are_refused(gateway, recorder, raw, param):
     assert recorder.bodies == []
 
 
-# --- free work before the limit --------------------------------------------------------------------
+# --- free work before the limit ---------------------------------------------------------------
 
 
 async def test_every_request_to_a_forwarded_route_counts(gateway, recorder):
@@ -412,7 +412,7 @@ async def test_a_client_that_reads_nothing_is_dropped(gateway, recorder):
     assert got < recorder.embedding_bytes  # dropped: the rest was never sent
 
 
-# --- upstream errors and headers -------------------------------------------------------------------
+# --- upstream errors and headers --------------------------------------------------------------
 
 
 async def test_upstream_errors_do_not_reveal_the_organization(gateway, recorder):
@@ -435,7 +435,7 @@ async def test_the_upstreams_rate_limit_headers_are_not_passed_on(gateway, recor
     assert "x-ratelimit-limit-tokens" not in {k.lower() for k in headers}
 
 
-# --- the cache and forwarded headers ---------------------------------------------------------------
+# --- the cache and forwarded headers ----------------------------------------------------------
 
 
 async def test_an_answer_under_one_beta_is_not_served_under_another(gateway, recorder):

@@ -1,9 +1,6 @@
-"""The gateway seen from a real browser: Debian's chromium, headless, driven by Selenium.
-
-The driver is Debian's /usr/bin/chromedriver, passed explicitly so Selenium never tries to
-download one (`make test` installs both packages). A missing browser fails these tests with a
-clear message rather than skipping them. Selenium's API blocks, so every call runs in a thread:
-the fake upstream and the test page servers live in this test's event loop.
+"""The gateway seen from a real browser: Debian's chromium, headless, driven by Selenium
+(tests/support/browser.py). Selenium's API blocks, so every call runs in a thread: the fake
+upstream and the test page servers live in this test's event loop.
 """
 from __future__ import annotations
 
@@ -11,102 +8,19 @@ import asyncio
 import json
 import os
 import struct
-import time
 
-import pytest
 from aiohttp import web
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from openai_gateway.app import create_app
 from openai_gateway.config.settings import parse
 
-from ..conftest import KEY, ROOT, base_config, free_port, merge
-from ..demo.test_demo import demo_process  # noqa: F401  (a fixture)
+from ..conftest import KEY, ROOT, access_lines, base_config, free_port, merge
+from ..support.browser import Browser, watch_reply
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 #: The README's screenshots (playground-STATE.png); rewritten only with UPDATE_SCREENSHOTS=1.
 SCREENSHOTS = ROOT / "tests" / "screenshots"
-CHROME_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--window-size=1280,860")
-
-#: The last assistant message in the playground: [state, text].
-REPLY = """const r = [...document.querySelectorAll('.msg.assistant')].pop();
-           return r ? [r.dataset.state, r.textContent] : [null, ''];"""
-
-
-@pytest.fixture
-def browser(tmp_path):
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        pytest.fail(f"{' and '.join(missing)} not found: install Debian's chromium and "
-                    "chromium-driver (make test does: apt-get install chromium chromium-driver)",
-                    pytrace=False)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in CHROME_ARGS:
-        options.add_argument(arg)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(30)
-    yield Browser(driver)
-    driver.quit()
-
-
-class Browser:
-    """The blocking WebDriver calls, awaited from a thread."""
-
-    def __init__(self, driver):
-        self.driver = driver
-
-    async def get(self, url: str) -> None:
-        await asyncio.to_thread(self.driver.get, url)
-
-    async def js(self, script: str, *args):
-        return await asyncio.to_thread(self.driver.execute_script, script, *args)
-
-    async def wait(self, script: str, timeout: float = 15):
-        """Until `script` returns something truthy; returns it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = await self.js(script)
-            if value:
-                return value
-            await asyncio.sleep(0.03)
-        raise AssertionError(f"timed out waiting for: {script}\n{await self.js('return document.body.innerText')}")
-
-    async def send(self, text: str) -> None:
-        """Type a message into the playground and press Send."""
-        def act():
-            box = self.driver.find_element(By.ID, "prompt")
-            box.clear()
-            box.send_keys(text)
-            self.driver.find_element(By.ID, "send").click()
-        await asyncio.to_thread(act)
-
-    async def text(self, element_id: str) -> str:
-        return await self.js(f"return document.getElementById('{element_id}').textContent")
-
-    async def open_playground(self, url: str) -> None:
-        await self.get(url + "/")
-        await self.wait("return document.getElementById('model').dataset.loaded")
-
-
-async def watch_reply(browser: Browser, timeout: float = 20) -> list[tuple[str, str]]:
-    """Samples of the reply's (state, text) from now until it is done or failed."""
-    samples = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state, text = await browser.js(REPLY)
-        samples.append((state, text))
-        if samples[-1][0] == "done" or (len(samples) > 1 and state is None):
-            return samples
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"the reply did not finish: {samples[-3:]}")
 
 
 async def page_server(aiohttp_server, html: str) -> str:
@@ -119,18 +33,6 @@ async def page_server(aiohttp_server, html: str) -> str:
     app.router.add_get("/", page)
     server = await aiohttp_server(app)
     return f"http://127.0.0.1:{server.port}"
-
-
-def access_lines(gp) -> list[dict]:
-    lines = []
-    for line in gp.log().splitlines():
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if doc.get("logger") == "gateway.access":
-            lines.append(doc)
-    return lines
 
 
 # --- the playground against `gateway.py --demo` ---------------------------------------------
@@ -151,7 +53,8 @@ async def test_playground_streams_a_reply_as_it_is_generated(browser, demo_proce
     assert samples[-1][0] == "done" and final.startswith("[demo] ")
     assert "Hello from a real browser" in final
     # Seen growing while the stream was open: several partial states, each a prefix of the end.
-    partial = {text for state, text in samples if state == "streaming" and 0 < len(text) < len(final)}
+    partial = {text for state, text in samples
+               if state == "streaming" and 0 < len(text) < len(final)}
     assert len(partial) >= 5, samples
     assert all(final.startswith(text) for text in partial)
     # The side panel shows what the gateway added.
@@ -403,7 +306,8 @@ async def test_playground_shows_refusals_as_user_facing_messages(
         "cors": {"allow_origins": [f"http://127.0.0.1:{port}"]},
         "rate_limit": {"requests": ["4/minute"]}, "validation": {"max_input_chars": 40}})
     await browser.open_playground(gp.url)
-    error = "return document.getElementById('error').hidden ? '' : document.getElementById('error').textContent"
+    error = ("return document.getElementById('error').hidden ? '' : "
+             "document.getElementById('error').textContent")
 
     await browser.send("x" * 60)  # over validation.max_input_chars: 400
     assert (await browser.wait(error)).startswith("The request was refused: ")

@@ -26,9 +26,9 @@ from ..conftest import (
     free_port,
     merge,
     toml_dumps,
+    wait_for_log,
     wait_healthy,
 )
-from .test_lifecycle import wait_for_log
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -1,10 +1,7 @@
 """The money and identity subcommands: `mint-token`, `spend`, and --check's warnings."""
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import sys
 import time
 
 import aiohttp
@@ -13,21 +10,11 @@ import pytest
 
 from openai_gateway.identity.keys import hash_key
 
-from ..conftest import KEY, ORIGIN, ROOT, free_port, toml_dumps
+from ..conftest import KEY, ORIGIN, free_port, gateway_cli, toml_dumps
 from ..support.store_fixtures import redis_factory  # noqa: F401  (fixture)
 
 SECRET = "gw-token-SECRET-cli-9e8d7c6b5a4f3e2d1c0b-do-not-leak"
 TIERS = {"free": {"requests": ["4/minute"]}, "pro": {"requests": ["40/minute"]}}
-
-
-async def gateway_cli(*args: str, env: dict | None = None) -> tuple[int, str, str]:
-    """`python gateway.py ARGS` without blocking the loop (the fake upstream lives on it)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "gateway.py"), *args, cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode, out.decode(), err.decode()
 
 
 def write(tmp_path, doc: dict, name: str = "cli.toml") -> str:

@@ -9,8 +9,7 @@ import sys
 
 import openai
 
-from ..conftest import ORIGIN, ROOT, GatewayProcess, free_port
-from .test_lifecycle import wait_for_log
+from ..conftest import ORIGIN, ROOT, GatewayProcess, free_port, wait_for_log
 
 
 class Fake:

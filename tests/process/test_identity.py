@@ -18,7 +18,8 @@ from selenium.webdriver.common.by import By
 
 from openai_gateway.identity.keys import hash_key
 
-from ..conftest import KEY, ORIGIN, SEEN_RESPONSES
+from ..conftest import KEY, ORIGIN, SEEN_RESPONSES, access_lines
+from ..support.browser import watch_reply
 from ..support.jwks_server import (  # noqa: F401
     CAPTCHA_SECRET,
     Signer,
@@ -28,8 +29,6 @@ from ..support.jwks_server import (  # noqa: F401
     siteverify_fixture,
     siteverify_url_fixture,
 )
-from .test_browser import access_lines, browser, watch_reply  # noqa: F401  (browser: a fixture)
-from ..demo.test_demo import demo_process  # noqa: F401  (a fixture)
 
 TOKEN_SECRET = "gw-token-SECRET-e2e-7f3a9c1d5b8e2f4a6c0d-do-not-leak"
 CLIENT_KEY = "gw-client-SECRET-e2e-backend-5d1c9b"
@@ -266,27 +265,24 @@ async def test_captcha_sessions(gateway_process, fake, siteverify, siteverify_ur
 # --- the playground signing in (Chromium against `gateway.py --demo`) -----------------------
 
 
-async def test_the_playground_signs_in_and_gets_the_tiers_budget(request):
-    # The fixtures by name: they are imported from the browser and demo tests.
-    chromium, start_demo = request.getfixturevalue("browser"), request.getfixturevalue(
-        "demo_process")
-    gp = await start_demo({"tiers": {"free": {"requests": ["30/minute"],
-                                                "spend": ["0.50/day"]}}})
-    await chromium.open_playground(gp.url)
-    await chromium.wait("return !document.getElementById('signin').hidden")
-    await chromium.send("before")
-    await watch_reply(chromium)
-    assert await chromium.js("return document.getElementById('spend').hidden")  # anonymous
+async def test_the_playground_signs_in_and_gets_the_tiers_budget(browser, demo_process):
+    gp = await demo_process({"tiers": {"free": {"requests": ["30/minute"],
+                                                  "spend": ["0.50/day"]}}})
+    await browser.open_playground(gp.url)
+    await browser.wait("return !document.getElementById('signin').hidden")
+    await browser.send("before")
+    await watch_reply(browser)
+    assert await browser.js("return document.getElementById('spend').hidden")  # anonymous
 
     def sign_in():
-        chromium.driver.find_element(By.ID, "signin-user").send_keys("alice")
-        chromium.driver.find_element(By.ID, "signin-button").click()
+        browser.driver.find_element(By.ID, "signin-user").send_keys("alice")
+        browser.driver.find_element(By.ID, "signin-button").click()
     await asyncio.to_thread(sign_in)
-    await chromium.wait("return document.getElementById('signin').dataset.user === 'alice'")
-    await chromium.send("after")
-    await watch_reply(chromium)
-    spend = await chromium.wait("const s = document.getElementById('spend');"
-                               "return !s.hidden && s.textContent")
+    await browser.wait("return document.getElementById('signin').dataset.user === 'alice'")
+    await browser.send("after")
+    await watch_reply(browser)
+    spend = await browser.wait("const s = document.getElementById('spend');"
+                              "return !s.hidden && s.textContent")
     assert spend.endswith("of $0.50"), spend
     chats = [a for a in access_lines(gp) if a.get("route") == "/v1/chat/completions"]
     assert not chats[0]["client"].startswith("user:")  # before: anonymous

@@ -14,7 +14,7 @@ import pytest
 
 from openai_gateway.identity.keys import hash_key
 
-from ..conftest import ORIGIN, SEEN_RESPONSES
+from ..conftest import ORIGIN, SEEN_RESPONSES, gateway_cli
 from ..support.jwks_server import (  # noqa: F401
     CAPTCHA_SECRET,
     Signer,
@@ -24,7 +24,6 @@ from ..support.jwks_server import (  # noqa: F401
     siteverify_fixture,
     siteverify_url_fixture,
 )
-from .test_cli_commands import gateway_cli
 
 TOKEN_SECRET = "gw-token-SECRET-edges-4c2a9e7b1d3f5a6c8e0b-do-not-leak"
 ENV = {"GW_TOKEN_SECRET": TOKEN_SECRET, "GW_CAPTCHA_SECRET": CAPTCHA_SECRET}

@@ -16,7 +16,7 @@ import pytest
 from openai_gateway.config.settings import Settings
 from openai_gateway.server.workers import EXIT_CANNOT_LISTEN, Supervisor
 
-from ..conftest import KEY, ORIGIN, ROOT, base_config, merge, toml_dumps
+from ..conftest import KEY, ORIGIN, ROOT, base_config, merge, toml_dumps, wait_for_log
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = dict(CHAT, stream=True)
@@ -90,14 +90,6 @@ async def test_sighup_reloads_policy_without_dropping_connections(gateway_proces
 def fake_url(gp) -> str:
     import tomllib
     return tomllib.loads(gp.config_path.read_text())["upstream"]["base_url"]
-
-
-async def wait_for_log(gp, text: str, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in gp.log():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in log: {gp.log()[-2000:]}")
-        await asyncio.sleep(0.05)
 
 
 class NotifySocket:

@@ -56,11 +56,12 @@ async def echo(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def backend(aiohttp_server):
-    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024)
     app[DISCONNECTED] = asyncio.Event()
     app.router.add_get("/v1/stream", stream)
     app.router.add_get("/v1/forever", forever)
     app.router.add_post("/v1/echo", echo)
+    app.router.add_post("/v1/audio/transcriptions", echo)
     app.router.add_get("/metrics", lambda request: web.Response(text="requests_total 1\n"))
     return await aiohttp_server(app)
 
@@ -152,6 +153,19 @@ async def test_site_lets_the_gateway_answer_bodies_just_over_its_limit(site_ngin
     if size < 2 * 1024 * 1024:  # reaches the gateway, which owns the 1 MiB rule
         assert (response.status, answer["body_bytes"]) == (200, size)
     else:  # absurd: nginx stops it, still in OpenAI's error shape
+        assert response.status == 413
+        assert answer["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize("size", [5 * 1024 * 1024, 51 * 1024 * 1024])
+async def test_site_lets_uploads_through_to_the_gateways_own_limit(site_nginx, size):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{site_nginx}/v1/audio/transcriptions",
+                                data=b"x" * size) as response:
+            answer = await response.json(content_type=None)
+    if size < 50 * 1024 * 1024:  # the gateway owns validation.max_upload_bytes (25 MiB)
+        assert (response.status, answer["body_bytes"]) == (200, size)
+    else:
         assert response.status == 413
         assert answer["error"]["code"] == "request_too_large"
 

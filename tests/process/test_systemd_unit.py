@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "gateway.service"
 # server.shutdown_timeout and upstream.api_key_env defaults, unless config.toml says otherwise.
-CONFIG = tomllib.loads((ROOT / "config.toml").read_text()) if (ROOT / "config.toml").exists() else {}
+CONFIG = (tomllib.loads((ROOT / "config.toml").read_text())
+          if (ROOT / "config.toml").exists() else {})
 SHUTDOWN_TIMEOUT = CONFIG.get("server", {}).get("shutdown_timeout", 30)
 API_KEY_ENV = CONFIG.get("upstream", {}).get("api_key_env", "OPENAI_API_KEY")
 

@@ -141,7 +141,7 @@ async def test_a_request_costs_one_round_trip_and_a_refusal_two(memcached_server
     got = await c.count([Hit(tight)], now=now)
     assert not got.allowed and got.refused_by == tight
     assert relay.turns == 2   # the increment with the read, then the give-back
-    assert got.stats[tight].remaining == 0
+    assert got.stats(tight).remaining == 0
 
 
 # --- losing a server -----------------------------------------------------------------------
@@ -226,12 +226,12 @@ async def test_count_decides_the_live_windows_and_leaves_the_dead_ones_to_policy
     got = await c.count([Hit(dead), Hit(live)], now=now, fail_open=fail_open)
     assert got.failed == [dead] and isinstance(got.error, ServerDown)
     assert got.allowed is fail_open and got.refused_by is None
-    assert got.stats[live].remaining == (4 if fail_open else 5)   # counted only when allowed
+    assert got.stats(live).remaining == (4 if fail_open else 5)   # counted only when allowed
     assert changes == [(servers[0].address, False)]
     # While it is down: nothing waits for it, the live window stays exact.
     for _ in range(6):
         got = await c.count([Hit(dead), Hit(live)], now=now, fail_open=True)
-    assert not got.allowed and got.refused_by == live and got.stats[live].remaining == 0
+    assert not got.allowed and got.refused_by == live and got.stats(live).remaining == 0
 
 
 async def test_each_window_can_carry_its_own_cost(memcached_servers, cluster_of):  # noqa: F811
@@ -241,10 +241,10 @@ async def test_each_window_can_carry_its_own_cost(memcached_servers, cluster_of)
                                Window("usd", 50, 86400))
     got = await c.count([Hit(requests, 1), Hit(tokens, 400), Hit(spend, 0)], now=now)
     assert got.allowed
-    assert [got.stats[w].remaining for w in (requests, tokens, spend)] == [9, 600, 50]
+    assert [got.stats(w).remaining for w in (requests, tokens, spend)] == [9, 600, 50]
     got = await c.count([Hit(requests, 1), Hit(tokens, 601)], now=now)  # over the token budget
     assert not got.allowed and got.refused_by == tokens
-    assert got.stats[requests].remaining == 9          # nothing counted: all or nothing
+    assert got.stats(requests).remaining == 9          # nothing counted: all or nothing
 
 
 def test_a_burst_answer_split_across_reads_waits_for_the_rest():

@@ -12,8 +12,8 @@ from limits import RateLimitItemPerMinute
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
-from openai_gateway.store.errors import ServerDown
 from openai_gateway.config.storage import parse_storage_url
+from openai_gateway.store.errors import ServerDown
 from openai_gateway.store.redis import RedisStore, RedisURL
 
 from ..support.store_fixtures import redis_factory, relays, tls_files  # noqa: F401  (fixtures)

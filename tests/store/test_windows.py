@@ -79,7 +79,7 @@ async def _compare(server: str, spec, hits, start: float) -> None:
                 assert got.allowed == expected and not got.failed
                 for n, (item, w) in enumerate(zip(items, wins, strict=True)):
                     reset_at, remaining = await limiter.get_window_stats(item, run, str(n))
-                    assert got.stats[w] == windows.Stats(reset_at, remaining)
+                    assert got.stats(w) == windows.Stats(reset_at, remaining)
     finally:
         await cluster.close()
 

@@ -85,7 +85,8 @@ class Nginx:
         self.conf = prefix / "nginx.conf"
         prefix.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(full_conf(site, prefix, http_extra))
-        self.args = [nginx_binary(), "-p", str(prefix), "-c", str(self.conf), "-e", str(prefix / "error.log")]
+        self.args = [nginx_binary(), "-p", str(prefix), "-c", str(self.conf),
+                     "-e", str(prefix / "error.log")]
         self.process: subprocess.Popen | None = None
 
     def test(self) -> subprocess.CompletedProcess:
