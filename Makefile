@@ -14,7 +14,7 @@ TEST_PACKAGES := memcached nginx redis-server chromium chromium-driver
 SERVICES := memcached nginx redis-server
 PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar off
 
-.PHONY: run test lint venv venv-dev system-deps bench bench-shared bench-peers bench-attacks soak dist clean
+.PHONY: run test lint venv venv-dev system-deps bench bench-shared bench-peers bench-attacks soak dist reference clean
 
 # Under `sudo make ...` files created in the checkout go back to the invoking user, so a later
 # `make` without sudo can still use (and delete) the venv; as plain root nothing changes.
@@ -129,6 +129,12 @@ dist: venv-dev
 	rm -rf build openai_gateway.egg-info
 	@echo "built $(DIST)/gateway.pyz for $$($(BIN)/python -c 'import sys, sysconfig; print("Python %d.%d on %s" % (*sys.version_info[:2], sysconfig.get_platform()))')"
 	@$(GIVE_BACK)
+
+# config.toml and docs/configuration.md are rendered from the settings model (the dataclasses
+# of openai_gateway/config/ and their `#:` comments): after adding or changing a key, this
+# rewrites both (tests/config/test_reference.py fails until they match).
+reference: venv
+	$(BIN)/python -m openai_gateway.config.reference
 
 clean:
 	rm -rf $(VENV) $(DIST) build openai_gateway.egg-info

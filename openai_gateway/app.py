@@ -29,6 +29,7 @@ from .http.middlewares import (
     render_errors,
     request_context,
 )
+from .http.spend import spend_handler
 from .http.tokens import token_routes
 from .identity.addresses import Addresses
 from .identity.auth import Auth
@@ -39,6 +40,7 @@ from .metering.limiter import RateLimiter, StoragePolicy
 from .metering.prices import table as price_table
 from .metering.rules import Limits, Rules
 from .metering.sessions import SessionSlots
+from .metering.tally import SpendTally, spend_report
 from .observability.logs import AccessLog
 from .observability.metrics import Metrics
 from .pipeline.admission import Admission
@@ -74,6 +76,7 @@ class Components:
     upstream: Upstream
     limiter: RateLimiter
     budgets: Budgets
+    tally: SpendTally
     cache: PromptCache
     admission: Admission
     settlement: Settlement
@@ -101,19 +104,21 @@ def build(settings: Settings, demo: bool = False) -> Components:
     policy = StoragePolicy(s.storage.on_error, metrics)
     limiter = RateLimiter(store, policy)
     budgets = Budgets(store, policy, limiter.ident)
+    tally = SpendTally(store, policy)
     cache = PromptCache(s.cache, cache_store, metrics)
     upstream = Upstream(s.upstream, s.api_key, s.fallback_keys, metrics=metrics)
     auth = Auth(s, upstream.client_session, demo=demo)
     admission = Admission(limiter, budgets, cache, metrics)
-    settlement = Settlement(budgets, metrics)
+    settlement = Settlement(budgets, tally, metrics)
     proxy = Proxy(upstream=upstream, admission=admission, settlement=settlement, cache=cache,
                   metrics=metrics)
     realtime = Realtime(upstream=upstream, admission=admission, limiter=limiter,
                         budgets=budgets, slots=SessionSlots(store, policy, limiter.ident),
                         secrets=auth.realtime, metrics=metrics)
     stores = (("rate_limit", store), ("cache", cache_store))
-    return Components(stores, metrics, upstream, limiter, budgets, cache, admission, settlement,
-                      proxy, auth, OriginPolicy((), address_of=_address_of(proxy)), realtime)
+    return Components(stores, metrics, upstream, limiter, budgets, tally, cache, admission,
+                      settlement, proxy, auth, OriginPolicy((), address_of=_address_of(proxy)),
+                      realtime)
 
 
 def apply(app: web.Application, settings: Settings) -> None:
@@ -123,6 +128,7 @@ def apply(app: web.Application, settings: Settings) -> None:
     rules = Rules(s.rate_limit, s.budget)
     c.limiter.configure(rules, s.rate_limit.strategy)
     c.budgets.configure(rules)
+    c.tally.configure(s.tiers, on=bool(rules.gateway))
     prices = price_table(s.prices)
     c.admission.configure(prices)
     c.settlement.configure(prices, s.budget.warn_at)
@@ -211,10 +217,11 @@ def create_app(settings: Settings, *, demo: bool = False,
         cors.add(app.router.add_post(path, handler))
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
+    trusted = lambda: proxy.p.callers.addresses  # noqa: E731 - a reload replaces them
     if s.metrics.enabled:
-        app.router.add_get("/metrics", metrics_handler(lambda: proxy.p.callers.addresses,
-                                                       c.metrics),
-                           allow_head=False)
+        app.router.add_get("/metrics", metrics_handler(trusted, c.metrics), allow_head=False)
+    app.router.add_get("/gateway/spend", spend_handler(
+        trusted, lambda: spend_report(c.budgets, c.tally)), allow_head=False)
     if s.playground.enabled:
         playground.register(app, s)                          # GET /: the reference front-end
     app.on_response_prepare.append(add_common_headers)

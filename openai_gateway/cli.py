@@ -1,24 +1,35 @@
-"""The command line: serve (the default), --check, and subcommands such as new-client-key.
+"""The command line: serve (the default), --check, and the commands (init, mint-token ...).
 
-Exit codes: 0 ok, 1 could not serve (e.g. the port is taken), 2 bad configuration or usage.
-A subcommand is one entry of COMMANDS: a function taking its own argv and returning the exit
-status, with a one-line summary that `--help` lists.
+Exit codes: 0 ok, 1 could not serve or act (the port is taken, a file cannot be written, the
+gateway cannot be reached), 2 bad configuration or usage.
+
+The options that choose the settings (--config, --log-level, --log-format) go before or after
+a command's name alike. Without --config the file is ./config.toml, and without that file every
+key takes its default (the gateway says so). A command is one entry of COMMANDS: a summary for
+--help, its own arguments, and a function of the parsed arguments returning the exit status;
+it reads only the tables of the file and the secrets it uses, so a part of the file that is not
+its business (another issuer's secret, the server's JWKS file) never stops it.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import logging
 import os
 import re
 import secrets
 import sys
-from collections.abc import Callable
-from dataclasses import replace
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, Settings, load
+from .config import ConfigError, Settings, load, reference
+from .config.secrets import DEMO_SECRETS, SECRETS
 from .demo import DemoUpstream, demo_settings
 from .errors import GatewayError, StorageUnavailable
 from .identity.keys import hash_key
@@ -27,10 +38,15 @@ from .metering.budgets import Budgets
 from .metering.limiter import StoragePolicy
 from .metering.prices import usd
 from .metering.rules import Rules
+from .metering.tally import NO_TIER, SpendTally, spend_report
 from .observability import logs
 from .observability.metrics import Metrics
 from .server.process import ConfigSource, run
 from .store import open_store
+
+log = logging.getLogger("gateway")
+#: The file read without --config, from the current directory, when it exists.
+DEFAULT_CONFIG = "config.toml"
 
 
 def prog() -> str:
@@ -51,57 +67,112 @@ def _host(text: str) -> str:
     return text
 
 
-def add_config_option(p: argparse.ArgumentParser) -> None:
-    """--config, for the serving command and any subcommand that reads the settings."""
-    p.add_argument("--config", default="config.toml", metavar="PATH",
-                   help="TOML configuration file (default: ./config.toml)")
+def add_settings_options(p: argparse.ArgumentParser, default) -> None:
+    """--config, --log-format, --log-level: on the main parser (default None) and on every
+    command's (default SUPPRESS, so a value given before the command's name stays)."""
+    p.add_argument("--config", default=default, metavar="PATH",
+                   help=f"TOML configuration file (default: ./{DEFAULT_CONFIG} when there is "
+                        "one, else every key at its default)")
+    p.add_argument("--log-format", choices=logs.FORMATS, default=default,
+                   help="json, text (one line per request, for people) or auto (text on a "
+                        "terminal); overrides log.format")
+    p.add_argument("--log-level", choices=logs.LEVELS, default=default,
+                   help="overrides log.level")
 
 
-def serve_parser() -> argparse.ArgumentParser:
+def add_listen_options(p: argparse.ArgumentParser, default, host: str, port: str) -> None:
+    p.add_argument("--host", type=_host, metavar="ADDR", default=default, help=host)
+    p.add_argument("--port", type=_port, metavar="N", default=default, help=port)
+
+
+@dataclass(frozen=True)
+class Command:
+    summary: str
+    #: Adds the command's own arguments to its parser.
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The main parser, and each command's."""
     p = argparse.ArgumentParser(
-        prog=prog(),
-        description="OpenAI API gateway for browser and mobile front-ends (the key stays here).",
-        epilog="commands:\n" + "\n".join(f"  {prog()} {name} {usage}\n      {summary}"
-                                         for name, (usage, summary, _) in COMMANDS.items()),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_option(p)
+        prog=prog(), usage="%(prog)s [options] [COMMAND [options]]",
+        description="OpenAI API gateway for browser and mobile front-ends (the key stays here). "
+                    "Without a command it serves.")
+    add_settings_options(p, None)
     p.add_argument("--check", action="store_true",
                    help="validate the configuration, print the effective settings and exit")
     p.add_argument("--demo", action="store_true",
                    help="answer from a built-in demo upstream (no API key, no network) and "
                         "serve the playground at /")
-    p.add_argument("--host", type=_host, metavar="ADDR",
-                   help="listen on this address (overrides server.host)")
-    p.add_argument("--port", type=_port, metavar="N",
-                   help="listen on this port (overrides server.port)")
-    p.add_argument("--log-format", choices=logs.FORMATS,
-                   help="json, text (one line per request, for people) or auto (text on a "
-                        "terminal); overrides log.format")
-    p.add_argument("--log-level", choices=logs.LEVELS, help="overrides log.level")
+    add_listen_options(p, None, "listen on this address (overrides server.host)",
+                       "listen on this port (overrides server.port)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return p
+    commands = p.add_subparsers(dest="command", metavar="COMMAND", title="commands",
+                                description=f"{prog()} COMMAND --help says more")
+    subs = {}
+    for name, command in COMMANDS.items():
+        sub = subs[name] = commands.add_parser(name, help=command.summary,
+                                               description=command.summary,
+                                               prog=f"{prog()} {name}")
+        add_settings_options(sub, argparse.SUPPRESS)
+        command.arguments(sub)
+    return p, subs
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line; a word the command does not take is that command's usage error."""
+    p, subs = parsers()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        owner = subs[args.command] if args.command is not None else p
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def config_path(given: str | None) -> str | None:
+    """The file to read: --config's; without it ./config.toml when there is one; else None
+    (every key at its default)."""
+    if given is not None:
+        return given
+    return DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
+
+
+def no_file_note() -> str:
+    """The start-up line of a gateway running without a configuration file."""
+    return (f"no configuration file (no --config, and no {DEFAULT_CONFIG} in {os.getcwd()}): "
+            "running on the built-in defaults (every key at its default; limits, budgets and "
+            f"the cache in memory); `{prog()} init` writes them to {DEFAULT_CONFIG} to edit, "
+            "--config PATH reads another file")
+
+
+def print_problems(exc: ConfigError, path: str | None) -> None:
+    """One `config error:` line per problem (a missing file's says how to write one)."""
+    for problem in exc.problems:
+        if path is not None and problem == f"{path}: file not found":
+            problem += f" (`{prog()} init {path}` writes one with every key at its default)"
+        print(f"config error: {problem}", file=sys.stderr)
 
 
 def overrides(args: argparse.Namespace) -> Callable[[Settings], Settings]:
     """The command line's settings on top of the file's (applied again on every reload)."""
     server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    log = {k: v for k, v in (("format", args.log_format), ("level", args.log_level))
-           if v is not None}
+    log_ = {k: v for k, v in (("format", args.log_format), ("level", args.log_level))
+            if v is not None}
 
     def apply(s: Settings) -> Settings:
-        return replace(s, server=replace(s.server, **server), log=replace(s.log, **log))
+        return replace(s, server=replace(s.server, **server), log=replace(s.log, **log_))
 
     return apply
 
 
-def serve_command(argv: list[str]) -> int:
-    args = serve_parser().parse_args(argv)
-    source = ConfigSource(args.config, overrides(args))
+def serve_command(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    source = ConfigSource(path, overrides(args))
     try:
-        settings = source.overrides(load(args.config, demo=args.demo))
+        settings = source.overrides(load(path, secrets=DEMO_SECRETS if args.demo else SECRETS))
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
+        print_problems(exc, path)
         if not args.check and any(p.startswith("upstream.api_key_env:") for p in exc.problems):
             print(f"hint: to try the gateway without a key, run it with --demo "
                   f"({prog()} --demo): a built-in demo upstream answers and the playground "
@@ -114,10 +185,14 @@ def serve_command(argv: list[str]) -> int:
         print(json.dumps(settings.redacted(), indent=2))
         for warning in settings.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        print(f"{args.config}: OK", file=sys.stderr)
+        if path is None:
+            print(no_file_note(), file=sys.stderr)
+        print(f"{source.name}: OK", file=sys.stderr)
         return 0
     access = logs.configure(settings.log.level, settings.log.format, settings.secrets,
                             hash_secret=settings.log_hash_secret.encode() or None)
+    if path is None:
+        log.info(no_file_note())
     try:
         import uvloop
         uvloop.install()
@@ -127,20 +202,63 @@ def serve_command(argv: list[str]) -> int:
     return run(settings, None if demo else source, demo, access)
 
 
-# --- subcommands --------------------------------------------------------------------------
+# --- commands ----------------------------------------------------------------------------
 
 
-def new_client_key(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog=f"{prog()} new-client-key", usage="%(prog)s NAME",
-                                description="Print a new client key and its config block.")
+def command_settings(args: argparse.Namespace, sections: Collection[str],
+                     secrets: Collection[str]) -> Settings | None:
+    """The tables of the file a command uses and the secrets it needs (no upstream key), or
+    None after printing the problems."""
+    path = config_path(args.config)
+    try:
+        return load(path, sections=sections, secrets=secrets)
+    except ConfigError as exc:
+        print_problems(exc, path)
+        return None
+
+
+def where(args: argparse.Namespace) -> str:
+    """The configuration a message is about: its file, or the built-in defaults."""
+    return config_path(args.config) or "the built-in defaults (no config file)"
+
+
+def init_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", nargs="?", default=DEFAULT_CONFIG, metavar="PATH",
+                   help=f"where to write it (default: ./{DEFAULT_CONFIG}; - prints it)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+
+def init(args: argparse.Namespace) -> int:
+    text = reference.toml()
+    if args.path == "-":
+        sys.stdout.write(text)
+        return 0
+    if os.path.exists(args.path) and not args.force:
+        print(f"error: {args.path} exists; it is kept (--force overwrites it)", file=sys.stderr)
+        return 2
+    try:
+        Path(args.path).write_text(text)
+    except OSError as exc:
+        print(f"error: cannot write {args.path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    found = " (read from this directory without --config)" if args.path == DEFAULT_CONFIG \
+        else f"; serve with {prog()} --config {args.path}"
+    print(f"wrote {args.path}: every key at its default, each explained{found}. Check it with "
+          f"{prog()} --config {args.path} --check", file=sys.stderr)
+    return 0
+
+
+def new_client_key_arguments(p: argparse.ArgumentParser) -> None:
     # The name goes into TOML and logs: keep it to a plain identifier.
     p.add_argument("name", metavar="NAME", type=_client_name,
                    help="the client's name (letters, digits, _ . -; at most 64)")
-    args = p.parse_args(argv)
+
+
+def new_client_key(args: argparse.Namespace) -> int:
     key = "gw-" + secrets.token_urlsafe(32)
     print(f"# Give this key to the client '{args.name}' (shown once, not stored):")
     print(key)
-    print("# Add this to config.toml:")
+    print("# Add this to the configuration file:")
     print(f'[[clients]]\nname = "{args.name}"\nkey_sha256 = "{hash_key(key)}"')
     return 0
 
@@ -151,45 +269,31 @@ def _client_name(text: str) -> str:
     return text
 
 
-def _settings(config: str) -> Settings | None:
-    """The file's settings for a subcommand (no upstream key needed), or None after printing
-    the problems."""
-    try:
-        return load(config, demo=True)  # demo: these commands never call the upstream
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
-        return None
-
-
-def mint_token(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog=f"{prog()} mint-token",
-        usage="%(prog)s --user U [--tier T] [--ttl S] [--client NAME] [--config PATH]",
-        description="Print a token signed with auth.tokens' secret, as POST /gateway/tokens "
-                    "would mint it (any gateway process holding the secret accepts it). A "
-                    "user is a user of its minter: without --client, the users of this "
-                    "command are their own, apart from every client key's.")
-    add_config_option(p)
+def mint_token_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("A user is a user of its minter: without --client, the users of this command "
+                "are their own, apart from every client key's. Reads [auth.tokens], [tiers] "
+                "and [[clients]] of the file, and auth.tokens' secret.")
     p.add_argument("--user", required=True, help="the user the token is for (its subject)")
     p.add_argument("--tier", help="the user's tier: one of the config's [tiers.NAME]")
     p.add_argument("--ttl", type=int, help="seconds until it expires (at most auth.tokens.max_ttl)")
     p.add_argument("--client", metavar="NAME",
                    help="mint as the [[clients]] key NAME would: for that key's user U, with "
                         "only the tiers the key may mint")
-    args = p.parse_args(argv)
-    settings = _settings(args.config)
+
+
+def mint_token(args: argparse.Namespace) -> int:
+    settings = command_settings(args, ("auth.tokens", "tiers", "clients"), ("token_secret",))
     if settings is None:
         return 2
     if not settings.token_secret:
-        print(f"error: {args.config}: auth.tokens.secret_env is not set, so this gateway "
+        print(f"error: {where(args)}: auth.tokens.secret_env is not set, so this gateway "
               "mints no tokens; set it to the name of an environment variable holding a "
               "random secret (at least 32 bytes) and export that variable here",
               file=sys.stderr)
         return 2
     key = next((c for c in settings.clients if c.name == args.client), None)
     if args.client is not None and key is None:
-        print(f"error: {args.config}: no [[clients]] named {args.client!r} (known: "
+        print(f"error: {where(args)}: no [[clients]] named {args.client!r} (known: "
               f"{', '.join(c.name for c in settings.clients) or 'none'})", file=sys.stderr)
         return 2
     tier, minted_by, whose = args.tier, CLI, ""
@@ -210,66 +314,179 @@ def mint_token(argv: list[str]) -> int:
     return 0
 
 
-def spend(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog=f"{prog()} spend", usage="%(prog)s [--config PATH]",
-        description="Print today's and this month's gateway-wide spend and what is left under "
-                    "[budget], read from the shared storage.")
-    add_config_option(p)
-    args = p.parse_args(argv)
-    settings = _settings(args.config)
+def spend_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("With memory:// storage the counters live in the running gateway, so this asks "
+                "it (GET /gateway/spend, from this machine: a trusted peer); with memcached or "
+                "Redis it reads the store itself, gateway running or not. Reads [server], "
+                "[storage], [rate_limit], [budget] and [tiers] of the file, and the storage's "
+                "password.")
+    add_listen_options(p, argparse.SUPPRESS,
+                       "the running gateway's address, with memory:// (default server.host)",
+                       "its port (default server.port)")
+
+
+#: What `spend` says when nothing counts the spend by period.
+NO_CEILING = ("no gateway-wide ceiling: [budget] daily_usd and monthly_usd are 0, and the "
+              "gateway counts its spend by day and month only under one (set one; meanwhile "
+              "gateway_spend_usd_total in /metrics has each process's spend since it started)")
+
+
+class CannotAsk(Exception):
+    """The running gateway could not be asked; the text says why and what to do."""
+
+
+def spend(args: argparse.Namespace) -> int:
+    settings = command_settings(args, ("server", "storage", "rate_limit", "budget", "tiers"),
+                                ("storage_password",))
     if settings is None:
         return 2
-    url = settings.rate_limit_storage
-    if not url.is_shared:
-        print("error: storage.url is memory://: the spend lives inside the running gateway "
-              "process and cannot be read from here. Ask the process instead: GET /metrics "
-              "(from a trusted address) and read gateway_budget_remaining_usd and "
-              "gateway_spend_usd_total.", file=sys.stderr)
-        return 1
-    rules = Rules(settings.rate_limit, settings.budget)
-    if not rules.gateway:
-        print("no gateway-wide ceiling: [budget] daily_usd and monthly_usd are 0, so nothing "
-              "counts the gateway's total (see gateway_spend_usd_total in /metrics)")
+    if not (settings.budget.daily_usd > 0 or settings.budget.monthly_usd > 0):
+        print(NO_CEILING)
         return 0
     try:
-        report = asyncio.run(_read_spend(settings, rules))
+        if settings.rate_limit_storage.is_shared:
+            report = asyncio.run(_read_spend(settings))
+        else:
+            report = ask_for_spend(settings, getattr(args, "host", None),
+                                   getattr(args, "port", None))
     except StorageUnavailable:
-        print(f"error: could not read the storage at {url.kind}; is it running?",
-              file=sys.stderr)
+        print(f"error: could not read the storage at {settings.rate_limit_storage}; is it "
+              "running?", file=sys.stderr)
         return 1
-    period = {"daily": "today", "monthly": "this month"}
-    for name, row in report.items():
-        print(f"{period.get(name, name)}: spent ${usd(row['spent_micro'])} of "
-              f"${usd(row['limit_micro'])}, ${usd(row['remaining_micro'])} left "
-              f"(all of it again in {row['reset_seconds'] / 3600:.1f} h at most)")
+    except CannotAsk as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not report["budget"]:
+        print(NO_CEILING)
+        return 0
+    print_spend(report)
     return 0
 
 
-async def _read_spend(settings: Settings, rules: Rules) -> dict[str, dict]:
-    """The gateway-wide ceilings as the shared store counts them (its password included)."""
+def print_spend(report: dict) -> None:
+    """The report in dollars, every digit: six decimals, as counted (micro-dollars)."""
+    for key, period in (("today", "date"), ("this_month", "month")):
+        row = report[key]
+        print(f"{key.replace('_', ' ')}, {row[period]} (UTC): ${usd(row['spent_micro'])}")
+        for tier, micro in row["tiers"].items():
+            print(f"  {'no tier' if tier == NO_TIER else 'tier ' + tier}: ${usd(micro)}")
+    window = {"daily": "the last day", "monthly": "the last 30 days"}
+    for name, row in report["ceilings"].items():
+        print(f"budget.{name}_usd: ${usd(row['spent_micro'])} of ${usd(row['limit_micro'])} "
+              f"spent in {window.get(name, name)} (a sliding window; answers still running "
+              f"count their reservation), ${usd(row['remaining_micro'])} left, all of it "
+              f"again within {row['reset_seconds'] / 3600:.1f} h")
+
+
+def ask_for_spend(settings: Settings, host: str | None, port: int | None) -> dict:
+    """GET /gateway/spend of the gateway this configuration runs (memory:// storage)."""
+    host = host or settings.server.host
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    base = f"http://[{host}]" if ":" in host else f"http://{host}"
+    url = f"{base}:{port or settings.server.port}/gateway/spend"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 403:
+            raise CannotAsk(f"{url} answered 403: only server.trusted_proxies peers may ask "
+                            "(run this on the gateway's machine, where 127.0.0.1 is one)") \
+                from None
+        raise CannotAsk(f"{url} answered {exc.code}: {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CannotAsk(f"could not reach the gateway at {url} ({reason}): with memory:// "
+                        "storage the spend lives in the running gateway; is it running there? "
+                        "--host and --port say where it listens") from None
+
+
+async def _read_spend(settings: Settings) -> dict:
+    """The report from the shared store itself (its password included)."""
     store = open_store(settings.rate_limit_storage, timeout=max(settings.storage.timeout, 2.0),
                        password=settings.storage_password)
     try:
-        budgets = Budgets(store, StoragePolicy("open", Metrics()), ident=lambda caller: caller.id)
+        policy = StoragePolicy("open", Metrics())
+        budgets = Budgets(store, policy, ident=lambda caller: caller.id)
+        rules = Rules(settings.rate_limit, settings.budget)
         budgets.configure(rules)
-        return await budgets.gateway_spend()
+        tally = SpendTally(store, policy)
+        tally.configure(settings.tiers, on=bool(rules.gateway))
+        return await spend_report(budgets, tally)
     finally:
         await store.close()
 
 
-#: name -> (usage, summary, function(argv) -> exit status). Checked before the serving
-#: options, so a subcommand owns everything after its name.
-COMMANDS: dict[str, tuple[str, str, Callable[[list[str]], int]]] = {
-    "new-client-key": ("NAME", "print a new client key and its config block", new_client_key),
-    "mint-token": ("--user U [--tier T] [--ttl S] [--client NAME]", "print a token for a "
-                   "user, signed with auth.tokens' secret", mint_token),
-    "spend": ("", "print today's and this month's gateway-wide spend and what is left", spend),
+def fake_upstream_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("The fake OpenAI API the tests use: chat, completions, responses, embeddings, "
+                "moderations and the model list, speech, transcriptions, translations, images "
+                "and the realtime API, in OpenAI's formats with usage, no key checked. Point "
+                "upstream.base_url at it to try a configuration, or to run a front-end's own "
+                "tests, without a key or a network.")
+    add_listen_options(p, argparse.SUPPRESS, "listen on this address (default 127.0.0.1)",
+                       "listen on this port (default 8081)")
+    p.add_argument("--model", action="append", metavar="NAME", dest="models",
+                   help="a model GET /v1/models lists (repeat it; default: gpt-4o-mini, "
+                        "gpt-4o, text-embedding-3-small, omni-moderation-latest)")
+    p.add_argument("--pace", type=float, default=0.0, metavar="SECONDS",
+                   help="pause after each streamed word, like a model (default 0)")
+
+
+def fake_upstream(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .demo import FakeOpenAI
+    from .demo.fake_realtime import FakeRealtime
+    from .server.process import cannot_listen_reason
+
+    host, port = getattr(args, "host", None) or "127.0.0.1", getattr(args, "port", None) or 8081
+    logs.configure(args.log_level or "info", args.log_format or "auto", ())
+
+    class Paced(FakeOpenAI):
+        def pace(self, request: web.Request) -> float:
+            return args.pace
+
+    fake = Paced(realtime=FakeRealtime())
+    if args.models:
+        fake.models = tuple(args.models)
+    url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+    app = fake.app()
+
+    async def announce(app: web.Application) -> None:
+        log.info("fake OpenAI API at %s/v1 (not a real model: any key, no network; models: "
+                 "%s); point upstream.base_url at it", url, ", ".join(fake.models))
+
+    app.on_startup.append(announce)
+    try:
+        web.run_app(app, host=host, port=port, print=None, access_log=None,
+                    handler_cancellation=True)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", url[7:], cannot_listen_reason(exc, port))
+        return 1
+    log.info("fake upstream at %s/v1 stopped", url)
+    return 0
+
+
+#: name -> the command. --help lists them in this order.
+COMMANDS: dict[str, Command] = {
+    "init": Command("write the commented default configuration to PATH (./config.toml)",
+                    init_arguments, init),
+    "new-client-key": Command("print a new client key and its [[clients]] block",
+                              new_client_key_arguments, new_client_key),
+    "mint-token": Command("print a token for a user, signed with auth.tokens' secret",
+                          mint_token_arguments, mint_token),
+    "spend": Command("print today's and this month's spend: the gateway's and each tier's",
+                     spend_arguments, spend),
+    "fake-upstream": Command("serve a fake OpenAI API (no key, no network) to point "
+                             "upstream.base_url at", fake_upstream_arguments, fake_upstream),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in COMMANDS:
-        return COMMANDS[argv[0]][2](argv[1:])
-    return serve_command(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command is None:
+        return serve_command(args)
+    if args.check or args.demo:
+        print(f"{prog()}: --check and --demo are for serving, not for {args.command}",
+              file=sys.stderr)
+        return 2
+    return COMMANDS[args.command].run(args)

@@ -59,7 +59,9 @@ class IssuerSettings:
     issuer: str = ""
     #: aud must contain this ("" = not checked).
     audience: str = ""
+    #: The provider's key set (https; http only to loopback).
     jwks_url: str = ""
+    #: Or a key set in a local file (a JWKS document).
     jwks_file: str = ""
     #: HS* tokens: the variable holding the shared secret.
     secret_env: str = ""
@@ -128,6 +130,7 @@ class SessionSettings:
 
     #: The captcha provider's siteverify URL ("" = off).
     captcha_verify_url: str = ""
+    #: The variable holding the captcha secret (required when sessions are on).
     captcha_secret_env: str = ""
     #: The tier of session tokens (an unknown tier falls back at run time, with a warning).
     tier: str = "free"
@@ -156,9 +159,14 @@ class SessionSettings:
 
 @dataclass(frozen=True)
 class AuthSettings:
+    """Who may call: [[auth.issuers]], [auth.tokens] and [auth.sessions] are the ways to know
+    a caller beyond its address."""
+
     #: False: a request with no verified identity (client key or user token) gets 401.
     anonymous: bool = True
+    #: True: a bearer that is not a known client key (nor a verified token) gets 401.
     require_client_key: bool = False
+    #: Login providers whose JWTs identify the app's users.
     issuers: tuple[IssuerSettings, ...] = ()
     tokens: TokenSettings = field(default_factory=TokenSettings)
     sessions: SessionSettings = field(default_factory=SessionSettings)
@@ -176,9 +184,13 @@ class TierSettings:
     """A tier's values replace the [rate_limit] / [validation] ones for its users (None: not
     set, the general value applies)."""
 
+    #: Replaces rate_limit.requests for the tier's users.
     requests: LimitItems | None = None
+    #: Replaces rate_limit.tokens.
     tokens: LimitItems | None = None
+    #: Replaces rate_limit.spend (US dollars).
     spend: Spend | None = None
+    #: Replaces validation.allowed_models.
     models: tuple[str, ...] | None = None
 
     def __post_init__(self):
@@ -189,15 +201,21 @@ class TierSettings:
 class ClientSettings:
     """A gateway-issued client key (only its SHA-256 is stored)."""
 
+    #: Its identity (key:NAME) in limits, budgets, logs and the users it mints; unique.
     name: str = ""
+    #: The SHA-256 of the key, printed by new-client-key (the key itself is never stored).
     key_sha256: str = ""
+    #: Replaces rate_limit.requests for this client.
     requests: LimitItems | None = None
+    #: Replaces rate_limit.tokens.
     tokens: LimitItems | None = None
+    #: Replaces validation.allowed_models.
     models: tuple[str, ...] | None = None
     #: "client": cache entries are private to this key; "shared": shared with everyone.
     cache_scope: Literal["client", "shared"] = "client"
     #: A [tiers.NAME] (None: none; an unknown name falls back at run time, with a warning).
     tier: str | None = None
+    #: Replaces rate_limit.spend.
     spend: Spend | None = None
     #: The tiers this key's tokens may have (POST /gateway/tokens). None: its own tier only,
     #: or any configured tier when it has none; []: it mints no tokens.
@@ -233,11 +251,17 @@ class PriceSettings:
     per 1M characters, per image by "quality/size"; `image_tokens` are the image output
     tokens one image costs, by "quality/size" (they bound the reservation)."""
 
+    #: Input tokens.
     input: float
+    #: Cached input tokens (default: input).
     cached_input: float
+    #: Output tokens, reasoning included (default: audio_output).
     output: float
+    #: Audio input tokens (default: input).
     audio_input: float | None = None
+    #: Image input tokens (default: input).
     image_input: float | None = None
+    #: Audio output tokens (default: output).
     audio_output: float | None = None
     #: The model reasons before it writes (hidden output tokens): a stream stopped early is
     #: charged its whole reservation. Unset: as the shipped table says of the model, else false.
@@ -245,8 +269,11 @@ class PriceSettings:
     #: Cached audio input, where the model prices it apart from cached text (realtime models);
     #: unset (None): the lower of cached_input and audio_input (prices.Price).
     cached_audio_input: float | None = None
+    #: US dollars a minute of input audio (whisper-1).
     per_minute: float | None = None
+    #: US dollars per 1M input characters (tts-1).
     per_million_chars: float | None = None
+    #: US dollars an image, by "quality/WIDTHxHEIGHT" (DALL-E).
     per_image: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     #: Unset: as the shipped table says of the model.
     image_tokens: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
@@ -309,7 +336,9 @@ IMAGE_KEY = re.compile(r"[a-z]+/[1-9][0-9]*x[1-9][0-9]*")
 class BudgetSettings:
     """Ceilings for the whole gateway, every client together (0 = none)."""
 
+    #: US dollars a day (a sliding 24 hours); 0 = no ceiling.
     daily_usd: float = 0.0
+    #: US dollars a month (a sliding 30 days); 0 = no ceiling.
     monthly_usd: float = 0.0
     #: Warn in the log when this share of a ceiling is spent.
     warn_at: float = 0.8

@@ -17,6 +17,8 @@ SECRET_TTL_RANGE = (10, 7200)
 
 @dataclass(frozen=True)
 class RealtimeSettings:
+    """Voice sessions (WebRTC calls and relayed WebSockets)."""
+
     #: Seconds a client secret lives at most: `expires_after.seconds` is capped to this.
     max_ttl: int = 600
     #: A WebRTC call or a relayed WebSocket is ended after this many seconds.

@@ -7,6 +7,7 @@ key that names it, with the file's other problems.
 from __future__ import annotations
 
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,14 @@ from .loader import Problems
 
 if TYPE_CHECKING:  # settings.py imports this module
     from .settings import Settings
+
+
+#: Every secret a Settings holds, by its field: what a command may ask `read_secrets` for.
+SECRETS = frozenset({"api_key", "fallback_keys", "issuer_secrets", "token_secret",
+                     "token_previous_secret", "captcha_secret", "storage_password",
+                     "log_hash_secret"})
+#: Demo mode's: all but the upstream's keys (the built-in demo upstream takes none).
+DEMO_SECRETS = SECRETS - {"api_key", "fallback_keys"}
 
 
 def read_secret(env_name: str, environ: typing.Mapping[str, str]) -> str | None:
@@ -49,32 +58,40 @@ class _Environment:
 
 
 def read_secrets(s: Settings, environ: typing.Mapping[str, str], p: Problems, *,
-                 demo: bool) -> dict[str, Any]:
-    """Every secret `s` names, by the Settings field it fills ("" where none is named).
-
-    demo: the upstream key is neither needed nor read."""
+                 only: Collection[str] = SECRETS) -> dict[str, Any]:
+    """The secrets `s` names, by the Settings field each fills ("" where none is named), for
+    the fields in `only`: a command reads the secrets it uses, and no other (the others keep
+    their empty default)."""
     env = _Environment(environ, p)
     out: dict[str, Any] = {}
-    # demo: the built-in demo upstream takes no key (`demo.demo_settings` sets its own).
-    if not demo:
-        out["api_key"] = key = env.secret("upstream.api_key_env", s.upstream.api_key_env,
-                                          "the upstream key")
+    if "api_key" in only:
+        out["api_key"] = env.secret("upstream.api_key_env", s.upstream.api_key_env,
+                                    "the upstream key")
+    if "fallback_keys" in only:
+        key = out.get("api_key", "")
         out["fallback_keys"] = tuple(
             env.secret(f"upstream.fallbacks[{i}].api_key_env", fb.api_key_env, "a key")
             if fb.api_key_env else key for i, fb in enumerate(s.upstream.fallbacks))
-    out["issuer_secrets"] = tuple(
-        env.secret(f"auth.issuers[{i}].secret_env", issuer.secret_env, "the issuer's secret",
-                   min_length=MIN_HMAC_SECRET) for i, issuer in enumerate(s.auth.issuers))
+    if "issuer_secrets" in only:
+        out["issuer_secrets"] = tuple(
+            env.secret(f"auth.issuers[{i}].secret_env", issuer.secret_env,
+                       "the issuer's secret", min_length=MIN_HMAC_SECRET)
+            for i, issuer in enumerate(s.auth.issuers))
     tokens = s.auth.tokens
-    out["token_secret"] = env.secret("auth.tokens.secret_env", tokens.secret_env,
-                                     "the token signing secret", min_length=MIN_HMAC_SECRET)
-    out["token_previous_secret"] = env.secret(
-        "auth.tokens.previous_secret_env", tokens.previous_secret_env,
-        "the previous token signing secret", min_length=MIN_HMAC_SECRET)
-    out["captcha_secret"] = env.secret("auth.sessions.captcha_secret_env",
-                                       s.auth.sessions.captcha_secret_env, "the captcha secret")
-    out["storage_password"] = env.secret("storage.password_env", s.storage.password_env,
-                                         "the storage password")
-    out["log_hash_secret"] = env.secret("log.hash_secret_env", s.log.hash_secret_env,
-                                        "the log hash key")
+    named = {
+        "token_secret": ("auth.tokens.secret_env", tokens.secret_env,
+                         "the token signing secret", MIN_HMAC_SECRET),
+        "token_previous_secret": ("auth.tokens.previous_secret_env",
+                                  tokens.previous_secret_env,
+                                  "the previous token signing secret", MIN_HMAC_SECRET),
+        "captcha_secret": ("auth.sessions.captcha_secret_env",
+                           s.auth.sessions.captcha_secret_env, "the captcha secret", 0),
+        "storage_password": ("storage.password_env", s.storage.password_env,
+                             "the storage password", 0),
+        "log_hash_secret": ("log.hash_secret_env", s.log.hash_secret_env, "the log hash key",
+                            0),
+    }
+    for name, (key, env_name, what, min_length) in named.items():
+        if name in only:
+            out[name] = env.secret(key, env_name, what, min_length=min_length)
     return out

@@ -67,10 +67,15 @@ def _is_http_url(url: str) -> bool:
 
 @dataclass(frozen=True)
 class ServerSettings:
+    """Where the gateway listens and how it treats connections."""
+
+    #: Listen address (--host overrides it); keep loopback behind nginx.
     host: str = "127.0.0.1"
+    #: Listen port (--port overrides it).
     port: int = 8080
-    #: Peers allowed to set X-Forwarded-For (IPs or CIDRs); () trusts none.
+    #: Peers allowed to set X-Forwarded-For (IPs or CIDRs); [] trusts none.
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    #: Larger request bodies get 413.
     max_body_bytes: int = 1_048_576
     #: Seconds a client may take to send its request body (slow uploads get 408).
     body_timeout: float = 30.0
@@ -109,6 +114,7 @@ class ServerSettings:
 class FallbackSettings:
     """Another OpenAI-compatible upstream (or the same one with another key) for failover."""
 
+    #: The fallback's OpenAI-compatible base URL.
     base_url: str = ""
     #: "" = the primary's key.
     api_key_env: str = ""
@@ -119,11 +125,15 @@ class FallbackSettings:
 
 @dataclass(frozen=True)
 class UpstreamSettings:
+    """The OpenAI-compatible API the gateway forwards to, and how."""
+
+    #: Any OpenAI-compatible API (OpenAI, Azure, Groq, Together, vLLM, Ollama ...).
     base_url: str = "https://api.openai.com/v1"
     #: Name of the environment variable (or systemd credential) holding the key.
     api_key_env: str = "OPENAI_API_KEY"
     #: The forwarded routes; each maps to the same path below base_url (minus "/v1").
     routes: tuple[Route, ...] = DEFAULT_ROUTES
+    #: Seconds to open a connection to the upstream.
     connect_timeout: float = 10.0
     #: Until the upstream's response headers arrive.
     first_byte_timeout: float = 120.0
@@ -134,7 +144,10 @@ class UpstreamSettings:
     media_timeout: float = 300.0
     #: Extra attempts on connect errors, 429 and 5xx, only before the client got a byte.
     retries: int = 2
+    #: Seconds before the first retry, doubled each time (the upstream's Retry-After wins, at most
+    #: 10 s).
     retry_backoff: float = 0.25
+    #: Pooled connections to the upstream (one per open stream: keep it below half of LimitNOFILE).
     max_connections: int = 10000
     #: A larger upstream answer (non-stream) is refused with 502 rather than held in memory.
     max_response_bytes: int = 64 * 1024 * 1024
@@ -151,7 +164,11 @@ class UpstreamSettings:
 
 @dataclass(frozen=True)
 class CorsSettings:
+    """Which web pages may call the gateway from a browser."""
+
+    #: Exact origins (scheme, host, port); "*" works and is warned about at start.
     allow_origins: tuple[str, ...] = ("http://localhost:5173",)
+    #: Seconds a browser may cache a preflight answer.
     max_age: int = 600
 
     def check(self, at: str, p: Problems) -> None:
@@ -174,6 +191,10 @@ def _is_origin(text: str) -> bool:
 
 @dataclass(frozen=True)
 class StorageSettings:
+    """Where rate limits, budgets and the cache live."""
+
+    #: "memory://" (this process), "memcached://h:p[,h:p...]" (a cluster) or "redis://h:p[/db]"
+    #: ("rediss://" for TLS): shared by rate limits, budgets and the cache.
     url: StorageURL = StorageURL("memory")
     #: "open": serve and log when storage fails; "closed": answer 503.
     on_error: Literal["open", "closed"] = "open"
@@ -193,9 +214,13 @@ class StorageSettings:
 class RuleSettings:
     """A tighter limit for one route and/or model (applies in addition to the client's)."""
 
+    #: The route it applies to ("" = every route).
     route: str = ""
+    #: The model it applies to ("" = every model).
     model: str = ""
+    #: Request limits, in addition to the caller's own.
     requests: LimitItems = ()
+    #: Token budgets, in addition to the caller's own.
     tokens: LimitItems = ()
 
     def __post_init__(self):
@@ -208,14 +233,21 @@ class RuleSettings:
 
 @dataclass(frozen=True)
 class RateLimitSettings:
+    """Per-caller request limits, token budgets and dollar budgets."""
+
+    #: Per caller: "N/period", "N per period" or "N/M periods" (second, minute, hour, day, month,
+    #: year); [] = no request limit.
     requests: LimitItems = (RateLimitItemPerMinute(60), RateLimitItemPerDay(1000))
+    #: Per-caller token budgets, e.g. ["20000/minute", "200000/day"], charged from the upstream's
+    #: usage.
     tokens: LimitItems = ()
     #: Per-client dollar budgets (cost of each answer, from its usage and [prices]).
     spend: Spend = ()
     #: "auto": moving-window on memory and redis, sliding-window-counter on memcached.
     strategy: Literal["auto", "moving-window", "sliding-window-counter"] = "auto"
-    #: Overrides storage.url for the limiter (None, "" in the file: storage.url).
+    #: Overrides storage.url for the limiter ("" = storage.url).
     storage_url: StorageURL | None = None
+    #: Tighter limits for a route and/or a model, in addition to the caller's own.
     rules: tuple[RuleSettings, ...] = ()
 
     def __post_init__(self):
@@ -225,12 +257,17 @@ class RateLimitSettings:
 
 @dataclass(frozen=True)
 class CacheSettings:
+    """The exact-match cache of answers."""
+
+    #: Cache successful answers of the cached routes.
     enabled: bool = True
+    #: Seconds an answer stays cached.
     ttl: int = 3600
     #: Bound of the in-memory cache (LRU); memcached bounds itself.
     max_bytes: int = 64 * 1024 * 1024
     #: Larger answers are not cached (memcached's default item limit is 1 MB).
     max_item_bytes: int = 1_000_000
+    #: The cached routes.
     routes: tuple[str, ...] = (
         "/v1/chat/completions",
         "/v1/completions",
@@ -241,7 +278,7 @@ class CacheSettings:
     #: Cache answers sampled with temperature > 0 (or unset, which means 1)? Off: such answers
     #: are meant to vary, so replaying one would be a wrong answer.
     sampled: bool = False
-    #: Overrides storage.url for the cache (None, "" in the file: storage.url).
+    #: Overrides storage.url for the cache ("" = storage.url).
     storage_url: StorageURL | None = None
 
     def __post_init__(self):
@@ -254,15 +291,22 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class ValidationSettings:
+    """What one request may ask for (the request policy)."""
+
+    #: Models a request may name; [] = any model.
     allowed_models: tuple[str, ...] = ("gpt-4o-mini",)
+    #: Characters of everything the model reads, summed over the request.
     max_input_chars: int = 10_000
     #: The output cap; also sent upstream when the client sends no output limit.
     max_tokens: int = 4096
     #: Caps n and best_of (and the images of one image request).
     max_n: int = 4
+    #: Chat messages per request.
     max_messages: int = 200
     #: Tool types a request may declare (hosted tools cost extra or reach outside the gateway).
     allowed_tools: tuple[str, ...] = ("function",)
+    #: service_tier values a request may send; also "flex", "scale", "priority" (priced
+    #: differently).
     allowed_service_tiers: tuple[str, ...] = ("auto", "default")
     #: False: /v1/responses goes upstream with store=false and stored-state features are refused.
     stored_state: bool = False
@@ -314,6 +358,9 @@ class ValidationSettings:
 
 @dataclass(frozen=True)
 class LogSettings:
+    """The access log and the gateway's other lines, on stderr."""
+
+    #: debug, info, warning or error (--log-level overrides it).
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: "json", "text", or "auto" (text on a terminal, JSON otherwise).
     format: Literal["auto", "json", "text"] = "auto"
@@ -326,11 +373,16 @@ class LogSettings:
 
 @dataclass(frozen=True)
 class MetricsSettings:
+    """Prometheus metrics."""
+
+    #: Serve GET /metrics, only to server.trusted_proxies peers.
     enabled: bool = True
 
 
 @dataclass(frozen=True)
 class PlaygroundSettings:
+    """The chat page at / (the reference front-end)."""
+
     #: Serve the playground page at GET / (on by default only with --demo).
     enabled: bool = False
 

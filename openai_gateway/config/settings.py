@@ -24,7 +24,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 from limits import RateLimitItem
@@ -44,7 +44,7 @@ from .access import (
 from .limits import SpendLimit, as_limits, as_spend, limit_text
 from .loader import Problems, build, subkey
 from .realtime import RealtimeSettings
-from .secrets import read_secrets
+from .secrets import SECRETS, read_secrets
 from .serving import (
     DEFAULT_ROUTES,
     CacheSettings,
@@ -100,10 +100,13 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
-    #: [tiers.NAME] tables by name.
+    #: Tiers: named sets of limits, budgets and models for a kind of user (a client key's
+    #: tier, a token's tier claim, sessions' tier); each key replaces the general value.
     tiers: Mapping[str, TierSettings] = field(default_factory=lambda: types.MappingProxyType({}))
+    #: Gateway-issued client keys, for server-side clients (new-client-key prints one).
     clients: tuple[ClientSettings, ...] = ()
-    #: Price overrides by model name (shipped defaults live with the cost code).
+    #: US dollars per 1M tokens by model: rows here override or add to the shipped table
+    #: (OpenAI's list prices, dated; see docs/budgets.md).
     prices: Mapping[str, PriceSettings] = field(
         default_factory=lambda: types.MappingProxyType({}))
     budget: BudgetSettings = field(default_factory=BudgetSettings)
@@ -154,8 +157,8 @@ class Settings:
                 and self.rate_limit_storage.kind == "memcached"):
             p.note("rate_limit.strategy",
                    'got "moving-window", expected "auto" or "sliding-window-counter" with '
-                   "memcached storage (limits implements moving window only on memory, redis "
-                   "and mongodb)")
+                   "memcached storage (memcached keeps no moving window; memory:// and "
+                   "redis:// do)")
         _check_clients(self.clients, p)
         _check_auth(self, p)
         _check_tiers(self, p)
@@ -234,8 +237,8 @@ def _check_tiers(s: Settings, p: Problems) -> None:
 
 def _check_realtime(s: Settings, p: Problems) -> None:
     """Realtime client secrets are signed with auth.tokens' secret; without one each process
-    draws its own key, which only the process that signed a secret can verify (README:
-    Realtime). One process needs no secret; several on this port do."""
+    draws its own key, which only the process that signed a secret can verify (docs/realtime.md).
+    One process needs no secret; several on this port do."""
     w = s.server.workers
     if s.auth.tokens.secret_env or not (w == "auto" or 1 <= int(w) <= 256):
         return
@@ -272,29 +275,53 @@ def resolve_workers(workers: int | str) -> int:
 
 
 def parse(data: dict, environ: typing.Mapping[str, str] | None = None, *,
-          demo: bool = False) -> Settings:
+          secrets: Collection[str] = SECRETS) -> Settings:
     """Build and validate settings from a parsed TOML document, secrets from `environ`.
 
-    demo: the upstream key is neither needed nor read."""
+    secrets: the Settings fields of the secrets to read (`secrets.SECRETS`: all of them;
+    `DEMO_SECRETS`: all but the upstream's keys); the others stay empty and are not needed."""
     environ = os.environ if environ is None else environ
     p = Problems()
     settings = build(Settings, data, "", p)
-    secrets = read_secrets(settings, environ, p, demo=demo)
+    found = read_secrets(settings, environ, p, only=secrets)
     if p.lines:
         raise ConfigError(p.lines)
-    return replace(settings, **secrets, warnings=tuple(p.warnings))
+    return replace(settings, **found, warnings=tuple(p.warnings))
 
 
-def load(path: str | os.PathLike, environ: typing.Mapping[str, str] | None = None, *,
-         demo: bool = False) -> Settings:
-    """Read and validate a TOML file."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: file not found"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
-    return parse(data, environ, demo=demo)
+def load(path: str | os.PathLike | None, environ: typing.Mapping[str, str] | None = None, *,
+         secrets: Collection[str] = SECRETS, sections: Collection[str] | None = None
+         ) -> Settings:
+    """Read and validate a TOML file; `path` None: no file, every key at its default.
+
+    sections: read only these tables of the file ("tiers", "auth.tokens" ...; None: all), for
+    a command that uses a part of it: the rest of the file, right or wrong, is not its
+    business (serving and --check read it all). secrets: as for `parse`."""
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: file not found"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    if sections is not None:
+        data = select(data, sections)
+    return parse(data, environ, secrets=secrets)
 
 
+def select(data: dict, sections: Collection[str]) -> dict:
+    """The named tables of a TOML document (dotted: "auth.tokens"), nothing else."""
+    out: dict = {}
+    for section in sections:
+        head, _, rest = section.partition(".")
+        if head not in data:
+            continue
+        if rest and isinstance(data[head], dict):
+            inner = select(data[head], [rest])
+            if inner:
+                out.setdefault(head, {}).update(inner)
+        else:
+            out[head] = data[head]
+    return out

@@ -6,20 +6,18 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..errors import error_response
 from ..identity.addresses import Addresses
 from ..observability.metrics import Metrics
+from .trusted import refusal
 
 
 def metrics_handler(addresses: Callable[[], Addresses], metrics: Metrics):
-    """Serve the app's metrics to trusted peers only; behind a proxy the real client must be
-    one. `addresses()`: the running settings' (server.trusted_proxies changes on reload)."""
+    """Serve the app's metrics to trusted peers only (`trusted.refusal`)."""
 
     async def handle(request: web.Request) -> web.Response:
-        current = addresses()
-        if not current.trusted.contains(current.of(request)):
-            return error_response(403, "Metrics are only served to trusted peers.",
-                                  "invalid_request_error", None, "forbidden")
+        refused = refusal(addresses, request, "Metrics are")
+        if refused is not None:
+            return refused
         return web.Response(body=metrics.exposition(),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

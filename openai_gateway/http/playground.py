@@ -2,7 +2,7 @@
 
 On only with `playground.enabled` (and by default in demo mode). The page is read from the
 package with importlib.resources, so it is served from a zipapp too; it loads nothing from
-elsewhere (no CDN, no build step) and its script is the reference front-end the README points to.
+elsewhere (no CDN, no build step) and its script is the reference front-end (docs/frontend.md).
 
 The page is same-origin with the gateway, yet browsers send `Origin` on a POST even then
 (Fetch standard, "append a request Origin header"), so the gateway's own origin must be in

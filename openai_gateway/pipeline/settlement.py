@@ -7,12 +7,14 @@ reading the answer. The access log and the metrics get each request's share here
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from ..errors import GatewayError
 from ..metering import units as unit_money
 from ..metering.budgets import Budgets
 from ..metering.prices import MICRO, Price, PriceTable, cost
+from ..metering.tally import SpendTally
 from ..observability.metrics import Metrics
 from ..policy import STOP_MARGIN_TOKENS, Usage
 from ..upstream.sse import StreamOutcome
@@ -88,8 +90,9 @@ def stream_usage(ex: Exchange, outcome: StreamOutcome) -> None:
 
 
 class Settlement:
-    def __init__(self, budgets: Budgets, metrics: Metrics):
+    def __init__(self, budgets: Budgets, tally: SpendTally, metrics: Metrics):
         self.budgets = budgets
+        self.tally = tally
         self.metrics = metrics
         #: Periods whose budget.warn_at warning was logged (once per process).
         self._warned: set[str] = set()
@@ -106,10 +109,17 @@ class Settlement:
         ex.settled = True
         used, micro, how = charge(ex)
         self._account(ex, used, micro, how)
+        tally = self.tally.add(ex.caller.tier, micro) if micro and self.tally.on else None
         if ex.reservation is None:
+            if tally is not None:
+                await tally
             return {}
-        headers = await self.budgets.settle(ex.reservation, tokens=used.input + used.output,
-                                            micro_usd=micro)
+        settle = self.budgets.settle(ex.reservation, tokens=used.input + used.output,
+                                     micro_usd=micro)
+        if tally is None:
+            headers = await settle
+        else:  # the tally's store write beside the budgets', not one round trip after it
+            headers, _ = await asyncio.gather(settle, tally)
         ex.settled_headers = headers
         if micro and self.budgets.gateway:
             await self._watch_budget()
@@ -129,8 +139,8 @@ class Settlement:
                 metrics.tokens.labels(model, "out").inc(used.output)
         if ex.price is not None and (micro or used.input or used.output):
             rec.cost_usd = micro / MICRO
-            metrics.spend.labels(self.prices.label_for(model), ex.caller.tier or "none").inc(
-                micro)
+            metrics.spend.labels(self.prices.label_for(model), self.tally.label(ex.caller.tier)
+                                 ).inc(micro)
 
     async def _watch_budget(self) -> None:
         """The gateway-wide ceiling's gauges after a charge, and the warn_at warning (once per

@@ -2,8 +2,8 @@
 
 Each rule reads the parsed body and the `[validation]` settings and either returns what the
 rest of the gateway needs (the output cap, the number of choices, fields to add upstream) or
-raises a `Refusal` naming the parameter. Defaults and the reason for each are in the README
-("What a client can make your account do").
+raises a `Refusal` naming the parameter. Defaults and the reason for each are in
+docs/policy.md.
 """
 from __future__ import annotations
 

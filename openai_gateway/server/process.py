@@ -60,13 +60,18 @@ def warn_risky(s: Settings) -> None:
 @dataclass(frozen=True)
 class ConfigSource:
     """Where the running settings came from, so SIGHUP reads them again the same way: the
-    file, then the command line's overrides (--host, --port, --log-level ...) on top."""
+    file (None: none, the built-in defaults), then the command line's overrides (--host,
+    --port, --log-level ...) on top."""
 
-    path: str
+    path: str | None
     overrides: Callable[[Settings], Settings] = lambda s: s
 
     def load(self) -> Settings:
         return self.overrides(load(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.path if self.path is not None else "the built-in defaults"
 
 
 def reload(app: web.Application, source: ConfigSource | None) -> bool:
@@ -84,7 +89,7 @@ def reload(app: web.Application, source: ConfigSource | None) -> bool:
     for key in reconfigure(app, new):
         log.warning("reload: %s changed but needs a restart to apply", key)
     logging.getLogger().setLevel(new.log.level.upper())
-    log.info("configuration reloaded from %s", source.path)
+    log.info("configuration reloaded from %s", source.name)
     sdnotify.ready()
     return True
 

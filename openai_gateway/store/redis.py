@@ -10,7 +10,7 @@ variable the config names and is passed as a separate option. A URL that carries
 Round trips: `get_many` is one MGET; `incr_many` and `decr_many` are one EVALSHA each (a small
 Lua script: INCRBY, and EXPIRE only when the counter has no TTL yet, atomically). All keys of a
 batch go to one server, so Redis Cluster (keys spread over shards) is not supported; Sentinel
-is not either (see the README's "several VMs").
+is not either (see docs/several-vms.md).
 """
 from __future__ import annotations
 

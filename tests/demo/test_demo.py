@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from openai_gateway.config.secrets import DEMO_SECRETS
 from openai_gateway.config.settings import Settings, as_limits, parse
 from openai_gateway.demo import DEMO_KEY, DEMO_MODELS, DemoUpstream, demo_settings, reply_text
 from openai_gateway.demo.fake_openai import FakeOpenAI
@@ -23,7 +24,7 @@ def test_demo_settings_replace_only_defaults_and_always_point_at_the_demo():
     s = parse({"server": {"port": 9000, "workers": 2, "allow_unshared_workers": True},
                "cache": {"sampled": False},  # equal to the default: the demo's value wins
                "rate_limit": {"requests": ["5/second"]},
-               "cors": {"allow_origins": ["https://app.example"]}}, {}, demo=True)
+               "cors": {"allow_origins": ["https://app.example"]}}, {}, secrets=DEMO_SECRETS)
     d = demo_settings(s, "http://127.0.0.1:1234/v1")
     assert d.upstream.base_url == "http://127.0.0.1:1234/v1" and d.api_key == DEMO_KEY
     assert d.playground.enabled and d.cache.sampled and d.server.workers == 1

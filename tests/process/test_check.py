@@ -64,7 +64,9 @@ def test_check_without_the_key_variable():
 def test_check_missing_file(tmp_path):
     r = gateway("--config", str(tmp_path / "nope.toml"), "--check", env=ENV)
     assert r.returncode == 2
-    assert r.stderr.splitlines() == [f"config error: {tmp_path / 'nope.toml'}: file not found"]
+    path = tmp_path / "nope.toml"
+    assert r.stderr.splitlines() == [f"config error: {path}: file not found (`gateway.py init "
+                                     f"{path}` writes one with every key at its default)"]
 
 
 def test_new_client_key_block_parses_and_validates():
@@ -88,4 +90,5 @@ def test_new_client_key_block_parses_and_validates():
 def test_new_client_key_usage(args):
     r = gateway(*args)
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.strip().startswith("usage: gateway.py new-client-key NAME")
+    assert r.stderr.strip().startswith("usage: gateway.py new-client-key ")
+    assert r.stderr.strip().splitlines()[-1].startswith("gateway.py new-client-key: error: ")

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from openai_gateway import cli
+from openai_gateway.config import parse
 
 from ..conftest import (
     KEY,
@@ -26,6 +27,7 @@ from ..conftest import (
     merge,
     toml_dumps,
     wait_for_log,
+    wait_healthy,
 )
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -86,14 +88,86 @@ def test_bad_flag_values(args, message, capsys):
 def test_subcommands_are_a_table(monkeypatch, capsys):
     """Another subcommand is one entry of cli.COMMANDS; --help lists them all."""
     seen = []
-    monkeypatch.setitem(cli.COMMANDS, "spend", ("[--client C]", "show spend",
-                                                 lambda argv: seen.append(argv) or 0))
+
+    def options(p):
+        p.add_argument("--client")
+
+    monkeypatch.setitem(cli.COMMANDS, "spend", cli.Command(
+        "show spend", options, lambda args: seen.append((args.client, args.config)) or 0))
     assert cli.main(["spend", "--client", "web"]) == 0
-    assert seen == [["--client", "web"]]
+    assert cli.main(["--config", "gw.toml", "spend", "--client", "api"]) == 0
+    assert seen == [("web", None), ("api", "gw.toml")]
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     out = capsys.readouterr().out
-    assert "new-client-key NAME" in out and "spend [--client C]" in out
+    for name in ("new-client-key", "mint-token", "init", "fake-upstream"):
+        assert name in out
+    assert "show spend" in out
+
+
+def test_serving_options_are_not_a_commands(capsys):
+    assert cli.main(["--check", "new-client-key", "web"]) == 2
+    assert "--check" in capsys.readouterr().err
+
+
+# --- no file, a missing file, init ------------------------------------------------------------
+
+
+def test_without_a_config_file_the_defaults_serve(tmp_path, monkeypatch, capsys):
+    """No --config and no ./config.toml: the built-in defaults, and a line that says so."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    assert cli.main(["--check"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == json.loads(json.dumps(parse({}, {"OPENAI_API_KEY": KEY})
+                                                    .redacted()))
+    [note] = [line for line in err.splitlines() if "no configuration file" in line]
+    assert "--config PATH" in note and " init" in note
+
+
+def test_a_named_file_that_is_missing_names_init(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    path = tmp_path / "gw.toml"
+    assert cli.main(["--config", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert f"config error: {path}: file not found" in err
+    assert f" init {path}" in err
+
+
+def test_init_writes_the_commented_defaults(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shipped = (ROOT / "config.toml").read_text()
+    assert cli.main(["init"]) == 0
+    assert (tmp_path / "config.toml").read_text() == shipped
+    assert "config.toml" in capsys.readouterr().err
+    # An existing file is kept, unless --force.
+    (tmp_path / "config.toml").write_text("[server]\nport = 1\n")
+    assert cli.main(["init"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (tmp_path / "config.toml").read_text() == "[server]\nport = 1\n"
+    assert cli.main(["init", "--force", "config.toml"]) == 0
+    assert (tmp_path / "config.toml").read_text() == shipped
+    # "-": to stdout; a directory that does not exist is an error, not a traceback.
+    assert cli.main(["init", "-"]) == 0
+    assert capsys.readouterr().out == shipped
+    assert cli.main(["init", str(tmp_path / "no" / "gw.toml")]) == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
+async def test_serving_from_an_empty_directory_says_it_runs_on_the_defaults(tmp_path):
+    port = free_port()
+    log_path = tmp_path / "out.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "gateway.py"), "--demo", "--port",
+                                 str(port), "--log-format", "text"], cwd=tmp_path,
+                                env=no_key_env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}", proc, log_path.read_text, 15)
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+    [line] = [x for x in log_path.read_text().splitlines() if "built-in defaults" in x]
+    assert "--config PATH" in line and "gateway.py init" in line
 
 
 # --- start-up failures that say what to do ----------------------------------------------------

@@ -121,10 +121,10 @@ async def chat_stream(url: str) -> str:
 
 
 async def test_the_single_file_runs_the_demo_on_a_bare_python(pyz, bare_python, tmp_path):
+    """From a directory with no config.toml: the built-in defaults, and a line saying so."""
     port = free_port()
-    (tmp_path / "c.toml").write_text("")
-    app = Process([bare_python, "-I", str(pyz), "--demo", "--port", str(port),
-                   "--config", str(tmp_path / "c.toml")], port, clean_env(tmp_path), tmp_path)
+    app = Process([bare_python, "-I", str(pyz), "--demo", "--port", str(port)], port,
+                  clean_env(tmp_path), tmp_path)
     try:
         await app.wait_ready()
         async with aiohttp.ClientSession() as s:
@@ -133,6 +133,15 @@ async def test_the_single_file_runs_the_demo_on_a_bare_python(pyz, bare_python, 
         assert (await chat_stream(app.url)).startswith("[demo]")
     finally:
         assert app.stop() == 0, app.log()
+    assert "running on the built-in defaults" in app.log() and "gateway.pyz init" in app.log()
+
+
+def test_the_single_file_writes_the_commented_defaults(pyz, bare_python, tmp_path):
+    """init renders the file from the settings model inside the zipapp: the shipped one."""
+    p = subprocess.run([bare_python, "-I", str(pyz), "init", "-"], cwd=tmp_path,
+                       env=clean_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == (ROOT / "config.toml").read_text()
 
 
 async def test_the_single_file_serves_a_config_file(pyz, bare_python, tmp_path, upstream_url,
@@ -197,10 +206,10 @@ def test_pip_install_gives_the_command(installed, tmp_path):
 
 
 async def test_the_installed_command_runs_the_demo(installed, tmp_path):
+    """From a directory with no config.toml, as after `pipx install .` anywhere."""
     port = free_port()
-    (tmp_path / "c.toml").write_text("")
-    app = Process([str(installed / "openai-gateway"), "--demo", "--port", str(port),
-                   "--config", str(tmp_path / "c.toml")], port, clean_env(tmp_path), tmp_path)
+    app = Process([str(installed / "openai-gateway"), "--demo", "--port", str(port)], port,
+                  clean_env(tmp_path), tmp_path)
     try:
         await app.wait_ready()
         async with aiohttp.ClientSession() as s:
@@ -209,6 +218,11 @@ async def test_the_installed_command_runs_the_demo(installed, tmp_path):
         assert (await chat_stream(app.url)).startswith("[demo]")
     finally:
         assert app.stop() == 0, app.log()
+    assert "running on the built-in defaults" in app.log() and "openai-gateway init" in app.log()
+    p = subprocess.run([installed / "openai-gateway", "init", "gw.toml"], cwd=tmp_path,
+                       env=clean_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "gw.toml").read_text() == (ROOT / "config.toml").read_text()
 
 
 # --- the make targets ------------------------------------------------------------------------

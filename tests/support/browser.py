@@ -42,6 +42,8 @@ def start_chromium(profile: Path, args: tuple[str, ...] = ()) -> Browser:
     for arg in CHROME_ARGS + args:
         options.add_argument(arg)
     options.add_argument(f"--user-data-dir={profile}")
+    # Keep the page's console (the "browser" log): a test can assert it has no errors.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_script_timeout(30)
     return Browser(driver)
@@ -81,6 +83,11 @@ class Browser:
 
     async def text(self, element_id: str) -> str:
         return await self.js(f"return document.getElementById('{element_id}').textContent")
+
+    async def console_errors(self) -> list[str]:
+        """The page's console errors so far (failed loads included), each once."""
+        entries = await asyncio.to_thread(self.driver.get_log, "browser")
+        return [e["message"] for e in entries if e["level"] in ("SEVERE", "ERROR")]
 
     async def open_playground(self, url: str) -> None:
         await self.get(url + "/")
