@@ -103,13 +103,19 @@ class _Collect(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)
         self.texts: list[str] = []
+        # The gateway's records and its server's: a test's client libraries (an SDK client
+        # collected late) may log their own tracebacks into the same root logger.
+        self.gateway: list[str] = []
 
     def emit(self, record):
         # Raw record text (message, args, traceback): checked before any redaction.
         text = record.getMessage()
         if record.exc_info:
             text += logging.Formatter().formatException(record.exc_info)
-        self.texts.append(text + repr(getattr(record, "access", "")))
+        text += repr(getattr(record, "access", ""))
+        self.texts.append(text)
+        if record.name.startswith(("gateway", "openai_gateway", "aiohttp")):
+            self.gateway.append(text)
 
 
 SEEN_RESPONSES: list[str] = []

@@ -266,7 +266,7 @@ async def test_a_meter_that_fails_hangs_the_call_up(rt, harness, gateway, leak_s
     await channel.send("response.create")
     meter = await eventually(lambda: harness.meters[0].outcome and harness.meters[0])
     assert meter.outcome.reason == "stopped" and rt.ledger.hangups == [call_id]
-    assert not any("Traceback" in t for t in leak_scan.texts)
+    assert leak_scan.gateway and not any("Traceback" in t for t in leak_scan.gateway)
 
 
 async def test_shutdown_hangs_up_every_supervised_call(rt, harness, gateway):
