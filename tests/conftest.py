@@ -292,7 +292,7 @@ class GatewayProcess:
 
 
 @pytest.fixture
-def gateway_process(tmp_path, upstream_url):
+async def gateway_process(tmp_path, upstream_url):
     """gateway_process(config) -> a started, ready GatewayProcess against the fake upstream."""
     started: list[GatewayProcess] = []
 
@@ -305,7 +305,9 @@ def gateway_process(tmp_path, upstream_url):
 
     yield start
     for gp in started:
-        gp.stop()
+        # Stopped from a thread: the fake upstream is served by this loop, and a gateway that
+        # closes its upstream sockets as it stops waits for the fake's answers.
+        await asyncio.to_thread(gp.stop)
         assert KEY not in gp.log(), "the upstream key leaked into the gateway's log"
 
 

@@ -122,8 +122,7 @@ async def eventually(check, timeout: float = 5.0):
 
 async def stopped(gateway) -> None:
     """Stop a gateway process (SIGTERM) while this loop keeps serving the fake: a gateway
-    with calls open hangs them up as it stops, and the fake answers from this loop (the
-    fixture's own stop at teardown blocks it)."""
+    with calls open hangs them up as it stops, and the fake answers from this loop."""
     await asyncio.to_thread(gateway.stop)
 
 

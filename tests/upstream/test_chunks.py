@@ -19,14 +19,20 @@ from openai_gateway.upstream.chunks import ChunksOutcome, relay_chunks
 from ..conftest import free_port
 
 
-def relay_to(url: str, outcomes: list[ChunksOutcome]) -> web.Application:
+def relay_to(url: str, outcomes: list[ChunksOutcome],
+             ended: asyncio.Event | None = None) -> web.Application:
+    """`ended` is set when the handler is over, returned or cancelled."""
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        async with aiohttp.ClientSession() as session:
-            async with session.post(url, data=body,
-                                    headers={"Content-Type": "application/json"}) as up:
-                outcomes.append(ChunksOutcome())
-                return await relay_chunks(request, up, {}, outcomes[-1], idle_timeout=5)
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.post(url, data=body,
+                                        headers={"Content-Type": "application/json"}) as up:
+                    outcomes.append(ChunksOutcome())
+                    return await relay_chunks(request, up, {}, outcomes[-1], idle_timeout=5)
+        finally:
+            if ended is not None:
+                ended.set()
 
     app = web.Application()
     app.router.add_post("/v1/audio/speech", handler)
@@ -85,7 +91,8 @@ async def test_a_client_that_leaves_is_noted(aiohttp_server, cancellation):
     media = FakeMedia(pace=0.05, chunk_bytes=4800)
     upstream = await aiohttp_server(FakeOpenAI(media=media).app())
     outcomes: list[ChunksOutcome] = []
-    runner = web.AppRunner(relay_to(str(upstream.make_url("/v1/audio/speech")), outcomes),
+    ended = asyncio.Event()
+    runner = web.AppRunner(relay_to(str(upstream.make_url("/v1/audio/speech")), outcomes, ended),
                            handler_cancellation=cancellation)
     await runner.setup()
     port = free_port()
@@ -97,10 +104,7 @@ async def test_a_client_that_leaves_is_noted(aiohttp_server, cancellation):
                 "response_format": "pcm"})
             await resp.content.read(4800)
             resp.close()
-        for _ in range(100):
-            if outcomes and (outcomes[-1].client_gone or outcomes[-1].complete):
-                break
-            await asyncio.sleep(0.05)
+        await asyncio.wait_for(ended.wait(), 5)
     finally:
         await runner.cleanup()
     assert not outcomes[-1].complete
