@@ -9,13 +9,24 @@ from __future__ import annotations
 import typing
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .access import MIN_HMAC_SECRET
+from .access import MIN_HMAC_SECRET, AuthSettings
 from .loader import Problems
+from .serving import LogSettings, StorageSettings, UpstreamSettings
 
-if TYPE_CHECKING:  # settings.py imports this module
-    from .settings import Settings
+
+class Names(Protocol):
+    """The sections that name secrets (a Settings, which is built before they are read)."""
+
+    @property
+    def upstream(self) -> UpstreamSettings: ...
+    @property
+    def auth(self) -> AuthSettings: ...
+    @property
+    def storage(self) -> StorageSettings: ...
+    @property
+    def log(self) -> LogSettings: ...
 
 
 #: Every secret a Settings holds, by its field: what a command may ask `read_secrets` for.
@@ -57,7 +68,7 @@ class _Environment:
         return value
 
 
-def read_secrets(s: Settings, environ: typing.Mapping[str, str], p: Problems, *,
+def read_secrets(s: Names, environ: typing.Mapping[str, str], p: Problems, *,
                  only: Collection[str] = SECRETS) -> dict[str, Any]:
     """The secrets `s` names, by the Settings field each fills ("" where none is named), for
     the fields in `only`: a command reads the secrets it uses, and no other (the others keep
