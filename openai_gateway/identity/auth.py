@@ -15,7 +15,6 @@ import aiohttp
 from ..config import Settings
 from .bearer import BearerResolver
 from .captcha import CaptchaVerifier
-from .issuers import Issuer
 from .minted import TokenMinter, new_secret
 from .realtime_secrets import RealtimeSecrets
 
@@ -30,11 +29,15 @@ class Auth:
         secret = settings.token_secret or (new_secret() if demo else "")
         self.minter = TokenMinter(secret=secret, previous_secret=settings.token_previous_secret,
                                   max_ttl=a.tokens.max_ttl) if secret else None
-        issuers = [Issuer(issuer=i.issuer, audience=i.audience, jwks_url=i.jwks_url,
-                          jwks_file=i.jwks_file, secret=s or None, algorithms=i.algorithms,
-                          leeway=float(i.leeway), tier_claim=i.tier_claim,
-                          jwks_cooldown=i.jwks_cooldown, session=session)
-                   for i, s in zip(a.issuers, settings.issuer_secrets, strict=True)]
+        issuers: list = []
+        if a.issuers:  # PyJWT and OpenSSL's bindings (about 9 MB) only for a login provider
+            from .issuers import Issuer
+
+            issuers = [Issuer(issuer=i.issuer, audience=i.audience, jwks_url=i.jwks_url,
+                              jwks_file=i.jwks_file, secret=s or None, algorithms=i.algorithms,
+                              leeway=float(i.leeway), tier_claim=i.tier_claim,
+                              jwks_cooldown=i.jwks_cooldown, session=session)
+                       for i, s in zip(a.issuers, settings.issuer_secrets, strict=True)]
         self.tiers = tuple(settings.tiers)
         # Realtime client secrets are signed with the same secret (a random one per process
         # without it); the resolver knows their signer either way, so that another route

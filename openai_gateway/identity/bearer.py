@@ -16,14 +16,17 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
 from ..errors import InvalidToken
-from .issuers import Issuer
-from .jwks import SigningKey
 from .minted import ISSUER as MINTED_ISSUER
 from .minted import MINTED_BY, TokenMinter
+
+if TYPE_CHECKING:  # PyJWT loads only where an issuer is configured (auth.py)
+    from .issuers import Issuer
+    from .jwks import SigningKey
 
 #: Tokens above this are refused before any parsing: real ones are 0.5-2 KB, and a huge one
 #: is an attempt to make every request pay for decoding it.

@@ -15,10 +15,11 @@ import aiohttp
 import jwt
 from jwt import PyJWK
 from jwt.algorithms import has_crypto
-from jwt.exceptions import InvalidSubjectError
 
+from ..config.access import MIN_HMAC_SECRET
 from ..errors import InvalidToken
 from .jwks import KeySet, SigningKey
+from .refusals import refusal
 from .remote import url_problem
 
 log = logging.getLogger("gateway.auth")
@@ -27,37 +28,10 @@ log = logging.getLogger("gateway.auth")
 ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                         "ES256", "ES384", "ES512", "EdDSA"})
 SYMMETRIC = frozenset({"HS256", "HS384", "HS512"})
-#: RFC 7518 section 3.2: an HMAC key must be at least as long as the hash output.
-MIN_SECRET_BYTES = 32
 #: Claims every accepted token must carry: without exp a token is a credential forever.
 REQUIRED_CLAIMS = ("exp", "iss", "sub")
 #: Longest tier name taken from a claim; the tier labels metrics and logs.
 MAX_TIER_CHARS = 64
-
-#: PyJWT's refusals, most specific first, as the reasons a client is told.
-REASONS: tuple[tuple[type[Exception], str], ...] = (
-    (jwt.ExpiredSignatureError, "The token has expired."),
-    (jwt.ImmatureSignatureError, "The token is not yet valid (nbf or iat is in the future)."),
-    (jwt.InvalidAudienceError, "The token's audience (aud) does not include this gateway."),
-    (jwt.InvalidIssuerError, "The token's issuer (iss) is not the expected one."),
-    (jwt.InvalidAlgorithmError, "The token's algorithm is not allowed for its issuer."),
-    (jwt.InvalidSignatureError, "The token's signature does not verify."),
-    (jwt.InvalidKeyError, "The token's key cannot be used with its algorithm."),
-    (jwt.InvalidIssuedAtError, "The token's issued-at time (iat) is not a number."),
-    (InvalidSubjectError, "The token's subject (sub) is not a string."),
-    (jwt.DecodeError, "The token is malformed."),
-)
-
-
-def refusal(exc: jwt.PyJWTError) -> InvalidToken:
-    """PyJWT's exception as our 401. PyJWT's own messages are not passed on: ours are fixed."""
-    if isinstance(exc, jwt.MissingRequiredClaimError):
-        return InvalidToken(f"The token has no '{exc.claim}' claim.")
-    for cls, reason in REASONS:
-        if isinstance(exc, cls):
-            return InvalidToken(reason)
-    return InvalidToken("The token is not valid.")
-
 
 def issuer_problems(*, issuer: str, jwks_url: str = "", jwks_file: str = "",
                     secret: str | None = None, algorithms: Collection[str] = ("RS256",),
@@ -90,8 +64,8 @@ def issuer_problems(*, issuer: str, jwks_url: str = "", jwks_file: str = "",
         out.append("algorithms: HS* needs secret_env (a key set never holds shared secrets)")
     if algs & ASYMMETRIC and not has_crypto:
         out.append("algorithms: RS*/PS*/ES*/EdDSA need the 'cryptography' package installed")
-    if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
-        out.append(f"secret_env: the secret is shorter than {MIN_SECRET_BYTES} bytes")
+    if secret is not None and len(secret.encode()) < MIN_HMAC_SECRET:
+        out.append(f"secret_env: the secret is shorter than {MIN_HMAC_SECRET} bytes")
     return out
 
 

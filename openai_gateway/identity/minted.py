@@ -16,10 +16,8 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-import jwt
-
+from ..config.access import MIN_HMAC_SECRET
 from ..errors import GatewayError, InvalidRequest, InvalidToken
-from .issuers import MIN_SECRET_BYTES, refusal
 
 #: The `iss` (and `aud`) of every minted token: the resolver routes tokens by it.
 ISSUER = "openai-gateway"
@@ -114,8 +112,8 @@ class TokenMinter:
     def __init__(self, *, secret: str, previous_secret: str = "", max_ttl: int = 3600,
                  leeway: float = 5.0, clock: Callable[[], float] = time.time):
         for name, value in (("secret", secret), ("previous_secret", previous_secret)):
-            if (value or name == "secret") and len(value.encode()) < MIN_SECRET_BYTES:
-                raise ValueError(f"auth.tokens {name}: shorter than {MIN_SECRET_BYTES} bytes")
+            if (value or name == "secret") and len(value.encode()) < MIN_HMAC_SECRET:
+                raise ValueError(f"auth.tokens {name}: shorter than {MIN_HMAC_SECRET} bytes")
         if max_ttl < 1:
             raise ValueError("auth.tokens.max_ttl: must be at least 1 second")
         self._secrets = (secret, previous_secret) if previous_secret else (secret,)
@@ -145,6 +143,10 @@ class TokenMinter:
         """(token, expires_at): `claims` signed with the current secret, with `iss`, `iat` and
         `exp` (now + ttl) set. For the gateway's other kinds of token, which name their own
         `aud` and `kind`."""
+        # PyJWT, and the OpenSSL bindings it loads (about 9 MB), at the first token: a gateway
+        # that never signs or reads one does without them.
+        import jwt
+
         now = int(self._clock())
         claims = {"iss": ISSUER, **claims, "iat": now, "exp": now + ttl}
         return jwt.encode(claims, self._secrets[0], algorithm=ALGORITHM), now + ttl
@@ -152,6 +154,10 @@ class TokenMinter:
     def decode(self, token: str, audience: str) -> dict[str, Any]:
         """The claims of a token signed with the secret (or the previous one) for `audience`;
         InvalidToken saying why."""
+        import jwt  # at the first token, as in `sign`
+
+        from .refusals import refusal
+
         for secret in self._secrets:
             try:
                 return jwt.decode(token, secret, algorithms=[ALGORITHM], audience=audience,
