@@ -30,7 +30,6 @@ from pathlib import Path
 from . import __version__
 from .config import ConfigError, Settings, load, reference
 from .config.secrets import DEMO_SECRETS, SECRETS
-from .demo import DemoUpstream, demo_settings
 from .errors import GatewayError, StorageUnavailable
 from .identity.keys import hash_key
 from .identity.minted import CLI, TokenMinter, choose_tier, key_minter
@@ -178,8 +177,11 @@ def serve_command(args: argparse.Namespace) -> int:
                   f"({prog()} --demo): a built-in demo upstream answers and the playground "
                   "opens at /", file=sys.stderr)
         return 2
-    demo = DemoUpstream() if args.demo else None
-    if demo is not None:
+    demo = None
+    if args.demo:  # the demo upstream is loaded only for a demo
+        from .demo import DemoUpstream, demo_settings
+
+        demo = DemoUpstream()
         settings = demo_settings(settings, demo.base_url)
     if args.check:
         print(json.dumps(settings.redacted(), indent=2))

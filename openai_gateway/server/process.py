@@ -14,18 +14,21 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from ..app import create_app, reconfigure
 from ..config import ConfigError, ServerSettings, Settings, load, resolve_workers
-from ..demo import DemoUpstream
 from ..http.health import mark_draining
 from ..http.playground import own_origins
 from ..observability import logs
 from . import sdnotify
 from .headguard import HeaderGuard
 from .workers import EXIT_CANNOT_LISTEN, Supervisor
+
+if TYPE_CHECKING:  # the demo is loaded by the command line, and only with --demo
+    from ..demo import DemoUpstream
 
 log = logging.getLogger("gateway")
 
