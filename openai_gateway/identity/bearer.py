@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -97,7 +98,8 @@ class VerifiedCache:
 
     def __init__(self, size: int = DEFAULT_CACHE_SIZE, clock: Callable[[], float] = time.time):
         self.size, self._clock = size, clock
-        self._entries: dict[bytes, tuple[Verified, SigningKey | None]] = {}
+        # OrderedDict: O(1) eviction of the oldest (a dict would rescan the holes it leaves).
+        self._entries: OrderedDict[bytes, tuple[Verified, SigningKey | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -118,7 +120,7 @@ class VerifiedCache:
         if self.size <= 0:
             return
         while len(self._entries) >= self.size:
-            del self._entries[next(iter(self._entries))]  # dicts keep insertion order
+            self._entries.popitem(last=False)  # the oldest first
         self._entries[digest] = (caller, key)
 
 

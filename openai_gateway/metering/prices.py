@@ -26,6 +26,7 @@ rates in `units` (unit_prices.UnitRates), and units.py reserves and settles them
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
@@ -284,7 +285,8 @@ class PriceTable:
                  defaults: Mapping[str, Price] | None = None):
         self._rows: dict[str, Price] = dict(DEFAULT_PRICES if defaults is None else defaults)
         self._rows.update(overrides or {})
-        self._memo: dict[str, tuple[str, Price] | None] = {}
+        # OrderedDict: O(1) eviction of the oldest (a dict would rescan the holes it leaves).
+        self._memo: OrderedDict[str, tuple[str, Price] | None] = OrderedDict()
 
     def price_for(self, model: str) -> Price | None:
         """The model's price, or None when the table has no row for it."""
@@ -317,7 +319,7 @@ class PriceTable:
             return memo[model]
         found = self._lookup(model)
         if len(memo) >= self.CACHE_SIZE:
-            del memo[next(iter(memo))]  # oldest first: dicts keep insertion order
+            memo.popitem(last=False)  # oldest first
         memo[model] = found
         return found
 
