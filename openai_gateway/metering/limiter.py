@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from typing import NoReturn
 
 from ..errors import RateLimited, StorageUnavailable
@@ -26,14 +27,19 @@ from .rules import Limit, Limits, Rules
 
 log = logging.getLogger("gateway.ratelimit")
 
+
 class Hits(list[tuple[Hit, Limit]]):
     """A request's windows with the limits they stand for; `windows`: the hits alone."""
 
     __slots__ = ("windows",)
 
-    def __init__(self, pairs: list[tuple[Hit, Limit]]):
+    def __init__(self, pairs: list[tuple[Hit, Limit]], windows: list[Hit] | None = None):
         super().__init__(pairs)
-        self.windows = [hit for hit, _ in pairs]
+        self.windows = [hit for hit, _ in pairs] if windows is None else windows
+
+
+#: A request with no request window (shared: never changed).
+NO_HITS = Hits([])
 
 
 class StoragePolicy:
@@ -65,15 +71,18 @@ class StoragePolicy:
 class RateLimiter:
     """Built once per process on its store; `configure` again on reload (counters survive)."""
 
-    #: Callers whose request windows are remembered (each a few small objects): a caller's
-    #: next request reuses them instead of building its keys again.
-    MEMO_SIZE = 4096
+    #: Plans remembered: one per set of limits (the defaults, a tier's, a client key's) and
+    #: route (and model, for the rules naming one): few, whatever the number of callers.
+    PLANS = 1024
 
     def __init__(self, store: Store, policy: StoragePolicy):
         self.store = store
         self.policy = policy
         self._hash = store.kind != "memory"  # a key that never leaves the process stays readable
-        self._memo: dict[tuple, tuple[object, Hits]] = {}
+        # An OrderedDict: evicting its first entry is O(1), where a dict leaves a hole at its
+        # front per eviction that every later `next(iter())` scans (tens of us when full).
+        self._plans: OrderedDict[tuple, tuple[object, tuple[tuple[str, Limit], ...]]] = \
+            OrderedDict()
 
     def configure(self, rules: Rules, strategy: str) -> None:
         self.rules = rules
@@ -82,7 +91,7 @@ class RateLimiter:
                 else "sliding-window-counter"
         self.strategy = strategy
         self._moving = strategy == "moving-window"
-        self._memo = {}
+        self._plans = OrderedDict()
 
     def ident(self, caller) -> str:
         """The caller's part of its counters' keys."""
@@ -97,30 +106,36 @@ class RateLimiter:
 
     def hits(self, caller, route: str, model: str | None, *, rules_only: bool = False) -> Hits:
         """The request windows of a request: the caller's limits and the rules of its route
-        (model None), or only the rules naming its model (`rules_only`). Remembered per caller
-        (for the same limits object: a caller's tier can change with its next token)."""
-        key = (caller.id, route, model, rules_only)
-        found = self._memo.get(key)
-        if found is not None and found[0] is caller.limits:
-            return found[1]
-        hits = self._hits(caller, route, model, rules_only)
-        if len(self._memo) >= self.MEMO_SIZE:
-            del self._memo[next(iter(self._memo))]  # the oldest first: dicts keep order
-        self._memo[key] = (caller.limits, hits)
-        return hits
+        (model None), or only the rules naming its model (`rules_only`)."""
+        plan = self._plan(caller.limits, route, model, rules_only)
+        if not plan:
+            return NO_HITS
+        ident, moving = self.ident(caller), self._moving
+        pairs, windows = [], []
+        for scope, limit in plan:
+            hit = Hit(Window(limit.key("req", ident, scope), limit.amount, limit.expiry), 1,
+                      moving)
+            pairs.append((hit, limit))
+            windows.append(hit)
+        return Hits(pairs, windows)
 
-    def _hits(self, caller, route: str, model: str | None, rules_only: bool) -> Hits:
-        own: Limits | None = caller.limits
+    def _plan(self, own: Limits | None, route: str, model: str | None, rules_only: bool
+              ) -> tuple[tuple[str, Limit], ...]:
+        """(scope, limit) of every request window for these limits: the same for every caller
+        sharing them, so worked out once (the limits object is held, so its id stays its)."""
+        key = (id(own), route, model, rules_only)
+        found = self._plans.get(key)
+        if found is not None and found[0] is own:
+            return found[1]
         scopes = self.rules.scopes(own, route, model, "requests")
         if rules_only:
             scopes = [(scope, limits) for scope, limits in scopes
                       if scope in self.rules.model_rules]
-        if not scopes:
-            return Hits([])
-        ident, moving = self.ident(caller), self._moving
-        return Hits([(Hit(Window(limit.key("req", ident, scope), limit.amount, limit.expiry),
-                          moving=moving), limit)
-                     for scope, limits in scopes for limit in limits])
+        plan = tuple((scope, limit) for scope, limits in scopes for limit in limits)
+        if len(self._plans) >= self.PLANS:  # clients choose model names: bounded
+            self._plans.popitem(last=False)
+        self._plans[key] = (own, plan)
+        return plan
 
     async def check(self, caller, route: str) -> LimitState | None:
         """Count one request against the caller's limits and its route's rules, before its

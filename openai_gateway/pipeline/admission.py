@@ -18,13 +18,11 @@ from ..errors import BudgetExceeded, ModelNotPriced, RateLimited, SpendLimited, 
 from ..metering import units as unit_money
 from ..metering.budgets import Budgets, Reservation
 from ..metering.headers import limit_headers
-from ..metering.limiter import Hits, RateLimiter
+from ..metering.limiter import NO_HITS, RateLimiter
 from ..metering.prices import PriceTable, estimate
 from ..observability.metrics import Metrics
 from . import media
 from .exchange import Exchange
-
-NO_HITS = Hits([])
 
 
 class Admission:
@@ -57,7 +55,14 @@ class Admission:
         reserved (`ex.reservation`) and the exchange's cache key set when it is cacheable.
         Raises the 429 of a refused rule or budget, or 400 `model_not_priced`."""
         parsed, rec = ex.valid, ex.record
-        micro = self._price(ex)
+        ex.reserved_tokens = parsed.estimate
+        ex.reserved_input = parsed.prompt_tokens  # text, images, audio, files
+        # The money is worked out before the budgets when a dollar budget applies (an unpriced
+        # model is then refused) or the request is priced by its units (an image's output
+        # tokens join its token reservation), else only once it goes upstream (a miss).
+        spend = self.budgets.spend_applies(ex.caller, ex.route, parsed.model)
+        priced = spend or parsed.units is not None
+        micro = self._price(ex, refuse_unpriced=spend) if priced else None
         rec.cache = self.cache.policy(ex.route, parsed, ex.request.headers.get("Cache-Control"))
         if rec.cache is None:
             ex.cache_key = self.cache.key(ex.caller, ex.route, media.key_body(ex),
@@ -66,10 +71,13 @@ class Admission:
         rules = limiter.hits(ex.caller, ex.route, parsed.model, rules_only=True) \
             if parsed.model is not None and limiter.has_model_rules else NO_HITS
         holds = self.budgets.holds(ex.caller, ex.route, parsed.model, ex.reserved_tokens, micro)
-        reads = [ex.cache_key] if ex.cache_key is not None and self.batched_reads else []
         entry = None
         ex.reservation = Reservation()
-        if rules or holds or reads:
+        # The cache entry rides along with what is counted; with nothing to count it is read
+        # on its own (the same one round trip, without the counting's bookkeeping).
+        reads = [ex.cache_key] if (rules or holds) and ex.cache_key is not None \
+            and self.batched_reads else []
+        if rules or holds:
             counted = await limiter.count(rules.windows + self.budgets.hits(holds), reads)
             if counted is not None:
                 try:
@@ -84,6 +92,8 @@ class Admission:
                     entry = self.cache.decode(counted.extra.get(reads[0]))
         if ex.cache_key is not None and not reads:
             entry = await self.cache.get(ex.cache_key)
+        if entry is None and not priced:
+            self._price(ex, refuse_unpriced=False)
         if entry is not None and ex.reservation.holds:
             # A hit spends nothing: what was reserved along goes back before we answer.
             await self.budgets.settle(ex.reservation, tokens=0, micro_usd=0)
@@ -98,12 +108,12 @@ class Admission:
         ex.headers["X-Cache"] = rec.cache
         return entry
 
-    def _price(self, ex: Exchange) -> int | None:
-        """The request's worst case, in tokens and (priced) micro-dollars; the micro-dollars
-        to reserve when a dollar budget applies (None: none does)."""
+    def _price(self, ex: Exchange, *, refuse_unpriced: bool) -> int | None:
+        """The request's worst case in micro-dollars, when its model is priced (the tokens'
+        one is set already). `refuse_unpriced`: a dollar budget applies, so a model without a
+        price that bounds the request is a 400."""
         parsed = ex.valid
-        ex.reserved_tokens = tokens = parsed.estimate
-        ex.reserved_input = prompt = parsed.prompt_tokens  # text, images, audio, files
+        tokens, prompt = ex.reserved_tokens, ex.reserved_input
         ex.price = price = self.prices.price_for(parsed.model) if parsed.model else None
         if price is not None and parsed.units is not None:
             # Voice and pictures: what the request asks to be made, priced by its units.
@@ -117,7 +127,7 @@ class Admission:
             ex.reserved_micro = estimate(price, prompt, tokens - prompt,
                                          image_tokens=parsed.image_tokens,
                                          audio_tokens=parsed.audio_tokens)
-        if not self.budgets.spend_applies(ex.caller, ex.route, parsed.model):
+        if not refuse_unpriced:
             return None
         if price is None:
             raise ModelNotPriced(

@@ -29,7 +29,7 @@ class Batch(Generic[T]):
             raise exc
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Hit:
     """`cost` units against `window`; `moving`: a moving window (request limits where the store
     keeps one), else a sliding-window counter. A sliding hit of cost 0 is only read."""

@@ -30,6 +30,9 @@ class BoundedMemoryCache(BaseCache):
     NAME = "bounded-memory"
 
     def __init__(self, max_bytes: int, entry_overhead: int = 0, *, serializer=None, **kwargs):
+        # timeout=None: a dict lookup cannot hang, and aiocache's timeout wraps every call in
+        # a task (asyncio.wait_for), most of a read's cost.
+        kwargs.setdefault("timeout", None)
         super().__init__(serializer=serializer or NullSerializer(), **kwargs)
         # key -> (value, deadline), least recently used first. An OrderedDict, not a dict:
         # both the move to the end on a hit and the eviction of the first entry are O(1). A

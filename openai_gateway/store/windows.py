@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from math import floor, inf
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class Window:
     """`amount` per `seconds` for one counter `key` (ASCII, no spaces, no braces: hash it).
 
     Compared by identity: a request's windows are built once and are the keys of what the
-    store reports about them (hashing three fields on every lookup cost more than the rest)."""
+    store reports about them (hashing three fields on every lookup cost more than the rest).
+    Not frozen: built for every request, and a frozen dataclass's __init__ costs three times
+    as much; nothing changes one after it is built."""
 
     key: str
     amount: int
@@ -33,7 +35,7 @@ class Window:
         return 2 * self.seconds
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stats:
     """As limits' `WindowStats`: when the count next drops (Unix time) and what is left."""
 
