@@ -114,13 +114,13 @@ class PromptCache:
 
     # --- storage --------------------------------------------------------------------------
 
-    def decode(self, raw: bytes | None) -> Entry | None:
+    def decode(self, raw: bytes | str | None) -> Entry | None:
         """An entry read by someone else's batch."""
         return None if raw is None else Entry.decode(raw, trusted=self._trusted)
 
     async def get(self, key: str) -> Entry | None:
         try:
-            return self.decode(await self.backend.get(key))
+            return self.decode(await self.store.read(key))
         except Exception as exc:  # storage trouble is a miss, never a failed request
             self._failed("get", exc)
             return None

@@ -7,7 +7,8 @@ Every store offers the same four things (`Store`):
   cache entry) along, in as few round trips as the store allows;
 - `adjust(...)`: give back or charge units after an answer (budgets settled to the usage);
 - `counts(...)`: read windows without counting (reports);
-- `cache_backend()`: the aiocache backend of its bytes, for the prompt cache.
+- `cache_backend()`: the aiocache backend of its bytes, for the prompt cache, and `read(key)`
+  one entry of them (memory answers in place, without aiocache's per-call layers).
 Moving windows are `limits`' storage interface (`MovingWindowSupport`), ours in memory, limits'
 own on Redis. The two shared stores count their sliding-window counters with one batched
 algorithm (`BatchedStore`, `sliding.count`) over four primitives each implements (`get_many`,
@@ -100,6 +101,10 @@ class Store(ABC):
     @abstractmethod
     def cache_backend(self) -> BaseCache:
         """The aiocache backend over this store's bytes (keys as given: hash them)."""
+
+    async def read(self, key: str) -> bytes | str | None:
+        """One entry's bytes (the prompt cache's read when nothing is counted along)."""
+        return await self.cache_backend().get(key)
 
     def bound_cache(self, max_bytes: int) -> None:  # noqa: B027 - only memory has one
         """The bound of the cache's bytes in this process (memory; shared stores bound
