@@ -130,7 +130,7 @@ class PromptCache:
         if len(value) > self.s.max_item_bytes:
             return False  # memcached refuses items over 1 MB; memory would thrash
         try:
-            await self.backend.set(key, value, ttl=self.s.ttl)
+            await self.store.write(key, value, self.s.ttl)
             return True
         except Exception as exc:
             self._failed("set", exc)

@@ -7,8 +7,8 @@ Every store offers the same four things (`Store`):
   cache entry) along, in as few round trips as the store allows;
 - `adjust(...)`: give back or charge units after an answer (budgets settled to the usage);
 - `counts(...)`: read windows without counting (reports);
-- `cache_backend()`: the aiocache backend of its bytes, for the prompt cache, and `read(key)`
-  one entry of them (memory answers in place, without aiocache's per-call layers).
+- `cache_backend()`: the aiocache backend of its bytes, for the prompt cache, and `read` and
+  `write` of one entry (memory answers in place, without aiocache's per-call layers).
 Moving windows are `limits`' storage interface (`MovingWindowSupport`), ours in memory, limits'
 own on Redis. The two shared stores count their sliding-window counters with one batched
 algorithm (`BatchedStore`, `sliding.count`) over four primitives each implements (`get_many`,
@@ -105,6 +105,10 @@ class Store(ABC):
     async def read(self, key: str) -> bytes | str | None:
         """One entry's bytes (the prompt cache's read when nothing is counted along)."""
         return await self.cache_backend().get(key)
+
+    async def write(self, key: str, value: bytes, ttl: int) -> None:
+        """Keep `value` under `key` for `ttl` seconds (the prompt cache's write)."""
+        await self.cache_backend().set(key, value, ttl=ttl)
 
     def bound_cache(self, max_bytes: int) -> None:  # noqa: B027 - only memory has one
         """The bound of the cache's bytes in this process (memory; shared stores bound

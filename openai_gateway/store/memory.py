@@ -68,6 +68,9 @@ class MemoryStore(Store, Storage, MovingWindowSupport):
     async def read(self, key: str) -> bytes | str | None:
         return self.cache.lookup(key)  # a dict lookup: aiocache's layers cost 4x as much
 
+    async def write(self, key: str, value: bytes, ttl: int) -> None:
+        self.cache.store(key, value, ttl)
+
     def bound_cache(self, max_bytes: int) -> None:
         self.cache.max_bytes = max_bytes
 
