@@ -14,6 +14,7 @@ counted as limits' sliding-window counter counts them (store/windows.py).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import (
@@ -49,6 +50,9 @@ class Reservation:
     tokens: LimitState | None = None  # the tightest token budget, after the reservation
     spend: LimitState | None = None  # the tightest of the caller's dollar budgets, after it
     settled: bool = False
+    #: The gateway-wide ceilings as settling left them, by name ("daily", "monthly"): (limit,
+    #: remaining) in micro-dollars, for the ceiling's gauges without another store read.
+    ceilings: dict[str, tuple[int, int]] | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -137,18 +141,24 @@ class Budgets:
             states.append(_state(hold.window, prev, cur, now))
         return Reservation(tuple(taken), *tightest(taken, states))
 
-    async def settle(self, reservation: Reservation, *, tokens: int, micro_usd: int
-                     ) -> dict[str, str]:
+    async def settle(self, reservation: Reservation, *, tokens: int, micro_usd: int,
+                     also_charge: Sequence[tuple[Window, int]] = ()) -> dict[str, str]:
         """Bring the reservation to what was used: charge the overrun (it empties a budget,
-        never more), refund the rest. Returns the x-ratelimit-*-tokens / -spend headers with
-        the settled remaining values. Never raises (storage errors are logged and counted);
-        a second settle of the same reservation does nothing and returns {}."""
-        after, now = await self._settle(reservation, tokens, micro_usd)
+        never more), refund the rest; `also_charge` (the spend tallies) in the same store
+        call. Returns the x-ratelimit-*-tokens / -spend headers with the settled remaining
+        values, and leaves the gateway's ceilings in `reservation.ceilings`. Never raises
+        (storage errors are logged and counted); a second settle of the same reservation does
+        nothing and returns {}."""
+        after, now = await self._settle(reservation, tokens, micro_usd, also_charge)
         if not after:
             return {}
         holds = reservation.holds
-        token_state, spend_state = tightest(
-            holds, [_state(h.window, *after[h.window], now) for h in holds])
+        states = [_state(h.window, *after[h.window], now) for h in holds]
+        names = {id(limit): name for name, limit in self.rules.gateway}
+        reservation.ceilings = {names[id(h.limit)]: (state.limit, state.remaining)
+                                for h, state in zip(holds, states, strict=True)
+                                if h.scope == GATEWAY and id(h.limit) in names}
+        token_state, spend_state = tightest(holds, states)
         return limit_headers(tokens=token_state, spend=spend_state)
 
     async def charge(self, caller, route: str, model: str | None, *, tokens: int,
@@ -172,15 +182,16 @@ class Budgets:
                 return refusal(hold, *after[hold.window], now)
         return None
 
-    async def _settle(self, reservation: Reservation, tokens: int, micro_usd: int
+    async def _settle(self, reservation: Reservation, tokens: int, micro_usd: int,
+                      also_charge: Sequence[tuple[Window, int]] = ()
                       ) -> tuple[dict[Window, tuple[int, int]], float]:
         """`settle`'s work: (previous, current) of each hold's window afterwards ({}: nothing
         done, or the store failed), and when."""
-        if reservation.settled or not reservation.holds:
+        if reservation.settled or not (reservation.holds or also_charge):
             return {}, 0.0
         reservation.settled = True
         holds, now = reservation.holds, time.time()
-        refunds, charges = [], []
+        refunds, charges = [], list(also_charge)
         for hold in holds:
             extra = (tokens if hold.kind == TOKENS else micro_usd) - hold.amount
             if extra < 0:

@@ -10,7 +10,7 @@ sums of what the budgets were charged, with no window arithmetic. The tier is a 
 set whatever a token claims).
 
 They are counted only while a [budget] ceiling is set: every priced request then writes to the
-store when it settles anyway, and the tally rides along in the same moment; without one,
+store when it settles anyway, and the tally rides along in the same store call; without one,
 settling writes nothing, and counting would add a store write to every request.
 `spend_report` is what `GET /gateway/spend` answers and `spend` prints.
 """
@@ -52,6 +52,7 @@ class SpendTally:
         self.prefix = prefix  # the counters' keys: PREFIX/TIER/day/DATE, PREFIX/TIER/month/M
         self.tiers: tuple[str, ...] = ()
         self.on = False
+        self._period: tuple[int, str, str] = (-1, "", "")  # (UTC day number, date, month)
 
     def configure(self, tiers: Collection[str], *, on: bool) -> None:
         """`tiers`: the configured tier names; `on`: count (a [budget] ceiling is set)."""
@@ -63,21 +64,19 @@ class SpendTally:
         return tier if tier is not None and tier in self.tiers else NO_TIER
 
     def _windows(self, tier: str, now: float) -> tuple[Window, Window]:
-        day, month = periods(now)
+        number = int(now // 86_400)
+        if self._period[0] != number:  # the date is formatted once a day, not per charge
+            self._period = (number, *periods(now))
+        _, day, month = self._period
         return (Window(f"{self.prefix}/{tier}/day/{day}", UNBOUNDED, DAY_SECONDS),
                 Window(f"{self.prefix}/{tier}/month/{month}", UNBOUNDED, MONTH_SECONDS))
 
-    async def add(self, tier: str | None, micro: int, *, now: float | None = None) -> None:
-        """Count a charge; never raises (a store failure is logged and counted, the charge is
-        then missing from the tally, as from the budgets)."""
+    def charges(self, tier: str | None, micro: int, *, now: float) -> list[tuple[Window, int]]:
+        """The counters a charge adds to (none while off): counted by the budgets' settlement
+        in the same store call as the charge itself (Budgets.settle's `also_charge`)."""
         if not self.on or micro <= 0:
-            return
-        now = time.time() if now is None else now
-        try:
-            await self.store.adjust([], [(w, micro) for w in self._windows(self.label(tier), now)],
-                                    now=now)
-        except Exception as exc:
-            self.policy.failed(exc, refuse=False)
+            return []
+        return [(w, micro) for w in self._windows(self.label(tier), now)]
 
     async def read(self, *, now: float | None = None) -> dict[str, dict]:
         """{"day": {"date", "spent_micro", "tiers": {tier: micro}}, "month": {"month", ...}}

@@ -7,12 +7,11 @@ reading the answer. The access log and the metrics get each request's share here
 """
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 
-from ..errors import GatewayError
 from ..metering import units as unit_money
-from ..metering.budgets import Budgets
+from ..metering.budgets import Budgets, Reservation
 from ..metering.prices import MICRO, Price, PriceTable, cost
 from ..metering.tally import SpendTally
 from ..observability.metrics import Metrics
@@ -109,20 +108,16 @@ class Settlement:
         ex.settled = True
         used, micro, how = charge(ex)
         self._account(ex, used, micro, how)
-        tally = self.tally.add(ex.caller.tier, micro) if micro and self.tally.on else None
+        reservation = ex.reservation if ex.reservation is not None else Reservation()
+        # The tallies ride along in the budgets' store call (one call, one round trip).
+        tally = self.tally.charges(ex.caller.tier, micro, now=time.time())
+        headers = await self.budgets.settle(reservation, tokens=used.input + used.output,
+                                            micro_usd=micro, also_charge=tally)
         if ex.reservation is None:
-            if tally is not None:
-                await tally
             return {}
-        settle = self.budgets.settle(ex.reservation, tokens=used.input + used.output,
-                                     micro_usd=micro)
-        if tally is None:
-            headers = await settle
-        else:  # the tally's store write beside the budgets', not one round trip after it
-            headers, _ = await asyncio.gather(settle, tally)
         ex.settled_headers = headers
-        if micro and self.budgets.gateway:
-            await self._watch_budget()
+        if micro and reservation.ceilings:
+            self._watch_budget(reservation.ceilings)
         return headers
 
     def _account(self, ex: Exchange, used: Usage, micro: int, how: str) -> None:
@@ -142,17 +137,14 @@ class Settlement:
             metrics.spend.labels(self.prices.label_for(model), self.tally.label(ex.caller.tier)
                                  ).inc(micro)
 
-    async def _watch_budget(self) -> None:
-        """The gateway-wide ceiling's gauges after a charge, and the warn_at warning (once per
-        crossing, in each process)."""
-        try:
-            report = await self.budgets.gateway_spend()
-        except GatewayError:  # the storage is down: already logged and counted
-            return
-        for name, row in report.items():
+    def _watch_budget(self, ceilings: dict[str, tuple[int, int]]) -> None:
+        """The gateway-wide ceilings' gauges after a charge, from what settling left of them,
+        and the warn_at warning (once per crossing, in each process)."""
+        for name, (limit, left) in ceilings.items():
             period = PERIODS.get(name, name)
-            self.metrics.budget_remaining.labels(period).value = row["remaining_micro"]
-            crossed = row["spent_micro"] >= self.warn_at * row["limit_micro"]
+            self.metrics.budget_remaining.labels(period).value = left
+            spent = limit - left
+            crossed = spent >= self.warn_at * limit
             self.metrics.budget_warn.labels(period).value = 1 if crossed else 0
             if not crossed:  # a new day or month: warn again when it is crossed again
                 self._warned.discard(period)
@@ -160,4 +152,4 @@ class Settlement:
                 self._warned.add(period)
                 log.warning("the gateway's %s spend has crossed %.0f%% of its ceiling: $%.2f "
                             "of $%.2f spent", name, self.warn_at * 100,
-                            row["spent_micro"] / MICRO, row["limit_micro"] / MICRO)
+                            spent / MICRO, limit / MICRO)

@@ -206,6 +206,8 @@ async def test_the_gateway_ceiling_is_shared_and_says_budget_exceeded(url):
                                       "clients, $0.10 left, this request needs about $0.20.")
         assert set(err.headers) == {"Retry-After"}
         await lim.settle(held, tokens=0, micro_usd=0)
+        # What settling left of the ceiling, for its gauges without reading the store again.
+        assert held.ceilings == {"daily": (20_000_000, 20_000_000 - before)}
         await reserve(lim, second, micro_usd=200_000)
 
 

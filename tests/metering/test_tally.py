@@ -2,6 +2,7 @@
 memory, memcached and Redis; and the spend report built on them and the ceilings."""
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ import pytest
 
 from openai_gateway.config.storage import parse_storage_url
 from openai_gateway.errors import StorageUnavailable
-from openai_gateway.metering.budgets import Budgets
+from openai_gateway.metering.budgets import Budgets, Reservation
 from openai_gateway.metering.limiter import StoragePolicy
 from openai_gateway.metering.rules import Rules
 from openai_gateway.metering.tally import SpendTally, spend_report
@@ -19,6 +20,8 @@ from openai_gateway.store import open_store
 
 from ..support.store_fixtures import redis_factory  # noqa: F401  (fixture)
 
+NO_BUDGETS = Rules(SimpleNamespace(requests=(), tokens=(), spend=(), rules=()),
+                   SimpleNamespace(daily_usd=0, monthly_usd=0))
 #: 2026-12-31 23:59:59 UTC and the next second, in the next day, month and year.
 LAST_SECOND = datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 NEXT_YEAR = LAST_SECOND + 2
@@ -36,6 +39,11 @@ def url(request) -> str:
     return request.getfixturevalue(f"{request.param}_url")
 
 
+async def add(tally: SpendTally, tier: str | None, micro: int, *, now: float) -> None:
+    """A settled charge's tally, as the budgets' settlement counts it (Budgets.settle)."""
+    await tally.store.adjust([], tally.charges(tier, micro, now=now), now=now)
+
+
 def tally_on(url: str, tiers=("free", "pro"), on: bool = True, namespace: str = ""):
     store = open_store(parse_storage_url(url), timeout=0.5)
     # Keys of their own: memcached and Redis are shared by the session's tests.
@@ -50,7 +58,7 @@ async def test_each_tier_counts_exact_micro_dollars_per_day_and_month(url):
     try:
         for tier, micro in (("free", 4_746), ("free", 1), ("pro", 250_000), (None, 7),
                             ("gold", 3)):  # "gold" is no configured tier: counted as none
-            await tally.add(tier, micro, now=LAST_SECOND)
+            await add(tally, tier, micro, now=LAST_SECOND)
         report = await tally.read(now=LAST_SECOND)
         assert report == {
             "day": {"date": "2026-12-31", "spent_micro": 254_757,
@@ -58,7 +66,7 @@ async def test_each_tier_counts_exact_micro_dollars_per_day_and_month(url):
             "month": {"month": "2026-12", "spent_micro": 254_757,
                       "tiers": {"free": 4_747, "pro": 250_000, "none": 10}}}
         # A second later it is another day, month and year: they start from nothing.
-        await tally.add("pro", 1_000_001, now=NEXT_YEAR)
+        await add(tally, "pro", 1_000_001, now=NEXT_YEAR)
         later = await tally.read(now=NEXT_YEAR)
         assert later["day"] == {"date": "2027-01-01", "spent_micro": 1_000_001,
                                 "tiers": {"free": 0, "pro": 1_000_001, "none": 0}}
@@ -71,15 +79,20 @@ async def test_each_tier_counts_exact_micro_dollars_per_day_and_month(url):
 
 async def test_nothing_is_counted_when_it_is_off():
     store, tally = tally_on("memory://", on=False)
-    await tally.add("free", 100, now=LAST_SECOND)
+    assert tally.charges("free", 100, now=LAST_SECOND) == []
+    await add(tally, "free", 100, now=LAST_SECOND)
     assert (await tally.read(now=LAST_SECOND))["day"]["spent_micro"] == 0
     await store.close()
 
 
 async def test_a_store_that_is_down_costs_the_count_not_the_request(free_port_url):
     store, tally = tally_on(free_port_url)
+    budgets = Budgets(store, StoragePolicy("open", Metrics()), ident=lambda c: c.id)
+    budgets.configure(NO_BUDGETS)
     try:
-        await tally.add("free", 100)  # never raises: logged and counted as a storage error
+        # Never raises: logged and counted as a storage error, the tally then short.
+        assert await budgets.settle(Reservation(), tokens=0, micro_usd=100,
+                                    also_charge=tally.charges("free", 100, now=time.time())) == {}
         with pytest.raises(StorageUnavailable):
             await tally.read()
     finally:
@@ -98,7 +111,7 @@ async def test_the_report_has_the_ceilings_and_the_tallies(url):
     budgets.configure(Rules(SimpleNamespace(requests=(), tokens=(), spend=(), rules=()),
                             SimpleNamespace(daily_usd=5.0, monthly_usd=0)))
     try:
-        await tally.add("free", 12_345)
+        await add(tally, "free", 12_345, now=time.time())
         report = await spend_report(budgets, tally)
         assert report["budget"] is True
         assert set(report["ceilings"]) == {"daily"}
