@@ -153,6 +153,19 @@ def print_problems(exc: ConfigError, path: str | None) -> None:
         print(f"config error: {problem}", file=sys.stderr)
 
 
+def key_file_problems(settings: Settings) -> list[str]:
+    """Each issuer's jwks_file read as it will be at start: a file that holds no key set is a
+    configuration error, for --check too, not a traceback at start."""
+    files = [(n, i.jwks_file) for n, i in enumerate(settings.auth.issuers) if i.jwks_file]
+    if not files:
+        return []
+    from .identity.jwks import key_file_problem  # PyJWT: loaded only for a key file
+
+    return [f"auth.issuers[{n}].jwks_file: got {file!r}, expected a JWKS file with a usable "
+            f"signing key ({why})" for n, file in files
+            if (why := key_file_problem(file)) is not None]
+
+
 def overrides(args: argparse.Namespace) -> Callable[[Settings], Settings]:
     """The command line's settings on top of the file's (applied again on every reload)."""
     server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -183,6 +196,10 @@ def serve_command(args: argparse.Namespace) -> int:
 
         demo = DemoUpstream()
         settings = demo_settings(settings, demo.base_url)
+    problems = key_file_problems(settings)
+    if problems:
+        print_problems(ConfigError(problems), path)
+        return 2
     if args.check:
         print(json.dumps(settings.redacted(), indent=2))
         for warning in settings.warnings:

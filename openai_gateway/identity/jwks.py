@@ -97,6 +97,18 @@ def parse_jwks(raw: bytes) -> list[SigningKey]:
     return keys
 
 
+def key_file_problem(file: str) -> str | None:
+    """Why a jwks_file cannot serve as an issuer's key set (read as the issuer reads it at
+    start), or None: --check and the start say so as a configuration error."""
+    try:
+        parse_jwks(Path(file).read_bytes())
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    except JwksError as exc:
+        return str(exc)
+    return None
+
+
 class KeySet:
     """Keys by id. `key(kid, alg)` is the per-token lookup; `running()` keeps them fresh.
 

@@ -13,7 +13,7 @@ import pytest
 
 from openai_gateway.config.settings import load, parse
 
-from ..conftest import KEY, ROOT, toml_dumps
+from ..conftest import KEY, ROOT, free_port, toml_dumps
 from ..support.settings import ENV, MEMCACHED, MISSING_KEY, ORIGIN_HINT
 
 
@@ -59,6 +59,30 @@ def test_check_without_the_key_variable():
     r = gateway("--check")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.splitlines() == [f"config error: {MISSING_KEY}"]
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (b"not json", "the key set is not JSON"),
+    (b'{"keys": 5}', 'the key set has no "keys" list'),
+    (b'{"keys": [{"kty": "RSA", "n": "x", "e": "AQAB"}]}',
+     "the key set holds no usable signing key"),
+])
+@pytest.mark.parametrize("check", [True, False])
+def test_a_jwks_file_that_is_no_key_set_is_a_config_error(tmp_path, content, why, check):
+    """Read at start as the issuer will read it: --check refuses it, and serving refuses to
+    start with the same line (it used to start with a traceback, after --check said OK)."""
+    keys = tmp_path / "jwks.json"
+    keys.write_bytes(content)
+    path = tmp_path / "gw.toml"
+    path.write_text(toml_dumps({"auth": {"issuers": [{
+        "issuer": "https://login.example.com/", "jwks_file": str(keys),
+        "algorithms": ["RS256"]}]}}))
+    serve = ["--port", str(free_port())]  # refused before it binds, or it would listen
+    r = gateway("--config", str(path), *(["--check"] if check else serve), env=ENV)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        f"config error: auth.issuers[0].jwks_file: got {str(keys)!r}, expected a JWKS file "
+        f"with a usable signing key ({why})"]
 
 
 def test_check_missing_file(tmp_path):
