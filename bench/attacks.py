@@ -415,16 +415,20 @@ async def small_budget_message(tmp: Path) -> Row:
             try:
                 await client.chat.completions.create(
                     model=MODEL, messages=[{"role": "user", "content": "hi"}])
-                message, retry = "answered", ""
+                message, headers = "answered", {}
             except openai.RateLimitError as exc:
                 message = exc.body["message"] if isinstance(exc.body, dict) else str(exc)
-                retry = exc.response.headers.get("Retry-After", "")
-    ok = "never fit" in message and "limit reached" not in message.lower() and not up.fake.posts
+                headers = exc.response.headers
+    retry = headers.get("Retry-After")
+    should = headers.get("x-should-retry")
+    ok = "never fit" in message and "limit reached" not in message.lower() \
+        and not up.fake.posts and retry is None and should == "false"
     return Row(
         "a budget smaller than one request's worst case ($0.002/day)",
         '"Spending limit reached ... $0.002 left" with nothing spent (Retry-After a day)',
-        f'"{message}" (Retry-After {retry})',
-        'says the request "can never fit" and what to change; nothing sent upstream', ok)
+        f'"{message}" (x-should-retry: {should}, Retry-After: {retry or "none"})',
+        'says the request "can never fit" and what to change, and not to retry; nothing sent '
+        'upstream', ok)
 
 
 # --- identity -----------------------------------------------------------------------------

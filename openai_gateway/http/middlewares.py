@@ -29,7 +29,7 @@ log = logging.getLogger("gateway")
 
 #: Headers a browser script may read from our answers (CORS hides the rest). `Location`: a
 #: WebRTC call's id (OpenAI's browser code reads it from the answer to POST /realtime/calls).
-EXPOSED_HEADERS = ("X-Request-ID", "X-Cache", "Retry-After",
+EXPOSED_HEADERS = ("X-Request-ID", "X-Cache", "Retry-After", "x-should-retry",
                    "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
                    "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
                    "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",

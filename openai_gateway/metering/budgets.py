@@ -251,7 +251,7 @@ def refusal(hold: Hold, prev: int, cur: int, now: float) -> RateLimited:
                 f"Rate limit reached for tokens: {limit.amount} per {limit.per}, {left} left, "
                 f"this request needs about {need}. {again}")
         return TokensRateLimited(
-            text, headers={"Retry-After": retry_after(wait),
+            text, headers={**when(never, wait),
                            **limit_headers(tokens=LimitState(limit.amount, left, wait))},
             log_detail=f"limit={limit.amount}/{limit.per} tokens" + (" never" if never else ""))
     budget = f"{format_usd(limit.amount)} per {limit.per}"
@@ -270,11 +270,16 @@ def refusal(hold: Hold, prev: int, cur: int, now: float) -> RateLimited:
     detail = f"limit={budget.replace(' per ', '/')}" + (" gateway" if hold.scope == GATEWAY
                                                           else "") + (" never" if never else "")
     if hold.scope == GATEWAY:  # no x-ratelimit-*-spend: those describe the caller's budget
-        return BudgetExceeded(text, headers={"Retry-After": retry_after(wait)},
-                              log_detail=detail)
-    return SpendLimited(text, headers={"Retry-After": retry_after(wait),
+        return BudgetExceeded(text, headers=when(never, wait), log_detail=detail)
+    return SpendLimited(text, headers={**when(never, wait),
                                        **limit_headers(spend=LimitState(limit.amount, left, wait))},
                         log_detail=detail)
+
+
+def when(never: bool, wait: float) -> dict[str, str]:
+    """Retry-After for a refusal that waiting ends; for one it never ends, `x-should-retry:
+    false`, which the official SDKs obey instead of retrying a 429 on their own."""
+    return {"x-should-retry": "false"} if never else {"Retry-After": retry_after(wait)}
 
 
 #: What to change when one request's worst case exceeds a whole budget.

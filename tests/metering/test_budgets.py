@@ -236,6 +236,11 @@ async def test_a_budget_smaller_than_one_request_says_so_not_used_up(url):
             await reserve(lim, caller(), micro_usd=1_500)
         assert "more than the gateway's whole budget for all clients of $0.001 per day" in \
             gateway.value.message
+    # Waiting cannot help: no Retry-After, and the header the official SDKs obey instead of
+    # retrying a 429 on their own (x-should-retry).
+    for refused in (tokens.value, err, gateway.value):
+        assert refused.headers["x-should-retry"] == "false"
+        assert "Retry-After" not in refused.headers
 
 
 async def test_gateway_spend_reports_each_configured_ceiling(url):
