@@ -18,6 +18,10 @@ log = logging.getLogger("gateway.realtime")
 
 #: Seconds between pings on realtime sockets: a peer that vanished without a FIN is found.
 HEARTBEAT = 30.0
+#: Seconds our close of an upstream socket waits for the upstream's reply before the
+#: connection is dropped (aiohttp's default is 10): an ending session holds its slot among
+#: realtime.max_sessions and its reservation until the close is done.
+CLOSE_TIMEOUT = 2.0
 
 
 class UpstreamRefused(GatewayError):
@@ -60,7 +64,8 @@ class RealtimeUpstream:
             async with asyncio.timeout(self.connect_timeout):
                 return await self.session.ws_connect(
                     url, headers=self.auth, compress=0, heartbeat=HEARTBEAT,
-                    max_msg_size=self.max_frame_bytes, autoclose=True)
+                    max_msg_size=self.max_frame_bytes, autoclose=True,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT))
         except aiohttp.WSServerHandshakeError as exc:
             raise UpstreamRefused(exc.status) from None
         except TimeoutError:
