@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,10 +31,33 @@ KEY = "sk-test-SECRET-4f9c2e7a1b-do-not-leak"
 ORIGIN = "http://localhost:5173"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+#: Ports free_port hands out: below the kernel's ephemeral range, so that no outgoing
+#: connection and no port-0 bind (a demo upstream, a test server) takes one between the moment
+#: it is chosen and the moment a process binds it; each at most once per session.
+_PORTS = range(10000, _ephemeral_low())
+_handed: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        if port in _handed:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def toml_dumps(doc: dict) -> str:

@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ..support.nginx_helper import SITE, Nginx, free_port, plain_http_site, stock_site
+from ..conftest import free_port
+from ..support.nginx_helper import SITE, Nginx, plain_http_site, stock_site
 
 EVENTS, PACE = 5, 0.2  # the backend sends 5 events, 0.2 s apart
 # As a server-wide nginx.conf might: the site has to switch compression off itself.

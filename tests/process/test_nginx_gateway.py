@@ -6,7 +6,8 @@ import time
 import aiohttp
 import pytest
 
-from ..support.nginx_helper import SITE, Nginx, free_port, plain_http_site, stock_site
+from ..conftest import free_port
+from ..support.nginx_helper import SITE, Nginx, plain_http_site, stock_site
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = dict(CHAT, stream=True)

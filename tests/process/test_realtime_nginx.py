@@ -9,8 +9,8 @@ import pytest
 from openai_gateway.demo.fake_openai import FakeOpenAI
 from openai_gateway.demo.fake_realtime import FakeRealtime
 
-from ..conftest import KEY
-from ..support.nginx_helper import SITE, Nginx, free_port, plain_http_site
+from ..conftest import KEY, free_port
+from ..support.nginx_helper import SITE, Nginx, plain_http_site
 from ..support.realtime_gateway import ANY_KEY, MODELS, BrowserSocket, browser_ws, config
 
 

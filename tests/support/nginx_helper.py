@@ -71,12 +71,6 @@ def full_conf(site: str, prefix: Path, http_extra: str = "") -> str:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Nginx:
     """nginx serving ``site`` on 127.0.0.1:port; use as a context manager."""
 
