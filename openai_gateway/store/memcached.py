@@ -78,7 +78,7 @@ class _Burst(Command[list[bytes | None]]):
     def build_request(self) -> Request[list[bytes | None]]:
         return Request(weakref.proxy(self), b"", [b"".join(line + b"\r\n" for line in self.lines)])
 
-    def parse(self, data: BytesIO, endpoint) -> list[bytes | None]:
+    def parse(self, data: BytesIO, _endpoint) -> list[bytes | None]:
         start, error = data.tell(), None
         out: list[bytes | None] = []
 
