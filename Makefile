@@ -7,8 +7,9 @@ BIN    := $(VENV)/bin
 DIST   ?= dist
 # Debian packages the tests talk to for real (started by the tests on free loopback ports).
 # chromium + chromium-driver: the browser tests (tests/process/test_browser.py) drive a real
-# headless one.
-TEST_PACKAGES := memcached nginx redis-server chromium chromium-driver
+# headless one; curl is a client of the end-to-end tests, openssl makes the TLS site's test
+# certificate, systemd's systemd-analyze checks the unit file.
+TEST_PACKAGES := memcached nginx redis-server chromium chromium-driver curl openssl systemd
 # Of those, the ones Debian starts as system services on install: the tests start their own
 # instances, so a fresh install is kept from starting them (policy-rc.d) and left disabled.
 SERVICES := memcached nginx redis-server
@@ -50,7 +51,7 @@ run: venv
 # was already installed is left exactly as it was (it may be this host's real nginx).
 system-deps:
 	@missing=""; for p in $(TEST_PACKAGES); do \
-	  case $$p in chromium-driver) b=chromedriver;; *) b=$$p;; esac; \
+	  case $$p in chromium-driver) b=chromedriver;; systemd) b=systemd-analyze;; *) b=$$p;; esac; \
 	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \

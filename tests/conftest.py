@@ -218,7 +218,9 @@ async def gw(make_gateway):
 # --- real processes -------------------------------------------------------------------------
 
 
-def _need(binary: str) -> str:
+def need(binary: str) -> str:
+    """The path of a program the tests talk to for real; a test never skips for want of one:
+    it fails, naming the command that installs it."""
     path = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}")
                                     else None)
     if path is None:
@@ -228,13 +230,18 @@ def _need(binary: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def curl_installed() -> str:
+    return need("curl")
+
+
+@pytest.fixture(scope="session")
 def memcached_factory():
     """start() -> (url, process); every server started is stopped at the end."""
     procs = []
 
     def start(port: int | None = None):
         port = port or free_port()
-        proc = subprocess.Popen([_need("memcached"), "-l", "127.0.0.1", "-p", str(port),
+        proc = subprocess.Popen([need("memcached"), "-l", "127.0.0.1", "-p", str(port),
                                  "-U", "0", "-m", "64", "-u", "root"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(proc)

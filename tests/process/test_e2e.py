@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 
 import pytest
@@ -26,7 +25,7 @@ from ..support.clients import (
     sdk,
 )
 
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+pytestmark = pytest.mark.usefixtures("curl_installed")
 
 
 # --- 1. a plain chat completion ---------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 
 import openai
@@ -24,7 +23,7 @@ from ..support.clients import (
     wait_for,
 )
 
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+pytestmark = pytest.mark.usefixtures("curl_installed")
 
 
 # --- 6. the client goes away mid-stream ---------------------------------------------------------

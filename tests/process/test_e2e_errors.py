@@ -4,7 +4,6 @@ curl as OpenAI's error shape, with an X-Request-ID and no key.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import openai
@@ -25,7 +24,7 @@ from ..support.clients import (
     still_serves,
 )
 
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+pytestmark = pytest.mark.usefixtures("curl_installed")
 
 
 # --- 4 and 5. typed SDK errors, each in OpenAI's shape -----------------------------------------

@@ -6,7 +6,6 @@ leaves, and let the gateway (not nginx) answer bodies just over its size limit.
 """
 
 import asyncio
-import shutil
 import subprocess
 import time
 
@@ -14,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ..conftest import free_port
+from ..conftest import free_port, need
 from ..support.nginx_helper import SITE, Nginx, plain_http_site, stock_site
 
 EVENTS, PACE = 5, 0.2  # the backend sends 5 events, 0.2 s apart
@@ -101,12 +100,11 @@ def test_nginx_accepts_the_generated_config(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl needed for a test certificate")
 def test_nginx_accepts_the_tls_site_as_shipped(tmp_path):
     """The file unchanged except the certificate paths: TLS and http2 syntax included."""
     key, cert = tmp_path / "privkey.pem", tmp_path / "fullchain.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        [need("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
          "-subj", "/CN=gw.example.com", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )

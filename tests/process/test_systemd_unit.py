@@ -1,7 +1,6 @@
 """systemd/gateway.service: the directives production relies on, and systemd's own checks."""
 
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -9,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from ..conftest import need
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "gateway.service"
@@ -126,25 +127,18 @@ def runnable_copy(tmp_path: Path) -> Path:
     return copy
 
 
-needs_analyze = pytest.mark.skipif(
-    not shutil.which("systemd-analyze"), reason="systemd-analyze not installed"
-)
-
-
-@needs_analyze
 def test_systemd_analyze_verify(tmp_path):
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(runnable_copy(tmp_path))],
+        [need("systemd-analyze"), "verify", "--man=no", str(runnable_copy(tmp_path))],
         capture_output=True, text=True, timeout=60,
     )
     # Unknown keys and bad values are only warnings (exit 0): any output is a failure.
     assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
 
 
-@needs_analyze
 def test_systemd_analyze_security(tmp_path):
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", str(runnable_copy(tmp_path))],
+        [need("systemd-analyze"), "security", "--offline=yes", str(runnable_copy(tmp_path))],
         capture_output=True, text=True, timeout=60,
     )
     if "--offline" in result.stderr:

@@ -1,6 +1,6 @@
 """Fixtures for the store tests: real memcached clusters, a real redis-server, counting relays.
 
-Imported by tests/test_store_*.py (these belong in conftest.py once the store is wired in).
+Imported by the tests of the store and of what runs on it (metering, clusters of gateways).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..conftest import _need, free_port
+from ..conftest import free_port, need
 from .relay import Relay
 
 
@@ -104,7 +104,7 @@ def tls_files(tmp_path_factory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("tls")
 
     def run(*args: str) -> None:
-        subprocess.run([_need("openssl"), *args], check=True, capture_output=True)
+        subprocess.run([need("openssl"), *args], check=True, capture_output=True)
 
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
         "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
@@ -131,7 +131,7 @@ def redis_factory() -> Iterator:
             listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", tls["cert"],
                       "--tls-key-file", tls["key"], "--tls-ca-cert-file", tls["ca"],
                       "--tls-auth-clients", "no"]
-        args = [_need("redis-server"), *listen, "--bind", "127.0.0.1",
+        args = [need("redis-server"), *listen, "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--daemonize", "no"]
         if password:
             args += ["--requirepass", password]
