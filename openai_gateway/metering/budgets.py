@@ -87,6 +87,8 @@ class Budgets:
 
     def configure(self, rules: Rules) -> None:
         self.rules = rules
+        #: The gateway-wide ceilings' names by their limit: a settled hold reports under it.
+        self._ceiling_names = {id(limit): name for name, limit in rules.gateway}
 
     @property
     def gateway(self):
@@ -154,7 +156,7 @@ class Budgets:
             return {}
         holds = reservation.holds
         states = [_state(h.window, *after[h.window], now) for h in holds]
-        names = {id(limit): name for name, limit in self.rules.gateway}
+        names = self._ceiling_names
         reservation.ceilings = {names[id(h.limit)]: (state.limit, state.remaining)
                                 for h, state in zip(holds, states, strict=True)
                                 if h.scope == GATEWAY and id(h.limit) in names}
