@@ -323,11 +323,7 @@ async def hang_up(tmp: Path, kind: str) -> Row:
                         outcomes["refused"] += 1
             await up.idle()
             left = await gw.remaining_spend()
-    billed = up.billed()
-    one = reservation(math.ceil(PROMPT_CHARS / 4), OUTPUT_CAP)
-    bound = BUDGET * 1e6 + up.peak * one
-    truly_left = max(BUDGET * 1e6 - billed, 0)
-    ok = billed <= bound and left * 1e6 <= truly_left + 1
+    billed, one, bound, truly_left, ok = against_budget(up, left)
     return Row(
         f"30 hang-ups after 0.5 s ({kind})",
         BEFORE_HANG_UP[kind],
@@ -337,6 +333,17 @@ async def hang_up(tmp: Path, kind: str) -> Row:
         f"remaining-spend afterwards {left:.6f}",
         f"billed <= $0.01 + {up.peak} in flight x {usd(one)} = {usd(bound)}; "
         f"remaining-spend <= {usd(truly_left)}", ok)
+
+
+def against_budget(up: Upstream, left: float) -> tuple[int, int, float, float, bool]:
+    """What the upstream billed, one request's reservation, the bound (the budget plus one
+    reservation per request in flight at the peak), what is truly left of the budget, and
+    whether the bill and the caller's remaining spend (`left`, dollars) both hold."""
+    billed = up.billed()
+    one = reservation(math.ceil(PROMPT_CHARS / 4), OUTPUT_CAP)
+    bound = BUDGET * 1e6 + up.peak * one
+    truly_left = max(BUDGET * 1e6 - billed, 0)
+    return billed, one, bound, truly_left, billed <= bound and left * 1e6 <= truly_left + 1
 
 
 async def first_byte_timeout(tmp: Path) -> Row:
@@ -357,11 +364,7 @@ async def first_byte_timeout(tmp: Path) -> Row:
                     statuses[status] = statuses.get(status, 0) + 1
             await up.idle()
             left = await gw.remaining_spend()
-    billed = up.billed()
-    one = reservation(math.ceil(PROMPT_CHARS / 4), OUTPUT_CAP)
-    bound = BUDGET * 1e6 + up.peak * one
-    truly_left = max(BUDGET * 1e6 - billed, 0)
-    ok = billed <= bound and left * 1e6 <= truly_left + 1
+    billed, one, bound, truly_left, ok = against_budget(up, left)
     return Row(
         "30 requests ending in a 504 after first_byte_timeout (0.5 s)",
         "refunded like the hang-ups: the upstream bills every answer, the caller was charged "
